@@ -1,0 +1,323 @@
+"""LLaMA-family decoder in Flax linen: RMSNorm, RoPE (default/linear/llama3), GQA, SwiGLU.
+
+Covers Llama 2/3/3.1/3.2, Mistral-style, SmolLM2 and Qwen2/2.5 (q/k/v biases). Layers are scanned
+(parameters stacked on a leading "layers" axis) so XLA compiles one block; every parameter carries
+logical axis names for sharding (see remix_jax/parallel).
+
+Parameter tree (kernels are [in, out]; L = num_layers):
+    embed/embedding                     [vocab, d]
+    layers/input_norm/scale             [L, d]
+    layers/attn/{q,k,v,o}_proj/kernel   [L, d, H*hd] ... ; q/k/v bias [L, *] when attention_bias
+    layers/post_attn_norm/scale         [L, d]
+    layers/mlp/{gate,up,down}_proj/kernel
+    final_norm/scale                    [d]
+    lm_head                             [d, vocab]   (absent when embeddings are tied)
+
+Adapters attach without editing this file: ``Decoder(config, proj_cls=..., mlp_cls=...)`` takes the
+module classes used for every linear projection and for the FFN. Replacements must keep the base
+parameter names (``kernel``/``bias``; ``gate_proj``/``up_proj``/``down_proj``) and may add variables in
+other collections. Both are called as ``module(x, deterministic=..., token_mask=...)``.
+
+Inputs: tokens [B, T] int32; segment_ids [B, T] (0 = padding, 1.. = packed sequences); positions
+[B, T] (default: position within each segment). The KV cache (``init_cache``) holds keys/values of
+every layer plus the positions and segment ids of the cached tokens, so left padding, right padding
+and packing all mask correctly during incremental decoding.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
+
+from remix_jax.models.config import ModelConfig, rope_inv_freq
+
+Array = jax.Array
+
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "save_qkv_ffn": jax.checkpoint_policies.save_only_these_names("qkv", "attn_out", "ffn_hidden"),
+}
+
+
+def _dt(name: str):
+    return jnp.dtype(name)
+
+
+def positions_from_segments(segment_ids: Array) -> Array:
+    """Position of each token within its segment [B, T]; padding (segment 0) gets position 0."""
+    seg = segment_ids
+    idx = jnp.arange(seg.shape[-1], dtype=jnp.int32)
+    start = jnp.concatenate([jnp.ones_like(seg[:, :1], bool), seg[:, 1:] != seg[:, :-1]], axis=-1)
+    start_idx = jax.lax.cummax(jnp.where(start, idx[None, :], 0), axis=1)
+    return jnp.where(seg != 0, idx[None, :] - start_idx, 0).astype(jnp.int32)
+
+
+class RMSNorm(nn.Module):
+    eps: float
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
+                           (x.shape[-1],), self.param_dtype)
+        x32 = x.astype(jnp.float32)
+        y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return (y * scale.astype(jnp.float32)).astype(self.dtype)
+
+
+class Projection(nn.Module):
+    """A linear map x [..., d_in] -> [..., features] with logically named kernel axes."""
+
+    features: int
+    kernel_axes: tuple[str, str]
+    use_bias: bool = False
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    def base_kernel(self, d_in: int) -> Array:
+        init = nn.with_logical_partitioning(nn.initializers.lecun_normal(), self.kernel_axes)
+        return self.param("kernel", init, (d_in, self.features), self.param_dtype)
+
+    def base_bias(self) -> Array | None:
+        if not self.use_bias:
+            return None
+        init = nn.with_logical_partitioning(nn.initializers.zeros, self.kernel_axes[1:])
+        return self.param("bias", init, (self.features,), self.param_dtype)
+
+    def base_forward(self, x: Array) -> Array:
+        kernel = self.base_kernel(x.shape[-1])
+        y = jnp.einsum("...d,df->...f", x.astype(self.dtype), kernel.astype(self.dtype))
+        b = self.base_bias()
+        if b is not None:
+            y = y + b.astype(self.dtype)
+        return y
+
+    @nn.compact
+    def __call__(self, x: Array, deterministic: bool = True, token_mask: Array | None = None) -> Array:
+        del deterministic, token_mask
+        return self.base_forward(x)
+
+
+class MLP(nn.Module):
+    """SwiGLU FFN: down(silu(gate(x)) * up(x))."""
+
+    config: ModelConfig
+    proj_cls: Any = Projection
+
+    def projections(self):
+        cfg, dt, pdt = self.config, _dt(self.config.dtype), _dt(self.config.param_dtype)
+        mk = functools.partial(self.proj_cls, dtype=dt, param_dtype=pdt)
+        return (mk(cfg.intermediate_size, ("embed", "mlp"), name="gate_proj"),
+                mk(cfg.intermediate_size, ("embed", "mlp"), name="up_proj"),
+                mk(cfg.hidden_size, ("mlp", "embed"), name="down_proj"))
+
+    @nn.compact
+    def __call__(self, x: Array, deterministic: bool = True, token_mask: Array | None = None) -> Array:
+        gate, up, down = self.projections()
+        kw = dict(deterministic=deterministic, token_mask=token_mask)
+        h = nn.silu(gate(x, **kw)) * up(x, **kw)
+        h = checkpoint_name(h, "ffn_hidden")
+        return down(h, **kw)
+
+
+def apply_rope(x: Array, positions: Array, inv_freq: Array) -> Array:
+    """Rotate-half RoPE. x [B, T, heads, hd]; positions [B, T]; computed in float32."""
+    angles = positions.astype(jnp.float32)[..., None] * inv_freq[None, None, :]  # [B, T, hd/2]
+    cos = jnp.cos(angles)[:, :, None, :]
+    sin = jnp.sin(angles)[:, :, None, :]
+    x32 = x.astype(jnp.float32)
+    x1, x2 = jnp.split(x32, 2, axis=-1)
+    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return out.astype(x.dtype)
+
+
+def attention_mask(q_pos, q_seg, k_pos, k_seg) -> Array:
+    """Boolean [B, 1, T, S]: same non-padding segment and key position <= query position."""
+    same = (q_seg[:, :, None] == k_seg[:, None, :]) & (k_seg[:, None, :] != 0)
+    causal = k_pos[:, None, :] <= q_pos[:, :, None]
+    return (same & causal)[:, None]
+
+
+def xla_attention(q, k, v, mask) -> Array:
+    """q [B,T,H,hd], k/v [B,S,KV,hd], mask [B,1,T,S] -> [B,T,H,hd]; softmax in float32."""
+    b, t, h, hd = q.shape
+    kvh = k.shape[2]
+    qg = q.reshape(b, t, kvh, h // kvh, hd)
+    scores = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32)
+    scores = scores * (hd ** -0.5)
+    big_neg = jnp.finfo(jnp.float32).min
+    scores = jnp.where(mask[:, :, None], scores, big_neg)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+    return out.reshape(b, t, h, hd)
+
+
+class Attention(nn.Module):
+    config: ModelConfig
+    proj_cls: Any = Projection
+
+    @nn.compact
+    def __call__(self, x, positions, segment_ids, layer_cache, key_pos, key_seg, cache_index,
+                 deterministic: bool = True, token_mask=None):
+        cfg = self.config
+        dt, pdt = _dt(cfg.dtype), _dt(cfg.param_dtype)
+        b, t, _ = x.shape
+        h, kvh, hd = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        mk = functools.partial(self.proj_cls, dtype=dt, param_dtype=pdt)
+        kw = dict(deterministic=deterministic, token_mask=token_mask)
+        q = mk(h * hd, ("embed", "heads"), use_bias=cfg.attention_bias, name="q_proj")(x, **kw)
+        k = mk(kvh * hd, ("embed", "kv"), use_bias=cfg.attention_bias, name="k_proj")(x, **kw)
+        v = mk(kvh * hd, ("embed", "kv"), use_bias=cfg.attention_bias, name="v_proj")(x, **kw)
+        q = checkpoint_name(q, "qkv").reshape(b, t, h, hd)
+        k = checkpoint_name(k, "qkv").reshape(b, t, kvh, hd)
+        v = checkpoint_name(v, "qkv").reshape(b, t, kvh, hd)
+        inv_freq = jnp.asarray(rope_inv_freq(cfg), jnp.float32)
+        q = apply_rope(q, positions, inv_freq)
+        k = apply_rope(k, positions, inv_freq)
+
+        new_cache = None
+        if layer_cache is not None:
+            ck = jax.lax.dynamic_update_slice(layer_cache["k"], k.astype(layer_cache["k"].dtype),
+                                              (0, cache_index, 0, 0))
+            cv = jax.lax.dynamic_update_slice(layer_cache["v"], v.astype(layer_cache["v"].dtype),
+                                              (0, cache_index, 0, 0))
+            new_cache = {"k": ck, "v": cv}
+            k, v = ck.astype(dt), cv.astype(dt)
+        else:
+            key_pos, key_seg = positions, segment_ids
+
+        impl = cfg.attention_impl
+        if impl == "auto":
+            impl = "cudnn" if (jax.default_backend() == "gpu" and layer_cache is None) else "xla"
+        if impl == "cudnn" and layer_cache is None:
+            # Flash attention: causal, keys restricted to each row's non-padding prefix. Valid for
+            # right-padded single-segment rows (training batches without packing).
+            lengths = jnp.sum(segment_ids != 0, axis=-1).astype(jnp.int32)
+            out = jax.nn.dot_product_attention(
+                q, k, v, is_causal=True, query_seq_lengths=lengths, key_value_seq_lengths=lengths,
+                implementation="cudnn")
+        else:
+            mask = attention_mask(positions, segment_ids, key_pos, key_seg)
+            out = xla_attention(q, k, v, mask)
+        out = checkpoint_name(out, "attn_out")
+        o = mk(cfg.hidden_size, ("heads", "embed"), name="o_proj")(out.reshape(b, t, h * hd), **kw)
+        return o, new_cache
+
+
+class Block(nn.Module):
+    config: ModelConfig
+    proj_cls: Any = Projection
+    mlp_cls: Any = MLP
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(self, x, layer_cache, positions, segment_ids, key_pos, key_seg, cache_index):
+        cfg = self.config
+        dt, pdt = _dt(cfg.dtype), _dt(cfg.param_dtype)
+        token_mask = segment_ids != 0
+        hn = RMSNorm(cfg.rms_norm_eps, dt, pdt, name="input_norm")(x)
+        a, new_cache = Attention(cfg, self.proj_cls, name="attn")(
+            hn, positions, segment_ids, layer_cache, key_pos, key_seg, cache_index,
+            deterministic=self.deterministic, token_mask=token_mask)
+        x = x + a
+        hn = RMSNorm(cfg.rms_norm_eps, dt, pdt, name="post_attn_norm")(x)
+        x = x + self.mlp_cls(cfg, self.proj_cls, name="mlp")(
+            hn, deterministic=self.deterministic, token_mask=token_mask)
+        return x.astype(dt), new_cache
+
+
+class Decoder(nn.Module):
+    """The causal LM. ``__call__`` returns (logits [B, T, vocab] float32, new_cache or None)."""
+
+    config: ModelConfig
+    proj_cls: Any = Projection
+    mlp_cls: Any = MLP
+
+    def _layers(self, deterministic: bool):
+        cfg = self.config
+        block = Block
+        policy = REMAT_POLICIES[cfg.remat] if cfg.remat != "none" else None
+        if cfg.remat != "none":
+            block = nn.remat(Block, policy=policy, prevent_cse=False)
+        return nn.scan(
+            block,
+            variable_axes={True: 0},
+            split_rngs={True: True},
+            in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+            length=cfg.num_layers,
+            metadata_params={nn.PARTITION_NAME: "layers"},
+        )(cfg, self.proj_cls, self.mlp_cls, deterministic, name="layers")
+
+    @nn.compact
+    def __call__(self, tokens: Array, segment_ids: Array | None = None, positions: Array | None = None,
+                 cache: dict | None = None, deterministic: bool = True, return_hidden: bool = False):
+        if segment_ids is None:
+            segment_ids = jnp.ones(tokens.shape, jnp.int32)
+        if positions is None:
+            positions = positions_from_segments(segment_ids)
+        cfg = self.config
+        dt, pdt = _dt(cfg.dtype), _dt(cfg.param_dtype)
+        embed = nn.Embed(
+            cfg.vocab_size, cfg.hidden_size, dtype=dt, param_dtype=pdt, name="embed",
+            embedding_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), ("vocab", "embed")))
+        x = embed(tokens)
+        if cache is not None:
+            idx = cache["index"]
+            key_pos = jax.lax.dynamic_update_slice(cache["pos"], positions.astype(jnp.int32), (0, idx))
+            key_seg = jax.lax.dynamic_update_slice(cache["seg"], segment_ids.astype(jnp.int32), (0, idx))
+            layer_cache = {"k": cache["k"], "v": cache["v"]}
+        else:
+            idx, key_pos, key_seg, layer_cache = 0, None, None, None
+        x, new_layer_cache = self._layers(deterministic)(
+            x, layer_cache, positions, segment_ids, key_pos, key_seg, idx)
+        h = RMSNorm(cfg.rms_norm_eps, dt, pdt, name="final_norm")(x)
+        new_cache = None
+        if cache is not None:
+            new_cache = {**new_layer_cache, "pos": key_pos, "seg": key_seg,
+                         "index": idx + tokens.shape[1]}
+        if cfg.tie_embeddings:
+            head = embed.embedding.T
+        else:
+            head = self.param("lm_head", nn.with_logical_partitioning(
+                nn.initializers.lecun_normal(), ("embed", "vocab")), (cfg.hidden_size, cfg.vocab_size), pdt)
+        if return_hidden:
+            return (h, head), new_cache
+        return lm_logits(h, head), new_cache
+
+
+def lm_logits(h: Array, head: Array) -> Array:
+    """Logits [..., vocab] in float32 from final hidden states and the [d, vocab] output matrix."""
+    return jnp.einsum("...d,dv->...v", h, head.astype(h.dtype), preferred_element_type=jnp.float32)
+
+
+def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype=None) -> dict:
+    """An empty KV cache for ``batch`` rows of up to ``max_len`` tokens (prompt + generation)."""
+    dtype = dtype or _dt(cfg.dtype)
+    shape = (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.head_dim)
+    return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype),
+            "pos": jnp.zeros((batch, max_len), jnp.int32), "seg": jnp.zeros((batch, max_len), jnp.int32),
+            "index": jnp.zeros((), jnp.int32)}
+
+
+def init_params(model: Decoder, rng: Array, seq_len: int = 8) -> dict:
+    """Randomly initialised, unboxed variables of ``model`` ({"params": ...}; adapters add collections)."""
+    tokens = jnp.zeros((1, seq_len), jnp.int32)
+    variables = model.init({"params": rng, "routing": rng}, tokens)
+    return nn.meta.unbox(variables)
+
+
+def logical_axes(model: Decoder, seq_len: int = 8) -> dict:
+    """Pytree of logical axis-name tuples (PartitionSpec of logical names) matching the variables."""
+    tokens = jnp.zeros((1, seq_len), jnp.int32)
+    abstract = jax.eval_shape(lambda: model.init({"params": jax.random.key(0),
+                                                  "routing": jax.random.key(0)}, tokens))
+    return nn.get_partition_spec(abstract)

