@@ -1,0 +1,214 @@
+"""Batched autoregressive generation with a KV cache, jitted with fixed shapes.
+
+Prompts are left-padded into buckets (power-of-two lengths; the batch padded to a power of two, up
+to ``max_batch``), so a run over many prompts compiles a handful of times. One jitted function does
+the prefill and the whole decode loop (``lax.while_loop``, which exits early once every row has
+produced a stop token). Compiled functions are cached by (model, shapes, decoding mode) and reused
+across calls.
+
+Works for any ``Decoder`` variables dict (the base "params" plus adapter collections such as
+"adapter" and "router"): the model is applied with ``deterministic=True`` and ``rngs={"routing":
+key}`` (a fresh key per step) so routers that sample at inference can.
+
+Decoding: greedy (``temperature == 0``) or sampling with temperature and nucleus (top-p) filtering.
+Stop token ids end a row inside the loop; stop strings are applied afterwards on the decoded text.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from remix_jax.models.llama import Decoder, init_cache, lm_logits, positions_from_segments
+
+Array = jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerationConfig:
+    max_new_tokens: int = 128
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    stop_token_ids: tuple[int, ...] = ()
+    pad_id: int = 0
+    max_batch: int = 64  # rows per compiled call; larger prompt lists run in chunks
+    min_prompt_bucket: int = 16
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens={self.max_new_tokens} must be >= 1")
+        if self.temperature < 0:
+            raise ValueError(f"temperature={self.temperature} must be >= 0")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p={self.top_p} must be in (0, 1]")
+        if self.max_batch < 1:
+            raise ValueError(f"max_batch={self.max_batch} must be >= 1")
+
+
+@dataclasses.dataclass
+class GenerationOutput:
+    """Per prompt: new token ids (stop token excluded) and the log-prob of each under the model.
+
+    ``logprobs`` are log softmax of the raw logits (before temperature / top-p), float32.
+    ``stopped`` tells whether the row ended with a stop token (else it hit max_new_tokens).
+    """
+
+    tokens: list[list[int]]
+    logprobs: list[list[float]]
+    stopped: list[bool]
+
+
+def bucket_size(n: int, minimum: int = 1) -> int:
+    """Smallest power of two >= max(n, minimum)."""
+    n = max(int(n), int(minimum), 1)
+    return 1 << (n - 1).bit_length()
+
+
+def left_pad(prompts: Sequence[Sequence[int]], length: int, batch: int,
+             pad_id: int) -> tuple[np.ndarray, ...]:
+    """tokens, segment_ids [batch, length] int32; prompts right-aligned, extra rows all padding."""
+    tokens = np.full((batch, length), pad_id, np.int32)
+    seg = np.zeros((batch, length), np.int32)
+    for i, p in enumerate(prompts):
+        if len(p):
+            tokens[i, length - len(p):] = np.asarray(p, np.int32)
+            seg[i, length - len(p):] = 1
+    return tokens, seg
+
+
+def sample_token(logits: Array, key: Array, temperature: Array, top_p: Array, greedy: bool) -> Array:
+    """Next token [B] from logits [B, V] (float32): argmax, or temperature + nucleus sampling."""
+    if greedy:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    scaled = logits / jnp.maximum(temperature, 1e-6)
+    sorted_logits = jnp.sort(scaled, axis=-1)[:, ::-1]
+    probs = jax.nn.softmax(sorted_logits, axis=-1)
+    # Keep the smallest prefix whose mass reaches top_p (the top token is always kept).
+    mass_before = jnp.cumsum(probs, axis=-1) - probs
+    n_keep = jnp.sum(mass_before < top_p, axis=-1, keepdims=True)
+    threshold = jnp.take_along_axis(sorted_logits, n_keep - 1, axis=-1)
+    filtered = jnp.where(scaled >= threshold, scaled, -jnp.inf)
+    return jax.random.categorical(key, filtered, axis=-1).astype(jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "greedy"))
+def _generate_batch(model: Decoder, variables: dict, tokens: Array, segment_ids: Array, rng: Array,
+                    temperature: Array, top_p: Array, stop_ids: Array, max_new_tokens: int, greedy: bool):
+    """Prefill + decode loop for one left-padded bucket.
+
+    tokens, segment_ids [B, T]; stop_ids [S] (-1 entries never match). Returns out [B, N] int32 (pad
+    after a row stops), logprobs [B, N] float32, stopped [B] bool, with N = max_new_tokens.
+    """
+    b, t = tokens.shape
+    n = max_new_tokens
+    cache = init_cache(model.config, b, t + n)
+    positions = positions_from_segments(segment_ids)
+
+    def forward(tok, seg, pos, cache, key):
+        # Logits of the last column only: the prefill never materialises [B, T, vocab].
+        (hidden, head), cache = model.apply(variables, tok, segment_ids=seg, positions=pos, cache=cache,
+                                            deterministic=True, return_hidden=True, rngs={"routing": key})
+        return lm_logits(hidden[:, -1], head), cache
+
+    rng, key = jax.random.split(rng)
+    logits, cache = forward(tokens, segment_ids, positions, cache, key)
+    next_pos = jnp.sum(segment_ids != 0, axis=-1).astype(jnp.int32)  # [B]
+    done = jnp.all(segment_ids == 0, axis=-1)  # batch-padding rows are finished from the start
+    pad = jnp.zeros((b,), jnp.int32)
+    out = jnp.zeros((b, n), jnp.int32)
+    logprobs = jnp.zeros((b, n), jnp.float32)
+    stopped = jnp.zeros((b,), bool)
+
+    def cond(state):
+        step, _, _, _, _, _, done, _, _ = state
+        return (step < n) & ~jnp.all(done)
+
+    def body(state):
+        step, cache, logits, pos, out, logprobs, done, stopped, rng = state
+        rng, k_sample, k_route = jax.random.split(rng, 3)
+        tok = sample_token(logits, k_sample, temperature, top_p, greedy)
+        lp = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), tok[:, None], axis=-1)[:, 0]
+        tok = jnp.where(done, pad, tok)
+        is_stop = jnp.any(tok[:, None] == stop_ids[None, :], axis=-1) & ~done
+        out = out.at[:, step].set(tok)
+        logprobs = logprobs.at[:, step].set(jnp.where(done, 0.0, lp))
+        stopped = stopped | is_stop
+        done = done | is_stop
+        logits, cache = forward(tok[:, None], jnp.ones((b, 1), jnp.int32), pos[:, None], cache, k_route)
+        return step + 1, cache, logits, pos + 1, out, logprobs, done, stopped, rng
+
+    state = (jnp.zeros((), jnp.int32), cache, logits, next_pos, out, logprobs, done, stopped, rng)
+    state = jax.lax.while_loop(cond, body, state)
+    step, _, _, _, out, logprobs, done, stopped, _ = state
+    # Columns never reached (early exit) hold zeros; callers cut rows at their stop token.
+    return out, logprobs, stopped, step
+
+
+def generate(model: Decoder, variables: dict, prompts: Sequence[Sequence[int]], config: GenerationConfig,
+             rng: Array | None = None) -> GenerationOutput:
+    """Generate continuations of token-id prompts (each a non-empty list of ids).
+
+    Prompts are grouped into chunks of ``config.max_batch`` in the given order, each left-padded to a
+    power-of-two length and batch. Returns new tokens per prompt, cut before the first stop token.
+    """
+    if rng is None:
+        rng = jax.random.key(0)
+    for i, p in enumerate(prompts):
+        if len(p) == 0:
+            raise ValueError(f"prompt {i} is empty")
+    greedy = config.temperature == 0.0
+    stop = np.asarray(config.stop_token_ids or (-1,), np.int32)
+    tokens_out: list[list[int]] = []
+    lps_out: list[list[float]] = []
+    stopped_out: list[bool] = []
+    for start in range(0, len(prompts), config.max_batch):
+        chunk = prompts[start:start + config.max_batch]
+        length = bucket_size(max(len(p) for p in chunk), config.min_prompt_bucket)
+        batch = min(bucket_size(len(chunk)), config.max_batch)
+        toks, seg = left_pad(chunk, length, batch, config.pad_id)
+        rng, key = jax.random.split(rng)
+        out, lps, stopped, _ = _generate_batch(
+            model, variables, jnp.asarray(toks), jnp.asarray(seg), key,
+            jnp.float32(config.temperature), jnp.float32(config.top_p), jnp.asarray(stop),
+            max_new_tokens=config.max_new_tokens, greedy=greedy)
+        out, lps, stopped = np.asarray(out), np.asarray(lps), np.asarray(stopped)
+        stop_set = set(config.stop_token_ids)
+        for i in range(len(chunk)):
+            row = out[i].tolist()
+            cut = next((j for j, x in enumerate(row) if x in stop_set), len(row))
+            tokens_out.append(row[:cut])
+            lps_out.append(lps[i, :cut].tolist())
+            stopped_out.append(bool(stopped[i]))
+    return GenerationOutput(tokens_out, lps_out, stopped_out)
+
+
+def truncate_at_stop_strings(text: str, stop_strings: Sequence[str]) -> str:
+    """``text`` cut before the earliest occurrence of any stop string."""
+    cut = len(text)
+    for s in stop_strings:
+        if s:
+            i = text.find(s)
+            if i != -1:
+                cut = min(cut, i)
+    return text[:cut]
+
+
+def generate_text(model: Decoder, variables: dict, tokenizer: Any, prompts: Sequence[str],
+                  config: GenerationConfig, stop_strings: Sequence[str] = (), chat: bool = False,
+                  rng: Array | None = None) -> list[str]:
+    """Generate completions of text prompts; returns decoded new text cut at ``stop_strings``.
+
+    With ``chat`` each prompt becomes one user turn in the tokenizer's chat template.
+    """
+    from remix_jax.models.tokenizer import encode_prompt
+
+    ids = [encode_prompt(tokenizer, p, chat=chat) for p in prompts]
+    out = generate(model, variables, ids, config, rng)
+    texts = [tokenizer.decode(t, skip_special_tokens=True) for t in out.tokens]
+    return [truncate_at_stop_strings(t, stop_strings) for t in texts]
