@@ -1,0 +1,114 @@
+"""Prepare or inspect the data of a config.
+
+    python -m remix_jax.data --config=configs/gsm8k.py --show=5 [--config.data.max_length=256]
+        [--tokenizer=path/to/model.gguf | path/to/tokenizer_folder] [--split=test]
+
+Prepares every TFDS source of ``config.data`` (once), prints ``--show`` formatted examples with the masked
+(prompt) part in brackets ``[[...]]`` and the trained response plain, then token-length statistics of each
+source and the fraction of examples longer than ``max_length``.
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+import remix_jax.data as data
+from remix_jax.data import templates
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file with a `data` section.", lock_config=True
+)
+_SHOW = flags.DEFINE_integer("show", 5, "How many formatted examples to print per source.")
+_TOKENIZER = flags.DEFINE_string(
+    "tokenizer", "", "Tokenizer path (GGUF file or tokenizer folder); default config.data.tokenizer."
+)
+_SPLIT = flags.DEFINE_string("split", "", "Split to inspect (default: each source's split).")
+_STATS_LIMIT = flags.DEFINE_integer(
+    "stats_limit", 0, "Tokenize at most this many examples per source (0 = all)."
+)
+
+
+def load_tokenizer(path: str):
+    """A GGUF file or a Hugging Face tokenizer folder, through the model package's loader."""
+    from remix_jax.models.tokenizer import load_tokenizer as load
+
+    if not pathlib.Path(path).exists():
+        raise data.DataError(f"{path}: tokenizer path does not exist")
+    return load(path)
+
+
+def marked(tokenizer, ids: np.ndarray, mask: np.ndarray) -> str:
+    """The example's text with its masked (not trained) spans wrapped in [[...]]."""
+    out, start = [], 0
+    for t in range(1, len(ids) + 1):
+        if t == len(ids) or mask[t] != mask[start]:
+            text = tokenizer.decode(ids[start:t].tolist(), skip_special_tokens=False)
+            out.append(text if mask[start] else f"[[{text}]]")
+            start = t
+    return "".join(out)
+
+
+def length_stats(lengths: np.ndarray, max_length: int) -> str:
+    q = np.percentile(lengths, [50, 90, 99]).astype(int)
+    return (
+        f"n={len(lengths)} mean={lengths.mean():.1f} p50={q[0]} p90={q[1]} p99={q[2]} max={lengths.max()} "
+        f"over max_length={max_length}: {(lengths > max_length).sum()} ({(lengths > max_length).mean():.2%})"
+    )
+
+
+def inspect(data_cfg, tokenizer, *, show: int, split: str | None = None, stats_limit: int = 0) -> str:
+    """The report printed by the command (a pure function of the config and tokenizer, for tests)."""
+    lines = []
+    kw = dict(template=data_cfg.template, plain_format=data_cfg.plain_format, add_bos=data_cfg.add_bos)
+    for src in data.open_sources(data_cfg, split=split):
+        lines.append(
+            f"== source {src.label}: {src.size} examples"
+            + (f" ({src.skipped} malformed rows skipped)" if src.skipped else "")
+        )
+        n = src.size if not stats_limit else min(stats_limit, src.size)
+        lengths, resp = np.zeros(n, np.int64), np.zeros(n, np.int64)
+        for i in range(n):
+            ex = src.get(i)
+            ids, mask = templates.tokenize_example(
+                tokenizer,
+                ex.prompt,
+                ex.response,
+                system=ex.extra.get("system") or data_cfg.system_prompt,
+                **kw,
+            )
+            lengths[i], resp[i] = len(ids), int(mask.sum())
+            if i < show:
+                lines.append(
+                    f"-- example {i} ({len(ids)} tokens, {int(mask.sum())} trained)\n"
+                    f"{marked(tokenizer, ids, mask)}"
+                )
+        lines.append(f"tokens per example: {length_stats(lengths, data_cfg.max_length)}")
+        lines.append(f"response tokens per example: mean={resp.mean():.1f} max={resp.max()}")
+    return "\n".join(lines)
+
+
+def main(argv):
+    del argv
+    cfg = _CONFIG.value
+    if cfg is None or "data" not in cfg:
+        raise app.UsageError("--config must name a config file with a `data` section")
+    tok_path = _TOKENIZER.value or cfg.data.get("tokenizer", "")
+    if not tok_path:
+        raise app.UsageError("no tokenizer: pass --tokenizer or set config.data.tokenizer")
+    print(
+        inspect(
+            cfg.data,
+            load_tokenizer(tok_path),
+            show=_SHOW.value,
+            split=_SPLIT.value or None,
+            stats_limit=_STATS_LIMIT.value,
+        )
+    )
+
+
+if __name__ == "__main__":
+    app.run(main)

