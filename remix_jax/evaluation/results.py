@@ -1,0 +1,96 @@
+"""Evaluation outputs: ``DIR/eval/<task>.json`` (metrics, counts, config, commit), per-example predictions
+``DIR/eval/<task>.predictions.jsonl``, and a results table."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import os
+import pathlib
+import subprocess
+from collections.abc import Iterable, Mapping, Sequence
+
+
+def git_commit(repo_dir: str | os.PathLike | None = None) -> dict | None:
+    """{"commit": sha, "dirty": bool} of the git checkout holding ``repo_dir`` (default: this package);
+    None when git or the checkout is unavailable."""
+    cwd = str(repo_dir or pathlib.Path(__file__).resolve().parent)
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
+                             timeout=10)
+        if sha.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                               capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return {"commit": sha.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
+
+
+def _jsonable(config) -> object:
+    """ConfigDict / dataclass / mapping -> plain JSON data (unknown objects become their repr)."""
+    if hasattr(config, "to_dict"):
+        config = config.to_dict()
+    return json.loads(json.dumps(config, default=repr))
+
+
+def write_task_results(workdir: str | os.PathLike, task: str, metrics: Mapping,
+                       predictions: Iterable[Mapping], config=None,
+                       extra: Mapping | None = None) -> pathlib.Path:
+    """Write DIR/eval/<task>.json and DIR/eval/<task>.predictions.jsonl; returns the json path.
+
+    metrics: e.g. {"accuracy": 0.5, "num_correct": 1, "num_examples": 2}; predictions: one dict per example.
+    """
+    if not task or "/" in task or task.startswith("."):
+        raise ValueError(f"bad task name {task!r}")
+    out = pathlib.Path(workdir) / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    pred_path = out / f"{task}.predictions.jsonl"
+    n = 0
+    with open(pred_path, "w", encoding="utf-8") as f:
+        for row in predictions:
+            f.write(json.dumps(row, ensure_ascii=False, default=repr) + "\n")
+            n += 1
+    record = {
+        "task": task,
+        "metrics": dict(metrics),
+        "num_predictions": n,
+        "config": _jsonable(config) if config is not None else None,
+        "git": git_commit(),
+        "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "predictions_file": pred_path.name,
+        **(dict(extra) if extra else {}),
+    }
+    path = out / f"{task}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(record, indent=2, ensure_ascii=False, allow_nan=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def read_task_results(workdir: str | os.PathLike) -> dict[str, dict]:
+    """task -> record of every DIR/eval/<task>.json."""
+    out = pathlib.Path(workdir) / "eval"
+    return {p.stem: json.loads(p.read_text(encoding="utf-8")) for p in sorted(out.glob("*.json"))}
+
+
+def format_table(results: Mapping[str, Mapping], columns: Sequence[str] | None = None) -> str:
+    """A markdown table: one row per task, one column per metric (numbers in [0, 1] shown as percentages,
+    counts as integers). results: task -> record (with "metrics") or task -> metrics."""
+    rows = {t: (r.get("metrics", r)) for t, r in results.items()}
+    if columns is None:
+        columns = sorted({k for m in rows.values() for k, v in m.items() if isinstance(v, (int, float))})
+
+    def cell(v) -> str:
+        if isinstance(v, bool) or v is None:
+            return "-" if v is None else str(v)
+        if isinstance(v, int):
+            return str(v)
+        if isinstance(v, float):
+            return "nan" if math.isnan(v) else (f"{100 * v:.2f}" if 0.0 <= v <= 1.0 else f"{v:.4g}")
+        return str(v)
+
+    lines = ["| task | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+    lines += [f"| {t} | " + " | ".join(cell(m.get(c)) for c in columns) + " |" for t, m in rows.items()]
+    return "\n".join(lines)
