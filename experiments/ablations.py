@@ -1,0 +1,27 @@
+"""Paper Figure 4: ReMix component ablations on GSM8K: full ReMix, without RLOO (plain REINFORCE, no
+baseline), without top-k inference (sampling k experts at inference), 3 seeds each.
+
+    python -m remix_jax.sweep --sweep=experiments/ablations.py
+"""
+
+from common import GSM8K_CONFIG, GSM8K_TASK, ROUTED, SEEDS, small_scale
+
+from remix_jax.sweep import KEYS
+
+
+def get_sweep():
+    return {
+        "config": GSM8K_CONFIG + ":remix",
+        "base_overrides": {**small_scale(), **ROUTED},
+        "grid": [[
+            {"name": "remix"},
+            {"name": "no_rloo", "overrides": {KEYS.baseline: "none"}},
+            {"name": "no_topk", "overrides": {KEYS.sample_at_inference: True}},
+        ]],
+        "seeds": SEEDS,
+        "report": {
+            "tables": [{"title": "ReMix ablations on GSM8K", "rows": ["variant"]}],
+            "plots": [{"kind": "bar", "x": "variant", "y": f"{GSM8K_TASK}/accuracy", "file": "ablations.png",
+                       "title": "ReMix ablations (paper Figure 4)"}],
+        },
+    }

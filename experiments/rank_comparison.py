@@ -1,0 +1,32 @@
+"""Paper Table 2: one LoRA of rank k*r against ReMix with k active rank-r experts (n = 8, r = 8), at the
+same activated parameter count, for k = 1..4, 3 seeds each. If ReMix wins, it uses diverse subsets.
+
+    python -m remix_jax.sweep --sweep=experiments/rank_comparison.py
+"""
+
+from common import GSM8K_CONFIG, GSM8K_TASK, SEEDS, N, R, small_scale
+
+from remix_jax.sweep import KEYS
+
+KS = (1, 2, 3, 4)
+
+
+def get_sweep():
+    variants = []
+    for k in KS:
+        variants.append({"name": f"remix_k{k}", "config": ":remix", "labels": {"k": k, "family": "remix"},
+                         "overrides": {KEYS.num_experts: N, KEYS.top_k: k, KEYS.rank: R}})
+        variants.append({"name": f"lora_r{k * R}", "config": ":lora", "labels": {"k": k, "family": "lora"},
+                         "overrides": {KEYS.rank: k * R}})
+    return {
+        "config": GSM8K_CONFIG + ":remix",
+        "base_overrides": small_scale(),
+        "grid": [variants],
+        "seeds": SEEDS,
+        "report": {
+            "tables": [{"title": "Rank k*r LoRA vs ReMix with k rank-r experts", "rows": ["k", "family"]}],
+            "plots": [{"kind": "line", "x": "k", "y": f"{GSM8K_TASK}/accuracy", "series": "family",
+                       "file": "rank_comparison.png", "xlabel": "k (LoRA rank = k * 8)",
+                       "title": "LoRA rank k*r vs ReMix k x rank r (paper Table 2)"}],
+        },
+    }

@@ -1,0 +1,94 @@
+"""remix_jax.reporting: reading run outputs (both eval record layouts), curves, aggregation by hand,
+formatting, and clear errors on malformed files."""
+
+import json
+import math
+
+import pytest
+
+from remix_jax import reporting
+from remix_jax.sweep import Run, expand
+
+
+def _write_run(wd, acc, loss_rows, complete=True, nested=False):
+    (wd / "eval").mkdir(parents=True)
+    rec = ({"task": "gsm8k", "metrics": {"accuracy": acc, "num_examples": 10}} if nested
+           else {"task": "gsm8k", "accuracy": acc, "num_correct": 1, "num_total": 10, "heldout_loss": 1.25})
+    (wd / "eval" / "gsm8k.json").write_text(json.dumps(rec))
+    (wd / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in loss_rows))
+    if complete:
+        (wd / "run_complete.json").write_text(json.dumps({"step": 20, "wall_s": 3.5}))
+
+
+ROWS = [{"step": 0, "loss": 3.0, "tokens_per_s": 10.0, "routing/ess_softmax": 3.0,
+         "routing/ess_softmax_per_block": [4.0, 2.0]},
+        {"step": 10, "loss": 2.0, "tokens_per_s": 30.0, "routing/ess_softmax": 2.0,
+         "routing/ess_softmax_per_block": [3.0, 1.0], "eval/gsm8k/accuracy": 0.05}]
+
+
+def test_collect_run_reads_the_contract(tmp_path):
+    run = Run("a", str(tmp_path / "a"), "c.py", {}, {"variant": "x", "seed": 0})
+    _write_run(tmp_path / "a", 0.25, ROWS)
+    row = reporting.collect_run(run)
+    assert row["status"] == "complete" and row["wall_s"] == 3.5
+    # the eval json wins over the eval/ rows of metrics.jsonl
+    assert row["gsm8k/accuracy"] == 0.25 and row["gsm8k/heldout_loss"] == 1.25
+    assert "gsm8k/num_total" not in row and "gsm8k/num_correct" not in row
+    assert row["train/final_loss"] == 2.0 and row["train/tokens_per_s"] == 20.0
+    assert row["routing/ess_softmax_final"] == 2.0 and row["variant"] == "x"
+    # the evaluation package's nested layout ({"metrics": {...}}) reads the same
+    run_b = Run("b", str(tmp_path / "b"), "c.py", {}, {"seed": 1})
+    _write_run(tmp_path / "b", 0.5, ROWS[:1], complete=False, nested=True)
+    row_b = reporting.collect_run(run_b)
+    assert row_b["status"] == "incomplete" and row_b["gsm8k/accuracy"] == 0.5
+    assert reporting.collect_run(Run("c", str(tmp_path / "c"), "c.py", {}, {}))["status"] == "missing"
+
+
+def test_curves_pick_blocks():
+    assert reporting.curve(ROWS, "routing/ess_softmax", "last") == ([0, 10], [2.0, 1.0])
+    assert reporting.curve(ROWS, "routing/ess_softmax", 0) == ([0, 10], [4.0, 3.0])
+    assert reporting.curve(ROWS, "routing/ess_softmax", "mean") == ([0, 10], [3.0, 2.0])
+    assert reporting.curve(ROWS, "loss") == ([0, 10], [3.0, 2.0])
+    assert reporting.curve(ROWS, "absent") == ([], [])
+
+
+def test_aggregate_mean_std_by_hand():
+    rows = [{"m": "a", "seed": 0, "acc": 0.5, "status": "complete"},
+            {"m": "a", "seed": 1, "acc": 0.6, "status": "complete"},
+            {"m": "a", "seed": 2, "acc": 0.9, "status": "complete"},
+            {"m": "b", "seed": 0, "acc": 0.2, "status": "complete"},
+            {"m": "b", "seed": 1, "acc": 0.99, "status": "incomplete"}]
+    ga, gb = reporting.aggregate(rows, ["m"], ["acc"])
+    mean = (0.5 + 0.6 + 0.9) / 3
+    std = math.sqrt(((0.5 - mean) ** 2 + (0.6 - mean) ** 2 + (0.9 - mean) ** 2) / 2)
+    assert ga["num_seeds"] == 3 and ga["acc"][0] == pytest.approx(mean) and ga["acc"][1] == pytest.approx(std)
+    assert gb["num_seeds"] == 1 and gb["acc"][0] == 0.2 and math.isnan(gb["acc"][1])
+    assert reporting.format_cell("gsm8k/accuracy", ga["acc"]) == f"{100 * mean:.2f} ± {100 * std:.2f}"
+    assert reporting.format_cell("train/final_loss", (1.23456, 0.5, 2)) == "1.235 ± 0.5"
+    assert reporting.format_cell("x", (math.nan, math.nan, 0)) == "-"
+    table = reporting.markdown_table([ga, gb], ["m"], ["acc"])
+    assert table.splitlines()[3] == "| b | 1 | 0.2 |"  # "acc" is not an accuracy column: no percent
+
+
+def test_malformed_files_name_file_and_line(tmp_path):
+    wd = tmp_path / "r"
+    wd.mkdir()
+    (wd / "metrics.jsonl").write_text('{"step": 0}\n{"step": 1,\n{"step": 2}\n')
+    with pytest.raises(reporting.ReportError, match=r"metrics.jsonl:2: not valid JSON"):
+        reporting.read_jsonl(wd / "metrics.jsonl")
+    (wd / "metrics.jsonl").write_text('{"step": 0}\n{"step": 1, "lo')  # a run still writing its last line
+    assert reporting.read_jsonl(wd / "metrics.jsonl", allow_partial_last=True) == [{"step": 0}]
+    (wd / "eval").mkdir()
+    (wd / "eval" / "gsm8k.json").write_text("{\n  bad\n}")
+    with pytest.raises(reporting.ReportError, match=r"gsm8k.json:2: not valid JSON"):
+        reporting.eval_metrics(wd)
+
+
+def test_write_report_rejects_unknown_plot_kind(tmp_path):
+    from remix_jax.sweep import Sweep
+
+    runs = expand({"config": "c.py"}, str(tmp_path / "runs"))
+    sweep = Sweep("s", "s.py", str(tmp_path / "out"), str(tmp_path / "runs"), "c.py", ("python",),
+                  tuple(runs), {"plots": [{"kind": "pie"}]})
+    with pytest.raises(reporting.ReportError, match=r"s.py: report.plots\[0\]: unknown kind 'pie'"):
+        reporting.write_report(sweep)

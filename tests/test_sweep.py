@@ -1,0 +1,212 @@
+"""The sweep tool end to end with a fake trainer: expansion and names, running, skipping finished runs,
+continuing past a failed run, commands mode, aggregation and plots."""
+
+import csv
+import json
+import math
+import pathlib
+import textwrap
+
+import pytest
+
+from remix_jax import sweep as sweep_lib
+
+# A stand-in for `python -m remix_jax.main`: parses the same flags, writes the workdir contract
+# deterministically from its arguments, and fails for one grid point.
+FAKE_TRAINER = textwrap.dedent('''
+    import json, os, sys
+    args = dict(a[2:].split("=", 1) for a in sys.argv[1:])
+    wd = args["workdir"]
+    over = {k[len("config."):]: v for k, v in args.items() if k.startswith("config.")}
+    variant = args["config"].split(":")[1]
+    k, seed = int(over["adapter.top_k"]), int(over["seed"])
+    with open(os.environ["FAKE_CALLS"], "a") as f:
+        f.write(os.path.basename(wd) + "\\n")
+    print("training", variant, k, seed)
+    if variant == "lora" and k == 2 and seed == 1:
+        print("boom", file=sys.stderr)
+        sys.exit(3)
+    os.makedirs(os.path.join(wd, "eval"), exist_ok=True)
+    routed = variant == "remix"
+    with open(os.path.join(wd, "metrics.jsonl"), "w") as f:
+        for step in range(0, 40, 10):
+            row = {"step": step, "loss": 2.0 - 0.01 * step - 0.1 * seed, "lr": 1e-3, "tokens_per_s": 100.0}
+            if routed:
+                ess = [4.0 - 0.05 * step, 3.0 - 0.05 * step]
+                row.update({"routing/ess_softmax": sum(ess) / 2, "routing/ess_softmax_per_block": ess,
+                            "routing/ess_applied": float(k), "routing/entropy": 1.0})
+            f.write(json.dumps(row) + "\\n")
+    acc = 0.1 * k + 0.01 * seed + (0.2 if routed else 0.0)
+    with open(os.path.join(wd, "eval", "gsm8k.json"), "w") as f:
+        json.dump({"task": "gsm8k", "accuracy": acc, "num_correct": int(1000 * acc), "num_total": 1000,
+                   "heldout_loss": 1.5 - 0.1 * k, "config": over, "commit": None}, f)
+    with open(os.path.join(wd, "run_complete.json"), "w") as f:
+        json.dump({"step": 30, "wall_s": 1.0 + seed}, f)
+''')
+
+SWEEP_FILE = textwrap.dedent('''
+    import sys
+    from remix_jax.sweep import KEYS
+
+    def get_sweep():
+        return {
+            "config": "configs/fake.py:remix",
+            "base_overrides": {KEYS.model_path: "random:tiny", KEYS.num_steps: 30},
+            "grid": [
+                [{"name": "remix"}, {"name": "lora", "config": ":lora", "labels": {"family": "lora"}}],
+                {KEYS.top_k: [1, 2]},
+            ],
+            "seeds": [0, 1],
+            "runner": [sys.executable, RUNNER],
+            "report": {
+                "plots": [
+                    {"kind": "line", "x": KEYS.top_k, "y": "gsm8k/accuracy", "series": "variant",
+                     "file": "acc_vs_k.png"},
+                    {"kind": "bar", "x": "variant", "y": "gsm8k/accuracy", "file": "bar.png"},
+                    {"kind": "ess", "series": "variant", "file": "ess.png"},
+                    {"kind": "ess_blocks", "series": "variant", "file": "ess_blocks.png"},
+                ],
+            },
+        }
+''')
+
+
+@pytest.fixture()
+def sweep_file(tmp_path, monkeypatch):
+    trainer = tmp_path / "fake_trainer.py"
+    trainer.write_text(FAKE_TRAINER)
+    path = tmp_path / "exp" / "toy.py"
+    path.parent.mkdir()
+    path.write_text(SWEEP_FILE.replace("RUNNER", repr(str(trainer))))
+    monkeypatch.setenv("FAKE_CALLS", str(tmp_path / "calls.txt"))
+    return path
+
+
+def _calls(tmp_path):
+    p = tmp_path / "calls.txt"
+    return p.read_text().split() if p.exists() else []
+
+
+EXPECTED_NAMES = [f"{v}__top_k={k}__seed={s}" for v in ("remix", "lora") for k in (1, 2) for s in (0, 1)]
+
+
+def test_expansion_names_and_commands(sweep_file):
+    sw = sweep_lib.load_sweep(sweep_file)
+    assert [r.name for r in sw.runs] == EXPECTED_NAMES
+    assert sw.out_dir == str(sweep_file.with_suffix(""))
+    run = sw.runs[6]  # lora, k=2, seed=0
+    assert run.config == "configs/fake.py:lora"
+    assert run.workdir == str(sweep_file.with_suffix("") / "runs" / run.name)
+    assert run.params == {"variant": "lora", "family": "lora", "adapter.top_k": 2, "seed": 0}
+    cmd = run.command(sw.runner)
+    assert cmd[2:] == ["--config=configs/fake.py:lora", f"--workdir={run.workdir}",
+                       "--config.model.path=random:tiny", "--config.train.num_steps=30",
+                       "--config.adapter.top_k=2", "--config.seed=0"]
+    selected = sweep_lib.select(sw.runs, r"^lora.*seed=1")
+    assert [r.name for r in selected] == [EXPECTED_NAMES[5], EXPECTED_NAMES[7]]
+
+
+def test_expand_product_of_keys_and_errors():
+    grid = [{"adapter.rank": [4, 8], "train.baseline": ["rloo", "none"]}]
+    runs = sweep_lib.expand({"config": "c.py", "grid": grid, "seeds": [3]}, "root")
+    assert [r.name for r in runs] == ["rank=4__baseline=rloo__seed=3", "rank=4__baseline=none__seed=3",
+                                      "rank=8__baseline=rloo__seed=3", "rank=8__baseline=none__seed=3"]
+    assert runs[0].overrides == {"adapter.rank": 4, "train.baseline": "rloo", "seed": 3}
+    with pytest.raises(sweep_lib.SweepError, match=r"grid\[0\].*non-empty list"):
+        sweep_lib.expand({"config": "c.py", "grid": [{"adapter.rank": 4}]}, "root")
+    with pytest.raises(sweep_lib.SweepError, match="duplicate variant names"):
+        sweep_lib.expand({"config": "c.py", "grid": [[{"name": "a"}, {"name": "a"}]]}, "root")
+    with pytest.raises(sweep_lib.SweepError, match="unknown field.*'seed'"):
+        sweep_lib.expand({"config": "c.py", "seed": 0}, "root")
+    with pytest.raises(sweep_lib.SweepError, match=r"grid\[0\]\[0\].*unknown variant field"):
+        sweep_lib.expand({"config": "c.py", "grid": [[{"name": "a", "override": {}}]]}, "root")
+    assert sweep_lib.format_value((1, 2)) == "(1, 2)" and sweep_lib.format_value(True) == "True"
+
+
+def test_bad_sweep_file_names_the_file(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("x = 1\n")
+    with pytest.raises(sweep_lib.SweepError, match="bad.py: defines no get_sweep"):
+        sweep_lib.load_sweep(bad)
+    assert sweep_lib.main([f"--sweep={tmp_path / 'missing.py'}"]) == 2
+
+
+def test_run_skip_fail_and_aggregate(sweep_file, tmp_path, capsys):
+    out = sweep_file.with_suffix("")
+    assert sweep_lib.main([f"--sweep={sweep_file}", "--dry_run"]) == 0
+    assert _calls(tmp_path) == [] and not (out / "runs").exists()
+
+    # first invocation: every run starts; one fails, the others complete; exit status 1
+    assert sweep_lib.main([f"--sweep={sweep_file}", "--quiet"]) == 1
+    assert _calls(tmp_path) == EXPECTED_NAMES
+    failed = "lora__top_k=2__seed=1"
+    assert "exit status 3" in capsys.readouterr().err
+    assert "boom" in (out / "runs" / failed / "log.txt").read_text()
+    assert not (out / "runs" / failed / "run_complete.json").exists()
+    assert "training remix 1 0" in (out / "runs" / EXPECTED_NAMES[0] / "log.txt").read_text()
+
+    # second invocation: finished runs are skipped, only the failed one is tried again
+    assert sweep_lib.main([f"--sweep={sweep_file}", "--quiet"]) == 1
+    assert _calls(tmp_path) == EXPECTED_NAMES + [failed]
+
+    # commands mode: one line per unfinished run, finished ones commented
+    assert sweep_lib.main([f"--sweep={sweep_file}", "--mode=commands"]) == 0
+    lines = (out / "commands.sh").read_text().splitlines()
+    active = [ln for ln in lines if ln and not ln.startswith("#")]
+    assert len(active) == 1 and f"--workdir={out / 'runs' / failed}" in active[0]
+    assert sum(ln.startswith("# finished: ") for ln in lines) == 7
+
+    # aggregation: results.csv rows and the markdown means/stds, computed by hand
+    with open(out / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["name"] for r in rows] == EXPECTED_NAMES
+    by_name = {r["name"]: r for r in rows}
+    assert by_name[failed]["status"] == "incomplete" and by_name[failed]["gsm8k/accuracy"] == ""
+    assert float(by_name["remix__top_k=2__seed=1"]["gsm8k/accuracy"]) == pytest.approx(0.41)
+    assert float(by_name["remix__top_k=1__seed=0"]["train/final_loss"]) == pytest.approx(1.7)
+    assert float(by_name["remix__top_k=1__seed=0"]["routing/ess_softmax_final"]) == pytest.approx(2.0)
+    assert "--config.seed=1" in by_name[failed]["command"]
+
+    md = (out / "results.md").read_text()
+    # remix k=1: accuracies 0.30, 0.31 -> mean 30.50 %, sample std 0.7071 %
+    std = math.sqrt(((0.30 - 0.305) ** 2 + (0.31 - 0.305) ** 2) / 1) * 100
+    # columns: variant, top_k, family (a label only the lora variant has), seeds, accuracy, heldout loss
+    assert f"| remix | 1 | - | 2 | 30.50 ± {std:.2f} | 1.4 ± 0 |" in md
+    # lora k=2: only seed 0 complete -> one value, no std
+    assert "| lora | 2 | lora | 1 | 20.00 | 1.3 |" in md
+    assert "lora__top_k=2__seed=1: incomplete" in md
+    for png in ("acc_vs_k.png", "bar.png", "ess.png", "ess_blocks.png"):
+        _assert_png(out / png)
+
+    # report_only re-aggregates without running anything
+    (out / "results.md").unlink()
+    assert sweep_lib.main([f"--sweep={sweep_file}", "--report_only"]) == 0
+    assert (out / "results.md").exists() and len(_calls(tmp_path)) == 9
+
+
+def _assert_png(path: pathlib.Path):
+    from PIL import Image
+
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", path
+    with Image.open(path) as im:
+        im.verify()
+    with Image.open(path) as im:
+        assert im.size[0] > 100 and im.size[1] > 100
+
+
+def test_only_filter_runs_subset(sweep_file, tmp_path):
+    assert sweep_lib.main([f"--sweep={sweep_file}", "--quiet", "--only=^remix__top_k=1"]) == 0
+    assert _calls(tmp_path) == EXPECTED_NAMES[:2]
+    wd = sweep_file.with_suffix("") / "runs" / EXPECTED_NAMES[0]
+    done = json.loads((wd / "run_complete.json").read_text())
+    assert done["step"] == 30
+
+
+def test_default_runner_and_workdir_root(tmp_path):
+    path = tmp_path / "plain.py"
+    path.write_text("def get_sweep():\n    return {'config': 'configs/x.py', 'workdir_root': 'elsewhere'}\n")
+    sw = sweep_lib.load_sweep(path)
+    assert sw.runner == ("python", "-m", "remix_jax.main")
+    assert [r.name for r in sw.runs] == ["seed=0"] and sw.runs[0].workdir == "elsewhere/seed=0"
+    assert sweep_lib.load_sweep(path, workdir_root="w").runs[0].workdir == "w/seed=0"
