@@ -48,7 +48,6 @@ class ModelConfig:
     # Rematerialisation of each block in the backward pass: "none", "full", "dots",
     # "dots_no_batch", "save_qkv_ffn" (see llama.REMAT_POLICIES).
     remat: str = "none"
-    scan_layers: bool = True
 
     def __post_init__(self):
         if self.num_heads % self.num_kv_heads:
