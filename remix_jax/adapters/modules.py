@@ -1,0 +1,195 @@
+"""How adapters attach to the frozen decoder: replacement projection and FFN modules.
+
+``build_model(model_cfg, adapter_cfg)`` returns a ``Decoder`` whose ``proj_cls``/``mlp_cls`` are the classes
+below. Base parameter names are unchanged ("params"); adapters add three collections:
+    adapter        LoRA factors lora_a / lora_b (+ DoRA magnitude_delta), stacked [L, ...] by the scan
+    router         router weight [L, d_in, n] (float32), only for learned routers
+    routing_stats  diagnostics and log Q, written when the collection is mutable (see routing/diagnostics.py)
+
+Per adapted projection (n experts, rank r):
+    lora/rslora      lora_a [d_in, r], lora_b [r, d_out]
+    dora             + magnitude_delta [d_out]
+    remix/mixlora/softmax_dense/uniform_random   lora_a [n, d_in, r], lora_b [n, r, d_out]
+    hydralora        lora_a [d_in, r] (shared), lora_b [n, r, d_out]
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from remix_jax.adapters import lora as lora_math
+from remix_jax.adapters import moe
+from remix_jax.adapters.config import FFN_PROJECTIONS, AdapterConfig, validate_adapter_config
+from remix_jax.models.llama import MLP, Decoder, Projection
+from remix_jax.routing.diagnostics import routing_diagnostics
+from remix_jax.routing.routers import RouterOutput, load_balancing_loss, route
+
+Array = jax.Array
+ADAPTER_DTYPE = jnp.float32  # trainable factors are kept in float32 whatever the base dtype
+
+
+def _adapter_var(module: nn.Module, name: str, init, shape: tuple, axes: tuple) -> Array:
+    boxed = nn.with_logical_partitioning(init, axes)
+    make = lambda: boxed(module.make_rng("params"), shape, ADAPTER_DTYPE)
+    return module.variable("adapter", name, make).value
+
+
+def route_site(module: nn.Module, x: Array, token_mask: Array | None, deterministic: bool,
+               cfg: AdapterConfig, in_axis: str) -> RouterOutput:
+    """Route the tokens x [B, T, d] at one site (a block or a projection) and write its routing_stats.
+
+    Creates the site's router weight [d, n] in the "router" collection (learned routers only) and draws
+    from the "routing" rng stream when the rule samples.
+    """
+    n, k = cfg.num_experts, cfg.top_k
+    batch_shape = x.shape[:-1]
+    mask = jnp.ones(batch_shape, bool) if token_mask is None else token_mask.astype(bool)
+    logits = None
+    if cfg.has_router_weights:
+        d = x.shape[-1]
+        std = cfg.router_init_std if cfg.router_init_std is not None else 0.1 / d ** 0.5
+        rdt = jnp.dtype(cfg.router_dtype)
+        init = nn.with_logical_partitioning(nn.initializers.normal(std), (in_axis, "expert"))
+        w = module.variable("router", "weight", lambda: init(module.make_rng("params"), (d, n), rdt)).value
+        # ReMix's router learns only through the estimator, never through the LoRA path (method.md §2).
+        xr = jax.lax.stop_gradient(x) if cfg.method == "remix" else x
+        logits = jnp.einsum("...d,dn->...n", xr.astype(rdt), w.astype(rdt)).astype(jnp.float32)
+    samples = cfg.method == "uniform_random" or (
+        cfg.method == "remix" and (not deterministic or cfg.sample_at_inference))
+    key = module.make_rng("routing") if samples else None
+    out = route(cfg.method, logits, n=n, k=k, omega=cfg.omega_value(), key=key, batch_shape=batch_shape)
+    if module.is_mutable_collection("routing_stats"):
+        log_prob = jnp.where(mask, out.log_prob, 0.0) if cfg.method == "remix" else jnp.zeros(batch_shape)
+        aux = (cfg.load_balance_coef * load_balancing_loss(out.probs, out.experts, mask)
+               if cfg.method == "mixlora" else jnp.zeros((), jnp.float32))
+        diag = routing_diagnostics(out.experts, out.weights, out.probs, mask, dense=not cfg.selects_top_k)
+        stats = {"log_prob": log_prob.astype(jnp.float32), "aux_loss": aux.astype(jnp.float32), **diag}
+        for name, value in stats.items():
+            module.put_variable("routing_stats", name, value)
+    return out
+
+
+class AdaptedProjection(Projection):
+    """A frozen projection plus the configured adapter when its name is among the targets.
+
+    ``routing`` (a RouterOutput from the block's router) is used when given; a targeted projection of a
+    routed method without one routes its own input. ``part``: "full" (base + adapter), "base", "delta"
+    (adapter only) or "slot_delta" (x [..., k, d_in]: slot j through expert routing.experts[..., j] alone,
+    weighted by routing.weights[..., j]; used by MixLoRA's expert_ffn form).
+    """
+
+    adapter: Any = None
+
+    @nn.compact
+    def __call__(self, x: Array, deterministic: bool = True, token_mask: Array | None = None,
+                 routing: RouterOutput | None = None, part: str = "full") -> Array:
+        cfg: AdapterConfig = self.adapter
+        if cfg is None or self.name not in cfg.targets:
+            if part not in ("full", "base"):
+                raise ValueError(f"{self.name} is not adapted; part={part!r} needs an adapter")
+            return self.base_forward(x)
+        if part == "base":
+            return self.base_forward(x)
+        d_in, d_out, r, n = x.shape[-1], self.features, cfg.rank, cfg.num_experts
+        ax_in, ax_out = self.kernel_axes
+        lecun, zeros = nn.initializers.lecun_normal(), nn.initializers.zeros
+        if cfg.method == "dora":
+            a = _adapter_var(self, "lora_a", lecun, (d_in, r), (ax_in, None))
+            b = _adapter_var(self, "lora_b", zeros, (r, d_out), (None, ax_out))
+            mag = _adapter_var(self, "magnitude_delta", zeros, (d_out,), (ax_out,))
+            kernel = self.base_kernel(d_in)
+            y = lora_math.dora_forward(x.astype(self.dtype), kernel, a, b, cfg.lora_scale(), mag)
+            bias = self.base_bias()
+            return y if bias is None else y + bias.astype(self.dtype)
+        if not cfg.routed:
+            a = _adapter_var(self, "lora_a", lecun, (d_in, r), (ax_in, None))
+            b = _adapter_var(self, "lora_b", zeros, (r, d_out), (None, ax_out))
+            base = self.base_forward(x)
+            return base + lora_math.lora_delta(x.astype(self.dtype), a, b, cfg.lora_scale())
+
+        if cfg.method == "hydralora":
+            a = _adapter_var(self, "lora_a", lecun, (d_in, r), (ax_in, None))
+        else:
+            # lecun_normal of a [n, d_in, r] array uses fan_in = d_in, the projection's own init.
+            a = _adapter_var(self, "lora_a", lecun, (n, d_in, r), ("expert", ax_in, None))
+        b = _adapter_var(self, "lora_b", zeros, (n, r, d_out), ("expert", None, ax_out))
+        if routing is None:
+            routing = route_site(self, x, token_mask, deterministic, cfg, ax_in)
+        xs = x.astype(self.dtype)
+        weights = routing.weights * cfg.lora_scale()
+        if part == "slot_delta":
+            return moe.slot_delta(xs, a, b, routing.experts, weights, cfg.expert_compute)
+        if cfg.method == "hydralora":
+            delta = moe.shared_a_mixture(xs, a, b, weights)
+        elif cfg.method == "softmax_dense":
+            delta = moe.dense_mixture(xs, a, b, weights)
+        else:
+            delta = moe.mixture_delta(xs, a, b, routing.experts, weights, cfg.expert_compute)
+        if part == "delta":
+            return delta
+        return self.base_forward(x) + delta
+
+
+class AdaptedMLP(MLP):
+    """SwiGLU FFN whose block router (router_scope="block") reads the FFN input and routes gate/up/down."""
+
+    adapter: Any = None
+
+    @nn.compact
+    def __call__(self, x: Array, deterministic: bool = True, token_mask: Array | None = None) -> Array:
+        cfg: AdapterConfig = self.adapter
+        gate, up, down = self.projections()
+        kw = dict(deterministic=deterministic, token_mask=token_mask)
+        block_routed = (cfg is not None and cfg.routed and cfg.router_scope == "block"
+                        and any(t in FFN_PROJECTIONS for t in cfg.targets))
+        if not block_routed:
+            return down(nn.silu(gate(x, **kw)) * up(x, **kw), **kw)
+        routing = route_site(self, x, token_mask, deterministic, cfg, "embed")
+        if cfg.method == "mixlora" and cfg.mixlora_form == "expert_ffn":
+            return self._expert_ffn(x, routing, gate, up, down, kw)
+        kw["routing"] = routing
+        return down(nn.silu(gate(x, **kw)) * up(x, **kw), **kw)
+
+    @staticmethod
+    def _expert_ffn(x, routing: RouterOutput, gate, up, down, kw) -> Array:
+        """MixLoRA's original form: sum_j pi_j FFN_{e_j}(x), FFN_i = the FFN with expert i's LoRAs.
+
+        The frozen gate/up products are shared by all experts and down is linear, so the base matmuls run
+        once: sum_j pi_j h_j W_down = (sum_j pi_j h_j) W_down.
+        """
+        k = routing.experts.shape[-1]
+        ones = RouterOutput(routing.experts, jnp.ones_like(routing.weights), routing.probs, routing.log_prob)
+        xk = jnp.broadcast_to(x[..., None, :], (*x.shape[:-1], k, x.shape[-1]))
+        g = gate(x, part="base", **kw)[..., None, :] + gate(xk, routing=ones, part="slot_delta", **kw)
+        u = up(x, part="base", **kw)[..., None, :] + up(xk, routing=ones, part="slot_delta", **kw)
+        h = nn.silu(g) * u  # [..., k, f]: expert j's FFN hidden state
+        pi = routing.weights.astype(h.dtype)[..., None]
+        base = down(jnp.sum(pi * h, axis=-2), part="base", **kw)
+        return base + jnp.sum(down(h, routing=routing, part="slot_delta", **kw), axis=-2)
+
+
+def build_model(model_cfg, adapter_cfg: AdapterConfig) -> Decoder:
+    """The decoder with adapters attached (validates adapter_cfg against model_cfg first)."""
+    adapter_cfg = validate_adapter_config(adapter_cfg, model_cfg)
+    return Decoder(model_cfg, proj_cls=functools.partial(AdaptedProjection, adapter=adapter_cfg),
+                   mlp_cls=functools.partial(AdaptedMLP, adapter=adapter_cfg))
+
+
+def init_adapter_variables(model: Decoder, rng: Array, tokens_shape: tuple[int, int] = (1, 8)) -> dict:
+    """Fresh {"adapter": ..., "router": ...} variables (router {} when the method has none), unboxed.
+
+    Jitted so that the (discarded) random base parameters are never materialised.
+    """
+    tokens = jnp.zeros(tokens_shape, jnp.int32)
+    k_params, k_routing = jax.random.split(rng)
+
+    def init(kp, kr):
+        variables = model.init({"params": kp, "routing": kr}, tokens)
+        return {c: variables.get(c, {}) for c in ("adapter", "router")}
+
+    return nn.meta.unbox(jax.jit(init)(k_params, k_routing))
