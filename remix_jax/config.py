@@ -1,0 +1,179 @@
+"""The run configuration schema, shared by every CLI, and its validation.
+
+``default_config()`` returns the full schema (an ml_collections ConfigDict); config files start from it
+and change fields. ``validate_config`` runs before anything is compiled and raises one ``ConfigError``
+listing every problem: unknown keys, wrong types, impossible combinations, a missing model path.
+
+Model paths: a Hugging Face checkpoint directory or a GGUF file, or ``random:SHAPE`` for a randomly
+initialised model of a named shape (``random:tiny``, ``random:smollm2-135m``, ... see
+``remix_jax.models.config.NAMED_SHAPES``), which needs no files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import ml_collections
+
+SAMPLING_METHODS = ("remix",)  # routers trained by the RLOO / REINFORCE estimator
+
+
+class ConfigError(ValueError):
+    """An invalid configuration; the message lists every problem with its key."""
+
+
+def default_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.model = ml_collections.ConfigDict(dict(
+        path="",  # HF directory, GGUF file, or random:SHAPE
+        dtype="float32",  # compute dtype (bfloat16 on accelerators)
+        param_dtype="float32",  # storage dtype of the frozen base
+        remat="none",  # none | full | dots | dots_no_batch | save_qkv_ffn
+        attention_impl="xla",  # xla | cudnn | auto
+        init_seed=0,  # random:SHAPE only
+    ))
+    c.adapter = adapter_defaults()
+    c.train = ml_collections.ConfigDict(dict(
+        num_steps=1000,
+        grad_accum_steps=1,
+        num_samples=4,  # M routing samples per sequence (remix); 1 for every other method
+        baseline="rloo",  # rloo | none (plain REINFORCE ablation)
+        log_every=10,
+        checkpoint_every=200,
+        max_checkpoints=3,
+        eval_every=0,  # 0: no periodic evaluation
+        export=True,  # write WORKDIR/export/{adapters.safetensors, adapter_config.json} at the end
+        progress=True,
+    ))
+    c.optimizer = ml_collections.ConfigDict(dict(
+        adapter_lr=2e-4, router_lr=1e-3, warmup_steps=0, end_lr_fraction=0.0, weight_decay=0.0,
+        b1=0.9, b2=0.999, eps=1e-8, grad_clip_norm=1.0,
+    ))
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    c.data = data_defaults()
+    return c
+
+
+def adapter_defaults() -> ml_collections.ConfigDict:
+    """config.adapter: the fields of remix_jax.adapters.AdapterConfig with their defaults."""
+    from remix_jax.adapters.config import AdapterConfig
+
+    d = {f.name: getattr(AdapterConfig(), f.name) for f in dataclasses.fields(AdapterConfig)}
+    d["router_init_std"] = ml_collections.FieldReference(d["router_init_std"], field_type=float)
+    return ml_collections.ConfigDict(d)
+
+
+def data_defaults() -> ml_collections.ConfigDict:
+    """config.data: the data package's schema (batch_size is global; max_length is T) plus ``synthetic``:
+    True trains on the built-in synthetic task (remix_jax.training.synthetic), no tokenizer or files."""
+    from remix_jax.data import default_data_config
+
+    d = default_data_config()
+    d.synthetic = False
+    return d
+
+
+def _walk(cfg, schema, prefix, errors):
+    for k in cfg.keys():
+        key = f"{prefix}{k}"
+        if k not in schema:
+            errors.append(f"{key}: unknown key (known: {', '.join(sorted(schema.keys()))})")
+            continue
+        sv, cv = schema[k], cfg[k]
+        if isinstance(sv, ml_collections.ConfigDict):
+            if not isinstance(cv, (ml_collections.ConfigDict, dict)):
+                errors.append(f"{key}: expected a section, got {cv!r}")
+            elif key != "data.sources":  # sources are free-form labels -> source_config
+                _walk(cv, sv, key + ".", errors)
+        elif sv is not None and cv is not None:
+            ok = (isinstance(cv, type(sv)) or (isinstance(sv, float) and isinstance(cv, int))
+                  or (isinstance(sv, tuple) and isinstance(cv, (list, tuple))))
+            if isinstance(sv, bool) != isinstance(cv, bool):
+                ok = False
+            if not ok:
+                errors.append(f"{key}: expected {type(sv).__name__}, got {cv!r}")
+
+
+def _check_model_path(path: str, errors: list[str]) -> None:
+    if not path:
+        errors.append("model.path: missing (a Hugging Face directory, a .gguf file, or random:SHAPE)")
+    elif path.startswith("random:"):
+        from remix_jax.models.config import NAMED_SHAPES
+        if path[len("random:"):] not in NAMED_SHAPES:
+            errors.append(f"model.path: unknown random shape {path!r}; known: "
+                          + ", ".join(f"random:{s}" for s in sorted(NAMED_SHAPES)))
+    elif not os.path.exists(path):
+        errors.append(f"model.path: {path!r} does not exist")
+
+
+def _check_adapter(adapter: Any, errors: list[str]) -> None:
+    from remix_jax.adapters.config import AdapterConfig, AdapterConfigError
+
+    try:
+        AdapterConfig.from_dict(dict(adapter))
+    except AdapterConfigError as e:
+        errors.append(str(e))
+
+
+def validate_config(config: ml_collections.ConfigDict, num_devices: int | None = None,
+                    check_paths: bool = True) -> None:
+    """Raise ConfigError listing every problem of ``config`` (before any model is built or compiled)."""
+    errors: list[str] = []
+    _walk(config, default_config(), "", errors)
+    if errors:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
+    a, t, o = config.adapter, config.train, config.optimizer
+    if check_paths:
+        _check_model_path(config.model.path, errors)
+    if t.baseline not in ("rloo", "none"):
+        errors.append(f"train.baseline: {t.baseline!r} is not rloo or none")
+    if a.method in SAMPLING_METHODS:
+        need = 2 if t.baseline == "rloo" else 1
+        if t.num_samples < need:
+            errors.append(f"train.num_samples={t.num_samples}: method remix with baseline "
+                          f"{t.baseline!r} needs at least {need} routing samples per sequence")
+    elif t.num_samples != 1:
+        errors.append(f"train.num_samples={t.num_samples}: only remix draws several routing samples; "
+                      f"method {a.method!r} needs train.num_samples=1")
+    for k in ("num_steps", "grad_accum_steps", "log_every", "max_checkpoints"):
+        if t[k] < 1:
+            errors.append(f"train.{k}={t[k]}: must be >= 1")
+    d = config.data
+    if d.batch_size < 1 or d.max_length < 2:
+        errors.append(f"data.batch_size={d.batch_size} must be >= 1 and data.max_length={d.max_length} >= 2")
+    if not d.synthetic and not d.sources:
+        errors.append("data.sources: empty; configure at least one source (or set data.synthetic=True)")
+    if not d.synthetic and config.model.path.startswith("random:"):
+        errors.append(f"data: model.path={config.model.path!r} has no tokenizer; real data needs a "
+                      "checkpoint (or set data.synthetic=True)")
+    if t.checkpoint_every < 0 or t.eval_every < 0:
+        errors.append("train.checkpoint_every / train.eval_every: must be >= 0 (0 disables)")
+    if t.grad_accum_steps >= 1 and d.batch_size % t.grad_accum_steps:
+        errors.append(f"data.batch_size={d.batch_size} is not divisible by "
+                      f"train.grad_accum_steps={t.grad_accum_steps}")
+    if o.warmup_steps > t.num_steps:
+        errors.append(f"optimizer.warmup_steps={o.warmup_steps} exceeds train.num_steps={t.num_steps}")
+    if o.adapter_lr < 0 or o.router_lr < 0:
+        errors.append("optimizer.adapter_lr / router_lr: must be >= 0")
+    if config.model.remat not in ("none", "full", "dots", "dots_no_batch", "save_qkv_ffn"):
+        errors.append(f"model.remat: {config.model.remat!r} is not a known policy")
+    if num_devices is not None:
+        from remix_jax.parallel.mesh import BATCH_AXES, resolve_axis_sizes
+        try:
+            resolved = resolve_axis_sizes(dict(config.mesh), num_devices)
+            sizes = dict(zip(("data", "fsdp", "tensor"), resolved, strict=True))
+            shards = 1
+            for ax in BATCH_AXES:
+                shards *= sizes[ax]
+            micro = d.batch_size // max(t.grad_accum_steps, 1)
+            if micro % shards:
+                errors.append(f"data.batch_size / grad_accum_steps = {micro} is not divisible by the "
+                              f"data-parallel shards data*fsdp = {shards}")
+        except ValueError as e:
+            errors.append(str(e))
+    _check_adapter(a, errors)
+    if errors:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(errors))

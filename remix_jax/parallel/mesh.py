@@ -1,0 +1,82 @@
+"""Device mesh with axes (data, fsdp, tensor) built from the config, and multi-host start-up.
+
+Axis sizes come from ``config.mesh``; one size may be -1 ("all remaining devices"). The mesh uses
+``AxisType.Auto`` axes, which linen's logical sharding annotations require (``jax.make_mesh`` defaults to
+Explicit axes in recent jax).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")  # the batch dimension is split over both data-parallel axes
+
+
+def resolve_axis_sizes(sizes: Mapping[str, int], num_devices: int) -> tuple[int, ...]:
+    """(data, fsdp, tensor) sizes whose product is num_devices; a single -1 takes what is left."""
+    unknown = [k for k in sizes if k not in MESH_AXES]
+    if unknown:
+        raise ValueError(f"config.mesh: unknown axes {unknown}; expected {MESH_AXES}")
+    vals = [int(sizes.get(a, 1)) for a in MESH_AXES]
+    given = dict(zip(MESH_AXES, list(vals), strict=True))
+    if vals.count(-1) > 1:
+        raise ValueError(f"config.mesh: at most one axis may be -1, got {given}")
+    if any(v == 0 or v < -1 for v in vals):
+        raise ValueError(f"config.mesh: axis sizes must be positive or -1, got {given}")
+    known = math.prod(v for v in vals if v != -1)
+    if -1 in vals:
+        if num_devices % known:
+            raise ValueError(f"config.mesh: {num_devices} devices are not divisible by the fixed axes "
+                             f"({known})")
+        vals[vals.index(-1)] = num_devices // known
+    if math.prod(vals) != num_devices:
+        raise ValueError(f"config.mesh: data*fsdp*tensor = {math.prod(vals)} but {num_devices} devices are "
+                         f"available ({given}); use -1 for one axis to fill the rest")
+    return tuple(vals)
+
+
+def make_mesh(sizes: Mapping[str, int], devices: Sequence | None = None) -> Mesh:
+    """A Mesh over ``devices`` (default: all) with Auto axes (data, fsdp, tensor)."""
+    devices = list(devices) if devices is not None else jax.devices()
+    shape = resolve_axis_sizes(sizes, len(devices))
+    auto = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
+    if devices == jax.devices():
+        return jax.make_mesh(shape, MESH_AXES, axis_types=auto)
+    return Mesh(np.asarray(devices).reshape(shape), MESH_AXES, axis_types=auto)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Sharding of [B, T] batch arrays: rows over (data, fsdp), sequence replicated."""
+    return NamedSharding(mesh, PartitionSpec(BATCH_AXES, None))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def maybe_initialize_distributed(env: Mapping[str, str] | None = None) -> bool:
+    """Call ``jax.distributed.initialize()`` when the environment describes a multi-process job.
+
+    Recognised: JAX_COORDINATOR_ADDRESS (+ JAX_NUM_PROCESSES, JAX_PROCESS_ID), or REMIX_DISTRIBUTED=1 to
+    let jax auto-detect the cluster (TPU pod slices, SLURM, Open MPI). Returns True when initialised.
+    """
+    env = os.environ if env is None else env
+    if env.get("JAX_COORDINATOR_ADDRESS"):
+        kw = {"coordinator_address": env["JAX_COORDINATOR_ADDRESS"]}
+        if env.get("JAX_NUM_PROCESSES"):
+            kw["num_processes"] = int(env["JAX_NUM_PROCESSES"])
+        if env.get("JAX_PROCESS_ID"):
+            kw["process_id"] = int(env["JAX_PROCESS_ID"])
+        jax.distributed.initialize(**kw)
+        return True
+    if env.get("REMIX_DISTRIBUTED", "") in ("1", "true", "True"):
+        jax.distributed.initialize()
+        return True
+    return False

@@ -1,0 +1,118 @@
+"""The train step: a pure function (state, batch, rng) -> (state, metrics).
+
+Gradients are taken only with respect to the trainable tree (adapters and routers); the frozen base is
+an ordinary input. Gradient accumulation is a ``lax.scan`` over micro-batches inside the step (one
+optimizer update per step; the accumulated gradient is the mean of the micro-batch gradients). The
+step's routing key is ``fold_in(rng, state.step)``, so a resumed run draws the same routing samples as an
+uninterrupted one. ``compile_train_step`` jits with explicit shardings and a donated state and compiles
+ahead of time, so the memory analysis is known before step 1.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from remix_jax.training.objective import ObjectiveConfig, remix_objective
+from remix_jax.training.train_state import TrainState
+
+Array = jax.Array
+
+
+def _split_micro(batch: dict, num_micro: int) -> dict:
+    """[B, T] leaves -> [num_micro, B / num_micro, T]; micro-batch i takes rows i, i + num_micro, ...
+
+    Strided rather than contiguous so every micro-batch stays spread over the data-parallel devices.
+    """
+    def split(x):
+        b = x.shape[0]
+        if b % num_micro:
+            raise ValueError(f"batch size {b} is not divisible by grad_accum_steps={num_micro}")
+        return jnp.swapaxes(x.reshape(b // num_micro, num_micro, *x.shape[1:]), 0, 1)
+    return jax.tree.map(split, batch)
+
+
+def make_train_step(apply_fn: Callable, tx: optax.GradientTransformation, obj_cfg: ObjectiveConfig,
+                    schedules: dict[str, Callable] | None = None, grad_accum_steps: int = 1) -> Callable:
+    """The pure step ``(state, batch, rng) -> (state, metrics)``.
+
+    batch: dict of [B, T] arrays (tokens, loss_mask, segment_ids, positions); rng: the run's key.
+    metrics: scalar arrays (loss, surrogate, grad_norm, lr/adapter, lr/router, tokens, routing/...).
+    """
+    objective = functools.partial(remix_objective, apply_fn, cfg=obj_cfg)
+    grad_fn = jax.value_and_grad(lambda tr, base, b, k: objective(tr, base, b, k), has_aux=True)
+
+    def step(state: TrainState, batch: dict, rng: Array):
+        key = jax.random.fold_in(rng, state.step)
+        if grad_accum_steps == 1:
+            (total, metrics), grads = grad_fn(state.trainable, state.base, batch, key)
+        else:
+            micro = _split_micro(batch, grad_accum_steps)
+            zeros = jax.tree.map(jnp.zeros_like, state.trainable)
+
+            def body(acc, xs):
+                i, mb = xs
+                (tot, met), g = grad_fn(state.trainable, state.base, mb, jax.random.fold_in(key, i))
+                acc = jax.tree.map(jnp.add, acc, g)
+                return acc, (tot, met)
+
+            grads, (tots, mets) = jax.lax.scan(
+                body, zeros, (jnp.arange(grad_accum_steps), micro))
+            grads = jax.tree.map(lambda g: g / grad_accum_steps, grads)
+            total = jnp.mean(tots)
+            metrics = jax.tree.map(lambda x: jnp.mean(x, axis=0), mets)
+            metrics["num_sequences"] = metrics["num_sequences"] * grad_accum_steps
+        updates, opt_state = tx.update(grads, state.opt_state, state.trainable)
+        trainable = optax.apply_updates(state.trainable, updates)
+        metrics = dict(metrics)
+        metrics["objective"] = total
+        metrics["grad_norm"] = optax.global_norm(grads)
+        metrics["tokens"] = jnp.sum(batch["segment_ids"] > 0).astype(jnp.float32)
+        response = batch["loss_mask"] * (batch["segment_ids"] > 0)
+        metrics["response_tokens"] = jnp.sum(response).astype(jnp.float32)
+        if schedules:
+            for g, sched in schedules.items():
+                metrics[f"lr/{g}"] = jnp.asarray(sched(state.step), jnp.float32)
+            metrics["lr"] = metrics["lr/adapter"]
+        new_state = state.replace(step=state.step + 1, trainable=trainable, opt_state=opt_state)
+        return new_state, metrics
+
+    return step
+
+
+def compile_train_step(step: Callable, state: TrainState, state_shardings, batch_shardings,
+                       abstract_batch: dict, rng: Array, log: Callable[[str], None] | None = print):
+    """jit with explicit shardings and a donated state, lower and compile ahead of time.
+
+    state: a concrete or abstract TrainState; abstract_batch: {name: ShapeDtypeStruct [B, T]} (global shapes).
+    Returns the compiled executable, called as ``compiled(state, batch, rng)``. Prints the memory analysis.
+    """
+    rep = jax.sharding.NamedSharding(batch_shardings.mesh, jax.sharding.PartitionSpec())
+    bsh = jax.tree.map(lambda _: batch_shardings, abstract_batch)
+    jitted = jax.jit(step, in_shardings=(state_shardings, bsh, rep),
+                     out_shardings=(state_shardings, rep), donate_argnums=(0,))
+    abstract_state = jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, state_shardings)
+    compiled = jitted.lower(abstract_state, abstract_batch, rng).compile()
+    if log is not None:
+        log(memory_report(compiled))
+    return compiled
+
+
+def memory_report(compiled) -> str:
+    """One line with the compiled step's memory analysis (bytes per device), or why it is unavailable."""
+    try:
+        ma = compiled.memory_analysis()
+    except Exception as e:  # some backends do not implement it
+        return f"memory analysis unavailable: {e}"
+    if ma is None:
+        return "memory analysis unavailable on this backend"
+    gib = 1 / 2**30
+    fields = ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes",
+              "alias_size_in_bytes", "generated_code_size_in_bytes")
+    parts = [f"{f.replace('_size_in_bytes', '')}={getattr(ma, f, 0) * gib:.3f}GiB" for f in fields]
+    return "train step memory per device: " + " ".join(parts)
