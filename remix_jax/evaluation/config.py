@@ -1,0 +1,142 @@
+"""The ``config.eval`` section: which tasks to score, where their files are, shots, decoding and limits.
+
+Data files are given by the user (no defaults). Each task section has:
+    path        the evaluation split (GSM8K test.jsonl, an LLM-Adapters test.json, HumanEval.jsonl.gz)
+    shots_path  the train split the demonstrations come from (GSM8K / multiple choice; HumanEval draws
+                its shots from other problems of ``path``)
+    shots       number of demonstrations (paper: GSM8K 4, ARC-c 5, HumanEval 4)
+    max_new_tokens
+Task names: gsm8k, arc_c, arc_e, boolq, obqa, humaneval.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from remix_jax.data.templates import DEFAULT_PLAIN_FORMAT
+
+MC_TASKS = ("arc_c", "arc_e", "boolq", "obqa")
+TASKS = ("gsm8k", *MC_TASKS, "humaneval")
+
+
+class EvalConfigError(ValueError):
+    """An invalid ``config.eval``; the message names the key."""
+
+
+def _task(shots: int, max_new_tokens: int, fmt: str) -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(
+        dict(path="", shots_path="", format=fmt, shots=shots, max_new_tokens=max_new_tokens)
+    )
+
+
+def default_eval_config() -> ml_collections.ConfigDict:
+    """Defaults for ``config.eval``. Fields:
+
+    tasks: comma-separated task names, in the order they run ("gsm8k,arc_c").
+    tokenizer: tokenizer path (GGUF file or folder with tokenizer.json); "" = the model's own. Needed for
+      random:SHAPE models.
+    plain_format: the prompt template around every demonstration and the query.
+    batch_size: prompts per generation call / sequences per scoring forward pass.
+    limit: score only the first N examples of each task (0 = all).
+    seed: shot selection and sampling seed.
+    mc_mode: "loglik" (rank the options by the log-likelihood of their continuations) or "generate" (read
+      the label from the generated answer).
+    mc_style: continuation form for loglik: "label" (" the correct answer is answer3", the training target)
+      or "text" (the option's own text).
+    mc_normalize: rank by per-token average log-likelihood instead of the sum.
+    routing_stats: run a scoring forward pass with the "routing_stats" collection mutable and save expert
+      load / ESS per block beside the accuracy (routed adapters only).
+    humaneval.num_samples / temperature / top_p / ks: sampling for pass@k (num_samples 1 + temperature 0 is
+      greedy pass@1; ks lists the k reported, each <= num_samples).
+    sandbox: limits for each generated program (see remix_jax/evaluation/sandbox.py); workers 0 = one per CPU.
+    """
+    c = ml_collections.ConfigDict()
+    c.tasks = "gsm8k,arc_c,humaneval"
+    c.tokenizer = ""
+    c.plain_format = DEFAULT_PLAIN_FORMAT
+    c.batch_size = 64
+    c.limit = 0
+    c.seed = 0
+    c.mc_mode = "loglik"
+    c.mc_style = "label"
+    c.mc_normalize = False
+    c.routing_stats = True
+    c.gsm8k = _task(4, 256, "gsm8k")
+    c.arc_c = _task(5, 32, "alpaca")
+    c.arc_e = _task(5, 32, "alpaca")
+    c.boolq = _task(0, 32, "alpaca")
+    c.obqa = _task(0, 32, "alpaca")
+    c.humaneval = ml_collections.ConfigDict(
+        dict(path="", shots=4, max_new_tokens=512, num_samples=1, temperature=0.0, top_p=0.95, ks="1")
+    )
+    c.sandbox = ml_collections.ConfigDict(
+        dict(timeout_s=10.0, cpu_s=10, memory_bytes=1 << 30, max_processes=16, workers=0)
+    )
+    return c
+
+
+def task_names(eval_cfg) -> list[str]:
+    """The configured task list (validated)."""
+    names = [t.strip() for t in str(eval_cfg.tasks).split(",") if t.strip()]
+    if not names:
+        raise EvalConfigError("eval.tasks: empty; name at least one of " + ", ".join(TASKS))
+    unknown = [t for t in names if t not in TASKS]
+    if unknown:
+        raise EvalConfigError(f"eval.tasks: unknown task(s) {unknown}; known: {', '.join(TASKS)}")
+    if len(set(names)) != len(names):
+        raise EvalConfigError(f"eval.tasks: {names} lists a task twice")
+    return names
+
+
+def validate_eval_config(eval_cfg) -> list[str]:
+    """Raise EvalConfigError listing every problem of the tasks that will run; returns the task names."""
+    names = task_names(eval_cfg)
+    errors = []
+    if eval_cfg.mc_mode not in ("loglik", "generate"):
+        errors.append(f"eval.mc_mode: {eval_cfg.mc_mode!r} is not 'loglik' or 'generate'")
+    if eval_cfg.mc_style not in ("label", "text"):
+        errors.append(f"eval.mc_style: {eval_cfg.mc_style!r} is not 'label' or 'text'")
+    if eval_cfg.batch_size < 1 or eval_cfg.limit < 0:
+        errors.append(
+            f"eval.batch_size={eval_cfg.batch_size} must be >= 1 and eval.limit={eval_cfg.limit} >= 0"
+        )
+    if "{prompt}" not in eval_cfg.plain_format:
+        errors.append("eval.plain_format: has no {prompt} field")
+    for t in names:
+        s = eval_cfg[t]
+        if not s.path:
+            errors.append(f"eval.{t}.path: missing (the task's evaluation file)")
+        if s.shots < 0 or s.max_new_tokens < 1:
+            errors.append(
+                f"eval.{t}: shots={s.shots} must be >= 0 and max_new_tokens={s.max_new_tokens} >= 1"
+            )
+        if t != "humaneval" and s.shots > 0 and not s.shots_path:
+            errors.append(f"eval.{t}.shots_path: missing (the train split the {s.shots} shots come from)")
+    if "humaneval" in names:
+        h = eval_cfg.humaneval
+        try:
+            ks = humaneval_ks(h)
+            if max(ks) > h.num_samples:
+                errors.append(f"eval.humaneval.ks={h.ks!r}: each k must be <= num_samples={h.num_samples}")
+        except EvalConfigError as e:
+            errors.append(str(e))
+        if h.num_samples > 1 and h.temperature == 0:
+            errors.append(
+                f"eval.humaneval.num_samples={h.num_samples} with temperature 0 gives identical "
+                "samples; set a temperature > 0 for pass@k"
+            )
+        if not 0 < h.top_p <= 1 or h.temperature < 0:
+            errors.append(f"eval.humaneval: top_p={h.top_p} must be in (0, 1] and temperature >= 0")
+    if errors:
+        raise EvalConfigError("invalid eval config:\n  " + "\n  ".join(errors))
+    return names
+
+
+def humaneval_ks(h) -> list[int]:
+    try:
+        ks = [int(k) for k in str(h.ks).split(",") if k.strip()]
+    except ValueError:
+        raise EvalConfigError(f"eval.humaneval.ks={h.ks!r}: expected comma-separated integers") from None
+    if not ks or min(ks) < 1:
+        raise EvalConfigError(f"eval.humaneval.ks={h.ks!r}: expected positive integers")
+    return ks

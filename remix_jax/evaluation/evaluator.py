@@ -1,0 +1,395 @@
+"""Task runners: GSM8K, multiple choice (ARC-c/ARC-e/BoolQ/OBQA) and HumanEval, each returning metrics and
+per-example predictions, plus routing statistics of the scoring forward passes.
+
+A ``ModelRunner`` wraps (model, variables, tokenizer) and offers the three things the tasks need:
+``generate(prompts, gen_cfg, stop_strings, rng) -> texts``, ``loglik(contexts, continuations) ->
+(sums [N], counts [N])`` and ``record_routing(texts)``. Every scoring forward pass runs with the
+"routing_stats" collection mutable; the per-block statistics (expert load [L, n], ESS, entropy) are
+averaged over batches weighted by their valid tokens and reported beside the accuracy. For generation
+tasks the statistics come from one teacher-forced pass over prompt + generated text (decode steps run
+with the collection immutable, so nothing slows them down).
+
+Tests can pass any callable as the generator of a task (a fake returning canonical solutions, say).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from remix_jax.evaluation import gsm8k, humaneval, multiple_choice, prompts, sandbox
+from remix_jax.evaluation.config import MC_TASKS, humaneval_ks
+from remix_jax.evaluation.generation import GenerationConfig, bucket_size, generate_text
+from remix_jax.models.llama import Decoder, lm_logits
+from remix_jax.routing.diagnostics import collect_routing_stats
+
+# Generator: (prompts, generation config, stop strings, rng) -> completions (stop strings already cut).
+Generator = Callable[[Sequence[str], GenerationConfig, Sequence[str], jax.Array], list[str]]
+ROUTING_KEYS = ("ess_applied", "ess_softmax", "entropy", "load", "distinct_subsets")
+
+
+@dataclasses.dataclass
+class TaskResult:
+    task: str
+    metrics: dict
+    predictions: list[dict]
+    routing_stats: dict | None = None
+
+
+class RoutingAccumulator:
+    """Token-weighted mean of per-block routing statistics over scoring batches."""
+
+    def __init__(self):
+        self.sums: dict[str, np.ndarray] = {}
+        self.tokens = 0
+
+    def add(self, stats: dict, num_tokens: int) -> None:
+        if not stats or num_tokens == 0:
+            return
+        for k in ROUTING_KEYS:
+            if k in stats:
+                v = np.asarray(stats[k], np.float64) * num_tokens
+                self.sums[k] = self.sums[k] + v if k in self.sums else v
+        self.tokens += int(num_tokens)
+
+    def result(self) -> dict | None:
+        """{"num_tokens", "ess_applied" [L], "ess_softmax" [L], "entropy" [L], "load" [L][n],
+        "distinct_subsets" [L] (mean per batch), "ess_applied_mean"}; None when nothing routed."""
+        if not self.sums:
+            return None
+        out: dict[str, Any] = {"num_tokens": self.tokens}
+        for k, v in self.sums.items():
+            out[k] = (v / self.tokens).tolist()
+        if "ess_applied" in out:
+            out["ess_applied_mean"] = float(np.mean(out["ess_applied"]))
+        return out
+
+
+@functools.partial(jax.jit, static_argnames=("model", "num_targets", "with_stats"))
+def _score_batch(
+    model: Decoder,
+    variables: dict,
+    tokens: jax.Array,
+    segment_ids: jax.Array,
+    target_mask: jax.Array,
+    rng: jax.Array,
+    num_targets: int,
+    with_stats: bool,
+):
+    """Summed log-probs of the target tokens of left-padded rows, and routing statistics.
+
+    tokens, segment_ids, target_mask [B, T] (targets sit in the last ``num_targets`` columns); only the
+    hidden states predicting those columns go through the vocabulary projection. Returns (loglik [B],
+    stats dict of the "routing_stats" collection, {} without routing).
+    """
+    kw = dict(segment_ids=segment_ids, deterministic=True, return_hidden=True, rngs={"routing": rng})
+    if with_stats:
+        ((hidden, head), _), mutated = model.apply(variables, tokens, mutable=["routing_stats"], **kw)
+        stats = {k: v for k, v in collect_routing_stats(mutated).items() if k in ROUTING_KEYS}
+    else:
+        (hidden, head), _ = model.apply(variables, tokens, **kw)
+        stats = {}
+    t = tokens.shape[1]
+    logits = lm_logits(hidden[:, t - num_targets - 1 : t - 1], head)  # predicts tokens[:, t-num_targets:]
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    picked = jnp.take_along_axis(logp, tokens[:, t - num_targets :, None], axis=-1)[..., 0]
+    return jnp.sum(picked * target_mask[:, t - num_targets :], axis=-1), stats
+
+
+def _has_routing(variables: dict, model: Decoder) -> bool:
+    adapter = getattr(getattr(model.mlp_cls, "keywords", {}), "get", lambda *_: None)("adapter")
+    return adapter is not None and getattr(adapter, "routed", False)
+
+
+class ModelRunner:
+    """Generation, option scoring and routing statistics for one model.
+
+    variables: {"params": ...} plus adapter collections ("adapter", "router"). ``routing_stats``: collect
+    statistics in scoring passes (only when the model has a router).
+    """
+
+    def __init__(
+        self,
+        model: Decoder,
+        variables: dict,
+        tokenizer,
+        batch_size: int = 64,
+        routing_stats: bool = True,
+        seed: int = 0,
+    ):
+        self.model, self.variables, self.tokenizer = model, variables, tokenizer
+        self.batch_size = batch_size
+        self.with_stats = routing_stats and _has_routing(variables, model)
+        self.rng = jax.random.key(seed)
+        self.routing = RoutingAccumulator()
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def generate(
+        self, texts: Sequence[str], gen: GenerationConfig, stop_strings: Sequence[str], rng: jax.Array
+    ) -> list[str]:
+        """Completions of ``texts``, run shortest-first (fewer prompt buckets, less padding)."""
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        out = generate_text(
+            self.model,
+            self.variables,
+            self.tokenizer,
+            [texts[i] for i in order],
+            dataclasses.replace(gen, max_batch=self.batch_size),
+            stop_strings,
+            rng=rng,
+        )
+        result = [""] * len(texts)
+        for i, text in zip(order, out, strict=True):
+            result[i] = text
+        return result
+
+    def _score(self, rows: Sequence[tuple[list[int], list[int]]]) -> tuple[np.ndarray, np.ndarray]:
+        """rows: (context ids, continuation ids) -> (summed log-probs [N], continuation lengths [N]).
+
+        Batches of ``batch_size`` rows, left-padded to a power-of-two length (shortest-first order), so
+        the continuation of every row ends in the last column.
+        """
+        n = len(rows)
+        sums, counts = np.zeros(n), np.zeros(n, np.int64)
+        order = sorted(range(n), key=lambda i: len(rows[i][0]) + len(rows[i][1]))
+        pad = self.tokenizer.pad_token_id or 0
+        for start in range(0, n, self.batch_size):
+            idx = order[start : start + self.batch_size]
+            seqs = [rows[i][0] + rows[i][1] for i in idx]
+            length = bucket_size(max(len(s) for s in seqs), 16)
+            n_tgt = bucket_size(max(len(rows[i][1]) for i in idx), 8)
+            n_tgt = min(n_tgt, length - 1)
+            b = bucket_size(len(idx)) if len(idx) < self.batch_size else self.batch_size
+            tokens = np.full((b, length), pad, np.int32)
+            seg = np.zeros((b, length), np.int32)
+            tgt = np.zeros((b, length), np.float32)
+            for j, i in enumerate(idx):
+                ctx, cont = rows[i]
+                s = seqs[j]
+                tokens[j, length - len(s) :], seg[j, length - len(s) :] = s, 1
+                if cont:
+                    tgt[j, length - len(cont) :] = 1.0
+            self.rng, key = jax.random.split(self.rng)
+            ll, stats = _score_batch(
+                self.model,
+                self.variables,
+                jnp.asarray(tokens),
+                jnp.asarray(seg),
+                jnp.asarray(tgt),
+                key,
+                num_targets=n_tgt,
+                with_stats=self.with_stats,
+            )
+            if self.with_stats:
+                self.routing.add(jax.device_get(stats), int(seg.sum()))
+            ll = np.asarray(ll)
+            for j, i in enumerate(idx):
+                sums[i], counts[i] = ll[j], len(rows[i][1])
+        return sums, counts
+
+    def loglik(self, contexts: Sequence[str], continuations: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Summed log-probability of each continuation after its context, and its token count."""
+        rows = []
+        for c, x in zip(contexts, continuations, strict=True):
+            ctx, cont = self.encode(c), self.encode(x)
+            if not ctx or not cont:
+                raise ValueError(f"empty context or continuation: {c[-40:]!r} / {x!r}")
+            rows.append((ctx, cont))
+        return self._score(rows)
+
+    def record_routing(self, prompts_: Sequence[str], completions: Sequence[str]) -> None:
+        """One teacher-forced pass over prompt + completion to collect routing statistics."""
+        if not self.with_stats:
+            return
+        rows = [(self.encode(p), self.encode(c)) for p, c in zip(prompts_, completions, strict=True)]
+        self._score([(ctx, cont) for ctx, cont in rows if ctx])
+
+    def take_routing(self) -> dict | None:
+        out = self.routing.result()
+        self.routing = RoutingAccumulator()
+        return out
+
+
+# ----------------------------------------------------------------------------------------- data
+
+
+def _examples(path: str, fmt: str, limit: int | None) -> list[dict]:
+    from remix_jax.data import build_eval_examples, source_config
+
+    return build_eval_examples(source_config("file", path=path, fmt=fmt), limit=limit or None)
+
+
+def _limit(eval_cfg) -> int | None:
+    return int(eval_cfg.limit) or None
+
+
+def _gen_config(
+    max_new_tokens: int, tokenizer, temperature: float = 0.0, top_p: float = 1.0
+) -> GenerationConfig:
+    from remix_jax.models.tokenizer import stop_token_ids
+
+    stops = stop_token_ids(tokenizer) if tokenizer is not None else ()
+    pad = (tokenizer.pad_token_id or 0) if tokenizer is not None else 0
+    return GenerationConfig(
+        max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, stop_token_ids=stops, pad_id=pad
+    )
+
+
+# ----------------------------------------------------------------------------------------- tasks
+
+
+def run_gsm8k(runner: ModelRunner, eval_cfg, generator: Generator | None = None) -> TaskResult:
+    """Few-shot GSM8K (eval.gsm8k.shots demonstrations from eval.gsm8k.shots_path), exact match."""
+    t = eval_cfg.gsm8k
+    examples = _examples(t.path, t.format, _limit(eval_cfg))
+    shots = []
+    if t.shots:
+        train = [
+            {"question": e["prompt"], "answer": e["response"]}
+            for e in _examples(t.shots_path, t.format, None)
+        ]
+        shots = prompts.gsm8k_shots(train, t.shots, eval_cfg.seed)
+    texts = [prompts.gsm8k_prompt(e["prompt"], shots, eval_cfg.plain_format) for e in examples]
+    stop = prompts.stop_sequences(eval_cfg.plain_format)
+    gen = _gen_config(t.max_new_tokens, runner.tokenizer)
+    outputs = (generator or runner.generate)(texts, gen, stop, jax.random.key(eval_cfg.seed))
+    golds = [gsm8k.extract_reference(e["response"]) for e in examples]
+    acc, preds, correct = gsm8k.accuracy(outputs, golds)
+    runner.record_routing(texts, outputs)
+    metrics = {
+        "accuracy": acc,
+        "num_correct": int(sum(correct)),
+        "num_examples": len(examples),
+        "num_no_answer": sum(p is None for p in preds),
+        "shots": int(t.shots),
+    }
+    rows = [
+        {"id": e["id"], "question": e["prompt"], "output": o, "prediction": p, "gold": g, "correct": c}
+        for e, o, p, g, c in zip(examples, outputs, preds, golds, correct, strict=True)
+    ]
+    return TaskResult("gsm8k", metrics, rows, runner.take_routing())
+
+
+def run_multiple_choice(
+    task: str, runner: ModelRunner, eval_cfg, generator: Generator | None = None
+) -> TaskResult:
+    """ARC-c / ARC-e / BoolQ / OBQA (LLM-Adapters rows): eval.mc_mode "loglik" ranks the options by the
+    log-likelihood of their continuations; "generate" reads the label from the generated answer."""
+    if task not in MC_TASKS:
+        raise ValueError(f"{task!r} is not a multiple-choice task ({', '.join(MC_TASKS)})")
+    t = eval_cfg[task]
+    examples = _examples(t.path, t.format, _limit(eval_cfg))
+    shots = []
+    if t.shots:
+        train = [
+            {"instruction": e["prompt"], "output": e["response"]}
+            for e in _examples(t.shots_path, t.format, None)
+        ]
+        shots = prompts.multiple_choice_shots(train, t.shots, eval_cfg.seed)
+    rows = [{"instruction": e["prompt"]} for e in examples]
+    texts = [prompts.multiple_choice_prompt(r, shots, eval_cfg.plain_format) for r in rows]
+    golds = [str(e["answer"]).strip().lower() for e in examples]
+    labels = [multiple_choice.option_labels(r) for r in rows]
+    for e, g, labs in zip(examples, golds, labels, strict=True):
+        if g not in labs:
+            raise ValueError(
+                f"{t.path}: example {e['id']}: gold answer {g!r} is not one of its options {labs}"
+            )
+    out_rows: list[dict] = []
+    if eval_cfg.mc_mode == "loglik":
+        contexts, conts = [], []
+        for i, r in enumerate(rows):
+            _, cs = multiple_choice.option_continuations(r, eval_cfg.mc_style)
+            contexts += [texts[i]] * len(cs)
+            conts += cs
+        sums, counts = runner.loglik(contexts, conts)
+        preds = []
+        offsets = np.cumsum([0] + [len(labs) for labs in labels])
+        for i, labs in enumerate(labels):
+            s, c = sums[offsets[i] : offsets[i + 1]], counts[offsets[i] : offsets[i + 1]]
+            best = multiple_choice.rank_options(s, c if eval_cfg.mc_normalize else None)
+            preds.append(labs[best])
+            out_rows.append(
+                {
+                    "id": examples[i]["id"],
+                    "prediction": labs[best],
+                    "gold": golds[i],
+                    "correct": labs[best] == golds[i],
+                    "logliks": [float(x) for x in s],
+                    "num_tokens": [int(x) for x in c],
+                }
+            )
+    else:
+        gen = _gen_config(t.max_new_tokens, runner.tokenizer)
+        outputs = (generator or runner.generate)(
+            texts, gen, prompts.stop_sequences(eval_cfg.plain_format), jax.random.key(eval_cfg.seed)
+        )
+        preds = [multiple_choice.extract_choice(o, labs) for o, labs in zip(outputs, labels, strict=True)]
+        runner.record_routing(texts, outputs)
+        out_rows = [
+            {"id": e["id"], "output": o, "prediction": p, "gold": g, "correct": p == g}
+            for e, o, p, g in zip(examples, outputs, preds, golds, strict=True)
+        ]
+    acc = multiple_choice.accuracy(preds, golds)
+    metrics = {
+        "accuracy": acc,
+        "num_correct": int(sum(p == g for p, g in zip(preds, golds, strict=True))),
+        "num_examples": len(examples),
+        "mode": eval_cfg.mc_mode,
+        "shots": int(t.shots),
+    }
+    if eval_cfg.mc_mode == "generate":
+        metrics["num_no_answer"] = sum(p is None for p in preds)
+    return TaskResult(task, metrics, out_rows, runner.take_routing())
+
+
+def run_humaneval(runner: ModelRunner, eval_cfg, generator: Generator | None = None) -> TaskResult:
+    """HumanEval: eval.humaneval.shots other problems as demonstrations, num_samples completions per
+    problem, each run in the sandbox; pass@k for every k in eval.humaneval.ks."""
+    h = eval_cfg.humaneval
+    all_problems = humaneval.load_problems(h.path)
+    problems = all_problems[: _limit(eval_cfg)] if _limit(eval_cfg) else all_problems
+    texts = [humaneval.few_shot_prompt(p, all_problems, h.shots) for p in problems]
+    gen = _gen_config(h.max_new_tokens, runner.tokenizer, h.temperature, h.top_p)
+    repeated = [t for t in texts for _ in range(h.num_samples)]
+    raw = (generator or runner.generate)(
+        repeated, gen, humaneval.STOP_SEQUENCES, jax.random.key(eval_cfg.seed)
+    )
+    completions: dict[str, list[str]] = {}
+    for j, text in enumerate(raw):
+        completions.setdefault(problems[j // h.num_samples]["task_id"], []).append(
+            humaneval.truncate_completion(text)
+        )
+    runner.record_routing(repeated, [humaneval.truncate_completion(t) for t in raw])
+    s = eval_cfg.sandbox
+    limits = sandbox.SandboxLimits(
+        timeout_s=float(s.timeout_s),
+        cpu_s=int(s.cpu_s),
+        memory_bytes=int(s.memory_bytes),
+        max_processes=int(s.max_processes),
+    )
+    metrics, records = humaneval.evaluate(
+        problems, completions, humaneval_ks(h), limits, workers=int(s.workers) or None
+    )
+    metrics["accuracy"] = metrics["pass@1"] if "pass@1" in metrics else None
+    metrics["num_passed"] = sum(r["passed"] for r in records)
+    metrics["num_correct"] = metrics["num_passed"]  # samples passing; pass@k are per-problem means
+    metrics["num_examples"] = metrics["num_problems"]
+    metrics["shots"] = int(h.shots)
+    return TaskResult("humaneval", metrics, records, runner.take_routing())
+
+
+def run_task(task: str, runner: ModelRunner, eval_cfg, generator: Generator | None = None) -> TaskResult:
+    if task == "gsm8k":
+        return run_gsm8k(runner, eval_cfg, generator)
+    if task == "humaneval":
+        return run_humaneval(runner, eval_cfg, generator)
+    return run_multiple_choice(task, runner, eval_cfg, generator)
