@@ -10,9 +10,7 @@ import dataclasses
 import logging
 from collections.abc import Callable
 
-import tensorflow_datasets as tfds
-
-from remix_jax.data import builders, formats, sources
+from remix_jax.data import formats, sources
 from remix_jax.data.sources import DataError
 
 log = logging.getLogger(__name__)
@@ -28,7 +26,9 @@ class ExampleSource:
     skipped: int = 0
 
 
-def _instruction_builder_config(name: str, src) -> builders.FilesConfig:
+def _instruction_builder_config(name: str, src) -> builders.FilesConfig:  # noqa: F821
+    from remix_jax.data import builders
+
     f = src.fields
     return builders.instruction_config(
         name, prompt_field=f.prompt, response_field=f.response, input_field=f.input, system_field=f.system
@@ -64,6 +64,11 @@ def open_source(
         if not examples:
             raise DataError(f"{src.path}: no valid rows ({skipped} skipped)")
         return ExampleSource(label, len(examples), examples.__getitem__, skipped)
+
+    # TFDS sources: tensorflow_datasets is imported only here, so file sources need no TFDS install.
+    import tensorflow_datasets as tfds
+
+    from remix_jax.data import builders
 
     builder_name = name.split("/")[0]
     fmt = formats.get_format(src.format or formats.DEFAULT_FORMAT.get(builder_name, ""))
