@@ -241,12 +241,8 @@ class Decoder(nn.Module):
     config: ModelConfig
     proj_cls: Any = Projection
     mlp_cls: Any = MLP
-    # With a KV cache (prefill and decode) the layer loop is unrolled: a rolled loop costs a host round trip
-    # per layer on GPUs, which dominates one-token decode steps. Training keeps the rolled scan (one block
-    # compiled once).
-    unroll_with_cache: bool = True
 
-    def _layers(self, deterministic: bool, unroll: bool = False):
+    def _layers(self, deterministic: bool):
         cfg = self.config
         block = Block
         policy = REMAT_POLICIES[cfg.remat] if cfg.remat != "none" else None
@@ -258,7 +254,6 @@ class Decoder(nn.Module):
             split_rngs={True: True},
             in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
             length=cfg.num_layers,
-            unroll=cfg.num_layers if unroll else 1,
             metadata_params={nn.PARTITION_NAME: "layers"},
         )(cfg, self.proj_cls, self.mlp_cls, deterministic, name="layers")
 
@@ -282,8 +277,7 @@ class Decoder(nn.Module):
             layer_cache = {"k": cache["k"], "v": cache["v"]}
         else:
             idx, key_pos, key_seg, layer_cache = 0, None, None, None
-        unroll = self.unroll_with_cache and cache is not None
-        x, new_layer_cache = self._layers(deterministic, unroll)(
+        x, new_layer_cache = self._layers(deterministic)(
             x, layer_cache, positions, segment_ids, key_pos, key_seg, idx)
         h = RMSNorm(cfg.rms_norm_eps, dt, pdt, name="final_norm")(x)
         new_cache = None
