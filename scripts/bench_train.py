@@ -1,0 +1,193 @@
+"""Training throughput of the real train step (remix_jax.training) on a named model shape with random weights.
+
+One JSON line per configuration: input tokens/s, sample-tokens/s (tokens x M), step time, peak device memory
+and MFU under two conventions:
+  - "6N": 6 x non-embedding parameters per input token (x M samples), the usual full-finetuning count;
+  - "frozen": forward 2N + activation gradients 2N for the frozen base, 6 per adapter parameter, plus
+    attention (4 x layers x T x H x hd per token forward, twice that backward), per sample-token.
+Both are divided by the measured bf16 matmul ceiling (--peak_tflops, measured on the same GPU at start-up
+unless given).
+
+    python scripts/bench_train.py --shape=llama3.2-1b --batch=8 --seq=1024 \
+        --runs="lora:r=16 remix:n=8,k=2,r=8,M=4" --peer=peft
+
+--runs is a space-separated list of METHOD[:key=value,...] with keys r, n, k, M, alpha, targets (ffn|all).
+--peer=peft|mixlora|peft,mixlora runs scripts/bench_peers.py on the same shape (a subprocess per peer, so each
+gets the whole device) in the same invocation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def parse_run(spec: str) -> dict:
+    method, _, rest = spec.partition(":")
+    run = {"method": method, "r": 16 if method in ("lora", "rslora", "dora") else 8, "n": 8, "k": 2, "M": 1,
+           "alpha": 32.0 if method in ("lora", "rslora", "dora") else 16.0, "targets": "ffn"}
+    for kv in filter(None, rest.split(",")):
+        k, v = kv.split("=")
+        run[k] = v if k == "targets" else (float(v) if k == "alpha" else int(v))
+    if method == "remix" and run["M"] < 2:
+        run["M"] = 4
+    return run
+
+
+def measure_matmul_tflops() -> float:
+    n = 8192
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.bfloat16)
+    b = jax.random.normal(jax.random.key(1), (n, n), jnp.bfloat16)
+    f = jax.jit(lambda x, y: x @ y)
+    f(a, b).block_until_ready()
+    t = time.perf_counter()
+    for _ in range(10):
+        c = f(a, b)
+    c.block_until_ready()
+    return 2 * n**3 * 10 / (time.perf_counter() - t) / 1e12
+
+
+def build_config(a, run: dict):
+    from remix_jax.config import default_config
+
+    c = default_config()
+    c.model.path = f"random:{a.shape}"
+    c.model.dtype = c.model.param_dtype = a.dtype
+    c.model.remat = a.remat
+    c.model.attention_impl = a.attention
+    c.adapter.method = run["method"]
+    c.adapter.rank = run["r"]
+    c.adapter.alpha = run["alpha"]
+    if run["method"] not in ("lora", "rslora", "dora"):
+        c.adapter.num_experts, c.adapter.top_k = run["n"], run["k"]
+    if run["targets"] == "all":
+        c.adapter.targets = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    c.train.num_samples = run["M"]
+    c.train.num_steps = 1000
+    c.data.synthetic = True
+    c.data.batch_size = a.batch
+    c.data.max_length = a.seq
+    return c
+
+
+def flops_per_token(model_cfg, adapter_params: int, seq: int) -> tuple[float, float]:
+    """(6N count, frozen-base count) per sample-token."""
+    n = model_cfg.num_params(include_embeddings=False)
+    attn = 4 * model_cfg.num_layers * seq * model_cfg.num_heads * model_cfg.head_dim / 2  # causal: half
+    frozen = 4 * n + 6 * adapter_params + 3 * attn
+    # The LM head (d x vocab) is frozen too and runs forward + input-gradient.
+    frozen += 4 * model_cfg.hidden_size * model_cfg.vocab_size
+    return 6 * n, frozen
+
+
+def run_ours(a, run: dict, peak_tflops: float) -> dict:
+    from remix_jax.parallel import mesh as mesh_lib
+    from remix_jax.training import loop
+    from remix_jax.training import optimizer as opt_lib
+    from remix_jax.training.train_step import compile_train_step, make_train_step
+
+    config = build_config(a, run)
+    bundle = loop.build_model_bundle(config)
+    tx, schedules = opt_lib.make_optimizer(loop.optimizer_config(config))
+    mesh = mesh_lib.make_mesh(dict(config.mesh))
+    state, state_sh = loop.shard_state(bundle, tx, mesh, copy_base=False)
+    bsh = mesh_lib.batch_sharding(mesh)
+    rng = np.random.default_rng(0)
+    toks = rng.integers(0, bundle.model_cfg.vocab_size, (a.batch, a.seq), dtype=np.int32)
+    batch = {"tokens": toks, "loss_mask": np.ones((a.batch, a.seq), np.float32),
+             "segment_ids": np.ones((a.batch, a.seq), np.int32),
+             "positions": np.broadcast_to(np.arange(a.seq, dtype=np.int32), (a.batch, a.seq)).copy()}
+    batch = jax.device_put(batch, bsh)
+    abstract = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=bsh) for k, v in batch.items()}
+    step = make_train_step(bundle.model.apply, tx, loop.objective_config(config), schedules)
+    key = jax.random.key(0)
+    t0 = time.perf_counter()
+    compiled = compile_train_step(step, state, state_sh, bsh, abstract, key, log=None)
+    compile_s = time.perf_counter() - t0
+    for _ in range(a.warmup):
+        state, m = compiled(state, batch, key)
+    jax.block_until_ready(state)
+    t0 = time.perf_counter()
+    for _ in range(a.steps):
+        state, m = compiled(state, batch, key)
+    jax.block_until_ready(state)
+    dt = (time.perf_counter() - t0) / a.steps
+    adapter_params = sum(x.size for x in jax.tree.leaves(bundle.trainable))
+    f6, ffrozen = flops_per_token(bundle.model_cfg, adapter_params, a.seq)
+    tokens = a.batch * a.seq
+    sample_tokens = tokens * run["M"]
+    stats = jax.local_devices()[0].memory_stats() or {}
+    out = {
+        "impl": "remix_jax", "method": run["method"], "shape": a.shape, "batch": a.batch, "seq": a.seq,
+        "rank": run["r"], "targets": run["targets"],
+        "num_experts": run["n"] if run["method"] not in ("lora", "rslora", "dora") else 1,
+        "top_k": run["k"] if run["method"] not in ("lora", "rslora", "dora") else 1, "num_samples": run["M"],
+        "step_ms": round(dt * 1e3, 2), "tokens_per_s": round(tokens / dt, 1),
+        "sample_tokens_per_s": round(sample_tokens / dt, 1),
+        "peak_gib": round(stats.get("peak_bytes_in_use", 0) / 2**30, 2),
+        "trainable_params": int(adapter_params), "compile_s": round(compile_s, 1),
+        "loss": float(m["loss"]),
+        "mfu_6n": round(f6 * sample_tokens / dt / 1e12 / peak_tflops, 4),
+        "mfu_frozen": round(ffrozen * sample_tokens / dt / 1e12 / peak_tflops, 4),
+        "peak_tflops": round(peak_tflops, 1), "attention": a.attention, "remat": a.remat,
+        "jax": jax.__version__, "device": jax.devices()[0].device_kind,
+    }
+    return out
+
+
+def run_peer(a, peer: str) -> dict:
+    here = os.path.dirname(os.path.abspath(__file__))
+    cmd = [sys.executable, os.path.join(here, "bench_peers.py"), f"--peer={peer}", f"--shape={a.shape}",
+           f"--batch={a.batch}", f"--seq={a.seq}"]
+    cmd += ["--rank=16"] if peer == "peft" else ["--rank=8", "--num_experts=8", "--top_k=2"]
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
+    if not lines:
+        return {"impl": peer, "shape": a.shape, "error": p.stderr[-800:]}
+    return json.loads(lines[-1])
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shape", default="tiny")
+    ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--seq", type=int, default=64)
+    ap.add_argument("--runs", default="lora:r=16 remix:n=8,k=2,r=8,M=4")
+    ap.add_argument("--peer", default="")
+    ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--attention", default="auto")
+    ap.add_argument("--remat", default="dots_no_batch")
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--peak_tflops", type=float, default=0.0)
+    ap.add_argument("--isolate", action="store_true",
+                    help="run each of our configurations in its own subprocess (clean peak memory)")
+    a = ap.parse_args()
+    if a.isolate and len(a.runs.split()) > 1:
+        for spec in a.runs.split():
+            argv = [x for x in sys.argv[1:] if not x.startswith(("--runs", "--peer", "--isolate"))]
+            subprocess.run([sys.executable, __file__, *argv, f"--runs={spec}", "--isolate"])
+        peers = list(filter(None, a.peer.split(",")))
+    else:
+        peak = a.peak_tflops or (measure_matmul_tflops() if jax.default_backend() == "gpu" else 1.0)
+        for spec in a.runs.split():
+            try:
+                print(json.dumps(run_ours(a, parse_run(spec), peak)), flush=True)
+            except Exception as e:  # one line per configuration, even on failure (e.g. out of memory)
+                print(json.dumps({"impl": "remix_jax", "run": spec, "shape": a.shape,
+                                  "error": repr(e)[:800]}), flush=True)
+        peers = [] if a.isolate else list(filter(None, a.peer.split(",")))
+    for peer in peers:
+        print(json.dumps(run_peer(a, peer)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
