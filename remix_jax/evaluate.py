@@ -22,10 +22,14 @@ from typing import Any
 from absl import app, flags
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Config file (configs/NAME.py[:VARIANT]).", lock_config=True
-)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run folder: adapters are read from it, eval/ is written.")
+_FLAGS: dict = {}  # defined only when run as a program, so other modules and tests may import this one
+
+
+def _define_flags() -> None:
+    _FLAGS["config"] = config_flags.DEFINE_config_file(
+        "config", None, "Config file (configs/NAME.py[:VARIANT]).", lock_config=True)
+    _FLAGS["workdir"] = flags.DEFINE_string(
+        "workdir", None, "Run folder: adapters are read from it, eval/ is written.")
 
 
 @dataclasses.dataclass
@@ -195,20 +199,22 @@ def run(config, workdir: str, log=print, generators: dict | None = None) -> dict
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if _CONFIG.value is None:
+    config, workdir = _FLAGS["config"].value, _FLAGS["workdir"].value
+    if config is None:
         raise app.UsageError("--config=configs/NAME.py[:VARIANT] is required")
-    if not _WORKDIR.value:
+    if not workdir:
         raise app.UsageError("--workdir=DIR is required")
     from remix_jax.data import DataError
     from remix_jax.evaluation.config import EvalConfigError
     from remix_jax.models.config import ModelLoadError
 
     try:
-        run(_CONFIG.value, _WORKDIR.value)
+        run(config, workdir)
     except (EvalConfigError, ModelLoadError, DataError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
 
 
 if __name__ == "__main__":
+    _define_flags()
     app.run(main)

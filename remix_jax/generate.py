@@ -20,14 +20,18 @@ from remix_jax.models.loading import load_model, load_tokenizer
 from remix_jax.models.tokenizer import encode_prompt, stop_token_ids
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("model", None, "A Hugging Face model directory or a .gguf file.", required=True)
-flags.DEFINE_string("prompt", None, "The prompt text.", required=True)
-flags.DEFINE_integer("max_new_tokens", 64, "Maximum number of generated tokens.")
-flags.DEFINE_bool("chat", False, "Wrap the prompt as a user turn in the model's chat template.")
-flags.DEFINE_float("temperature", 0.0, "Sampling temperature; 0 means greedy decoding.")
-flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass (with temperature > 0).")
-flags.DEFINE_integer("seed", 0, "Random seed for sampling.")
-flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Parameter and compute dtype.")
+
+
+def _define_flags() -> None:
+    """Defined only when run as a program, so other modules and tests may import this one."""
+    flags.DEFINE_string("model", None, "A Hugging Face model directory or a .gguf file.", required=True)
+    flags.DEFINE_string("prompt", None, "The prompt text.", required=True)
+    flags.DEFINE_integer("max_new_tokens", 64, "Maximum number of generated tokens.")
+    flags.DEFINE_bool("chat", False, "Wrap the prompt as a user turn in the model's chat template.")
+    flags.DEFINE_float("temperature", 0.0, "Sampling temperature; 0 means greedy decoding.")
+    flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass (with temperature > 0).")
+    flags.DEFINE_integer("seed", 0, "Random seed for sampling.")
+    flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Parameter and compute dtype.")
 
 
 def run(model_path: str, prompt: str, max_new_tokens: int = 64, chat: bool = False, temperature: float = 0.0,
@@ -56,4 +60,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    _define_flags()
     app.run(main)

@@ -7,6 +7,8 @@ from remix_jax import generate as cli
 
 
 def _main(capsys, *args):
+    if "model" not in flags.FLAGS:
+        cli._define_flags()
     flags.FLAGS.unparse_flags()
     flags.FLAGS(["generate", *args])
     try:

@@ -19,17 +19,18 @@ from ml_collections import config_flags
 import remix_jax.data as data
 from remix_jax.data import templates
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Config file with a `data` section.", lock_config=True
-)
-_SHOW = flags.DEFINE_integer("show", 5, "How many formatted examples to print per source.")
-_TOKENIZER = flags.DEFINE_string(
-    "tokenizer", "", "Tokenizer path (GGUF file or tokenizer folder); default config.data.tokenizer."
-)
-_SPLIT = flags.DEFINE_string("split", "", "Split to inspect (default: each source's split).")
-_STATS_LIMIT = flags.DEFINE_integer(
-    "stats_limit", 0, "Tokenize at most this many examples per source (0 = all)."
-)
+_FLAGS: dict = {}  # defined only when run as a program, so other modules and tests may import this one
+
+
+def _define_flags() -> None:
+    _FLAGS["config"] = config_flags.DEFINE_config_file(
+        "config", None, "Config file with a `data` section.", lock_config=True)
+    _FLAGS["show"] = flags.DEFINE_integer("show", 5, "How many formatted examples to print per source.")
+    _FLAGS["tokenizer"] = flags.DEFINE_string(
+        "tokenizer", "", "Tokenizer path (GGUF file or tokenizer folder); default config.data.tokenizer.")
+    _FLAGS["split"] = flags.DEFINE_string("split", "", "Split to inspect (default: each source's split).")
+    _FLAGS["stats_limit"] = flags.DEFINE_integer(
+        "stats_limit", 0, "Tokenize at most this many examples per source (0 = all).")
 
 
 def load_tokenizer(path: str):
@@ -93,22 +94,23 @@ def inspect(data_cfg, tokenizer, *, show: int, split: str | None = None, stats_l
 
 def main(argv):
     del argv
-    cfg = _CONFIG.value
+    cfg = _FLAGS["config"].value
     if cfg is None or "data" not in cfg:
         raise app.UsageError("--config must name a config file with a `data` section")
-    tok_path = _TOKENIZER.value or cfg.data.get("tokenizer", "")
+    tok_path = _FLAGS["tokenizer"].value or cfg.data.get("tokenizer", "")
     if not tok_path:
         raise app.UsageError("no tokenizer: pass --tokenizer or set config.data.tokenizer")
     print(
         inspect(
             cfg.data,
             load_tokenizer(tok_path),
-            show=_SHOW.value,
-            split=_SPLIT.value or None,
-            stats_limit=_STATS_LIMIT.value,
+            show=_FLAGS["show"].value,
+            split=_FLAGS["split"].value or None,
+            stats_limit=_FLAGS["stats_limit"].value,
         )
     )
 
 
 if __name__ == "__main__":
+    _define_flags()
     app.run(main)
