@@ -11,6 +11,30 @@ The adapters receive ordinary backprop of the first term (each sample's selectio
 router receives the RLOO estimator through the second (method.md section 3). A packed row holds several
 sequences (segment ids 1, 2, ...): losses and log Q are summed per (row, segment) slot, and slots without
 response tokens are ignored.
+
+Memory of the M samples. The cross-entropy is chunked (``loss_chunk_tokens``, losses.py): each step of
+the chunk loop multiplies [M * B * C, d] hidden states by the frozen [d, V] head, with
+C = loss_chunk_tokens // (M * B) positions, and the backward pass recomputes the chunk's logits, so the
+loss holds about two float32 [loss_chunk_tokens, V] buffers (2048 x 128256: 2 x 1 GiB) instead of
+three float32 [M, B, T, V] tensors (M=4, B=4, T=1024, V=128256: 3 x 7.8 GiB). What remains per sample
+is the decoder's saved activations, per token and layer, in the compute dtype (bf16 here; L layers,
+d model width, F FFN width, q/kv the query/key-value widths, n*r the experts' stacked rank):
+
+    remat policy    saved per token per layer                          Llama-3-8B, B*T = 4096, per sample
+    full            carry d                                            1.0 GiB
+    save_qkv_ffn    carry d + qkv (q + 2 kv) + attn_out q + ffn F      7.0 GiB
+    dots_no_batch   carry + q + 2 kv + o d + every projection's dot    19.6 GiB with adapted gate/up/down
+                    output; an adapted projection saves the base       (11.5 GiB without adapters)
+                    output, its adapter's delta (same width) and x@A
+    none            everything, including attention internals          (not bounded by the above)
+
+(estimates from these counts, not measurements). With dots_no_batch the FFN dominates: the base outputs
+(2F + d per layer) and, as large again, the adapters' full-width deltas; M=4 on the Llama-3-8B shape
+needs about 78 GiB of activations plus 15 GiB of bf16 weights, and M=8 (157 GiB) needs
+``save_qkv_ffn`` (about 56 GiB) to fit one 141 GB device. The attention
+scores are never saved under these policies (cuDNN flash attention keeps none; the XLA path's batched
+dots are not "no batch" dots), but the XLA path's per-layer backward transiently holds float32
+[M, B, H, T, T] scores. The per-sequence losses, log Q and routing statistics are O(M * B * T).
 """
 
 from __future__ import annotations
@@ -22,47 +46,23 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from remix_jax.models.llama import lm_logits
 from remix_jax.routing.diagnostics import collect_routing_stats
 from remix_jax.routing.rloo import rloo_surrogate
+from remix_jax.training.losses import (
+    chunked_token_cross_entropy,
+    per_sequence_sums,
+    sequence_losses,
+    sequence_losses_from_ce,
+    token_cross_entropy,
+)
+
+__all__ = ["DIAGNOSTIC_STATS", "ObjectiveConfig", "loss_chunk_len", "per_sequence_sums", "remix_objective",
+           "sequence_losses", "token_cross_entropy"]
 
 Array = jax.Array
 
 DIAGNOSTIC_STATS = ("ess_applied", "ess_softmax", "entropy", "distinct_subsets")
-
-
-def token_cross_entropy(logits: Array, tokens: Array) -> Array:
-    """ce [B, T]: ce[:, t] = -log p(tokens[:, t] | logits[:, t-1]); ce[:, 0] = 0 (nothing predicts it).
-
-    logits [B, T, V] (any float dtype; computed in float32), tokens [B, T] int.
-    """
-    logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
-    tgt = jnp.take_along_axis(logp, tokens[:, 1:, None].astype(jnp.int32), axis=-1)[..., 0]
-    return jnp.pad(-tgt, ((0, 0), (1, 0)))
-
-
-def per_sequence_sums(values: Array, segment_ids: Array) -> Array:
-    """Sums [B, T] of ``values`` [B, T] per (row, segment): slot s-1 holds segment s; padding dropped."""
-    t = values.shape[1]
-    seg = segment_ids.astype(jnp.int32)
-
-    def row(v, s):
-        return jax.ops.segment_sum(jnp.where(s > 0, v, 0.0), s, num_segments=t + 1)[1:]
-
-    return jax.vmap(row)(values.astype(jnp.float32), seg)
-
-
-def sequence_losses(logits: Array, tokens: Array, loss_mask: Array,
-                    segment_ids: Array) -> tuple[Array, Array]:
-    """(loss [B, T], valid [B, T]): mean response-token CE of each (row, segment) slot, and slot validity.
-
-    loss_mask [B, T] is 1 where tokens[t] is a response token predicted from position t-1.
-    """
-    ce = token_cross_entropy(logits, tokens)
-    mask = loss_mask.astype(jnp.float32) * (segment_ids > 0)
-    num = per_sequence_sums(ce * mask, segment_ids)
-    den = per_sequence_sums(mask, segment_ids)
-    valid = den > 0
-    return jnp.where(valid, num / jnp.maximum(den, 1.0), 0.0), valid
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,12 +74,32 @@ class ObjectiveConfig:
     sampling_router: True when the router is trained by the estimator (remix), else log Q is ignored.
     aux_loss_weight: multiplies the routers' auxiliary loss (mixlora load balancing). The adapters
         already scale it by AdapterConfig.load_balance_coef, so 1.0 adds it as emitted; 0.0 drops it.
+    loss_chunk_tokens: logits rows per cross-entropy chunk, counted over the M samples and the (global)
+        batch rows: each chunk covers max(1, loss_chunk_tokens // (M * B)) positions. Live loss memory is
+        about 2 x loss_chunk_tokens x V float32 (per device: divided by the data-parallel degree).
+        0 materialises the full [M, B, T, V] logits (the reference; fine for small vocabularies).
     """
 
     num_samples: int = 1
     baseline: str = "rloo"
     sampling_router: bool = False
     aux_loss_weight: float = 1.0
+    loss_chunk_tokens: int = 2048
+
+    def __post_init__(self):
+        if self.num_samples < 1:
+            raise ValueError(f"ObjectiveConfig.num_samples={self.num_samples}: must be >= 1")
+        if self.loss_chunk_tokens < 0:
+            raise ValueError(f"ObjectiveConfig.loss_chunk_tokens={self.loss_chunk_tokens}: must be >= 0 "
+                             "(0 materialises the full logits)")
+
+
+def loss_chunk_len(cfg: ObjectiveConfig, batch_size: int, seq_len: int) -> int:
+    """Positions per cross-entropy chunk: loss_chunk_tokens spread over the M samples and B rows
+    (at least 1); ``seq_len`` (one chunk, the full logits) when loss_chunk_tokens is 0."""
+    if cfg.loss_chunk_tokens == 0:
+        return seq_len
+    return max(1, min(seq_len, cfg.loss_chunk_tokens // (cfg.num_samples * batch_size)))
 
 
 def remix_objective(apply_fn: Callable, trainable: dict, base: Any, batch: dict, key: Array,
@@ -94,11 +114,17 @@ def remix_objective(apply_fn: Callable, trainable: dict, base: Any, batch: dict,
     tokens, seg = batch["tokens"], batch["segment_ids"]
     keys = jax.random.split(key, cfg.num_samples)
 
+    chunk_len = loss_chunk_len(cfg, *tokens.shape)
+
     def one_sample(k):
-        (logits, _), mut = apply_fn(
+        ((hidden, head), _), mut = apply_fn(
             {"params": base, **trainable}, tokens, segment_ids=seg, positions=batch["positions"],
-            deterministic=False, rngs={"routing": k}, mutable=["routing_stats"])
-        loss, valid = sequence_losses(logits, tokens, batch["loss_mask"], seg)
+            deterministic=False, rngs={"routing": k}, mutable=["routing_stats"], return_hidden=True)
+        if cfg.loss_chunk_tokens:
+            ce = chunked_token_cross_entropy(hidden, head, tokens, chunk_len)
+        else:
+            ce = token_cross_entropy(lm_logits(hidden, head), tokens)
+        loss, valid = sequence_losses_from_ce(ce, batch["loss_mask"], seg)
         stats = collect_routing_stats(mut)
         if cfg.sampling_router and "log_prob" in stats:
             per_token = jnp.sum(stats["log_prob"].astype(jnp.float32), axis=0)  # [B, T]: sum over blocks

@@ -1,0 +1,140 @@
+"""Token and sequence cross-entropy, with a chunked form that never holds the full-vocabulary logits.
+
+``token_cross_entropy`` takes logits [B, T, V]; ``chunked_token_cross_entropy`` takes the decoder's final
+hidden states [B, T, d] and the frozen output matrix [d, V] (``Decoder(..., return_hidden=True)``) and
+gives the same values without materialising [B, T, V]:
+
+    for each chunk of C positions:  logits = hidden[:, chunk] @ head     [B, C, V] (compute dtype, f32 acc)
+                                    nll    = logsumexp(logits) - logits[target]
+
+The chunks run under ``lax.map``; each chunk's function has a custom VJP whose residuals are its inputs
+and the log-normaliser [B, C], so the backward pass recomputes that chunk's logits instead of keeping
+them, and forms d logits = g * softmax in one fused pass (the one-hot term goes through gathered head
+columns, never through a [B, C, V] buffer): live memory is about two chunk-sized float32 buffers
+instead of three full float32 [B, T, V] tensors. Gradients flow to ``hidden`` (and through it to
+adapters); the head's gradient is defined too but is removed by XLA when unused, as in the objective
+(the head is frozen base weight, the embedding in tied models).
+
+Under ``jax.vmap`` over routing samples the chunk of each sample is batched together, so one step of the
+map multiplies [M * B * C, d] by [d, V]: the matmul stays large while memory per step is M * B * C * V.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from remix_jax.models.llama import lm_logits
+
+Array = jax.Array
+
+
+def token_cross_entropy(logits: Array, tokens: Array) -> Array:
+    """ce [B, T]: ce[:, t] = -log p(tokens[:, t] | logits[:, t-1]); ce[:, 0] = 0 (nothing predicts it).
+
+    logits [B, T, V] (any float dtype; computed in float32), tokens [B, T] int.
+    """
+    logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
+    tgt = jnp.take_along_axis(logp, tokens[:, 1:, None].astype(jnp.int32), axis=-1)[..., 0]
+    return jnp.pad(-tgt, ((0, 0), (1, 0)))
+
+
+def _chunk_nll_fwd(hidden: Array, head: Array, targets: Array):
+    logits = lm_logits(hidden, head)  # [B, C, V] float32
+    lse = jax.nn.logsumexp(logits, axis=-1)
+    target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    return lse - target_logit, (hidden, head, targets, lse)
+
+
+def _chunk_nll_bwd(res, g):
+    """Recomputes the chunk's logits. d nll / d logits = softmax - onehot(target), so
+
+        d hidden = (g * softmax) @ head^T - g * head[:, target]^T
+
+    and the one-hot part never touches a [B, C, V] buffer (the target columns of the head are gathered).
+    """
+    hidden, head, targets, lse = res
+    cdt = hidden.dtype
+    logits = lm_logits(hidden, head)
+    dsoft = (g[..., None] * jnp.exp(logits - lse[..., None])).astype(cdt)  # the compute dtype, as forward
+    head_c = head.astype(cdt)
+    target_cols = jnp.take(head_c, targets, axis=1)  # [d, B, C]
+    dh = (jnp.einsum("...v,dv->...d", dsoft, head_c, preferred_element_type=jnp.float32)
+          - g[..., None] * jnp.moveaxis(target_cols, 0, -1).astype(jnp.float32))
+    # The head's cotangent; unused (and removed by XLA) when the head is frozen, as in the objective.
+    d = hidden.shape[-1]
+    dhead = jnp.einsum("...d,...v->dv", hidden, dsoft, preferred_element_type=jnp.float32)
+    gh = (g[..., None] * hidden.astype(jnp.float32)).reshape(-1, d)
+    dhead = dhead.at[:, targets.reshape(-1)].add(-gh.T)
+    return dh.astype(cdt), dhead.astype(head.dtype), np.zeros(targets.shape, jax.dtypes.float0)
+
+
+@jax.custom_vjp
+def _chunk_nll(hidden: Array, head: Array, targets: Array) -> Array:
+    """nll [B, C] of targets [B, C] under logits = hidden [B, C, d] @ head [d, V] (float32).
+
+    A custom VJP whose residuals are only the inputs and the log-normaliser [B, C]: neither the forward
+    nor the backward pass keeps a [B, C, V] tensor beyond the chunk's own computation.
+    """
+    return _chunk_nll_fwd(hidden, head, targets)[0]
+
+
+_chunk_nll.defvjp(_chunk_nll_fwd, _chunk_nll_bwd)
+
+
+def chunked_token_cross_entropy(hidden: Array, head: Array, tokens: Array, chunk_len: int) -> Array:
+    """ce [B, T] equal to ``token_cross_entropy(lm_logits(hidden, head), tokens)``, in chunks of positions.
+
+    hidden [B, T, d] (the compute dtype), head [d, V], tokens [B, T] int; chunk_len: positions per chunk
+    (any value >= 1; T need not be a multiple: the remainder is one smaller chunk). Live memory of the
+    forward and backward pass is O(B * chunk_len * V) instead of O(B * T * V).
+    """
+    if chunk_len < 1:
+        raise ValueError(f"chunk_len={chunk_len}: the number of positions per loss chunk must be >= 1")
+    b, t, d = hidden.shape
+    if tokens.shape != (b, t):
+        raise ValueError(f"tokens {tokens.shape} do not match hidden states {hidden.shape}")
+    c = min(int(chunk_len), t)
+    # Position t predicts tokens[t + 1]; the last position's target is a placeholder, dropped below.
+    targets = jnp.concatenate([tokens[:, 1:], tokens[:, :1]], axis=1).astype(jnp.int32)
+
+    n_full = t // c
+    h_main = hidden[:, :n_full * c].reshape(b, n_full, c, d).swapaxes(0, 1)  # [n, B, C, d]
+    tg_main = targets[:, :n_full * c].reshape(b, n_full, c).swapaxes(0, 1)
+    per_chunk = jax.lax.map(lambda xs: _chunk_nll(xs[0], head, xs[1]), (h_main, tg_main))  # [n, B, C]
+    parts = [per_chunk.swapaxes(0, 1).reshape(b, n_full * c)]
+    if t > n_full * c:
+        parts.append(_chunk_nll(hidden[:, n_full * c:], head, targets[:, n_full * c:]))
+    per_position = jnp.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
+    return jnp.pad(per_position[:, :-1], ((0, 0), (1, 0)))
+
+
+def per_sequence_sums(values: Array, segment_ids: Array) -> Array:
+    """Sums [B, T] of ``values`` [B, T] per (row, segment): slot s-1 holds segment s; padding dropped."""
+    t = values.shape[1]
+    seg = segment_ids.astype(jnp.int32)
+
+    def row(v, s):
+        return jax.ops.segment_sum(jnp.where(s > 0, v, 0.0), s, num_segments=t + 1)[1:]
+
+    return jax.vmap(row)(values.astype(jnp.float32), seg)
+
+
+def sequence_losses_from_ce(ce: Array, loss_mask: Array, segment_ids: Array) -> tuple[Array, Array]:
+    """(loss [B, T], valid [B, T]) from per-token ce [B, T]: mean response-token CE of each (row, segment)
+    slot, and slot validity (the slot has at least one response token).
+
+    loss_mask [B, T] is 1 where tokens[t] is a response token predicted from position t-1.
+    """
+    mask = loss_mask.astype(jnp.float32) * (segment_ids > 0)
+    num = per_sequence_sums(ce * mask, segment_ids)
+    den = per_sequence_sums(mask, segment_ids)
+    valid = den > 0
+    return jnp.where(valid, num / jnp.maximum(den, 1.0), 0.0), valid
+
+
+def sequence_losses(logits: Array, tokens: Array, loss_mask: Array,
+                    segment_ids: Array) -> tuple[Array, Array]:
+    """``sequence_losses_from_ce`` of ``token_cross_entropy(logits [B, T, V], tokens)``."""
+    return sequence_losses_from_ce(token_cross_entropy(logits, tokens), loss_mask, segment_ids)
