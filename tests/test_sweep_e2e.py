@@ -1,0 +1,160 @@
+"""The sweep tool end to end with the real trainer: two tiny runs of configs/smoke.py (random tiny decoder,
+synthetic task, held-out loss) through ``python -m remix_jax.main``: expansion, running, skipping finished
+runs on a second invocation, aggregation (results.csv / results.md) and plots. Also: every sweep in
+experiments/ expands to runs whose overrides parse against the real config schema."""
+
+import csv
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from remix_jax import sweep as sweep_lib
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+SWEEP = textwrap.dedent('''
+    import sys
+    from remix_jax.sweep import KEYS
+
+    def get_sweep():
+        return {
+            "config": CONFIG + ":remix",
+            "base_overrides": {KEYS.num_steps: 4, KEYS.log_every: 2, "train.checkpoint_every": 0,
+                               KEYS.max_length: 16, "eval.heldout.num_batches": 2},
+            "grid": [[{"name": "remix"}, {"name": "mixlora", "config": ":mixlora"}]],
+            "seeds": [0],
+            "runner": [sys.executable, "-m", "remix_jax.main"],
+            "report": {
+                "tables": [{"title": "tiny", "rows": ["variant"],
+                            "columns": ["heldout/heldout_loss", "train/final_loss"]}],
+                "plots": [{"kind": "ess", "series": "variant", "block": "mean", "file": "ess.png"},
+                          {"kind": "bar", "x": "variant", "y": "heldout/heldout_loss",
+                           "file": "heldout.png"}],
+            },
+        }
+''')
+
+
+@pytest.fixture(scope="module")
+def finished_sweep(tmp_path_factory):
+    """Runs the sweep once (both runs train) and returns (paths, first invocation's output)."""
+    root = tmp_path_factory.mktemp("sweep_e2e")
+    path = root / "tiny.py"
+    path.write_text(f"CONFIG = {str(REPO / 'configs' / 'smoke.py')!r}\n" + SWEEP)
+    env_before = os.environ.get("XLA_FLAGS")
+    os.environ["XLA_FLAGS"] = ""  # the subprocesses: one CPU device, quicker to compile
+    try:
+        r = subprocess.run([sys.executable, "-m", "remix_jax.sweep", f"--sweep={path}", "--quiet",
+                            f"--out_dir={root / 'out'}", f"--workdir_root={root / 'runs'}"],
+                           cwd=REPO, capture_output=True, text=True, timeout=300)
+    finally:
+        if env_before is not None:
+            os.environ["XLA_FLAGS"] = env_before
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return root, path, r.stdout
+
+
+def test_runs_train_evaluate_and_finish(finished_sweep):
+    root, _, out = finished_sweep
+    names = ["remix__seed=0", "mixlora__seed=0"]
+    for i, name in enumerate(names):
+        assert f"[{i + 1}/2] {name}: running" in out
+        wd = root / "runs" / name
+        done = json.loads((wd / "run_complete.json").read_text())
+        assert done["step"] == 4 and done["wall_s"] > 0
+        rows = [json.loads(line) for line in (wd / "metrics.jsonl").read_text().splitlines()]
+        # step 0: held-out loss of the initial (identity) adapters; then training rows and the final eval
+        assert rows[0]["step"] == 0 and "eval/heldout_loss" in rows[0] and "loss" not in rows[0]
+        assert [r["step"] for r in rows if "loss" in r] == [2, 4]
+        finals = [r for r in rows if r["step"] == 4 and "eval/heldout_loss" in r]
+        assert len(finals) == 1
+        heldout = json.loads((wd / "eval" / "heldout.json").read_text())
+        assert heldout["metrics"]["heldout_loss"] == pytest.approx(finals[0]["eval/heldout_loss"])
+        assert heldout["metrics"]["num_batches"] == 2
+        assert (wd / "eval_history" / "step_0" / "eval" / "heldout.json").is_file()
+        assert (wd / "export" / "adapters.safetensors").is_file()
+        assert "--config.eval.heldout.num_batches=2" in (wd / "command.txt").read_text()
+
+
+def test_aggregates_results_and_plots(finished_sweep):
+    root, _, _ = finished_sweep
+    with open(root / "out" / "results.csv") as f:
+        rows = {r["name"]: r for r in csv.DictReader(f)}
+    assert set(rows) == {"remix__seed=0", "mixlora__seed=0"}
+    for name, row in rows.items():
+        assert row["status"] == "complete"
+        wd = root / "runs" / name
+        heldout = json.loads((wd / "eval" / "heldout.json").read_text())["metrics"]["heldout_loss"]
+        assert float(row["heldout/heldout_loss"]) == pytest.approx(heldout)
+        assert float(row["routing/ess_softmax_final"]) > 1.0  # routed methods log their ESS
+    md = (root / "out" / "results.md").read_text()
+    assert "remix" in md and "mixlora" in md
+    for png in ("ess.png", "heldout.png"):
+        data = (root / "out" / png).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000
+
+
+def test_second_invocation_skips_finished_runs(finished_sweep):
+    root, path, _ = finished_sweep
+    wd = root / "runs" / "remix__seed=0"
+    before = {p: (wd / p).read_bytes() for p in ("metrics.jsonl", "run_complete.json")}
+    calls = []
+    orig = sweep_lib.run_one
+    sweep_lib.run_one = lambda *a, **k: calls.append(a) or orig(*a, **k)
+    try:
+        rc = sweep_lib.main([f"--sweep={path}", "--quiet", f"--out_dir={root / 'out'}",
+                             f"--workdir_root={root / 'runs'}"])
+    finally:
+        sweep_lib.run_one = orig
+    assert rc == 0 and calls == []
+    assert {p: (wd / p).read_bytes() for p in before} == before
+    # the entry point itself does not retrain a finished run either
+    env = {**os.environ, "XLA_FLAGS": ""}
+    r = subprocess.run([sys.executable, "-m", "remix_jax.main", f"--config={REPO / 'configs' / 'smoke.py'}",
+                        f"--workdir={wd}"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "already finished" in r.stdout and json.loads(r.stdout.strip().splitlines()[-1])["skipped"]
+    assert {p: (wd / p).read_bytes() for p in before} == before
+
+
+def _parse_run(run):
+    """The run's config exactly as the CLI parses it (--config=... --config.key=value ...)."""
+    from absl import flags
+    from ml_collections import config_flags
+
+    argv = [a for a in run.command(["prog"]) if not a.startswith("--workdir=")]
+    fv = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "", flag_values=fv, lock_config=True, sys_argv=argv)
+    fv(argv, known_only=True)  # the --config.KEY overrides are read from sys_argv by the config flag
+    return fv.config
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (REPO / "experiments").glob("*.py")
+                                        if p.stem != "common"))
+def test_experiment_sweeps_match_the_config_schema(name, monkeypatch):
+    from remix_jax.config import validate_config
+    from remix_jax.main import split_config
+
+    monkeypatch.chdir(REPO)
+    sweep = sweep_lib.load_sweep(REPO / "experiments" / f"{name}.py", workdir_root="/nonexistent")
+    assert sweep.runs
+    for run in sweep.runs:
+        config = _parse_run(run)  # an unknown key or a wrongly typed value fails here
+        for key, value in run.overrides.items():
+            node = config
+            for part in key.split("."):
+                node = node[part]
+            assert node == (tuple(value) if isinstance(value, list) else value), (run.name, key)
+        train_cfg, ev = split_config(config)
+        with config.unlocked():
+            for k in ("dtype", "param_dtype"):
+                train_cfg.model[k] = "float32"
+        validate_config(train_cfg, check_paths=False)
+        if ev is not None and str(ev.tasks).strip():
+            from remix_jax.evaluation.config import task_names
+            task_names(ev)
