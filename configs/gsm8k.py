@@ -27,11 +27,11 @@ variants do M=4 (remix) or 1 forward+backward passes of Llama 3 8B per input seq
 import importlib.metadata
 import os
 
-from remix_jax.config import default_config
+from remix_jax.config import METHOD_VARIANTS, apply_method_variant, default_config
 from remix_jax.data import source_config
 from remix_jax.main import eval_config
 
-METHODS = ("remix", "remix_norloo", "lora", "rslora", "dora", "mixlora", "hydralora")
+METHODS = METHOD_VARIANTS
 
 
 def _smollm2_path() -> str:
@@ -65,22 +65,7 @@ def get_config(arg: str = "remix"):
     c.data.batch_size = 16
     c.data.seed = 0
 
-    c.adapter.targets = ("gate_proj", "up_proj", "down_proj")
-    c.adapter.num_experts = 8
-    c.adapter.top_k = 2
-    c.adapter.rank = 8
-    c.adapter.alpha = 16.0
-    c.train.num_samples = 1
-    if method in ("remix", "remix_norloo"):
-        c.adapter.method = "remix"
-        c.train.num_samples = 4
-        c.train.baseline = "none" if method == "remix_norloo" else "rloo"
-    elif method in ("lora", "rslora", "dora"):
-        c.adapter.method = method
-        c.adapter.rank = 16  # = k * r of remix: same activated adapter parameters
-        c.adapter.alpha = 32.0
-    else:
-        c.adapter.method = method
+    apply_method_variant(c, method, num_samples=4)
     c.train.num_steps = 1400
     c.train.log_every = 10
     c.train.checkpoint_every = 200

@@ -29,7 +29,7 @@ GPU the same command runs there in bfloat16 (model.dtype "auto"). Everything can
 import importlib.metadata
 import os
 
-from remix_jax.config import default_config
+from remix_jax.config import apply_method_variant, default_config
 from remix_jax.data import source_config
 from remix_jax.main import eval_config
 
@@ -72,15 +72,7 @@ def get_config(variant: str = "remix"):
     c.data.batch_size = 2
     c.data.seed = 0
 
-    c.adapter.targets = ("gate_proj", "up_proj", "down_proj")
-    c.adapter.num_experts = 8
-    c.adapter.top_k = 2
-    c.adapter.rank = 8
-    c.adapter.alpha = 16.0
-    c.adapter.method = variant
-    c.train.num_samples = 2 if variant == "remix" else 1
-    if variant == "lora":
-        c.adapter.rank, c.adapter.alpha = 16, 32.0  # k * r: the activated rank of remix
+    apply_method_variant(c, variant, num_samples=2)
     c.train.num_steps = 60
     c.train.log_every = 10
     c.train.checkpoint_every = 0  # a short run: save once, at the end

@@ -57,6 +57,29 @@ def default_config() -> ml_collections.ConfigDict:
     return c
 
 
+# Method variants of the paper's comparison (method.md section 6), at equal activated adapter rank:
+# the routed methods use n=8 experts of rank r=8 with k=2 active, the single adapters rank k*r = 16.
+METHOD_VARIANTS = ("remix", "remix_norloo", "lora", "rslora", "dora", "mixlora", "hydralora")
+
+
+def apply_method_variant(c: ml_collections.ConfigDict, variant: str, num_samples: int = 4) -> None:
+    """Set ``c.adapter`` and ``c.train`` for one of METHOD_VARIANTS on the FFN projections (in place).
+
+    remix: M=num_samples routing samples with the RLOO baseline; remix_norloo: the plain REINFORCE ablation;
+    lora/rslora/dora: one adapter of rank 16 (alpha 32); mixlora/hydralora: n=8, k=2, r=8 learned routers, M=1.
+    """
+    if variant not in METHOD_VARIANTS:
+        raise ValueError(f"unknown method variant {variant!r}; known: {', '.join(METHOD_VARIANTS)}")
+    a = c.adapter
+    a.targets = ("gate_proj", "up_proj", "down_proj")
+    a.num_experts, a.top_k, a.rank, a.alpha = 8, 2, 8, 16.0
+    a.method = "remix" if variant.startswith("remix") else variant
+    c.train.num_samples = num_samples if a.method == "remix" else 1
+    c.train.baseline = "none" if variant == "remix_norloo" else "rloo"
+    if variant in ("lora", "rslora", "dora"):
+        a.rank, a.alpha = 16, 32.0  # = k * r of remix: the same activated adapter parameters
+
+
 def adapter_defaults() -> ml_collections.ConfigDict:
     """config.adapter: the fields of remix_jax.adapters.AdapterConfig with their defaults."""
     from remix_jax.adapters.config import AdapterConfig
