@@ -31,7 +31,7 @@ def default_config() -> ml_collections.ConfigDict:
         path="",  # HF directory, GGUF file, or random:SHAPE
         dtype="float32",  # compute dtype (bfloat16 on accelerators)
         param_dtype="float32",  # storage dtype of the frozen base
-        remat="none",  # none | full | dots | dots_no_batch | save_qkv_ffn
+        remat="none",  # a key of remix_jax.models.llama.REMAT_POLICIES: none | full | dots | dots_no_batch | ...
         attention_impl="xla",  # xla | cudnn | auto
         init_seed=0,  # random:SHAPE only
     ))
@@ -181,7 +181,9 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
         errors.append(f"optimizer.warmup_steps={o.warmup_steps} exceeds train.num_steps={t.num_steps}")
     if o.adapter_lr < 0 or o.router_lr < 0:
         errors.append("optimizer.adapter_lr / router_lr: must be >= 0")
-    if config.model.remat not in ("none", "full", "dots", "dots_no_batch", "save_qkv_ffn"):
+    from remix_jax.models.llama import REMAT_POLICIES
+
+    if config.model.remat not in REMAT_POLICIES:
         errors.append(f"model.remat: {config.model.remat!r} is not a known policy")
     if num_devices is not None:
         from remix_jax.parallel.mesh import BATCH_AXES, resolve_axis_sizes

@@ -21,11 +21,12 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 from remix_jax.adapters import lora as lora_math
 from remix_jax.adapters import moe
 from remix_jax.adapters.config import FFN_PROJECTIONS, AdapterConfig, validate_adapter_config
-from remix_jax.models.llama import MLP, Decoder, Projection
+from remix_jax.models.llama import MLP, PROJ_OUT, Decoder, Projection
 from remix_jax.routing.diagnostics import routing_diagnostics
 from remix_jax.routing.routers import RouterOutput, load_balancing_loss, route
 
@@ -92,7 +93,7 @@ class AdaptedProjection(Projection):
         if cfg is None or self.name not in cfg.targets:
             if part not in ("full", "base"):
                 raise ValueError(f"{self.name} is not adapted; part={part!r} needs an adapter")
-            return self.base_forward(x)
+            return checkpoint_name(self.base_forward(x), PROJ_OUT) if part == "full" else self.base_forward(x)
         if part == "base":
             return self.base_forward(x)
         d_in, d_out, r, n = x.shape[-1], self.features, cfg.rank, cfg.num_experts
@@ -105,12 +106,12 @@ class AdaptedProjection(Projection):
             kernel = self.base_kernel(d_in)
             y = lora_math.dora_forward(x.astype(self.dtype), kernel, a, b, cfg.lora_scale(), mag)
             bias = self.base_bias()
-            return y if bias is None else y + bias.astype(self.dtype)
+            return checkpoint_name(y if bias is None else y + bias.astype(self.dtype), PROJ_OUT)
         if not cfg.routed:
             a = _adapter_var(self, "lora_a", lecun, (d_in, r), (ax_in, None))
             b = _adapter_var(self, "lora_b", zeros, (r, d_out), (None, ax_out))
             base = self.base_forward(x)
-            return base + lora_math.lora_delta(x.astype(self.dtype), a, b, cfg.lora_scale())
+            return checkpoint_name(base + lora_math.lora_delta(x.astype(self.dtype), a, b, cfg.lora_scale()), PROJ_OUT)
 
         if cfg.method == "hydralora":
             a = _adapter_var(self, "lora_a", lecun, (d_in, r), (ax_in, None))
@@ -132,7 +133,7 @@ class AdaptedProjection(Projection):
             delta = moe.mixture_delta(xs, a, b, routing.experts, weights, cfg.expert_compute)
         if part == "delta":
             return delta
-        return self.base_forward(x) + delta
+        return checkpoint_name(self.base_forward(x) + delta, PROJ_OUT)
 
 
 class AdaptedMLP(MLP):

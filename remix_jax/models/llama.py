@@ -38,12 +38,18 @@ from remix_jax.models.config import ModelConfig, rope_inv_freq
 
 Array = jax.Array
 
+PROJ_OUT = "proj_out"  # checkpoint name of every projection's output (see REMAT_POLICIES)
+
 REMAT_POLICIES = {
     "none": None,
     "full": jax.checkpoint_policies.nothing_saveable,
     "dots": jax.checkpoint_policies.checkpoint_dots,
     "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
     "save_qkv_ffn": jax.checkpoint_policies.save_only_these_names("qkv", "attn_out", "ffn_hidden"),
+    # Every projection's output (base + adapter delta as one tensor) and the attention output; everything else
+    # (norms, rope, activations, the LoRA x @ A products) is recomputed. dots_no_batch instead saves the base
+    # product and the adapter delta separately, doubling the adapted projections' activations.
+    "save_proj_out": jax.checkpoint_policies.save_only_these_names(PROJ_OUT, "attn_out"),
 }
 
 
@@ -104,7 +110,7 @@ class Projection(nn.Module):
     @nn.compact
     def __call__(self, x: Array, deterministic: bool = True, token_mask: Array | None = None) -> Array:
         del deterministic, token_mask
-        return self.base_forward(x)
+        return checkpoint_name(self.base_forward(x), PROJ_OUT)
 
 
 class MLP(nn.Module):
