@@ -61,22 +61,33 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
-def maybe_initialize_distributed(env: Mapping[str, str] | None = None) -> bool:
+_DISTRIBUTED_STARTED = False
+
+
+def maybe_initialize_distributed(env: Mapping[str, str] | None = None, initialize=None) -> bool:
     """Call ``jax.distributed.initialize()`` when the environment describes a multi-process job.
 
     Recognised: JAX_COORDINATOR_ADDRESS (+ JAX_NUM_PROCESSES, JAX_PROCESS_ID), or REMIX_DISTRIBUTED=1 to
-    let jax auto-detect the cluster (TPU pod slices, SLURM, Open MPI). Returns True when initialised.
+    let jax auto-detect the cluster (TPU pod slices, SLURM, Open MPI). Returns True when the job is (now or
+    already) distributed. Idempotent: entry points and ``training.loop.train`` may both call it, and jax
+    allows a single initialisation per process. ``initialize`` replaces ``jax.distributed.initialize``
+    (tests).
     """
+    global _DISTRIBUTED_STARTED
+    if _DISTRIBUTED_STARTED:
+        return True
     env = os.environ if env is None else env
+    initialize = initialize or jax.distributed.initialize
     if env.get("JAX_COORDINATOR_ADDRESS"):
         kw = {"coordinator_address": env["JAX_COORDINATOR_ADDRESS"]}
         if env.get("JAX_NUM_PROCESSES"):
             kw["num_processes"] = int(env["JAX_NUM_PROCESSES"])
         if env.get("JAX_PROCESS_ID"):
             kw["process_id"] = int(env["JAX_PROCESS_ID"])
-        jax.distributed.initialize(**kw)
-        return True
-    if env.get("REMIX_DISTRIBUTED", "") in ("1", "true", "True"):
-        jax.distributed.initialize()
-        return True
-    return False
+        initialize(**kw)
+    elif env.get("REMIX_DISTRIBUTED", "") in ("1", "true", "True"):
+        initialize()
+    else:
+        return False
+    _DISTRIBUTED_STARTED = True
+    return True

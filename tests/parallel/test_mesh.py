@@ -49,3 +49,13 @@ def test_fit_sharding_replicates_dims_that_do_not_divide():
 
 def test_distributed_only_when_asked():
     assert mesh_lib.maybe_initialize_distributed({}) is False
+
+
+def test_distributed_initialises_once(monkeypatch):
+    calls = []
+    monkeypatch.setattr(mesh_lib, "_DISTRIBUTED_STARTED", False)
+    env = {"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "1"}
+    fake = lambda **kw: calls.append(kw)  # noqa: E731
+    assert mesh_lib.maybe_initialize_distributed(env, initialize=fake) is True
+    assert mesh_lib.maybe_initialize_distributed(env, initialize=fake) is True  # main, then the loop
+    assert calls == [{"coordinator_address": "10.0.0.1:1234", "num_processes": 2, "process_id": 1}]
