@@ -73,6 +73,12 @@ def get_config(arg: str = "remix"):
     c.optimizer.adapter_lr = 2e-4
     c.optimizer.router_lr = 1e-3
     c.optimizer.warmup_steps = 50
+    if small:  # SmolLM2-135M: packed rows (~2.3 examples per 512 tokens), ~1.5 epochs, a higher LR
+        c.data.packing = True
+        c.train.num_steps = 300
+        c.train.checkpoint_every = 300
+        c.optimizer.adapter_lr = 5e-4
+        c.optimizer.warmup_steps = 30
     c.optimizer.grad_clip_norm = 1.0
     c.mesh.data = -1
 
@@ -82,7 +88,7 @@ def get_config(arg: str = "remix"):
     e.gsm8k.path = test
     e.gsm8k.shots_path = os.path.join(data_dir, "train.jsonl") if data_dir else ""
     e.gsm8k.shots, e.gsm8k.max_new_tokens = 4, 256  # the paper's 4-shot evaluation
-    e.batch_size = 64
+    e.batch_size = 128 if small else 64
     e.heldout.source = source_config("file", path=test, fmt="gsm8k")
     e.heldout.num_batches = 8
     return c

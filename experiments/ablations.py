@@ -4,14 +4,14 @@ baseline), without top-k inference (sampling k experts at inference), 3 seeds ea
     python -m remix_jax.sweep --sweep=experiments/ablations.py
 """
 
-from common import GSM8K_CONFIG, GSM8K_TASK, ROUTED, SEEDS, small_scale
+from common import GSM8K_CONFIG, GSM8K_TASK, ROUTED, SEEDS, small_scale, variant
 
 from remix_jax.sweep import KEYS
 
 
 def get_sweep():
     return {
-        "config": GSM8K_CONFIG + ":remix",
+        "config": GSM8K_CONFIG + variant("remix"),
         "base_overrides": {**small_scale(), **ROUTED},
         "grid": [[
             {"name": "remix"},

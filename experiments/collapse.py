@@ -5,7 +5,7 @@ ESS logged often. ESS of the full softmax over n and of the weights actually app
     python -m remix_jax.sweep --sweep=experiments/collapse.py
 """
 
-from common import GSM8K_CONFIG, GSM8K_TASK, METHODS, SEEDS, small_scale
+from common import GSM8K_CONFIG, GSM8K_TASK, METHODS, SEEDS, small_scale, variant
 
 from remix_jax.sweep import KEYS
 
@@ -14,7 +14,7 @@ ROUTED_METHODS = [m for m in METHODS if m["name"] in ("mixlora", "hydralora", "r
 
 def get_sweep():
     return {
-        "config": GSM8K_CONFIG + ":remix",
+        "config": GSM8K_CONFIG + variant("remix"),
         "base_overrides": {**small_scale(), KEYS.log_every: 10},
         "grid": [ROUTED_METHODS],
         "seeds": SEEDS,

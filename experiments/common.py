@@ -15,11 +15,19 @@ import pathlib
 
 from remix_jax.sweep import KEYS
 
+# Small scale (default): the configs' ``_small`` variants (SmolLM2-135M schedule). REMIX_SCALE=paper: the
+# plain variants (the paper's Llama 3 8B schedule; set REMIX_MODEL_PATH to its folder).
+SUFFIX = "" if os.environ.get("REMIX_SCALE", "small") == "paper" else "_small"
 GSM8K_CONFIG = "configs/gsm8k.py"
 GSM8K_TASK = "gsm8k"
 MULTITASK_CONFIG = "configs/multitask.py"
 MULTITASK_TASKS = ("arc_c", "arc_e", "boolq", "obqa")  # eval/<task>.json names (remix_jax.evaluation)
 SEEDS = [0, 1, 2]
+
+
+def variant(method: str) -> str:
+    """The config variant of ``method`` at this scale, as a sweep variant spec (":remix_small")."""
+    return f":{method}{SUFFIX}"
 
 
 def model_path() -> str:
@@ -34,13 +42,15 @@ def model_path() -> str:
 
 def gsm8k_data() -> dict:
     """Data-path overrides for configs/gsm8k.py from $REMIX_GSM8K_DIR (openai/grade-school-math's
-    train.jsonl / test.jsonl); empty when unset (then pass the paths to the runs yourself)."""
+    train.jsonl / test.jsonl); empty when unset (then pass the paths to the runs yourself). The training
+    file is read directly (source ``file``, format ``gsm8k``), so the runs need no TFDS preparation."""
     d = os.environ.get("REMIX_GSM8K_DIR", "")
     if not d:
         return {}
-    test = os.path.join(d, "test.jsonl")
-    return {KEYS.gsm8k_manual_dir: d, KEYS.tfds_data_dir: os.path.join(d, "tfds"), KEYS.gsm8k_eval: test,
-            KEYS.gsm8k_shots: os.path.join(d, "train.jsonl"), KEYS.heldout_path: test}
+    train, test = os.path.join(d, "train.jsonl"), os.path.join(d, "test.jsonl")
+    return {"data.sources.gsm8k.name": "file", "data.sources.gsm8k.path": train,
+            "data.sources.gsm8k.format": "gsm8k", KEYS.gsm8k_eval: test, KEYS.gsm8k_shots: train,
+            KEYS.heldout_path: test}
 
 
 def multitask_data() -> dict:
@@ -59,9 +69,10 @@ def multitask_data() -> dict:
 
 
 def small_scale() -> dict:
-    """Overrides of every small-scale GSM8K run: the model and the data paths; the schedule stays the
-    task config's."""
-    return {KEYS.model_path: model_path(), **gsm8k_data()}
+    """Overrides of every small-scale GSM8K run: the model, the data paths, and no evaluation before
+    training (the base model's score is measured once, docs/results.md); the schedule is the task config's
+    ``_small`` one."""
+    return {KEYS.model_path: model_path(), **gsm8k_data(), "eval.at_start": False}
 
 
 # n = 8 experts of rank 8 with k = 2 active for the routed methods; single-adapter baselines get rank
@@ -70,10 +81,10 @@ def small_scale() -> dict:
 N, K, R = 8, 2, 8
 ROUTED = {KEYS.num_experts: N, KEYS.top_k: K, KEYS.rank: R}
 METHODS = [
-    {"name": "lora", "config": ":lora", "overrides": {KEYS.rank: K * R}},
-    {"name": "rslora", "config": ":rslora", "overrides": {KEYS.rank: K * R}},
-    {"name": "dora", "config": ":dora", "overrides": {KEYS.rank: K * R}},
-    {"name": "mixlora", "config": ":mixlora", "overrides": dict(ROUTED)},
-    {"name": "hydralora", "config": ":hydralora", "overrides": {KEYS.num_experts: N, KEYS.rank: R}},
-    {"name": "remix", "config": ":remix", "overrides": dict(ROUTED)},
+    {"name": "lora", "config": variant("lora"), "overrides": {KEYS.rank: K * R}},
+    {"name": "rslora", "config": variant("rslora"), "overrides": {KEYS.rank: K * R}},
+    {"name": "dora", "config": variant("dora"), "overrides": {KEYS.rank: K * R}},
+    {"name": "mixlora", "config": variant("mixlora"), "overrides": dict(ROUTED)},
+    {"name": "hydralora", "config": variant("hydralora"), "overrides": {KEYS.num_experts: N, KEYS.rank: R}},
+    {"name": "remix", "config": variant("remix"), "overrides": dict(ROUTED)},
 ]

@@ -3,14 +3,14 @@
     python -m remix_jax.sweep --sweep=experiments/k_sweep.py
 """
 
-from common import GSM8K_CONFIG, GSM8K_TASK, SEEDS, N, R, small_scale
+from common import GSM8K_CONFIG, GSM8K_TASK, SEEDS, N, R, small_scale, variant
 
 from remix_jax.sweep import KEYS
 
 
 def get_sweep():
     return {
-        "config": GSM8K_CONFIG + ":remix",
+        "config": GSM8K_CONFIG + variant("remix"),
         "base_overrides": {**small_scale(), KEYS.num_experts: N, KEYS.rank: R},
         "grid": [{KEYS.top_k: [1, 2, 3, 4]}],
         "seeds": SEEDS,

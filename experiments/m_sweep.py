@@ -4,14 +4,14 @@ budget), n = 8, k = 2, r = 8, 3 seeds each.
     python -m remix_jax.sweep --sweep=experiments/m_sweep.py
 """
 
-from common import GSM8K_CONFIG, GSM8K_TASK, ROUTED, SEEDS, small_scale
+from common import GSM8K_CONFIG, GSM8K_TASK, ROUTED, SEEDS, small_scale, variant
 
 from remix_jax.sweep import KEYS
 
 
 def get_sweep():
     return {
-        "config": GSM8K_CONFIG + ":remix",
+        "config": GSM8K_CONFIG + variant("remix"),
         "base_overrides": {**small_scale(), **ROUTED},
         "grid": [{KEYS.num_samples: [2, 4, 8, 32]}],
         "seeds": SEEDS,

@@ -4,12 +4,12 @@ comparable activated rank (see common.py), 3 seeds each; accuracy on GSM8K test 
     python -m remix_jax.sweep --sweep=experiments/main_table.py
 """
 
-from common import GSM8K_CONFIG, GSM8K_TASK, METHODS, SEEDS, small_scale
+from common import GSM8K_CONFIG, GSM8K_TASK, METHODS, SEEDS, small_scale, variant
 
 
 def get_sweep():
     return {
-        "config": GSM8K_CONFIG + ":remix",
+        "config": GSM8K_CONFIG + variant("remix"),
         "base_overrides": small_scale(),
         "grid": [METHODS],
         "seeds": SEEDS,

@@ -8,7 +8,7 @@ for the four tasks); set $REMIX_LLM_ADAPTERS_DIR to the folder of the LLM-Adapte
     REMIX_LLM_ADAPTERS_DIR=DATA python -m remix_jax.sweep --sweep=experiments/multitask.py
 """
 
-from common import METHODS, MULTITASK_CONFIG, MULTITASK_TASKS, SEEDS, model_path, multitask_data
+from common import METHODS, MULTITASK_CONFIG, MULTITASK_TASKS, SEEDS, model_path, multitask_data, variant
 
 from remix_jax.sweep import KEYS
 
@@ -18,7 +18,7 @@ SHOWN = [m for m in METHODS if m["name"] in ("lora", "mixlora", "hydralora", "re
 def get_sweep():
     columns = [f"{t}/accuracy" for t in MULTITASK_TASKS]
     return {
-        "config": MULTITASK_CONFIG + ":remix",
+        "config": MULTITASK_CONFIG + variant("remix"),
         "base_overrides": {KEYS.model_path: model_path(), **multitask_data()},
         "grid": [SHOWN],
         "seeds": SEEDS,

@@ -4,7 +4,7 @@ same activated parameter count, for k = 1..4, 3 seeds each. If ReMix wins, it us
     python -m remix_jax.sweep --sweep=experiments/rank_comparison.py
 """
 
-from common import GSM8K_CONFIG, GSM8K_TASK, SEEDS, N, R, small_scale
+from common import GSM8K_CONFIG, GSM8K_TASK, SEEDS, N, R, small_scale, variant
 
 from remix_jax.sweep import KEYS
 
@@ -14,12 +14,12 @@ KS = (1, 2, 3, 4)
 def get_sweep():
     variants = []
     for k in KS:
-        variants.append({"name": f"remix_k{k}", "config": ":remix", "labels": {"k": k, "family": "remix"},
+        variants.append({"name": f"remix_k{k}", "config": variant("remix"), "labels": {"k": k, "family": "remix"},
                          "overrides": {KEYS.num_experts: N, KEYS.top_k: k, KEYS.rank: R}})
-        variants.append({"name": f"lora_r{k * R}", "config": ":lora", "labels": {"k": k, "family": "lora"},
+        variants.append({"name": f"lora_r{k * R}", "config": variant("lora"), "labels": {"k": k, "family": "lora"},
                          "overrides": {KEYS.rank: k * R}})
     return {
-        "config": GSM8K_CONFIG + ":remix",
+        "config": GSM8K_CONFIG + variant("remix"),
         "base_overrides": small_scale(),
         "grid": [variants],
         "seeds": SEEDS,

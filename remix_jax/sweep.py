@@ -1,6 +1,7 @@
 """Sweeps: expand a grid of config overrides into runs, run them (or write their commands), aggregate.
 
-    python -m remix_jax.sweep --sweep=experiments/NAME.py [--mode=local|commands] [--dry_run]
+    python -m remix_jax.sweep --sweep=experiments/NAME.py [--sweep=experiments/OTHER.py ...]
+                              [--mode=local|commands] [--parallel=N --devices=0,1,2,3] [--dry_run]
                               [--only=REGEX] [--report_only]
 
 A sweep definition is a Python file exposing ``get_sweep()``, which returns a dict:
@@ -30,8 +31,16 @@ Each run gets a deterministic name from its grid point ("lora__rank=16__seed=0")
 
     <runner> --config=<config> --workdir=<workdir> --config.<key>=<value> ...
 
-Mode "local" runs the runs one after another as subprocesses, streams each run's output to WORKDIR/log.txt
-(and to this terminal unless --quiet), keeps going past a failed run and lists the failures at the end.
+Mode "local" runs the runs as subprocesses, one after another or ``--parallel=N`` at a time, streams each
+run's output to WORKDIR/log.txt (and to this terminal unless --quiet), keeps going past a failed run and lists
+the failures at the end. With ``--devices=0,1,2,3`` (GPU ids) the N concurrent runs are spread over those GPUs
+round-robin: each run sees only its GPU (CUDA_VISIBLE_DEVICES) and takes 0.9/(runs per GPU) of its memory
+(XLA_PYTHON_CLIENT_MEM_FRACTION), so small models can share a GPU, e.g. ``--parallel=8 --devices=0,1,2,3``.
+
+Several ``--sweep`` files in one invocation share one queue. Runs that are the same run (the config file
+and variant with all overrides applied give the same resolved config, seed included) are trained once: the
+later ones' workdirs become symbolic links to the first's, so e.g. the k sweep's k=2 point and the main
+table's ReMix row are one run. Each sweep is then aggregated on its own.
 A run is finished when WORKDIR/run_complete.json exists; finished runs are skipped, so re-invoking a sweep
 resumes it. Mode "commands" writes one shell command per unfinished run to <sweep dir>/commands.sh for a
 cluster or TPU-pod scheduler. Both modes then aggregate every run's outputs into <sweep dir>/results.csv,
@@ -49,14 +58,19 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
+import hashlib
 import importlib.util
 import itertools
+import json
 import os
 import pathlib
+import queue
 import re
 import shlex
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -280,8 +294,10 @@ def is_complete(workdir: str | os.PathLike) -> bool:
     return (pathlib.Path(workdir) / RUN_COMPLETE).is_file()
 
 
-def run_one(run: Run, runner: Sequence[str], echo: bool = True) -> tuple[bool, str]:
-    """Run one training subprocess, streaming its output to WORKDIR/log.txt. Returns (ok, reason)."""
+def run_one(run: Run, runner: Sequence[str], echo: bool = True,
+            env: Mapping[str, str] | None = None) -> tuple[bool, str]:
+    """Run one training subprocess, streaming its output to WORKDIR/log.txt. Returns (ok, reason).
+    ``env``: variables set for the subprocess on top of this process's environment."""
     wd = pathlib.Path(run.workdir)
     wd.mkdir(parents=True, exist_ok=True)
     argv = run.command(runner)
@@ -293,7 +309,7 @@ def run_one(run: Run, runner: Sequence[str], echo: bool = True) -> tuple[bool, s
         log.flush()
         try:
             proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                    errors="replace", bufsize=1)
+                                    errors="replace", bufsize=1, env={**os.environ, **(env or {})})
         except OSError as e:
             log.write(f"could not start: {e}\n")
             return False, f"could not start: {e}"
@@ -311,21 +327,129 @@ def run_one(run: Run, runner: Sequence[str], echo: bool = True) -> tuple[bool, s
     return True, ""
 
 
-def run_local(sweep: Sweep, runs: Sequence[Run], echo: bool = True) -> dict[str, str]:
-    """Run every unfinished run in order; returns {name: reason} of the runs that failed."""
-    failed = {}
+def device_envs(parallel: int, devices: Sequence[str] | None) -> list[dict[str, str]]:
+    """The environment of each of ``parallel`` run slots: with ``devices`` (GPU ids), slot i sees only
+    devices[i % len(devices)] and a 0.9 / (slots on that GPU) share of its memory; else no change."""
+    if parallel < 1:
+        raise SweepError(f"--parallel must be >= 1, got {parallel}")
+    if not devices:
+        return [{} for _ in range(parallel)]
+    per_device = [sum(1 for i in range(parallel) if i % len(devices) == d) for d in range(len(devices))]
+    envs = []
+    for i in range(parallel):
+        d = i % len(devices)
+        env = {"CUDA_VISIBLE_DEVICES": str(devices[d])}
+        if per_device[d] > 1:
+            env["XLA_PYTHON_CLIENT_MEM_FRACTION"] = f"{0.9 / per_device[d]:.3f}"
+        envs.append(env)
+    return envs
+
+
+def run_local(sweep: Sweep | None, runs: Sequence[Run], echo: bool = True, parallel: int = 1,
+              devices: Sequence[str] | None = None, runners: Mapping[str, Sequence[str]] | None = None,
+              ) -> dict[str, str]:
+    """Run every unfinished run, ``parallel`` at a time (in order when 1); returns {name: reason} of the
+    runs that failed. ``runners`` maps a run's workdir to its argv prefix (several sweeps in one queue);
+    otherwise ``sweep.runner`` is used for all."""
+    todo = []
     for i, run in enumerate(runs):
         if is_complete(run.workdir):
             print(f"[{i + 1}/{len(runs)}] {run.name}: finished already, skipped", flush=True)
-            continue
-        print(f"[{i + 1}/{len(runs)}] {run.name}: running", flush=True)
-        t0 = time.time()
-        ok, reason = run_one(run, sweep.runner, echo=echo)
-        status = f"done in {time.time() - t0:.1f} s" if ok else f"FAILED: {reason}"
-        print(f"[{i + 1}/{len(runs)}] {run.name}: {status}", flush=True)
-        if not ok:
-            failed[run.name] = reason
+        else:
+            todo.append((i, run))
+    failed: dict[str, str] = {}
+    work: queue.Queue = queue.Queue()
+    for item in todo:
+        work.put(item)
+    lock = threading.Lock()
+
+    def worker(env: dict[str, str]) -> None:
+        while True:
+            try:
+                i, run = work.get_nowait()
+            except queue.Empty:
+                return
+            where = f" on GPU {env['CUDA_VISIBLE_DEVICES']}" if "CUDA_VISIBLE_DEVICES" in env else ""
+            print(f"[{i + 1}/{len(runs)}] {run.name}: running{where}", flush=True)
+            t0 = time.time()
+            runner = (runners or {}).get(run.workdir) or sweep.runner
+            ok, reason = run_one(run, runner, echo=echo, env=env)
+            status = f"done in {time.time() - t0:.1f} s" if ok else f"FAILED: {reason}"
+            print(f"[{i + 1}/{len(runs)}] {run.name}: {status}", flush=True)
+            if not ok:
+                with lock:
+                    failed[run.name] = reason
+
+    threads = [threading.Thread(target=worker, args=(env,), daemon=True) for env in device_envs(parallel, devices)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
     return failed
+
+
+def _load_config(spec: str):
+    """The ConfigDict of ``path.py[:arg]`` (``get_config(arg)``), as the entry point's --config reads it."""
+    path, _, arg = spec.partition(":")
+    module_spec = importlib.util.spec_from_file_location(f"_sweep_config_{pathlib.Path(path).stem}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(arg) if arg else module.get_config()
+
+
+@functools.cache
+def _base_config_json(spec: str) -> str:
+    return _load_config(spec).to_json_best_effort(sort_keys=True)
+
+
+def fingerprint(run: Run) -> str:
+    """A hash of the run's resolved config (its config file and variant with every override applied).
+    Two runs with equal fingerprints train the same thing. Falls back to the spec and the overrides as
+    written when the config cannot be resolved here (then only literally equal runs match)."""
+    try:
+        import ml_collections
+
+        cfg = ml_collections.ConfigDict(json.loads(_base_config_json(run.config)))
+        for key, value in run.overrides.items():
+            *parents, leaf = key.split(".")
+            node = cfg
+            for p in parents:
+                node = node[p]
+            if leaf not in node:
+                raise KeyError(key)
+            node[leaf] = list(value) if isinstance(value, tuple) else value
+        text = cfg.to_json_best_effort(sort_keys=True)
+    except Exception:  # unresolvable here (a config needing files, a key the schema lacks): literal identity
+        text = json.dumps([run.config, sorted((k, repr(v)) for k, v in run.overrides.items())])
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def link_duplicates(runs: Sequence[Run], create: bool = True) -> tuple[list[Run], dict[str, Run]]:
+    """Split ``runs`` into (primaries, {workdir of a duplicate: its primary}). With ``create``, a duplicate
+    whose workdir does not exist yet becomes a relative symbolic link to its primary's workdir (so
+    finished-run checks and reports read the primary's outputs); one that already holds its own files is
+    left alone and kept as a primary."""
+    first: dict[str, Run] = {}
+    primaries, aliases = [], {}
+    for run in runs:
+        fp = fingerprint(run)
+        if fp not in first:
+            first[fp] = run
+            primaries.append(run)
+            continue
+        primary = first[fp]
+        wd = pathlib.Path(run.workdir)
+        if os.path.realpath(wd) == os.path.realpath(primary.workdir):
+            continue
+        if wd.exists() and not wd.is_symlink():
+            primaries.append(run)  # trained on its own before; keep it
+            continue
+        aliases[run.workdir] = primary
+        if create and not wd.is_symlink():
+            wd.parent.mkdir(parents=True, exist_ok=True)
+            pathlib.Path(primary.workdir).mkdir(parents=True, exist_ok=True)
+            wd.symlink_to(os.path.relpath(primary.workdir, wd.parent), target_is_directory=True)
+    return primaries, aliases
 
 
 def write_commands(sweep: Sweep, runs: Sequence[Run]) -> pathlib.Path:
@@ -356,39 +480,62 @@ def select(runs: Sequence[Run], only: str | None) -> list[Run]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m remix_jax.sweep", description=__doc__.split("\n")[0])
-    p.add_argument("--sweep", required=True, help="a sweep definition file (experiments/NAME.py)")
+    p.add_argument("--sweep", required=True, action="append",
+                   help="a sweep definition file (experiments/NAME.py); repeat (or comma-separate) for several")
     p.add_argument("--mode", choices=("local", "commands"), default="local")
     p.add_argument("--dry_run", action="store_true", help="print the runs and their commands; run nothing")
     p.add_argument("--only", default=None, help="only runs whose name matches this regular expression")
     p.add_argument("--report_only", action="store_true", help="only aggregate the runs' outputs")
-    p.add_argument("--workdir_root", default=None, help="override the sweep's workdir_root")
-    p.add_argument("--out_dir", default=None, help="where results and plots go (default: next to the sweep)")
+    p.add_argument("--workdir_root", default=None, help="override the sweep's workdir_root (one sweep only)")
+    p.add_argument("--out_dir", default=None,
+                   help="where results and plots go (default: next to the sweep; one sweep only)")
+    p.add_argument("--parallel", type=int, default=1, help="runs at once in local mode")
+    p.add_argument("--devices", default="",
+                   help="comma-separated GPU ids the concurrent runs are spread over (CUDA_VISIBLE_DEVICES)")
+    p.add_argument("--no_dedup", action="store_true", help="train identical runs of several sweeps separately")
     p.add_argument("--quiet", action="store_true", help="do not echo the runs' output here")
     args = p.parse_args(argv)
+    files = [f for arg in args.sweep for f in arg.split(",") if f]
+    if len(files) > 1 and (args.workdir_root or args.out_dir):
+        print("error: --workdir_root / --out_dir apply to a single --sweep", file=sys.stderr)
+        return 2
     try:
-        sweep = load_sweep(args.sweep, workdir_root=args.workdir_root, out_dir=args.out_dir)
+        sweeps = [load_sweep(f, workdir_root=args.workdir_root, out_dir=args.out_dir) for f in files]
+        envs = device_envs(args.parallel, [d for d in args.devices.split(",") if d])
     except SweepError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    runs = select(sweep.runs, args.only)
-    print(f"sweep {sweep.name}: {len(runs)} of {len(sweep.runs)} runs selected, workdirs under "
-          f"{sweep.workdir_root}", flush=True)
+    selected = {sw.path: select(sw.runs, args.only) for sw in sweeps}
+    for sw in sweeps:
+        print(f"sweep {sw.name}: {len(selected[sw.path])} of {len(sw.runs)} runs selected, workdirs under "
+              f"{sw.workdir_root}", flush=True)
+    all_runs = [run for sw in sweeps for run in selected[sw.path]]
+    runners = {run.workdir: sw.runner for sw in sweeps for run in selected[sw.path]}
+    if args.no_dedup or args.report_only:
+        queue_runs, aliases = all_runs, {}
+    else:
+        queue_runs, aliases = link_duplicates(all_runs, create=not args.dry_run)
+        for wd, primary in aliases.items():
+            print(f"{wd}: same run as {primary.workdir}", flush=True)
     if args.dry_run:
-        for run in runs:
+        for run in queue_runs:
             state = "finished" if is_complete(run.workdir) else "to run"
-            print(f"{run.name} [{state}]\n  {shlex.join(run.command(sweep.runner))}")
+            print(f"{run.name} [{state}]\n  {shlex.join(run.command(runners[run.workdir]))}")
         return 0
     failed: dict[str, str] = {}
     if not args.report_only:
         if args.mode == "commands":
-            print(f"wrote {write_commands(sweep, runs)}")
+            for sw in sweeps:
+                mine = [r for r in queue_runs if r in selected[sw.path]]
+                print(f"wrote {write_commands(sw, mine)}")
         else:
-            failed = run_local(sweep, runs, echo=not args.quiet)
+            failed = run_local(None, queue_runs, echo=not args.quiet, parallel=len(envs),
+                               devices=[d for d in args.devices.split(",") if d], runners=runners)
     from remix_jax import reporting  # matplotlib only when aggregating
 
-    written = reporting.write_report(sweep, runs=sweep.runs)
-    for path in written:
-        print(f"wrote {path}")
+    for sw in sweeps:
+        for path in reporting.write_report(sw, runs=sw.runs):
+            print(f"wrote {path}")
     if failed:
         print(f"{len(failed)} run(s) failed:", file=sys.stderr)
         for name, reason in failed.items():

@@ -22,6 +22,14 @@ FAKE_TRAINER = textwrap.dedent('''
     k, seed = int(over["adapter.top_k"]), int(over["seed"])
     with open(os.environ["FAKE_CALLS"], "a") as f:
         f.write(os.path.basename(wd) + "\\n")
+    if os.environ.get("FAKE_EVENTS"):  # parallel mode: record start/end and the device environment
+        import time
+        with open(os.environ["FAKE_EVENTS"], "a") as f:
+            f.write(json.dumps(["start", os.path.basename(wd), os.environ.get("CUDA_VISIBLE_DEVICES"),
+                                os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION")]) + "\\n")
+        time.sleep(0.5)
+        with open(os.environ["FAKE_EVENTS"], "a") as f:
+            f.write(json.dumps(["end", os.path.basename(wd)]) + "\\n")
     print("training", variant, k, seed)
     if variant == "lora" and k == 2 and seed == 1:
         print("boom", file=sys.stderr)
@@ -210,3 +218,78 @@ def test_default_runner_and_workdir_root(tmp_path):
     assert sw.runner == ("python", "-m", "remix_jax.main")
     assert [r.name for r in sw.runs] == ["seed=0"] and sw.runs[0].workdir == "elsewhere/seed=0"
     assert sweep_lib.load_sweep(path, workdir_root="w").runs[0].workdir == "w/seed=0"
+
+
+def test_device_envs():
+    envs = sweep_lib.device_envs(8, ["0", "1", "2", "3"])
+    assert [e["CUDA_VISIBLE_DEVICES"] for e in envs] == ["0", "1", "2", "3"] * 2
+    assert {e["XLA_PYTHON_CLIENT_MEM_FRACTION"] for e in envs} == {"0.450"}
+    envs = sweep_lib.device_envs(3, ["5", "7"])
+    assert [e["CUDA_VISIBLE_DEVICES"] for e in envs] == ["5", "7", "5"]
+    assert envs[0]["XLA_PYTHON_CLIENT_MEM_FRACTION"] == "0.450" and "XLA_PYTHON_CLIENT_MEM_FRACTION" not in envs[1]
+    assert sweep_lib.device_envs(2, []) == [{}, {}]
+    with pytest.raises(sweep_lib.SweepError, match="parallel"):
+        sweep_lib.device_envs(0, ["0"])
+
+
+def test_parallel_runs_spread_over_devices(sweep_file, tmp_path, monkeypatch):
+    events = tmp_path / "events.jsonl"
+    monkeypatch.setenv("FAKE_EVENTS", str(events))
+    assert sweep_lib.main([f"--sweep={sweep_file}", "--quiet", "--parallel=3", "--devices=0,1"]) == 1  # one fails
+    assert sorted(_calls(tmp_path)) == sorted(EXPECTED_NAMES)
+    rows = [json.loads(line) for line in events.read_text().splitlines()]
+    starts = [r for r in rows if r[0] == "start"]
+    assert {r[2] for r in starts} <= {"0", "1"} and len(starts) == 8
+    assert all((r[3] == "0.450") == (r[2] == "0") for r in starts)  # two slots share GPU 0, one has GPU 1
+    live = peak = 0
+    for r in rows:
+        live += 1 if r[0] == "start" else -1
+        peak = max(peak, live)
+    assert 2 <= peak <= 3
+    # every finished run is complete and aggregated as in the sequential mode
+    with open(sweep_file.with_suffix("") / "results.csv") as f:
+        done = [r for r in csv.DictReader(f) if r["status"] == "complete"]
+    assert len(done) == 7
+
+
+def test_identical_runs_of_two_sweeps_train_once(sweep_file, tmp_path):
+    other = sweep_file.parent / "other.py"
+    text = sweep_file.read_text()
+    grid_start = text.index('"grid"')
+    grid_end = text.index('"seeds"')
+    other.write_text(text[:grid_start] + '"grid": [{KEYS.top_k: [2, 3]}],\n            ' + text[grid_end:]
+                     .replace('"seeds": [0, 1]', '"seeds": [0]'))
+    assert sweep_lib.main([f"--sweep={sweep_file},{other}", "--quiet", "--only=^remix|^top_k"]) == 0
+    calls = _calls(tmp_path)
+    # other.py's top_k=2 seed 0 is toy.py's remix top_k=2 seed 0 (same config spec and overrides): trained once
+    assert sorted(calls) == sorted([n for n in EXPECTED_NAMES if n.startswith("remix")] + ["top_k=3__seed=0"])
+    link = other.with_suffix("") / "runs" / "top_k=2__seed=0"
+    assert link.is_symlink()
+    assert link.resolve() == (sweep_file.with_suffix("") / "runs" / "remix__top_k=2__seed=2").parent.resolve() / \
+        "remix__top_k=2__seed=0"
+    with open(other.with_suffix("") / "results.csv") as f:
+        rows = {r["name"]: r for r in csv.DictReader(f)}
+    assert rows["top_k=2__seed=0"]["status"] == "complete"
+    assert float(rows["top_k=2__seed=0"]["gsm8k/accuracy"]) == pytest.approx(0.4)
+    # a second invocation finds everything finished; --no_dedup would train the duplicate itself
+    assert sweep_lib.main([f"--sweep={sweep_file},{other}", "--quiet", "--only=^remix|^top_k"]) == 0
+    assert len(_calls(tmp_path)) == len(calls)
+
+
+def test_fingerprint_resolves_the_config(tmp_path):
+    cfg = tmp_path / "cfg.py"
+    cfg.write_text(textwrap.dedent('''
+        import ml_collections
+        def get_config(arg="a"):
+            return ml_collections.ConfigDict({"seed": 0, "variant": arg,
+                                              "adapter": {"top_k": 2, "rank": 8}, "train": {"lr": 1e-3}})
+    '''))
+
+    def run(config, **over):
+        return sweep_lib.Run(name="x", workdir="w", config=f"{cfg}:{config}", overrides=over, params={})
+
+    fp = sweep_lib.fingerprint
+    assert fp(run("a")) == fp(run("a", **{"adapter.top_k": 2})) == fp(run("a", **{"train.lr": 0.001}))
+    assert fp(run("a")) != fp(run("a", **{"adapter.top_k": 3}))
+    assert fp(run("a")) != fp(run("b"))
+    assert fp(run("a", seed=1)) != fp(run("a", seed=2))
