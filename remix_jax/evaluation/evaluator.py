@@ -287,6 +287,8 @@ def run_multiple_choice(
         raise ValueError(f"{task!r} is not a multiple-choice task ({', '.join(MC_TASKS)})")
     t = eval_cfg[task]
     examples = _examples(t.path, t.format, _limit(eval_cfg))
+    if examples and multiple_choice.is_rc(examples[0]):
+        return _run_rc(task, runner, eval_cfg, examples)
     shots = []
     if t.shots:
         train = [
@@ -348,6 +350,53 @@ def run_multiple_choice(
     }
     if eval_cfg.mc_mode == "generate":
         metrics["num_no_answer"] = sum(p is None for p in preds)
+    return TaskResult(task, metrics, out_rows, runner.take_routing())
+
+
+def _run_rc(task: str, runner: ModelRunner, eval_cfg, examples: list[dict]) -> TaskResult:
+    """Ranked classification (rows of the ``arc_rc`` format): every option's " {text}" is scored after the
+    prompt (eval.plain_format around it, after eval.<task>.shots demonstrations); the best option by summed
+    log-likelihood, or per token / per character (eval.mc_normalize, eval.mc_normalize_unit) is the answer."""
+    t = eval_cfg[task]
+    if eval_cfg.mc_mode != "loglik":
+        raise ValueError(f"eval.mc_mode={eval_cfg.mc_mode!r}: {t.path} holds ranked-classification rows "
+                         f"(format {t.format!r}), scored by log-likelihood only; set eval.mc_mode='loglik'")
+    shots = []
+    if t.shots:
+        train = _examples(t.shots_path, t.format, None)
+        shots = [(train[i]["prompt"], train[i]["response"])
+                 for i in prompts.pick_shots(len(train), t.shots, eval_cfg.seed)]
+    unit = eval_cfg.get("mc_normalize_unit", "token")
+    contexts, conts, options = [], [], []
+    for e in examples:
+        if not multiple_choice.is_rc(e):
+            raise ValueError(f"{t.path}: example {e['id']} has no 'options' (not a ranked-classification row)")
+        labs, cs = multiple_choice.rc_options(e)
+        if e["answer"] not in labs:
+            raise ValueError(f"{t.path}: example {e['id']}: gold answer {e['answer']!r} is not one of {labs}")
+        contexts += [multiple_choice.rc_context(e["prompt"], shots, eval_cfg.plain_format)] * len(cs)
+        conts += cs
+        options.append((labs, cs))
+    sums, counts = runner.loglik(contexts, conts)
+    preds, out_rows, start = [], [], 0
+    for e, (labs, cs) in zip(examples, options, strict=True):
+        s, c = sums[start : start + len(cs)], counts[start : start + len(cs)]
+        start += len(cs)
+        lengths = multiple_choice.rc_lengths(cs, c, unit)
+        best = labs[multiple_choice.rank_options(s, lengths if eval_cfg.mc_normalize else None)]
+        preds.append(best)
+        out_rows.append({"id": e["id"], "prediction": best, "gold": e["answer"], "correct": best == e["answer"],
+                         "logliks": [float(x) for x in s], "num_tokens": [int(x) for x in c],
+                         "num_chars": [len(x) for x in cs]})
+    golds = [e["answer"] for e in examples]
+    metrics = {
+        "accuracy": multiple_choice.accuracy(preds, golds),
+        "num_correct": int(sum(p == g for p, g in zip(preds, golds, strict=True))),
+        "num_examples": len(examples),
+        "mode": "rc",
+        "normalize": unit if eval_cfg.mc_normalize else "none",
+        "shots": int(t.shots),
+    }
     return TaskResult(task, metrics, out_rows, runner.take_routing())
 
 

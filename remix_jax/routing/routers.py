@@ -15,7 +15,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from remix_jax.routing.sampler import gumbel_top_k, ordered_log_prob, top_k_select
+from remix_jax.routing.sampler import gumbel_top_k, ordered_log_prob, top_k_mask, top_k_select
 
 Array = jax.Array
 
@@ -38,6 +38,15 @@ def remix_route(logits: Array, k: int, omega: float, key: Array | None) -> Route
         log_prob = ordered_log_prob(z, experts)
     weights = jnp.full(experts.shape, omega, jnp.float32)
     return RouterOutput(experts, weights, jax.nn.softmax(z, axis=-1), log_prob)
+
+
+def remix_inference_weights(logits: Array, k: int, omega: float) -> Array:
+    """Dense weights of ReMix's deterministic top-k: logits [..., n] -> pi [..., n] float32.
+
+    pi_i = omega for the k experts lax.top_k selects (ties to the lower index), else 0: the same pi that
+    remix_route(logits, k, omega, None) scatters from its (experts, weights), without a sort kernel.
+    """
+    return jnp.where(top_k_mask(logits.astype(jnp.float32), k), jnp.float32(omega), jnp.float32(0.0))
 
 
 def mixlora_route(logits: Array, k: int) -> RouterOutput:

@@ -2,6 +2,9 @@
 
 Sampling k distinct experts in order from q = softmax(z) without replacement (Plackett-Luce) equals adding
 i.i.d. Gumbel(0, 1) noise to z and taking the top-k indices in order.
+
+The deterministic top-k used at inference avoids the sort/TopK kernel for small n (``descending_rank``);
+Gumbel-top-k sampling (training) keeps lax.top_k.
 """
 
 from __future__ import annotations
@@ -19,10 +22,64 @@ def gumbel_top_k(logits: Array, k: int, key: Array) -> Array:
     return idx.astype(jnp.int32)
 
 
+# Up to this many experts the deterministic top-k is computed by pairwise comparisons ([..., n, n]
+# elementwise ops that XLA fuses into their neighbours) instead of a sort/TopK kernel.
+RANK_TOP_K_MAX_N = 64
+
+
+def total_order_key(x: Array) -> Array:
+    """Integer keys ordered like lax.top_k orders floats: x [...] -> int32/int64 [...].
+
+    The IEEE total order (-NaN < -inf < ... < -0.0 < +0.0 < ... < +inf < +NaN): the sign-magnitude bit
+    pattern with the magnitude bits of negative numbers flipped. Floats of up to 32 bits are widened to
+    float32 first (exact, order-preserving); integer inputs are returned as they are.
+    """
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        return x
+    if x.dtype == jnp.float64:
+        bits, low = jax.lax.bitcast_convert_type(x, jnp.int64), jnp.int64(0x7FFFFFFFFFFFFFFF)
+    else:
+        bits = jax.lax.bitcast_convert_type(x.astype(jnp.float32), jnp.int32)
+        low = jnp.int32(0x7FFFFFFF)
+    return jnp.where(bits < 0, bits ^ low, bits)
+
+
+def descending_rank(logits: Array) -> Array:
+    """Position of each entry in lax.top_k's descending order: logits [..., n] -> int32 [..., n].
+
+    rank_i = #{j : z_j > z_i or (z_j == z_i and j < i)} in the total order of ``total_order_key``, so ties
+    go to the lower index exactly as in lax.top_k. O(n^2) elementwise work; meant for small n.
+    """
+    key = total_order_key(logits)
+    n = key.shape[-1]
+    zi, zj = key[..., :, None], key[..., None, :]  # [..., n(i), n(j)]
+    idx = jnp.arange(n)
+    before = (zj > zi) | ((zj == zi) & (idx[None, :] < idx[:, None]))
+    return jnp.sum(before, axis=-1, dtype=jnp.int32)
+
+
+def top_k_mask(logits: Array, k: int) -> Array:
+    """Membership of the k experts lax.top_k selects (ties included): logits [..., n] -> bool [..., n]."""
+    n = logits.shape[-1]
+    if n > RANK_TOP_K_MAX_N:
+        _, idx = jax.lax.top_k(logits, k)
+        return jnp.any(jax.nn.one_hot(idx, n, dtype=jnp.bool_), axis=-2)
+    return descending_rank(logits) < k
+
+
 def top_k_select(logits: Array, k: int) -> Array:
-    """The k largest logits in descending order: logits [..., n] -> indices [..., k] int32."""
-    _, idx = jax.lax.top_k(logits, k)
-    return idx.astype(jnp.int32)
+    """The k largest logits in descending order: logits [..., n] -> indices [..., k] int32.
+
+    Identical to lax.top_k's indices (ties to the lower index); for n <= RANK_TOP_K_MAX_N computed from
+    ``descending_rank`` without a sort kernel.
+    """
+    n = logits.shape[-1]
+    if n > RANK_TOP_K_MAX_N:
+        _, idx = jax.lax.top_k(logits, k)
+        return idx.astype(jnp.int32)
+    rank = descending_rank(logits)  # [..., n]
+    slot = rank[..., None, :] == jnp.arange(k, dtype=jnp.int32)[:, None]  # [..., k, n]
+    return jnp.sum(jnp.where(slot, jnp.arange(n, dtype=jnp.int32), 0), axis=-1, dtype=jnp.int32)
 
 
 def ordered_log_prob(logits: Array, indices: Array) -> Array:
