@@ -5,8 +5,8 @@ and MFU under two conventions:
   - "6N": 6 x non-embedding parameters per input token (x M samples), the usual full-finetuning count;
   - "frozen": forward 2N + activation gradients 2N for the frozen base, 6 per adapter parameter, plus
     attention (4 x layers x T x H x hd per token forward, twice that backward), per sample-token.
-Both are divided by the measured bf16 matmul ceiling (--peak_tflops, measured on the same GPU at start-up
-unless given).
+Both are divided by the number of devices times one device's measured bf16 matmul ceiling (--peak_tflops,
+measured on the same GPU at start-up unless given).
 
     python scripts/bench_train.py --shape=llama3.2-1b --batch=8 --seq=1024 \
         --runs="lora:r=16 remix:n=8,k=2,r=8,M=4" --peer=peft
@@ -135,8 +135,10 @@ def run_ours(a, run: dict, peak_tflops: float) -> dict:
         "peak_gib": round(stats.get("peak_bytes_in_use", 0) / 2**30, 2),
         "trainable_params": int(adapter_params), "compile_s": round(compile_s, 1),
         "loss": float(m["loss"]),
-        "mfu_6n": round(f6 * sample_tokens / dt / 1e12 / peak_tflops, 4),
-        "mfu_frozen": round(ffrozen * sample_tokens / dt / 1e12 / peak_tflops, 4),
+        # per device: the step's FLOPs over (devices x the one-device ceiling)
+        "mfu_6n": round(f6 * sample_tokens / dt / 1e12 / peak_tflops / jax.device_count(), 4),
+        "mfu_frozen": round(ffrozen * sample_tokens / dt / 1e12 / peak_tflops / jax.device_count(), 4),
+        "num_devices": jax.device_count(),
         "peak_tflops": round(peak_tflops, 1), "attention": a.attention, "remat": a.remat,
         "jax": jax.__version__, "device": jax.devices()[0].device_kind,
     }
