@@ -1,5 +1,7 @@
 """Paper Figure 5: ReMix accuracy against the number of routing samples M per input (the training compute
-budget), n = 8, k = 2, r = 8, 3 seeds each.
+budget), n = 8, k = 2, r = 8, 3 seeds each. Runs with M > 8 process the samples 8 at a time
+(``train.sample_chunk``: same gradients, the memory of 8 samples, one extra forward pass), so M = 32 fits where
+all 32 samples at once would not.
 
     python -m remix_jax.sweep --sweep=experiments/m_sweep.py
 """
@@ -9,11 +11,18 @@ from common import GSM8K_CONFIG, GSM8K_TASK, ROUTED, SEEDS, small_scale, variant
 from remix_jax.sweep import KEYS
 
 
+MS = (2, 4, 8, 32)
+CHUNK = 8  # routing samples processed at once when M exceeds it
+
+
 def get_sweep():
+    variants = [{"name": f"M{m}", "labels": {KEYS.num_samples: m},
+                 "overrides": {KEYS.num_samples: m, **({KEYS.sample_chunk: CHUNK} if m > CHUNK else {})}}
+                for m in MS]
     return {
         "config": GSM8K_CONFIG + variant("remix"),
         "base_overrides": {**small_scale(), **ROUTED},
-        "grid": [{KEYS.num_samples: [2, 4, 8, 32]}],
+        "grid": [variants],
         "seeds": SEEDS,
         "report": {
             "tables": [{"title": "ReMix on GSM8K against M", "rows": [KEYS.num_samples]}],

@@ -41,6 +41,10 @@ def default_config() -> ml_collections.ConfigDict:
         grad_accum_steps=1,
         num_samples=4,  # M routing samples per sequence (remix); 1 for every other method
         baseline="rloo",  # rloo | none (plain REINFORCE ablation)
+        # remix: routing samples per chunk. 0 = all M at once (one vmapped forward+backward); c > 0 (c divides
+        # num_samples) = c at a time: same gradients and metrics, activation memory of c samples instead of M,
+        # at the cost of one extra forward pass per step (training/objective.py).
+        sample_chunk=0,
         log_every=10,
         checkpoint_every=200,
         max_checkpoints=3,
@@ -161,6 +165,16 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
     elif t.num_samples != 1:
         errors.append(f"train.num_samples={t.num_samples}: only remix draws several routing samples; "
                       f"method {a.method!r} needs train.num_samples=1")
+    if t.sample_chunk < 0:
+        errors.append(f"train.sample_chunk={t.sample_chunk}: must be >= 0 (0 processes all routing samples "
+                      "at once)")
+    elif t.sample_chunk:
+        if a.method not in SAMPLING_METHODS:
+            errors.append(f"train.sample_chunk={t.sample_chunk}: only remix draws several routing samples; "
+                          f"method {a.method!r} needs train.sample_chunk=0")
+        elif t.num_samples >= 1 and t.num_samples % t.sample_chunk:
+            errors.append(f"train.sample_chunk={t.sample_chunk} does not divide "
+                          f"train.num_samples={t.num_samples}")
     for k in ("num_steps", "grad_accum_steps", "log_every", "max_checkpoints"):
         if t[k] < 1:
             errors.append(f"train.{k}={t[k]}: must be >= 1")

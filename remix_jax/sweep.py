@@ -94,6 +94,7 @@ class _Keys:
     targets: str = "adapter.targets"
     sample_at_inference: str = "adapter.sample_at_inference"
     num_samples: str = "train.num_samples"  # M
+    sample_chunk: str = "train.sample_chunk"  # routing samples processed at once (0 = all M)
     baseline: str = "train.baseline"  # "rloo" | "none"
     num_steps: str = "train.num_steps"
     batch_size: str = "data.batch_size"  # global batch

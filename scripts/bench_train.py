@@ -11,7 +11,8 @@ measured on the same GPU at start-up unless given).
     python scripts/bench_train.py --shape=llama3.2-1b --batch=8 --seq=1024 \
         --runs="lora:r=16 remix:n=8,k=2,r=8,M=4" --peer=peft
 
---runs is a space-separated list of METHOD[:key=value,...] with keys r, n, k, M, alpha, targets (ffn|all).
+--runs is a space-separated list of METHOD[:key=value,...] with keys r, n, k, M, c (train.sample_chunk: routing
+samples processed at once, 0 = all M), alpha, targets (ffn|all).
 --peer=peft|mixlora|peft,mixlora runs scripts/bench_peers.py on the same shape (a subprocess per peer, so each
 gets the whole device) in the same invocation.
 """
@@ -71,6 +72,7 @@ def build_config(a, run: dict):
     if run["targets"] == "all":
         c.adapter.targets = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
     c.train.num_samples = run["M"]
+    c.train.sample_chunk = run.get("c", 0)
     c.train.num_steps = 1000
     c.data.synthetic = True
     c.data.batch_size = a.batch
@@ -130,6 +132,7 @@ def run_ours(a, run: dict, peak_tflops: float) -> dict:
         "rank": run["r"], "targets": run["targets"],
         "num_experts": run["n"] if run["method"] not in ("lora", "rslora", "dora") else 1,
         "top_k": run["k"] if run["method"] not in ("lora", "rslora", "dora") else 1, "num_samples": run["M"],
+        "sample_chunk": run.get("c", 0),
         "step_ms": round(dt * 1e3, 2), "tokens_per_s": round(tokens / dt, 1),
         "sample_tokens_per_s": round(sample_tokens / dt, 1),
         "peak_gib": round(stats.get("peak_bytes_in_use", 0) / 2**30, 2),

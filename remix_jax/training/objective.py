@@ -35,11 +35,30 @@ needs about 78 GiB of activations plus 15 GiB of bf16 weights, and M=8 (157 GiB)
 scores are never saved under these policies (cuDNN flash attention keeps none; the XLA path's batched
 dots are not "no batch" dots), but the XLA path's per-layer backward transiently holds float32
 [M, B, H, T, T] scores. The per-sequence losses, log Q and routing statistics are O(M * B * T).
+
+Sample chunking (``sample_chunk`` c > 0, c divides M; ``remix_value_and_grad``). All of the above is
+per sample and multiplies by M. With c > 0 only c samples are in flight: the step costs one extra
+forward pass and holds the activations of c samples instead of M (M=8, save_qkv_ffn, c=2: about
+14 GiB instead of 56 GiB on the Llama-3-8B shape, by the table above). The RLOO coefficient of a
+sample depends on all M losses, so the step runs two passes, both over the chunks of
+keys = split(key, M) (chunk j: keys[j*c:(j+1)*c], the same routing samples as the unchunked path):
+
+    1. forward only (``lax.map``): L, log Q, validity [M, B, T] and the routing statistics of all M
+       samples; the value, every metric and the advantages adv (rloo or none) come from these, the
+       first two through the same reduction as the unchunked objective;
+    2. forward + backward (``lax.scan`` accumulating gradients): each chunk's share of the objective,
+           sum_{m in chunk} [ sum_s w_s (L[s, m] + adv[s, m] log Q[s, m]) / (M num_seq)
+                              + aux_loss_weight * sum_blocks(aux_loss[m]) / M ],
+       with adv constant; the shares sum to the objective, so their gradients sum to its gradient.
+
+Gradients and metrics equal the unchunked ones up to float rounding (same keys, same selections). The
+cross-entropy chunks are sized for c samples in flight (``loss_chunk_len``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -48,7 +67,7 @@ import jax.numpy as jnp
 
 from remix_jax.models.llama import lm_logits
 from remix_jax.routing.diagnostics import collect_routing_stats
-from remix_jax.routing.rloo import rloo_surrogate
+from remix_jax.routing.rloo import reinforce_advantages, rloo_surrogate
 from remix_jax.training.losses import (
     chunked_token_cross_entropy,
     per_sequence_sums,
@@ -58,7 +77,7 @@ from remix_jax.training.losses import (
 )
 
 __all__ = ["DIAGNOSTIC_STATS", "ObjectiveConfig", "loss_chunk_len", "per_sequence_sums", "remix_objective",
-           "sequence_losses", "token_cross_entropy"]
+           "remix_value_and_grad", "sequence_losses", "token_cross_entropy"]
 
 Array = jax.Array
 
@@ -78,6 +97,9 @@ class ObjectiveConfig:
         batch rows: each chunk covers max(1, loss_chunk_tokens // (M * B)) positions. Live loss memory is
         about 2 x loss_chunk_tokens x V float32 (per device: divided by the data-parallel degree).
         0 materialises the full [M, B, T, V] logits (the reference; fine for small vocabularies).
+    sample_chunk: 0 vmaps all M samples at once (``remix_objective``); c > 0 (c divides M) makes
+        ``remix_value_and_grad`` process them c at a time in two passes (one extra forward pass; peak
+        activation memory of c samples instead of M). Same gradients and metrics up to float rounding.
     """
 
     num_samples: int = 1
@@ -85,6 +107,7 @@ class ObjectiveConfig:
     sampling_router: bool = False
     aux_loss_weight: float = 1.0
     loss_chunk_tokens: int = 2048
+    sample_chunk: int = 0
 
     def __post_init__(self):
         if self.num_samples < 1:
@@ -92,28 +115,25 @@ class ObjectiveConfig:
         if self.loss_chunk_tokens < 0:
             raise ValueError(f"ObjectiveConfig.loss_chunk_tokens={self.loss_chunk_tokens}: must be >= 0 "
                              "(0 materialises the full logits)")
+        if self.sample_chunk < 0 or (self.sample_chunk and self.num_samples % self.sample_chunk):
+            raise ValueError(f"ObjectiveConfig.sample_chunk={self.sample_chunk}: must be 0 (all samples at once) "
+                             f"or a positive divisor of num_samples={self.num_samples}")
 
 
 def loss_chunk_len(cfg: ObjectiveConfig, batch_size: int, seq_len: int) -> int:
-    """Positions per cross-entropy chunk: loss_chunk_tokens spread over the M samples and B rows
-    (at least 1); ``seq_len`` (one chunk, the full logits) when loss_chunk_tokens is 0."""
+    """Positions per cross-entropy chunk: loss_chunk_tokens spread over the samples in flight (M, or
+    sample_chunk when it is > 0) and B rows (at least 1); ``seq_len`` (one chunk, the full logits) when
+    loss_chunk_tokens is 0."""
     if cfg.loss_chunk_tokens == 0:
         return seq_len
-    return max(1, min(seq_len, cfg.loss_chunk_tokens // (cfg.num_samples * batch_size)))
+    in_flight = cfg.sample_chunk or cfg.num_samples
+    return max(1, min(seq_len, cfg.loss_chunk_tokens // (in_flight * batch_size)))
 
 
-def remix_objective(apply_fn: Callable, trainable: dict, base: Any, batch: dict, key: Array,
-                    cfg: ObjectiveConfig) -> tuple[Array, dict]:
-    """(total objective scalar, metrics) for one batch.
-
-    apply_fn: ``model.apply``; trainable: {"adapter": ..., "router": ...}; base: frozen "params" tree;
-    batch: tokens / loss_mask / segment_ids / positions, each [B, T]; key: this step's routing key.
-    Metrics (scalars): loss (mean task loss), surrogate, aux_loss, num_sequences, routing/* diagnostics
-    averaged over blocks and samples, and routing/<stat>_per_block [L].
-    """
+def _sample_fn(apply_fn: Callable, trainable: dict, base: Any, batch: dict, cfg: ObjectiveConfig) -> Callable:
+    """The forward pass of one routing sample: key -> (loss [B, T], log_q [B, T], valid [B, T], stats),
+    stats as ``collect_routing_stats`` returns them. Meant to be vmapped over routing keys."""
     tokens, seg = batch["tokens"], batch["segment_ids"]
-    keys = jax.random.split(key, cfg.num_samples)
-
     chunk_len = loss_chunk_len(cfg, *tokens.shape)
 
     def one_sample(k):
@@ -133,8 +153,12 @@ def remix_objective(apply_fn: Callable, trainable: dict, base: Any, batch: dict,
             log_q = jnp.zeros_like(loss)
         return loss, log_q, valid, stats
 
-    # Parameters are closed over (broadcast); only the routing key is mapped.
-    losses, log_q, valid, stats = jax.vmap(one_sample)(keys)  # [M, B, T] each
+    return one_sample
+
+
+def _objective_from_samples(losses: Array, log_q: Array, valid: Array, stats: dict,
+                            cfg: ObjectiveConfig) -> tuple[Array, dict]:
+    """(total, metrics) from the M samples' losses / log_q / valid [M, B, T] and stats (leading [M])."""
     m = cfg.num_samples
     w = valid[0].reshape(-1).astype(jnp.float32)  # [B*T]; validity does not depend on the sample
     l_sm = losses.reshape(m, -1).T  # [B*T, M]
@@ -163,3 +187,81 @@ def remix_objective(apply_fn: Callable, trainable: dict, base: Any, batch: dict,
     if "load" in stats:  # [M, L, n]: the busiest expert's share, averaged over blocks
         metrics["routing/max_load"] = jnp.mean(jnp.max(stats["load"].astype(jnp.float32), axis=-1))
     return total, metrics
+
+
+def remix_objective(apply_fn: Callable, trainable: dict, base: Any, batch: dict, key: Array,
+                    cfg: ObjectiveConfig) -> tuple[Array, dict]:
+    """(total objective scalar, metrics) for one batch, all M samples vmapped at once.
+
+    apply_fn: ``model.apply``; trainable: {"adapter": ..., "router": ...}; base: frozen "params" tree;
+    batch: tokens / loss_mask / segment_ids / positions, each [B, T]; key: this step's routing key.
+    Metrics (scalars): loss (mean task loss), surrogate, aux_loss, num_sequences, routing/* diagnostics
+    averaged over blocks and samples, and routing/<stat>_per_block [L].
+    ``cfg.sample_chunk`` is ignored here (``remix_value_and_grad`` honours it).
+    """
+    cfg = dataclasses.replace(cfg, sample_chunk=0)  # all M in flight (sizes the cross-entropy chunks)
+    keys = jax.random.split(key, cfg.num_samples)
+    one_sample = _sample_fn(apply_fn, trainable, base, batch, cfg)
+    # Parameters are closed over (broadcast); only the routing key is mapped.
+    losses, log_q, valid, stats = jax.vmap(one_sample)(keys)  # [M, B, T] each
+    return _objective_from_samples(losses, log_q, valid, stats, cfg)
+
+
+def remix_value_and_grad(apply_fn: Callable, trainable: dict, base: Any, batch: dict, key: Array,
+                         cfg: ObjectiveConfig) -> tuple[tuple[Array, dict], Any]:
+    """((total, metrics), grads w.r.t. ``trainable``): what ``jax.value_and_grad(remix_objective,
+    has_aux=True)`` returns, with the M samples processed ``cfg.sample_chunk`` at a time when it is > 0.
+
+    sample_chunk 0: exactly ``jax.value_and_grad`` of ``remix_objective``. sample_chunk c > 0 (c | M):
+      pass 1, forward only: ``lax.map`` over the M / c chunks of keys = split(key, M) (chunk j holds
+        keys[j*c:(j+1)*c]) gives losses / log_q / valid [M, B, T] and the routing stats [M, ...]; the
+        value and every metric come from these through the same reduction as the unchunked objective,
+        and the advantages adv [M, B*T] (rloo or none) are fixed from all M losses;
+      pass 2, forward + backward: ``lax.scan`` over the chunks, summing the gradients of each chunk's
+        share of the objective with adv held constant,
+            sum_{m in chunk} [ sum_s w_s (L[s,m] + adv[s,m] log_q[s,m]) / (M * num_seq)
+                               + aux_loss_weight * sum_blocks(aux_loss[m]) / M ],
+        whose sum over chunks is the objective, term by term.
+    """
+    if not cfg.sample_chunk:
+        fn = functools.partial(remix_objective, apply_fn, cfg=cfg)
+        return jax.value_and_grad(lambda tr, b, bt, k: fn(tr, b, bt, k), has_aux=True)(
+            trainable, base, batch, key)
+    m, c = cfg.num_samples, cfg.sample_chunk
+    keys = jax.random.split(key, m)
+    chunk_keys = keys.reshape((m // c, c) + keys.shape[1:])
+
+    def merge(x):  # [M / c, c, ...] -> [M, ...]
+        return x.reshape((m,) + x.shape[2:])
+
+    # Pass 1: forward only, c samples in flight; nothing here is differentiated.
+    fwd = jax.vmap(_sample_fn(apply_fn, trainable, base, batch, cfg))
+    losses, log_q, valid, stats = jax.tree.map(merge, jax.lax.map(fwd, chunk_keys))
+    total, metrics = _objective_from_samples(losses, log_q, valid, stats, cfg)
+
+    w = valid[0].reshape(-1).astype(jnp.float32)  # [B*T]
+    norm = jnp.maximum(jnp.sum(w), 1.0) * m
+    if cfg.sampling_router:
+        adv = reinforce_advantages(losses.reshape(m, -1).T, cfg.baseline).T  # [M, B*T]
+    else:
+        adv = jnp.zeros((m, w.shape[0]), jnp.float32)
+    chunk_adv = adv.reshape(m // c, c, -1)
+
+    def chunk_objective(tr, ks, a):
+        lc, qc, _, sc = jax.vmap(_sample_fn(apply_fn, tr, base, batch, cfg))(ks)  # [c, B, T]
+        part = jnp.sum(lc.reshape(c, -1) * w) / norm
+        if cfg.sampling_router:
+            part = part + jnp.sum(a * qc.reshape(c, -1) * w) / norm
+        if "aux_loss" in sc and cfg.aux_loss_weight:
+            part = part + cfg.aux_loss_weight * jnp.sum(sc["aux_loss"].astype(jnp.float32)) / m
+        return part
+
+    chunk_grad = jax.grad(chunk_objective)
+
+    def body(acc, xs):
+        g = chunk_grad(trainable, *xs)
+        return jax.tree.map(jnp.add, acc, g), None
+
+    # Pass 2: forward + backward, c samples' activations live at a time.
+    grads, _ = jax.lax.scan(body, jax.tree.map(jnp.zeros_like, trainable), (chunk_keys, chunk_adv))
+    return (total, metrics), grads
