@@ -163,6 +163,8 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--adapters", default="none,remix", help="comma list of: none, remix")
     p.add_argument("--peer", default="", help="'hf': also time transformers' generate (torch)")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--unroll", default="1",
+                   help="comma list of model.scan_unroll values (layers per loop iteration; 1 = rolled)")
     args = p.parse_args(argv)
 
     cfg, params, tokenizer = load(args.model, args.shape, args.dtype)
@@ -178,23 +180,28 @@ def main(argv=None) -> list[dict]:
         "jax": jax.__version__,
     }
     rows = []
-    for adapter in [a for a in args.adapters.split(",") if a]:
-        if adapter == "none":
-            model, variables = Decoder(cfg), {"params": params}
-        elif adapter == "remix":
-            model, variables = remix_variables(cfg, params)
-        else:
-            raise SystemExit(f"--adapters: unknown adapter {adapter!r} (none, remix)")
-        for b in batches:
-            row = {
-                "impl": "remix_jax",
-                "adapter": adapter,
-                "batch": b,
-                **common,
-                **time_ours(model, variables, prompt, b, args.new_tokens, args.repeats),
-            }
-            print(json.dumps(row), flush=True)
-            rows.append(row)
+    base_cfg = cfg
+    for unroll in [int(u) for u in args.unroll.split(",") if u]:
+        cfg = base_cfg.replace(scan_unroll=unroll)
+        for adapter in [a for a in args.adapters.split(",") if a]:
+            if adapter == "none":
+                model, variables = Decoder(cfg), {"params": params}
+            elif adapter == "remix":
+                model, variables = remix_variables(cfg, params)
+            else:
+                raise SystemExit(f"--adapters: unknown adapter {adapter!r} (none, remix)")
+            for b in batches:
+                row = {
+                    "impl": "remix_jax",
+                    "adapter": adapter,
+                    "batch": b,
+                    "scan_unroll": unroll,
+                    **common,
+                    **time_ours(model, variables, prompt, b, args.new_tokens, args.repeats),
+                }
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+    cfg = base_cfg
     if args.peer == "hf":
         import torch
         import transformers

@@ -48,6 +48,9 @@ class ModelConfig:
     # Rematerialisation of each block in the backward pass: "none", "full", "dots",
     # "dots_no_batch", "save_qkv_ffn" (see llama.REMAT_POLICIES).
     remat: str = "none"
+    # Layers per iteration of the scanned layer loop (lax.scan's unroll): 1 = a rolled loop (fastest compile),
+    # num_layers = fully unrolled (fewer loop-control kernels per step, longer compile; matters for decoding).
+    scan_unroll: int = 1
 
     def __post_init__(self):
         if self.num_heads % self.num_kv_heads:
@@ -59,6 +62,8 @@ class ModelConfig:
                 raise ModelLoadError(f"model config field {k}={getattr(self, k)} must be >= 1")
         if self.attention_impl not in ("xla", "cudnn", "auto"):
             raise ModelLoadError(f"attention_impl={self.attention_impl!r}: expected xla, cudnn or auto")
+        if not isinstance(self.scan_unroll, int) or self.scan_unroll < 1:
+            raise ModelLoadError(f"scan_unroll={self.scan_unroll!r}: expected an integer >= 1")
 
     @property
     def rope_scaling_dict(self) -> dict[str, Any]:

@@ -260,6 +260,7 @@ class Decoder(nn.Module):
             split_rngs={True: True},
             in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
             length=cfg.num_layers,
+            unroll=min(cfg.scan_unroll, cfg.num_layers),
             metadata_params={nn.PARTITION_NAME: "layers"},
         )(cfg, self.proj_cls, self.mlp_cls, deterministic, name="layers")
 

@@ -64,7 +64,8 @@ def load_base_model(model_section) -> tuple[Any, Any, Any]:
     from remix_jax.models.config import named_config
 
     overrides = dict(dtype=model_section.dtype, param_dtype=model_section.param_dtype,
-                     remat=model_section.remat, attention_impl=model_section.attention_impl)
+                     remat=model_section.remat, attention_impl=model_section.attention_impl,
+                     scan_unroll=int(model_section.get("scan_unroll", 1)))
     path = model_section.path
     if path.startswith("random:"):
         cfg = named_config(path[len("random:"):], **overrides)
