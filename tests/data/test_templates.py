@@ -56,3 +56,16 @@ def test_plain_format_and_bos(tokenizer):
     assert ids[0] == tokenizer.bos_token_id and mask[0] == 0
     assert tokenizer.decode(ids.tolist()) == "<|bos|>Q: 2+2?\nA: 4<|im_end|>"
     assert tokenizer.decode(ids[mask == 1].tolist()) == "4<|im_end|>"
+
+
+def test_arc_llm_adapters_from_both_row_kinds():
+    hf = {"question": "Which is a gas?", "choices": {"text": ["ice", "steam", "rock"], "label": ["A", "B", "C"]},
+          "answerKey": "B"}
+    doc = {"query": "Question: Which is a gas?\nAnswer:", "choices": ["ice", "steam", "rock"], "gold": 1}
+    want = ("Please choose the correct answer to the question: Which is a gas?\n\n"
+            "Answer1: ice Answer2: steam Answer3: rock\n\nAnswer format: answer1/answer2/answer3")
+    for row in (hf, doc):
+        ex = formats.arc_llm_adapters(row, "t.jsonl:1")
+        assert (ex.prompt, ex.response, ex.answer) == (want, "steam", "answer2")
+    with pytest.raises(formats.DataError, match="t.jsonl:2"):
+        formats.arc_llm_adapters({**hf, "answerKey": "Z"}, "t.jsonl:2")
