@@ -16,6 +16,7 @@ Per adapted projection (n experts, rank r):
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -274,3 +275,21 @@ def init_adapter_variables(model: Decoder, rng: Array, tokens_shape: tuple[int, 
         return {c: variables.get(c, {}) for c in ("adapter", "router")}
 
     return nn.meta.unbox(jax.jit(init)(k_params, k_routing))
+
+
+def cast_factors_for_inference(variables: dict, dtype) -> dict:
+    """``variables`` with the LoRA factors (lora_a / lora_b of the "adapter" collection) stored in the compute
+    dtype, for decoding: each use casts them to the compute dtype anyway, so casting once per call instead of
+    once per step changes no result. DoRA sites (holding magnitude_delta) combine their factors in float32
+    and are left as they are; routers and the base are untouched."""
+    dtype = jnp.dtype(dtype)
+    if "adapter" not in variables or dtype == jnp.float32:
+        return variables
+
+    def walk(node):
+        if not isinstance(node, Mapping) or "magnitude_delta" in node:
+            return node
+        return {k: v.astype(dtype) if k in ("lora_a", "lora_b") and hasattr(v, "astype") else walk(v)
+                for k, v in node.items()}
+
+    return {**variables, "adapter": walk(dict(variables["adapter"]))}

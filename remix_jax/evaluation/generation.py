@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from remix_jax.adapters.modules import cast_factors_for_inference
 from remix_jax.models.llama import Decoder, init_cache, lm_logits, positions_from_segments
 
 Array = jax.Array
@@ -107,6 +108,7 @@ def _generate_batch(model: Decoder, variables: dict, tokens: Array, segment_ids:
     """
     b, t = tokens.shape
     n = max_new_tokens
+    variables = cast_factors_for_inference(variables, model.config.dtype)  # once, not at every decode step
     cache = init_cache(model.config, b, t + n)
     positions = positions_from_segments(segment_ids)
 
