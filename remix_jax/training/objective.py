@@ -225,8 +225,7 @@ def remix_value_and_grad(apply_fn: Callable, trainable: dict, base: Any, batch: 
     """
     if not cfg.sample_chunk:
         fn = functools.partial(remix_objective, apply_fn, cfg=cfg)
-        return jax.value_and_grad(lambda tr, b, bt, k: fn(tr, b, bt, k), has_aux=True)(
-            trainable, base, batch, key)
+        return jax.value_and_grad(fn, has_aux=True)(trainable, base, batch, key)
     m, c = cfg.num_samples, cfg.sample_chunk
     keys = jax.random.split(key, m)
     chunk_keys = keys.reshape((m // c, c) + keys.shape[1:])
