@@ -46,6 +46,10 @@ def default_config() -> ml_collections.ConfigDict:
         # num_samples) = c at a time: same gradients and metrics, activation memory of c samples instead of M,
         # at the cost of one extra forward pass per step (training/objective.py).
         sample_chunk=0,
+        # Logits rows per cross-entropy chunk, counted over the routing samples in flight and the batch rows:
+        # the loss never holds more than about 2 x loss_chunk_tokens x vocab float32 values. Larger is faster
+        # (fewer, larger loss kernels), smaller saves memory (training/losses.py).
+        loss_chunk_tokens=2048,
         log_every=10,
         checkpoint_every=200,
         max_checkpoints=3,
@@ -192,6 +196,9 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
     elif t.num_samples != 1:
         errors.append(f"train.num_samples={t.num_samples}: only remix draws several routing samples; "
                       f"method {a.method!r} needs train.num_samples=1")
+    if t.loss_chunk_tokens < 1:
+        errors.append(f"train.loss_chunk_tokens={t.loss_chunk_tokens}: must be >= 1 (logits rows per "
+                      "cross-entropy chunk)")
     if t.sample_chunk < 0:
         errors.append(f"train.sample_chunk={t.sample_chunk}: must be >= 0 (0 processes all routing samples "
                       "at once)")

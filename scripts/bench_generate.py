@@ -81,7 +81,8 @@ def remix_variables(cfg, params, experts: int = 8, top_k: int = 2, rank: int = 8
     return model, {"params": params, **extra}
 
 
-def time_ours(model, variables, prompt: list[int], batch: int, new_tokens: int, repeats: int) -> dict:
+def time_ours(model, variables, prompt: list[int], batch: int, new_tokens: int, repeats: int,
+              profile: int = 0) -> dict:
     gen = GenerationConfig(max_new_tokens=new_tokens, temperature=0.0, stop_token_ids=(), max_batch=batch)
     prompts = [prompt] * batch
     t0 = time.perf_counter()
@@ -94,12 +95,19 @@ def time_ours(model, variables, prompt: list[int], batch: int, new_tokens: int, 
         generate(model, variables, prompts, gen)
         times.append(time.perf_counter() - t0)
     best = min(times)
-    return {
+    row = {
         "seconds": round(best, 5),
         "tokens_per_s": round(batch * new_tokens / best, 1),
         "first_call_s": round(compile_s, 2),
         "first_tokens": out.tokens[0][:8],
     }
+    if profile:
+        from profile_ops import format_report, profile_calls
+
+        report = profile_calls(lambda: generate(model, variables, prompts, gen), calls=profile, top=15)
+        print(f"--- profile batch {batch}\n{format_report(report)}", file=sys.stderr, flush=True)
+        row["profile"] = report
+    return row
 
 
 def hf_model(cfg, params, dtype: str):
@@ -165,6 +173,8 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--unroll", default="1",
                    help="comma list of model.scan_unroll values (layers per loop iteration; 1 = rolled)")
+    p.add_argument("--profile", type=int, default=0,
+                   help="trace this many more calls per configuration and print where the device time goes")
     args = p.parse_args(argv)
 
     cfg, params, tokenizer = load(args.model, args.shape, args.dtype)
@@ -197,7 +207,7 @@ def main(argv=None) -> list[dict]:
                     "batch": b,
                     "scan_unroll": unroll,
                     **common,
-                    **time_ours(model, variables, prompt, b, args.new_tokens, args.repeats),
+                    **time_ours(model, variables, prompt, b, args.new_tokens, args.repeats, args.profile),
                 }
                 print(json.dumps(row), flush=True)
                 rows.append(row)

@@ -13,6 +13,9 @@ measured on the same GPU at start-up unless given).
 
 --runs is a space-separated list of METHOD[:key=value,...] with keys r, n, k, M, c (train.sample_chunk: routing
 samples processed at once, 0 = all M), alpha, targets (ffn|all).
+--set=KEY=VALUE,... overrides any config field (e.g. train.loss_chunk_tokens=8192,model.scan_unroll=2).
+--profile=N traces N more steps of each configuration and prints where the device time goes (a "profile"
+JSON line and a table on stderr; scripts/profile_ops.py).
 --peer=peft|mixlora|peft,mixlora runs scripts/bench_peers.py on the same shape (a subprocess per peer, so each
 gets the whole device) in the same invocation.
 """
@@ -77,7 +80,32 @@ def build_config(a, run: dict):
     c.data.synthetic = True
     c.data.batch_size = a.batch
     c.data.max_length = a.seq
+    for item in filter(None, a.set.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set: {item!r} is not KEY=VALUE")
+        apply_override(c, key.strip(), value.strip())
     return c
+
+
+def apply_override(c, key: str, value: str) -> None:
+    """c.<key> = value, parsed to the field's current type (bool/int/float/str); unknown keys are an error."""
+    node, *path = key.split(".")
+    parent = c
+    for part in [node, *path][:-1]:
+        if part not in parent:
+            raise SystemExit(f"--set: unknown config key {key!r}")
+        parent = parent[part]
+    leaf = key.split(".")[-1]
+    if leaf not in parent:
+        raise SystemExit(f"--set: unknown config key {key!r}")
+    old = parent[leaf]
+    if isinstance(old, bool):
+        parent[leaf] = value.lower() in ("1", "true", "yes")
+    elif isinstance(old, (int, float)) and not isinstance(old, bool):
+        parent[leaf] = type(old)(float(value)) if isinstance(old, float) else int(value)
+    else:
+        parent[leaf] = value
 
 
 def flops_per_token(model_cfg, adapter_params: int, seq: int) -> tuple[float, float]:
@@ -122,6 +150,18 @@ def run_ours(a, run: dict, peak_tflops: float) -> dict:
         state, m = compiled(state, batch, key)
     jax.block_until_ready(state)
     dt = (time.perf_counter() - t0) / a.steps
+    profile = None
+    if a.profile:
+        from profile_ops import format_report, profile_calls
+
+        box = {"state": state}
+
+        def one_step():
+            box["state"], _ = compiled(box["state"], batch, key)
+            jax.block_until_ready(box["state"])
+
+        profile = profile_calls(one_step, compiled.as_text(), calls=a.profile)
+        print(f"--- profile {run} {a.shape}\n{format_report(profile)}", file=sys.stderr, flush=True)
     adapter_params = sum(x.size for x in jax.tree.leaves(bundle.trainable))
     f6, ffrozen = flops_per_token(bundle.model_cfg, adapter_params, a.seq)
     tokens = a.batch * a.seq
@@ -143,8 +183,10 @@ def run_ours(a, run: dict, peak_tflops: float) -> dict:
         "mfu_frozen": round(ffrozen * sample_tokens / dt / 1e12 / peak_tflops / jax.device_count(), 4),
         "num_devices": jax.device_count(),
         "peak_tflops": round(peak_tflops, 1), "attention": a.attention, "remat": a.remat,
-        "jax": jax.__version__, "device": jax.devices()[0].device_kind,
+        "jax": jax.__version__, "device": jax.devices()[0].device_kind, "overrides": a.set,
     }
+    if profile is not None:
+        out["profile"] = profile
     return out
 
 
@@ -173,6 +215,8 @@ def main():
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--peak_tflops", type=float, default=0.0)
+    ap.add_argument("--set", default="", help="comma list of config overrides KEY=VALUE")
+    ap.add_argument("--profile", type=int, default=0, help="trace this many extra steps per configuration")
     ap.add_argument("--isolate", action="store_true",
                     help="run each of our configurations in its own subprocess (clean peak memory)")
     a = ap.parse_args()
