@@ -83,7 +83,8 @@ def profile_calls(call, hlo_text: str = "", calls: int = 3, top: int = 25, logdi
     """Trace ``calls`` invocations of ``call`` (which must block until done) and summarise the kernels.
 
     Returns {"calls", "wall_ms_per_call", "device_ms_per_call", "busy_fraction", "kernels_per_call",
-    "by_category": {cat: ms per call}, "top": [{"ms", "share", "count", "hlo_op", "op_name", "kernel"}]}.
+    "by_category": {cat: ms per call}, "top": [{"ms", "share", "count", "kernel", "op_name"}]}: one row per
+    kernel (a fusion, a library kernel, or an HLO instruction on the CPU).
     """
     from jax.profiler import ProfileData
 
@@ -100,15 +101,19 @@ def profile_calls(call, hlo_text: str = "", calls: int = 3, top: int = 25, logdi
             raise RuntimeError(f"the profiler wrote no trace under {tmp}")
         data = ProfileData.from_file(files[-1])
         names = hlo_op_names(hlo_text)
+        by_kernel = {k.replace(".", "_").replace("-", "_"): v for k, v in names.items()}
         per_op = defaultdict(lambda: [0.0, 0, ""])
         intervals = defaultdict(list)
         for plane, ev, stats in _device_events(data):
-            op = str(stats.get("hlo_op", "")) or ev.name
+            # Kernels inside an XLA command buffer (CUDA graph) all carry the buffer's hlo_op; the kernel's own
+            # name (a fusion's name with "." -> "_", or a library kernel) is the finer key.
+            op = str(stats.get("hlo_op", ""))
+            key = ev.name if (not op or op.startswith("command_buffer")) else op
             dur = float(ev.duration_ns)
-            rec = per_op[op]
+            rec = per_op[key]
             rec[0] += dur
             rec[1] += 1
-            rec[2] = rec[2] or ev.name
+            rec[2] = rec[2] or names.get(key) or by_kernel.get(ev.name.replace(".", "_"), "")
             intervals[plane].append((float(ev.start_ns), float(ev.start_ns) + dur))
     finally:
         if logdir is None:
@@ -117,11 +122,10 @@ def profile_calls(call, hlo_text: str = "", calls: int = 3, top: int = 25, logdi
     busy_ns = max((_union_ns(v) for v in intervals.values()), default=0.0)
     by_cat = defaultdict(float)
     rows = []
-    for op, (ns, count, kernel) in per_op.items():
-        op_name = names.get(op, "")
+    for kernel, (ns, count, op_name) in per_op.items():
         by_cat[category(op_name, kernel)] += ns
         rows.append({"ms": round(ns / calls / 1e6, 4), "share": round(ns / device_ns, 4) if device_ns else 0.0,
-                     "count": round(count / calls, 2), "hlo_op": op, "op_name": op_name, "kernel": kernel[:80]})
+                     "count": round(count / calls, 2), "kernel": kernel[:100], "op_name": op_name})
     rows.sort(key=lambda r: -r["ms"])
     return {
         "calls": calls,
@@ -140,7 +144,6 @@ def format_report(report: dict, width: int = 110) -> str:
              f"(busy {report['busy_fraction']:.0%}), {report['kernels_per_call']} kernels/call",
              "by category (ms/call): " + ", ".join(f"{k} {v}" for k, v in report["by_category"].items())]
     for r in report["top"]:
-        label = r["op_name"] or r["kernel"]
-        lines.append(f"{r['ms']:9.3f} ms {r['share']:6.1%} x{r['count']:<6} {r['hlo_op'][:28]:28} "
-                     f"{label[-(width - 60):]}")
+        lines.append(f"{r['ms']:9.3f} ms {r['share']:6.1%} x{r['count']:<7} {r['kernel'][:34]:34} "
+                     f"{r['op_name'][-(width - 62):]}")
     return "\n".join(lines)
