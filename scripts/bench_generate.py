@@ -104,7 +104,7 @@ def time_ours(model, variables, prompt: list[int], batch: int, new_tokens: int, 
     if profile:
         from profile_ops import format_report, profile_calls
 
-        report = profile_calls(lambda: generate(model, variables, prompts, gen), calls=profile, top=15)
+        report = profile_calls(lambda: generate(model, variables, prompts, gen), calls=profile, top=40)
         print(f"--- profile batch {batch}\n{format_report(report)}", file=sys.stderr, flush=True)
         row["profile"] = report
     return row

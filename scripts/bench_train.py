@@ -160,7 +160,7 @@ def run_ours(a, run: dict, peak_tflops: float) -> dict:
             box["state"], _ = compiled(box["state"], batch, key)
             jax.block_until_ready(box["state"])
 
-        profile = profile_calls(one_step, compiled.as_text(), calls=a.profile)
+        profile = profile_calls(one_step, compiled.as_text(), calls=a.profile, top=40)
         print(f"--- profile {run} {a.shape}\n{format_report(profile)}", file=sys.stderr, flush=True)
     adapter_params = sum(x.size for x in jax.tree.leaves(bundle.trainable))
     f6, ffrozen = flops_per_token(bundle.model_cfg, adapter_params, a.seq)

@@ -45,7 +45,7 @@ def category(op_name: str, kernel: str) -> str:
         return "attention"
     if any(t in s for t in ("all-reduce", "all_reduce", "all-gather", "reduce-scatter", "nccl", "psum")):
         return "collective"
-    if any(t in s for t in ("gemm", "dot_general", "cublas", "xmma", "matmul", "einsum", "cutlass")):
+    if any(t in s for t in ("gemm", "dot_general", "cublas", "xmma", "nvjet", "matmul", "einsum", "cutlass")):
         return "matmul"
     if any(t in s for t in ("copy", "transpose", "memcpy", "memset", "dynamic_update_slice")):
         return "copy"
