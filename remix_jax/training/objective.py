@@ -15,7 +15,7 @@ response tokens are ignored.
 Memory of the M samples. The cross-entropy is chunked (``loss_chunk_tokens``, losses.py): each step of
 the chunk loop multiplies [M * B * C, d] hidden states by the frozen [d, V] head, with
 C = loss_chunk_tokens // (M * B) positions, and the backward pass recomputes the chunk's logits, so the
-loss holds about two float32 [loss_chunk_tokens, V] buffers (2048 x 128256: 2 x 1 GiB) instead of
+loss holds about two float32 [loss_chunk_tokens, V] buffers (8192 x 128256: 2 x 3.9 GiB) instead of
 three float32 [M, B, T, V] tensors (M=4, B=4, T=1024, V=128256: 3 x 7.8 GiB). What remains per sample
 is the decoder's saved activations, per token and layer, in the compute dtype (bf16 here; L layers,
 d model width, F FFN width, q/kv the query/key-value widths, n*r the experts' stacked rank):
@@ -106,7 +106,7 @@ class ObjectiveConfig:
     baseline: str = "rloo"
     sampling_router: bool = False
     aux_loss_weight: float = 1.0
-    loss_chunk_tokens: int = 2048
+    loss_chunk_tokens: int = 8192
     sample_chunk: int = 0
 
     def __post_init__(self):
