@@ -82,8 +82,9 @@ def remix_variables(cfg, params, experts: int = 8, top_k: int = 2, rank: int = 8
 
 
 def time_ours(model, variables, prompt: list[int], batch: int, new_tokens: int, repeats: int,
-              profile: int = 0) -> dict:
-    gen = GenerationConfig(max_new_tokens=new_tokens, temperature=0.0, stop_token_ids=(), max_batch=batch)
+              profile: int = 0, fuse: bool = True) -> dict:
+    gen = GenerationConfig(max_new_tokens=new_tokens, temperature=0.0, stop_token_ids=(), max_batch=batch,
+                           fuse_projections=fuse)
     prompts = [prompt] * batch
     t0 = time.perf_counter()
     out = generate(model, variables, prompts, gen)  # compiles
@@ -173,6 +174,8 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--unroll", default="1",
                    help="comma list of model.scan_unroll values (layers per loop iteration; 1 = rolled)")
+    p.add_argument("--fuse", default="1",
+                   help="comma list of 1/0: fused q/k/v and gate/up matmuls while decoding (GenerationConfig)")
     p.add_argument("--profile", type=int, default=0,
                    help="trace this many more calls per configuration and print where the device time goes")
     args = p.parse_args(argv)
@@ -200,17 +203,20 @@ def main(argv=None) -> list[dict]:
                 model, variables = remix_variables(cfg, params)
             else:
                 raise SystemExit(f"--adapters: unknown adapter {adapter!r} (none, remix)")
-            for b in batches:
-                row = {
-                    "impl": "remix_jax",
-                    "adapter": adapter,
-                    "batch": b,
-                    "scan_unroll": unroll,
-                    **common,
-                    **time_ours(model, variables, prompt, b, args.new_tokens, args.repeats, args.profile),
-                }
-                print(json.dumps(row), flush=True)
-                rows.append(row)
+            for fuse in [f.strip() not in ("0", "false", "False") for f in args.fuse.split(",") if f.strip()]:
+                for b in batches:
+                    row = {
+                        "impl": "remix_jax",
+                        "adapter": adapter,
+                        "batch": b,
+                        "scan_unroll": unroll,
+                        "fused_projections": fuse,
+                        **common,
+                        **time_ours(model, variables, prompt, b, args.new_tokens, args.repeats, args.profile,
+                                    fuse),
+                    }
+                    print(json.dumps(row), flush=True)
+                    rows.append(row)
     cfg = base_cfg
     if args.peer == "hf":
         import torch

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from remix_jax.models.config import named_config  # noqa: E402
-from remix_jax.models.llama import Decoder, init_cache, lm_logits  # noqa: E402
+from remix_jax.models.llama import Decoder, fuse_projections, init_cache, lm_logits  # noqa: E402
 
 # Instructions that launch no work of their own.
 FREE_OPS = {"parameter", "constant", "get-tuple-element", "tuple", "bitcast", "while", "conditional", "call",
@@ -131,13 +131,17 @@ def remix_model(cfg, experts: int, top_k: int, rank: int):
     return build_model(cfg, acfg)
 
 
-def decode_step_hlo(model, cfg, batch: int, cache_len: int) -> str:
-    """Optimized HLO text of one greedy decode step: (variables, tokens [B,1], positions [B,1], cache)."""
+def decode_step_hlo(model, cfg, batch: int, cache_len: int, fuse: bool = True) -> str:
+    """Optimized HLO text of one greedy decode step: (variables, tokens [B,1], positions [B,1], cache), with
+    the q/k/v and gate/up kernels concatenated as generation does (``fuse_projections``) unless ``fuse``
+    is False."""
     tokens = jnp.zeros((batch, 1), jnp.int32)
     variables = jax.eval_shape(lambda k: model.init({"params": k, "routing": k}, tokens), jax.random.key(0))
     variables = jax.tree.map(lambda x: x.value if hasattr(x, "value") else x, variables,
                              is_leaf=lambda x: hasattr(x, "value") and hasattr(x, "names"))
     variables = {c: v for c, v in variables.items() if c != "routing_stats"}
+    if fuse:
+        variables = jax.eval_shape(lambda v: fuse_projections(v, cfg.dtype), variables)
     cache = jax.eval_shape(lambda: init_cache(cfg, batch, cache_len))
 
     def step(variables, tok, pos, cache, key):
@@ -162,6 +166,7 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--experts", type=int, default=8)
     p.add_argument("--top_k", type=int, default=2)
     p.add_argument("--rank", type=int, default=8)
+    p.add_argument("--no_fuse", action="store_true", help="separate q/k/v and gate/up matmuls")
     p.add_argument("--dump", default="", help="directory to write each optimized HLO text into")
     args = p.parse_args(argv)
 
@@ -175,12 +180,13 @@ def main(argv=None) -> list[dict]:
         else:
             raise SystemExit(f"--adapters: unknown adapter {adapter!r} (none, remix)")
         for b in [int(x) for x in args.batch_sizes.split(",") if x]:
-            text = decode_step_hlo(model, cfg, b, args.cache_len)
+            text = decode_step_hlo(model, cfg, b, args.cache_len, fuse=not args.no_fuse)
             if args.dump:
                 os.makedirs(args.dump, exist_ok=True)
                 with open(os.path.join(args.dump, f"decode_{adapter}_b{b}.hlo.txt"), "w") as f:
                     f.write(text)
             row = {"shape": args.shape, "dtype": args.dtype, "adapter": adapter, "batch": b,
+                   "fused_projections": not args.no_fuse,
                    "backend": jax.default_backend(), "jax": jax.__version__, **count_kernels(text)}
             if "per_layer" in row:
                 row["launches_per_step"] = row["kernels"] + (cfg.num_layers - 1) * row["per_layer"]

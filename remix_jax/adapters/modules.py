@@ -27,7 +27,7 @@ from jax.ad_checkpoint import checkpoint_name
 from remix_jax.adapters import lora as lora_math
 from remix_jax.adapters import moe
 from remix_jax.adapters.config import FFN_PROJECTIONS, AdapterConfig, validate_adapter_config
-from remix_jax.models.llama import MLP, PROJ_OUT, Decoder, Projection
+from remix_jax.models.llama import MLP, PROJ_OUT, Decoder, Projection, fused_products
 from remix_jax.routing.diagnostics import routing_diagnostics
 from remix_jax.routing.routers import RouterOutput, load_balancing_loss, remix_inference_weights, route
 
@@ -131,6 +131,19 @@ class AdaptedProjection(Projection):
 
     adapter: Any = None
 
+    def _targeted(self) -> bool:
+        return self.adapter is not None and self.name in self.adapter.targets
+
+    def fusable(self) -> bool:
+        """DoRA rescales the whole product, so it is not base + delta; every other adapter is."""
+        return not (self._targeted() and self.adapter.method == "dora")
+
+    def delta(self, x: Array, deterministic: bool = True, token_mask: Array | None = None) -> Array | None:
+        """The adapter's own term (routing its own input when the method routes); None when not adapted."""
+        if not self._targeted():
+            return None
+        return self(x, deterministic=deterministic, token_mask=token_mask, part="delta")
+
     @nn.compact
     def __call__(self, x: Array, deterministic: bool = True, token_mask: Array | None = None,
                  routing: RouterOutput | None = None, part: str = "full") -> Array:
@@ -155,8 +168,10 @@ class AdaptedProjection(Projection):
         if not cfg.routed:
             a = _adapter_var(self, "lora_a", lecun, (d_in, r), (ax_in, None))
             b = _adapter_var(self, "lora_b", zeros, (r, d_out), (None, ax_out))
-            base = self.base_forward(x)
-            return checkpoint_name(base + lora_math.lora_delta(x.astype(self.dtype), a, b, cfg.lora_scale()), PROJ_OUT)
+            delta = lora_math.lora_delta(x.astype(self.dtype), a, b, cfg.lora_scale())
+            if part == "delta":
+                return delta
+            return checkpoint_name(self.base_forward(x) + delta, PROJ_OUT)
 
         if cfg.method == "hydralora":
             a = _adapter_var(self, "lora_a", lecun, (d_in, r), (ax_in, None))
@@ -201,7 +216,8 @@ class AdaptedMLP(MLP):
         block_routed = (cfg is not None and cfg.routed and cfg.router_scope == "block"
                         and any(t in FFN_PROJECTIONS for t in cfg.targets))
         if not block_routed:
-            return down(nn.silu(gate(x, **kw)) * up(x, **kw), **kw)
+            g, u = self.gate_up(x, gate, up, kw)
+            return down(nn.silu(g) * u, **kw)
         if remix_fast_inference(self, cfg, deterministic):
             return self._remix_inference(x, gate, up, down, cfg, kw)
         routing = route_site(self, x, token_mask, deterministic, cfg, "embed")
@@ -225,15 +241,21 @@ class AdaptedMLP(MLP):
         else:
             deltas = {p.name: moe.mix_hidden(h, factors[p.name][1], pi) for p, h in zip(front, hs, strict=True)}
 
+        # The frozen gate/up products: one matmul with the "fused" kernel when present (fuse_projections).
+        base_gu = fused_products(self, x, "gate_up_kernel", "gate_up_bias", (gate, up),
+                                 (gate.features, up.features), {}, with_delta=False)
+        bases = {} if base_gu is None else {"gate_proj": base_gu[0], "up_proj": base_gu[1]}
+
         def project(p, inp):
             if p.name not in cfg.targets:
-                return p(inp, **kw)
+                return bases[p.name] if p.name in bases else p(inp, **kw)
             if p.name in deltas:
                 delta = deltas[p.name]
             else:
                 a, b = p(inp, part="factors", **kw)
                 delta = moe.dense_mixture(inp.astype(p.dtype), a, b, pi)
-            return checkpoint_name(p(inp, part="base", **kw) + delta, PROJ_OUT)
+            base = bases[p.name] if p.name in bases else p(inp, part="base", **kw)
+            return checkpoint_name(base + delta, PROJ_OUT)
 
         return project(down, nn.silu(project(gate, x)) * project(up, x))
 

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from remix_jax.adapters.modules import cast_factors_for_inference
-from remix_jax.models.llama import Decoder, init_cache, lm_logits, positions_from_segments
+from remix_jax.models.llama import Decoder, fuse_projections, init_cache, lm_logits, positions_from_segments
 
 Array = jax.Array
 
@@ -40,6 +40,9 @@ class GenerationConfig:
     pad_id: int = 0
     max_batch: int = 64  # rows per compiled call; larger prompt lists run in chunks
     min_prompt_bucket: int = 16
+    # One matmul for q/k/v and one for gate/up per layer while decoding (models.llama.fuse_projections): the
+    # same products with fewer kernels per step, for a temporary copy of those weights during the call.
+    fuse_projections: bool = True
 
     def __post_init__(self):
         if self.max_new_tokens < 1:
@@ -98,9 +101,10 @@ def sample_token(logits: Array, key: Array, temperature: Array, top_p: Array, gr
     return jax.random.categorical(key, filtered, axis=-1).astype(jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "greedy"))
+@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "greedy", "fuse"))
 def _generate_batch(model: Decoder, variables: dict, tokens: Array, segment_ids: Array, rng: Array,
-                    temperature: Array, top_p: Array, stop_ids: Array, max_new_tokens: int, greedy: bool):
+                    temperature: Array, top_p: Array, stop_ids: Array, max_new_tokens: int, greedy: bool,
+                    fuse: bool = True):
     """Prefill + decode loop for one left-padded bucket.
 
     tokens, segment_ids [B, T]; stop_ids [S] (-1 entries never match). Returns out [B, N] int32 (pad
@@ -109,6 +113,8 @@ def _generate_batch(model: Decoder, variables: dict, tokens: Array, segment_ids:
     b, t = tokens.shape
     n = max_new_tokens
     variables = cast_factors_for_inference(variables, model.config.dtype)  # once, not at every decode step
+    if fuse:
+        variables = fuse_projections(variables, model.config.dtype)
     cache = init_cache(model.config, b, t + n)
     positions = positions_from_segments(segment_ids)
 
@@ -178,7 +184,7 @@ def generate(model: Decoder, variables: dict, prompts: Sequence[Sequence[int]], 
         out, lps, stopped, _ = _generate_batch(
             model, variables, jnp.asarray(toks), jnp.asarray(seg), key,
             jnp.float32(config.temperature), jnp.float32(config.top_p), jnp.asarray(stop),
-            max_new_tokens=config.max_new_tokens, greedy=greedy)
+            max_new_tokens=config.max_new_tokens, greedy=greedy, fuse=config.fuse_projections)
         out, lps, stopped = np.asarray(out), np.asarray(lps), np.asarray(stopped)
         stop_set = set(config.stop_token_ids)
         for i in range(len(chunk)):

@@ -39,6 +39,7 @@ from remix_jax.models.config import ModelConfig, rope_inv_freq
 Array = jax.Array
 
 PROJ_OUT = "proj_out"  # checkpoint name of every projection's output (see REMAT_POLICIES)
+FUSED = "fused"  # collection of inference-only concatenated kernels (``fuse_projections``)
 
 REMAT_POLICIES = {
     "none": None,
@@ -107,10 +108,43 @@ class Projection(nn.Module):
             y = y + b.astype(self.dtype)
         return y
 
+    def fusable(self) -> bool:
+        """Whether the output is the base product plus ``delta(x)``, so that the base products of several
+        projections of one input may come from one concatenated kernel (``fuse_projections``)."""
+        return True
+
+    def delta(self, x: Array, deterministic: bool = True, token_mask: Array | None = None) -> Array | None:
+        """What this projection adds to its base product x W (+ b); None when nothing (the plain projection)."""
+        del x, deterministic, token_mask
+        return None
+
     @nn.compact
     def __call__(self, x: Array, deterministic: bool = True, token_mask: Array | None = None) -> Array:
         del deterministic, token_mask
         return checkpoint_name(self.base_forward(x), PROJ_OUT)
+
+
+def fused_products(module: nn.Module, x: Array, kernel_name: str, bias_name: str, projections, sizes,
+                   kw: dict, with_delta: bool = True) -> list[Array] | None:
+    """The outputs of ``projections`` (all reading x [..., d]) from one matmul with the concatenated kernel
+    of the "fused" collection, each plus its own ``delta`` (only the base products when ``with_delta`` is
+    False); None when the collection does not hold ``kernel_name`` or a projection is not ``fusable`` (then
+    the caller applies them one by one). sizes: output width of each projection, in the concatenation's
+    order."""
+    if not module.has_variable(FUSED, kernel_name) or not all(p.fusable() for p in projections):
+        return None
+    dt = projections[0].dtype
+    w = module.get_variable(FUSED, kernel_name)
+    y = jnp.einsum("...d,df->...f", x.astype(dt), w.astype(dt))
+    if module.has_variable(FUSED, bias_name):
+        y = y + module.get_variable(FUSED, bias_name).astype(dt)
+    outs, start = [], 0
+    for p, size in zip(projections, sizes, strict=True):
+        out = y[..., start:start + size]
+        d = p.delta(x, **kw) if with_delta else None
+        outs.append(out if d is None else out + d.astype(out.dtype))
+        start += size
+    return outs
 
 
 class MLP(nn.Module):
@@ -126,12 +160,18 @@ class MLP(nn.Module):
                 mk(cfg.intermediate_size, ("embed", "mlp"), name="up_proj"),
                 mk(cfg.hidden_size, ("mlp", "embed"), name="down_proj"))
 
+    def gate_up(self, x: Array, gate, up, kw: dict) -> tuple[Array, Array]:
+        """gate(x), up(x): from one matmul with the "fused" gate_up_kernel when present (inference)."""
+        fused = fused_products(self, x, "gate_up_kernel", "gate_up_bias", (gate, up),
+                               (gate.features, up.features), kw)
+        return tuple(fused) if fused is not None else (gate(x, **kw), up(x, **kw))
+
     @nn.compact
     def __call__(self, x: Array, deterministic: bool = True, token_mask: Array | None = None) -> Array:
         gate, up, down = self.projections()
         kw = dict(deterministic=deterministic, token_mask=token_mask)
-        h = nn.silu(gate(x, **kw)) * up(x, **kw)
-        h = checkpoint_name(h, "ffn_hidden")
+        g, u = self.gate_up(x, gate, up, kw)
+        h = checkpoint_name(nn.silu(g) * u, "ffn_hidden")
         return down(h, **kw)
 
 
@@ -180,15 +220,20 @@ class Attention(nn.Module):
         h, kvh, hd = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         mk = functools.partial(self.proj_cls, dtype=dt, param_dtype=pdt)
         kw = dict(deterministic=deterministic, token_mask=token_mask)
-        q = mk(h * hd, ("embed", "heads"), use_bias=cfg.attention_bias, name="q_proj")(x, **kw)
-        k = mk(kvh * hd, ("embed", "kv"), use_bias=cfg.attention_bias, name="k_proj")(x, **kw)
-        v = mk(kvh * hd, ("embed", "kv"), use_bias=cfg.attention_bias, name="v_proj")(x, **kw)
-        q = checkpoint_name(q, "qkv").reshape(b, t, h, hd)
-        k = checkpoint_name(k, "qkv").reshape(b, t, kvh, hd)
-        v = checkpoint_name(v, "qkv").reshape(b, t, kvh, hd)
+        qkv_mods = (mk(h * hd, ("embed", "heads"), use_bias=cfg.attention_bias, name="q_proj"),
+                    mk(kvh * hd, ("embed", "kv"), use_bias=cfg.attention_bias, name="k_proj"),
+                    mk(kvh * hd, ("embed", "kv"), use_bias=cfg.attention_bias, name="v_proj"))
         inv_freq = jnp.asarray(rope_inv_freq(cfg), jnp.float32)
-        q = apply_rope(q, positions, inv_freq)
-        k = apply_rope(k, positions, inv_freq)
+        fused = fused_products(self, x, "qkv_kernel", "qkv_bias", qkv_mods, (h * hd, kvh * hd, kvh * hd), kw)
+        if fused is None:
+            q, k, v = (checkpoint_name(m(x, **kw), "qkv") for m in qkv_mods)
+            q = apply_rope(q.reshape(b, t, h, hd), positions, inv_freq)
+            k = apply_rope(k.reshape(b, t, kvh, hd), positions, inv_freq)
+        else:  # inference: one matmul for q, k, v and one rotation for q and k together
+            q, k, v = fused
+            qk = apply_rope(jnp.concatenate([q, k], axis=-1).reshape(b, t, h + kvh, hd), positions, inv_freq)
+            q, k = qk[:, :, :h], qk[:, :, h:]
+        v = v.reshape(b, t, kvh, hd)
 
         new_cache = None
         if layer_cache is not None:
@@ -304,6 +349,27 @@ class Decoder(nn.Module):
 def lm_logits(h: Array, head: Array) -> Array:
     """Logits [..., vocab] in float32 from final hidden states and the [d, vocab] output matrix."""
     return jnp.einsum("...d,dv->...v", h, head.astype(h.dtype), preferred_element_type=jnp.float32)
+
+
+def fuse_projections(variables: dict, dtype=None) -> dict:
+    """``variables`` plus a "fused" collection for inference: per layer, the q/k/v kernels concatenated along
+    the output axis (layers/attn/qkv_kernel [L, d, (H + 2 KV) hd], and qkv_bias with attention biases) and
+    the gate/up kernels (layers/mlp/gate_up_kernel [L, d, 2 F]), cast to ``dtype`` when given.
+
+    The decoder then computes q, k, v (and gate, up) with one matmul each instead of three (two), the
+    same products (each output column is the same dot product), plus each projection's own adapter delta.
+    Projections whose output is not base + delta (DoRA) make their group fall back to separate matmuls.
+    Costs memory for the concatenated copies (about 60% of the layer weights) while they are alive.
+    """
+    layers = variables["params"]["layers"]
+    attn, mlp = layers["attn"], layers["mlp"]
+    cast = (lambda a: a.astype(dtype)) if dtype is not None else (lambda a: a)
+    names = ("q_proj", "k_proj", "v_proj")
+    fused_attn = {"qkv_kernel": cast(jnp.concatenate([attn[n]["kernel"] for n in names], axis=-1))}
+    if all("bias" in attn[n] for n in names):
+        fused_attn["qkv_bias"] = cast(jnp.concatenate([attn[n]["bias"] for n in names], axis=-1))
+    gate_up = cast(jnp.concatenate([mlp["gate_proj"]["kernel"], mlp["up_proj"]["kernel"]], axis=-1))
+    return {**variables, FUSED: {"layers": {"attn": fused_attn, "mlp": {"gate_up_kernel": gate_up}}}}
 
 
 def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype=None) -> dict:
