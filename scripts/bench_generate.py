@@ -84,7 +84,7 @@ def remix_variables(cfg, params, experts: int = 8, top_k: int = 2, rank: int = 8
 def time_ours(model, variables, prompt: list[int], batch: int, new_tokens: int, repeats: int,
               profile: int = 0, fuse: bool = True) -> dict:
     gen = GenerationConfig(max_new_tokens=new_tokens, temperature=0.0, stop_token_ids=(), max_batch=batch,
-                           fuse_projections=fuse)
+                           fuse_projections=fuse, scan_unroll=model.config.scan_unroll)
     prompts = [prompt] * batch
     t0 = time.perf_counter()
     out = generate(model, variables, prompts, gen)  # compiles
@@ -172,8 +172,9 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--adapters", default="none,remix", help="comma list of: none, remix")
     p.add_argument("--peer", default="", help="'hf': also time transformers' generate (torch)")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--unroll", default="1",
-                   help="comma list of model.scan_unroll values (layers per loop iteration; 1 = rolled)")
+    p.add_argument("--unroll", default="3",
+                   help="comma list of layers per iteration of the layer loop while decoding (GenerationConfig."
+                        "scan_unroll; 1 = rolled, 3 = the default)")
     p.add_argument("--fuse", default="1",
                    help="comma list of 1/0: fused q/k/v and gate/up matmuls while decoding (GenerationConfig)")
     p.add_argument("--profile", type=int, default=0,

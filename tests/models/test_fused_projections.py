@@ -1,6 +1,7 @@
 """Inference-time fused projections (models.llama.fuse_projections): one matmul for q/k/v and one for gate/up
 gives the same logits as separate projections, for the base model and every adapter method, and the same
-generated tokens; DoRA (not base + delta) falls back to separate matmuls."""
+generated tokens; DoRA (not base + delta) falls back to separate matmuls. GenerationConfig.scan_unroll changes
+the compiled loop only."""
 
 import dataclasses
 
@@ -78,3 +79,13 @@ def test_generation_same_tokens_with_and_without_fusing(params):
             for f in (True, False)]
     assert runs[0].tokens == runs[1].tokens
     np.testing.assert_allclose(np.concatenate(runs[0].logprobs), np.concatenate(runs[1].logprobs), atol=1e-5)
+
+
+def test_generation_unroll_changes_nothing(params):
+    model, variables = adapted("remix", "ffn", params)
+    prompts = [[5, 9, 2, 7, 1], [3, 3, 8]]
+    runs = [generate(model, variables, prompts, GenerationConfig(max_new_tokens=5, scan_unroll=u)) for u in (1, 2)]
+    assert runs[0].tokens == runs[1].tokens
+    np.testing.assert_allclose(np.concatenate(runs[0].logprobs), np.concatenate(runs[1].logprobs), atol=1e-5)
+    with pytest.raises(ValueError, match="scan_unroll"):
+        GenerationConfig(scan_unroll=-1)

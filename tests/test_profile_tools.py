@@ -1,0 +1,71 @@
+"""scripts/profile_ops.py (where a compiled step's device time goes) and scripts/bench_train.py's --set
+overrides, on the CPU backend."""
+
+import importlib.util
+import pathlib
+import sys
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+_SCRIPTS = pathlib.Path(__file__).resolve().parents[1] / "scripts"
+
+
+def _load(name):
+    if str(_SCRIPTS) not in sys.path:
+        sys.path.insert(0, str(_SCRIPTS))  # bench_train imports profile_ops by name, as when run as a script
+    spec = importlib.util.spec_from_file_location(name, _SCRIPTS / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+po = _load("profile_ops")
+bt = _load("bench_train")
+
+
+def test_hlo_op_names_and_union():
+    text = """
+  %fusion.12 = bf16[8,16]{1,0} fusion(%p0, %p1), kind=kLoop, calls=%fc, metadata={op_type="mul" op_name="jit(f)/mul"}
+  ROOT %dot.3 = f32[8,8]{1,0} dot(%a, %b), metadata={op_name="jit(f)/dot_general" source_file="x.py"}
+  %copy.1 = f32[8]{0} copy(%c)
+"""
+    assert po.hlo_op_names(text) == {"fusion.12": "jit(f)/mul", "dot.3": "jit(f)/dot_general"}
+    assert po._union_ns([(0, 10), (5, 15), (20, 30), (21, 22)]) == 25
+    assert po._union_ns([]) == 0
+    assert po.category("jit(f)/layers/attn/dot_product_attention_fwd", "cudnn_x") == "attention"
+    assert po.category("", "nvjet_sm90_tst_256x128") == "matmul"
+    assert po.category("", "memcpy128") == "copy"
+    assert po.category("jit(f)/exp", "loop_exp_fusion") == "elementwise/reduction"
+
+
+def test_profile_calls_attributes_kernels_to_jax_ops():
+    f = jax.jit(lambda a, b: (a @ b, jnp.tanh(a).sum()))
+    a = jnp.ones((64, 64))
+    compiled = f.lower(a, a).compile()
+    jax.block_until_ready(compiled(a, a))
+    report = po.profile_calls(lambda: jax.block_until_ready(compiled(a, a)), compiled.as_text(), calls=3)
+    assert report["calls"] == 3 and report["kernels_per_call"] > 0
+    assert 0 < report["busy_fraction"] <= 1.0
+    names = " ".join(r["op_name"] for r in report["top"])
+    assert "dot_general" in names  # the matmul's kernel is tied back to the JAX operation
+    assert abs(sum(r["share"] for r in report["top"]) - 1.0) < 1e-3  # every kernel listed (few here)
+    text = po.format_report(report)
+    assert "kernels/call" in text and "by category" in text
+
+
+def test_bench_train_overrides():
+    from remix_jax.config import default_config
+
+    c = default_config()
+    bt.apply_override(c, "train.loss_chunk_tokens", "4096")
+    bt.apply_override(c, "model.scan_unroll", "2")
+    bt.apply_override(c, "optimizer.adapter_lr", "3e-4")
+    bt.apply_override(c, "model.remat", "full")
+    assert (c.train.loss_chunk_tokens, c.model.scan_unroll, c.model.remat) == (4096, 2, "full")
+    assert c.optimizer.adapter_lr == pytest.approx(3e-4)
+    with pytest.raises(SystemExit, match="unknown config key 'train.nope'"):
+        bt.apply_override(c, "train.nope", "1")
+    with pytest.raises(SystemExit, match="unknown config key"):
+        bt.apply_override(c, "nosection.x", "1")
