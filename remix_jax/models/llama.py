@@ -212,8 +212,11 @@ class Attention(nn.Module):
     proj_cls: Any = Projection
 
     @nn.compact
-    def __call__(self, x, positions, segment_ids, layer_cache, key_pos, key_seg, cache_index,
+    def __call__(self, x, positions, segment_ids, cache, layer, key_pos, key_seg, cache_index,
                  deterministic: bool = True, token_mask=None):
+        """cache: None (training, prefill-free scoring) or the whole KV cache {"k", "v": [L, B, S, KV, hd]};
+        this layer writes its new keys/values at [layer, :, cache_index] in place and attends over its slice.
+        Returns (output [B, T, d], the updated cache or None)."""
         cfg = self.config
         dt, pdt = _dt(cfg.dtype), _dt(cfg.param_dtype)
         b, t, _ = x.shape
@@ -236,20 +239,20 @@ class Attention(nn.Module):
         v = v.reshape(b, t, kvh, hd)
 
         new_cache = None
-        if layer_cache is not None:
-            ck = jax.lax.dynamic_update_slice(layer_cache["k"], k.astype(layer_cache["k"].dtype),
-                                              (0, cache_index, 0, 0))
-            cv = jax.lax.dynamic_update_slice(layer_cache["v"], v.astype(layer_cache["v"].dtype),
-                                              (0, cache_index, 0, 0))
+        if cache is not None:
+            start = (layer, 0, cache_index, 0, 0)
+            ck = jax.lax.dynamic_update_slice(cache["k"], k[None].astype(cache["k"].dtype), start)
+            cv = jax.lax.dynamic_update_slice(cache["v"], v[None].astype(cache["v"].dtype), start)
             new_cache = {"k": ck, "v": cv}
-            k, v = ck.astype(dt), cv.astype(dt)
+            k = jax.lax.dynamic_index_in_dim(ck, layer, axis=0, keepdims=False).astype(dt)
+            v = jax.lax.dynamic_index_in_dim(cv, layer, axis=0, keepdims=False).astype(dt)
         else:
             key_pos, key_seg = positions, segment_ids
 
         impl = cfg.attention_impl
         if impl == "auto":
-            impl = "cudnn" if (jax.default_backend() == "gpu" and layer_cache is None) else "xla"
-        if impl == "cudnn" and layer_cache is None:
+            impl = "cudnn" if (jax.default_backend() == "gpu" and cache is None) else "xla"
+        if impl == "cudnn" and cache is None:
             # Flash attention: causal, keys restricted to each row's non-padding prefix. Valid for
             # right-padded single-segment rows (training batches without packing).
             lengths = jnp.sum(segment_ids != 0, axis=-1).astype(jnp.int32)
@@ -271,19 +274,25 @@ class Block(nn.Module):
     deterministic: bool = True
 
     @nn.compact
-    def __call__(self, x, layer_cache, positions, segment_ids, key_pos, key_seg, cache_index):
+    def __call__(self, carry, positions, segment_ids, key_pos, key_seg, cache_index):
+        """carry = (x [B, T, d], the whole KV cache or None, this layer's index) -> (next carry, None).
+
+        The cache travels through the layer loop as part of the carry, so each layer updates the new
+        positions of its own slice in place instead of the loop slicing out and restacking every layer's
+        cache at each step."""
+        x, cache, layer = carry
         cfg = self.config
         dt, pdt = _dt(cfg.dtype), _dt(cfg.param_dtype)
         token_mask = segment_ids != 0
         hn = RMSNorm(cfg.rms_norm_eps, dt, pdt, name="input_norm")(x)
         a, new_cache = Attention(cfg, self.proj_cls, name="attn")(
-            hn, positions, segment_ids, layer_cache, key_pos, key_seg, cache_index,
+            hn, positions, segment_ids, cache, layer, key_pos, key_seg, cache_index,
             deterministic=self.deterministic, token_mask=token_mask)
         x = x + a
         hn = RMSNorm(cfg.rms_norm_eps, dt, pdt, name="post_attn_norm")(x)
         x = x + self.mlp_cls(cfg, self.proj_cls, name="mlp")(
             hn, deterministic=self.deterministic, token_mask=token_mask)
-        return x.astype(dt), new_cache
+        return (x.astype(dt), new_cache, layer + 1), None
 
 
 class Decoder(nn.Module):
@@ -303,7 +312,7 @@ class Decoder(nn.Module):
             block,
             variable_axes={True: 0},
             split_rngs={True: True},
-            in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+            in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
             length=cfg.num_layers,
             unroll=min(cfg.scan_unroll, cfg.num_layers),
             metadata_params={nn.PARTITION_NAME: "layers"},
@@ -326,15 +335,15 @@ class Decoder(nn.Module):
             idx = cache["index"]
             key_pos = jax.lax.dynamic_update_slice(cache["pos"], positions.astype(jnp.int32), (0, idx))
             key_seg = jax.lax.dynamic_update_slice(cache["seg"], segment_ids.astype(jnp.int32), (0, idx))
-            layer_cache = {"k": cache["k"], "v": cache["v"]}
+            kv = {"k": cache["k"], "v": cache["v"]}
         else:
-            idx, key_pos, key_seg, layer_cache = 0, None, None, None
-        x, new_layer_cache = self._layers(deterministic)(
-            x, layer_cache, positions, segment_ids, key_pos, key_seg, idx)
+            idx, key_pos, key_seg, kv = 0, None, None, None
+        (x, new_kv, _), _ = self._layers(deterministic)(
+            (x, kv, jnp.zeros((), jnp.int32)), positions, segment_ids, key_pos, key_seg, idx)
         h = RMSNorm(cfg.rms_norm_eps, dt, pdt, name="final_norm")(x)
         new_cache = None
         if cache is not None:
-            new_cache = {**new_layer_cache, "pos": key_pos, "seg": key_seg,
+            new_cache = {**new_kv, "pos": key_pos, "seg": key_seg,
                          "index": idx + tokens.shape[1]}
         if cfg.tie_embeddings:
             head = embed.embedding.T
