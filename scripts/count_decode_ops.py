@@ -133,15 +133,19 @@ def remix_model(cfg, experts: int, top_k: int, rank: int):
 
 def decode_step_hlo(model, cfg, batch: int, cache_len: int, fuse: bool = True) -> str:
     """Optimized HLO text of one greedy decode step: (variables, tokens [B,1], positions [B,1], cache), with
-    the q/k/v and gate/up kernels concatenated as generation does (``fuse_projections``) unless ``fuse``
-    is False."""
+    the q/k/v and gate/up kernels concatenated and ReMix's loop-invariant matrices precomputed as generation
+    does (``fuse_projections``, ``fuse_remix_inference``) unless ``fuse`` is False."""
     tokens = jnp.zeros((batch, 1), jnp.int32)
     variables = jax.eval_shape(lambda k: model.init({"params": k, "routing": k}, tokens), jax.random.key(0))
     variables = jax.tree.map(lambda x: x.value if hasattr(x, "value") else x, variables,
                              is_leaf=lambda x: hasattr(x, "value") and hasattr(x, "names"))
     variables = {c: v for c, v in variables.items() if c != "routing_stats"}
     if fuse:
-        variables = jax.eval_shape(lambda v: fuse_projections(v, cfg.dtype), variables)
+        from remix_jax.adapters.modules import adapter_config_of, fuse_remix_inference
+
+        acfg = adapter_config_of(model)
+        variables = jax.eval_shape(lambda v: fuse_remix_inference(fuse_projections(v, cfg.dtype), acfg, cfg.dtype),
+                                   variables)
     cache = jax.eval_shape(lambda: init_cache(cfg, batch, cache_len))
 
     def step(variables, tok, pos, cache, key):

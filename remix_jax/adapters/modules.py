@@ -27,7 +27,7 @@ from jax.ad_checkpoint import checkpoint_name
 from remix_jax.adapters import lora as lora_math
 from remix_jax.adapters import moe
 from remix_jax.adapters.config import FFN_PROJECTIONS, AdapterConfig, validate_adapter_config
-from remix_jax.models.llama import MLP, PROJ_OUT, Decoder, Projection, fused_products
+from remix_jax.models.llama import FUSED, MLP, PROJ_OUT, Decoder, Projection, fused_products
 from remix_jax.routing.diagnostics import routing_diagnostics
 from remix_jax.routing.routers import RouterOutput, load_balancing_loss, remix_inference_weights, route
 
@@ -73,15 +73,25 @@ def remix_inference_front(x: Array, w: Array, a_factors: list[Array], cfg: Adapt
     h = x A_all [..., n*r] per factor, in ``dtype``.
     """
     n, rdt = cfg.num_experts, jnp.dtype(cfg.router_dtype)
-    mats = [w.astype(rdt)] + [moe.stacked_a(a).astype(dtype).astype(rdt) for a in a_factors]
-    z = jnp.einsum("...d,dm->...m", x.astype(rdt), jnp.concatenate(mats, axis=1))
+    z = jnp.einsum("...d,dm->...m", x.astype(rdt), remix_front_matrix(w, a_factors, cfg, dtype))
     pi = remix_inference_weights(z[..., :n].astype(jnp.float32), cfg.top_k, cfg.omega_value())
+    return pi, split_front(z, [a.shape[0] * a.shape[2] for a in a_factors], n, dtype)
+
+
+def remix_front_matrix(w: Array, a_factors: list[Array], cfg: AdapterConfig, dtype) -> Array:
+    """[d, n + sum n*r] in router_dtype: the router weight and each stacked A (rounded to ``dtype`` first)."""
+    rdt = jnp.dtype(cfg.router_dtype)
+    mats = [w.astype(rdt)] + [moe.stacked_a(a).astype(dtype).astype(rdt) for a in a_factors]
+    return jnp.concatenate(mats, axis=1)
+
+
+def split_front(z: Array, widths: list[int], n: int, dtype) -> list[Array]:
+    """The x A_all blocks of z = x @ remix_front_matrix (after the n router logits), each cast to dtype."""
     hs, start = [], n
-    for a in a_factors:
-        width = a.shape[0] * a.shape[2]
+    for width in widths:
         hs.append(z[..., start:start + width].astype(dtype))
         start += width
-    return pi, hs
+    return hs
 
 
 def route_site(module: nn.Module, x: Array, token_mask: Array | None, deterministic: bool,
@@ -234,9 +244,17 @@ class AdaptedMLP(MLP):
         factors = {p.name: p(x, part="factors", **kw) for p in front}
         w = router_weight(self, cfg, x.shape[-1], "embed")
         dtype = front[0].dtype if front else x.dtype
-        pi, hs = remix_inference_front(x, w, [factors[p.name][0] for p in front], cfg, dtype)
+        if self.has_variable(FUSED, "remix_front"):  # precomputed once per call (fuse_remix_inference)
+            n, rdt = cfg.num_experts, jnp.dtype(cfg.router_dtype)
+            z = jnp.einsum("...d,dm->...m", x.astype(rdt), self.get_variable(FUSED, "remix_front"))
+            pi = remix_inference_weights(z[..., :n].astype(jnp.float32), cfg.top_k, cfg.omega_value())
+            hs = split_front(z, [factors[p.name][0].shape[0] * factors[p.name][0].shape[2] for p in front], n, dtype)
+        else:
+            pi, hs = remix_inference_front(x, w, [factors[p.name][0] for p in front], cfg, dtype)
         if len(front) == 2:  # gate and up: both B products in one batched matmul
-            stacked = moe.mix_hidden_stacked(jnp.stack(hs), jnp.stack([factors[p.name][1] for p in front]), pi)
+            b_front = (self.get_variable(FUSED, "remix_b_front") if self.has_variable(FUSED, "remix_b_front")
+                       else jnp.stack([factors[p.name][1] for p in front]))
+            stacked = moe.mix_hidden_stacked(jnp.stack(hs), b_front, pi)
             deltas = {p.name: stacked[i] for i, p in enumerate(front)}
         else:
             deltas = {p.name: moe.mix_hidden(h, factors[p.name][1], pi) for p, h in zip(front, hs, strict=True)}
@@ -253,7 +271,11 @@ class AdaptedMLP(MLP):
                 delta = deltas[p.name]
             else:
                 a, b = p(inp, part="factors", **kw)
-                delta = moe.dense_mixture(inp.astype(p.dtype), a, b, pi)
+                if p.name == "down_proj" and self.has_variable(FUSED, "remix_a_down"):
+                    h = jnp.einsum("...d,dm->...m", inp.astype(p.dtype), self.get_variable(FUSED, "remix_a_down"))
+                    delta = moe.mix_hidden(h, b, pi)
+                else:
+                    delta = moe.dense_mixture(inp.astype(p.dtype), a, b, pi)
             base = bases[p.name] if p.name in bases else p(inp, part="base", **kw)
             return checkpoint_name(base + delta, PROJ_OUT)
 
@@ -297,6 +319,42 @@ def init_adapter_variables(model: Decoder, rng: Array, tokens_shape: tuple[int, 
         return {c: variables.get(c, {}) for c in ("adapter", "router")}
 
     return nn.meta.unbox(jax.jit(init)(k_params, k_routing))
+
+
+def fuse_remix_inference(variables: dict, adapter_cfg: AdapterConfig | None, dtype) -> dict:
+    """``variables`` plus, for ReMix's block-routed FFN, the loop-invariant matrices of its inference path
+    computed once (per generate call) instead of at every decode step, in the "fused" collection under
+    layers/mlp:
+        remix_front    [L, d, n + sum n*r]  router weight | stacked A of the adapted gate/up (remix_front_matrix)
+        remix_b_front  [L, 2, n, r, F]      B of gate and up stacked (when both are adapted), in ``dtype``
+        remix_a_down   [L, F, n*r]          stacked A of down_proj (when adapted), in ``dtype``
+    The same matrices the per-step path builds, so results are unchanged. Other methods: ``variables`` as is.
+    """
+    cfg = adapter_cfg
+    if (cfg is None or cfg.method != "remix" or cfg.router_scope != "block" or cfg.sample_at_inference
+            or moe.resolve_compute(cfg.expert_compute) != "dense"
+            or not any(t in FFN_PROJECTIONS for t in cfg.targets)):
+        return variables
+    dtype = jnp.dtype(dtype)
+    mlp_ad = variables["adapter"]["layers"]["mlp"]
+    w = variables["router"]["layers"]["mlp"]["weight"]  # [L, d, n]
+    front = [n for n in ("gate_proj", "up_proj") if n in cfg.targets]
+    per_layer = jax.vmap(lambda w_l, *a_l: remix_front_matrix(w_l, list(a_l), cfg, dtype))
+    fused = {"remix_front": per_layer(w, *[mlp_ad[n]["lora_a"] for n in front])}
+    if len(front) == 2:
+        fused["remix_b_front"] = jnp.stack([mlp_ad[n]["lora_b"] for n in front], axis=1).astype(dtype)
+    if "down_proj" in cfg.targets:
+        fused["remix_a_down"] = jax.vmap(moe.stacked_a)(mlp_ad["down_proj"]["lora_a"]).astype(dtype)
+    old = variables.get(FUSED, {})
+    layers = dict(old.get("layers", {}))
+    layers["mlp"] = {**layers.get("mlp", {}), **fused}
+    return {**variables, FUSED: {**old, "layers": layers}}
+
+
+def adapter_config_of(model: Decoder) -> AdapterConfig | None:
+    """The AdapterConfig a model was built with (``build_model``), or None for the plain decoder."""
+    cls = model.mlp_cls
+    return cls.keywords.get("adapter") if isinstance(cls, functools.partial) else None
 
 
 def cast_factors_for_inference(variables: dict, dtype) -> dict:

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from remix_jax.adapters.modules import cast_factors_for_inference
+from remix_jax.adapters.modules import adapter_config_of, cast_factors_for_inference, fuse_remix_inference
 from remix_jax.models.llama import Decoder, fuse_projections, init_cache, lm_logits, positions_from_segments
 
 Array = jax.Array
@@ -121,6 +121,7 @@ def _generate_batch(model: Decoder, variables: dict, tokens: Array, segment_ids:
     variables = cast_factors_for_inference(variables, model.config.dtype)  # once, not at every decode step
     if fuse:
         variables = fuse_projections(variables, model.config.dtype)
+        variables = fuse_remix_inference(variables, adapter_config_of(model), model.config.dtype)
     cache = init_cache(model.config, b, t + n)
     positions = positions_from_segments(segment_ids)
 

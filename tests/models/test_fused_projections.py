@@ -89,3 +89,29 @@ def test_generation_unroll_changes_nothing(params):
     np.testing.assert_allclose(np.concatenate(runs[0].logprobs), np.concatenate(runs[1].logprobs), atol=1e-5)
     with pytest.raises(ValueError, match="scan_unroll"):
         GenerationConfig(scan_unroll=-1)
+
+
+@pytest.mark.parametrize("targets", ["ffn", ("gate_proj", "up_proj"), ("down_proj",), ("up_proj", "q_proj")])
+def test_remix_precomputed_inference_matrices(targets, params):
+    """fuse_remix_inference: ReMix's router | A front, stacked B of gate/up and stacked A of down computed once
+    give the same logits as building them inside the block, and appear in the fused collection."""
+    from remix_jax.adapters.modules import adapter_config_of, fuse_remix_inference
+
+    model, variables = adapted("remix", targets, params)
+    fused = fuse_remix_inference(fuse_projections(variables), adapter_config_of(model), CFG.dtype)
+    mlp = fused[FUSED]["layers"]["mlp"]
+    front = [t for t in ("gate_proj", "up_proj") if t in (("gate_proj", "up_proj", "down_proj")
+                                                          if targets == "ffn" else targets)]
+    n, r = 4, 4
+    assert mlp["remix_front"].shape == (CFG.num_layers, CFG.hidden_size, n + len(front) * n * r)
+    assert ("remix_b_front" in mlp) == (len(front) == 2)
+    assert ("remix_a_down" in mlp) == (targets == "ffn" or "down_proj" in targets)
+    ref, _ = model.apply(variables, TOKENS)
+    out, _ = model.apply(fused, TOKENS)
+    np.testing.assert_allclose(np.asarray(out), np.asarray(ref), atol=1e-5, rtol=1e-5)
+    assert fuse_remix_inference(variables, None, CFG.dtype) is variables  # plain decoder: nothing to add
+    # the block really reads the precomputed matrix: spoiling it changes the output
+    spoiled = {**fused, FUSED: {"layers": {**fused[FUSED]["layers"],
+                                           "mlp": {**mlp, "remix_front": -mlp["remix_front"]}}}}
+    bad, _ = model.apply(spoiled, TOKENS)
+    assert np.max(np.abs(np.asarray(bad) - np.asarray(ref))) > 1e-3
