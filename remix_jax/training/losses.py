@@ -12,8 +12,13 @@ and the log-normaliser [B, C], so the backward pass recomputes that chunk's logi
 them, and forms d logits = g * softmax in one fused pass (the one-hot term goes through gathered head
 columns, never through a [B, C, V] buffer): live memory is about two chunk-sized float32 buffers
 instead of three full float32 [B, T, V] tensors. Gradients flow to ``hidden`` (and through it to
-adapters); the head's gradient is defined too but is removed by XLA when unused, as in the objective
-(the head is frozen base weight, the embedding in tied models).
+adapters); the head's gradient is defined too but is removed by XLA when unused.
+
+With ``frozen_head=True`` (what the objective uses: the head is frozen base weight, the embedding in tied
+models) the head is a constant and each chunk forms d nll / d hidden = softmax @ head^T - head[:, target]^T
+already in the forward pass (it does not depend on the cotangent, which only scales it per position): two
+products with the [d, V] head per chunk instead of three, and a [B, C, d] float32 residual instead of the
+inputs and the log-normaliser.
 
 Under ``jax.vmap`` over routing samples the chunk of each sample is batched together, so one step of the
 map multiplies [M * B * C, d] by [d, V]: the matmul stays large while memory per step is M * B * C * V.
@@ -83,12 +88,52 @@ def _chunk_nll(hidden: Array, head: Array, targets: Array) -> Array:
 _chunk_nll.defvjp(_chunk_nll_fwd, _chunk_nll_bwd)
 
 
-def chunked_token_cross_entropy(hidden: Array, head: Array, tokens: Array, chunk_len: int) -> Array:
+def _frozen_fwd(hidden: Array, head: Array, targets: Array):
+    """nll and, already in the forward pass, u = d nll / d hidden per position (the backward scales it by g).
+
+    d nll_t / d hidden_t = softmax_t @ head^T - head[:, target_t]^T does not depend on the cotangent g_t, which
+    only scales it, so the head's matmul that the recomputing form runs in the backward pass runs here
+    instead, and the backward pass is one multiply: two products with the head per chunk instead of three.
+    The residual u is [B, C, d] float32 (the recomputing form keeps hidden [B, C, d] and lse [B, C]).
+    """
+    cdt = hidden.dtype
+    logits = lm_logits(hidden, head)  # [B, C, V] float32
+    lse = jax.nn.logsumexp(logits, axis=-1)
+    target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    probs = jnp.exp(logits - lse[..., None]).astype(cdt)  # the compute dtype, as the recomputing form
+    head_c = head.astype(cdt)
+    u = (jnp.einsum("...v,dv->...d", probs, head_c, preferred_element_type=jnp.float32)
+         - jnp.moveaxis(jnp.take(head_c, targets, axis=1), 0, -1).astype(jnp.float32))
+    # (an empty array carries hidden's dtype to the backward pass: the cotangent must have it)
+    return lse - target_logit, (u, head, jnp.zeros((0,), cdt))
+
+
+def _frozen_bwd(res, g):
+    u, head, dtype_of = res
+    return ((g[..., None] * u).astype(dtype_of.dtype), jnp.zeros_like(head),
+            np.zeros(u.shape[:-1], jax.dtypes.float0))
+
+
+@jax.custom_vjp
+def _chunk_nll_frozen_head(hidden: Array, head: Array, targets: Array) -> Array:
+    """``_chunk_nll`` for a frozen head: the gradient reaches ``hidden`` only (the head's cotangent is zero;
+    callers pass ``jax.lax.stop_gradient(head)`` so that this is also what differentiation means)."""
+    return _frozen_fwd(hidden, head, targets)[0]
+
+
+_chunk_nll_frozen_head.defvjp(_frozen_fwd, _frozen_bwd)
+
+
+def chunked_token_cross_entropy(hidden: Array, head: Array, tokens: Array, chunk_len: int,
+                                frozen_head: bool = False) -> Array:
     """ce [B, T] equal to ``token_cross_entropy(lm_logits(hidden, head), tokens)``, in chunks of positions.
 
     hidden [B, T, d] (the compute dtype), head [d, V], tokens [B, T] int; chunk_len: positions per chunk
     (any value >= 1; T need not be a multiple: the remainder is one smaller chunk). Live memory of the
     forward and backward pass is O(B * chunk_len * V) instead of O(B * T * V).
+    frozen_head: the head gets no gradient (it is treated as a constant), and d ce / d hidden is formed in
+    the forward pass (``_frozen_fwd``): one product with the [d, V] head fewer per chunk than recomputing
+    the logits in the backward pass. The objective uses it (the head is frozen base weight).
     """
     if chunk_len < 1:
         raise ValueError(f"chunk_len={chunk_len}: the number of positions per loss chunk must be >= 1")
@@ -102,10 +147,13 @@ def chunked_token_cross_entropy(hidden: Array, head: Array, tokens: Array, chunk
     n_full = t // c
     h_main = hidden[:, :n_full * c].reshape(b, n_full, c, d).swapaxes(0, 1)  # [n, B, C, d]
     tg_main = targets[:, :n_full * c].reshape(b, n_full, c).swapaxes(0, 1)
-    per_chunk = jax.lax.map(lambda xs: _chunk_nll(xs[0], head, xs[1]), (h_main, tg_main))  # [n, B, C]
+    nll = _chunk_nll
+    if frozen_head:
+        nll, head = _chunk_nll_frozen_head, jax.lax.stop_gradient(head)
+    per_chunk = jax.lax.map(lambda xs: nll(xs[0], head, xs[1]), (h_main, tg_main))  # [n, B, C]
     parts = [per_chunk.swapaxes(0, 1).reshape(b, n_full * c)]
     if t > n_full * c:
-        parts.append(_chunk_nll(hidden[:, n_full * c:], head, targets[:, n_full * c:]))
+        parts.append(nll(hidden[:, n_full * c:], head, targets[:, n_full * c:]))
     per_position = jnp.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
     return jnp.pad(per_position[:, :-1], ((0, 0), (1, 0)))
 

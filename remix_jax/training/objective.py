@@ -14,8 +14,9 @@ response tokens are ignored.
 
 Memory of the M samples. The cross-entropy is chunked (``loss_chunk_tokens``, losses.py): each step of
 the chunk loop multiplies [M * B * C, d] hidden states by the frozen [d, V] head, with
-C = loss_chunk_tokens // (M * B) positions, and the backward pass recomputes the chunk's logits, so the
-loss holds about two float32 [loss_chunk_tokens, V] buffers (8192 x 128256: 2 x 3.9 GiB) instead of
+C = loss_chunk_tokens // (M * B) positions, and forms the chunk's d loss / d hidden right there (the head
+is frozen: ``frozen_head=True``), keeping only that [M * B * C, d] float32 residual, so the loss holds
+about two float32 [loss_chunk_tokens, V] buffers (8192 x 128256: 2 x 3.9 GiB) instead of
 three float32 [M, B, T, V] tensors (M=4, B=4, T=1024, V=128256: 3 x 7.8 GiB). What remains per sample
 is the decoder's saved activations, per token and layer, in the compute dtype (bf16 here; L layers,
 d model width, F FFN width, q/kv the query/key-value widths, n*r the experts' stacked rank):
@@ -141,7 +142,7 @@ def _sample_fn(apply_fn: Callable, trainable: dict, base: Any, batch: dict, cfg:
             {"params": base, **trainable}, tokens, segment_ids=seg, positions=batch["positions"],
             deterministic=False, rngs={"routing": k}, mutable=["routing_stats"], return_hidden=True)
         if cfg.loss_chunk_tokens:
-            ce = chunked_token_cross_entropy(hidden, head, tokens, chunk_len)
+            ce = chunked_token_cross_entropy(hidden, head, tokens, chunk_len, frozen_head=True)
         else:
             ce = token_cross_entropy(lm_logits(hidden, head), tokens)
         loss, valid = sequence_losses_from_ce(ce, batch["loss_mask"], seg)

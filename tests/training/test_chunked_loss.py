@@ -43,10 +43,10 @@ def loss_inputs():
 def loss_and_grad():
     """jit(value_and_grad) of sum_m <w_m, sequence losses of sample m> w.r.t. hidden [M, B, T, D]."""
 
-    def objective(hidden, head, tokens, seg, mask, slot_w, chunk_len):
+    def objective(hidden, head, tokens, seg, mask, slot_w, chunk_len, frozen_head=False):
         def one(h):
             if chunk_len:
-                ce = chunked_token_cross_entropy(h, head, tokens, chunk_len)
+                ce = chunked_token_cross_entropy(h, head, tokens, chunk_len, frozen_head=frozen_head)
             else:
                 ce = token_cross_entropy(lm_logits(h, head), tokens)
             return ce, sequence_losses_from_ce(ce, mask, seg)[0]
@@ -54,14 +54,16 @@ def loss_and_grad():
         ce, losses = jax.vmap(one)(hidden)  # the samples axis, as in the objective
         return jnp.sum(losses * slot_w), ce
 
-    return jax.jit(jax.value_and_grad(objective, has_aux=True), static_argnums=6)
+    return jax.jit(jax.value_and_grad(objective, has_aux=True), static_argnums=(6, 7))
 
 
+@pytest.mark.parametrize("frozen_head", [False, True])
 @pytest.mark.parametrize("chunk_len", [1, 4, 5, T, 64])
-def test_chunked_equals_full_logits(loss_inputs, loss_and_grad, chunk_len):
-    """chunk_len 1 and 5 do not divide T=13 (a remainder chunk), 13 is one chunk, 64 is clipped to T."""
+def test_chunked_equals_full_logits(loss_inputs, loss_and_grad, chunk_len, frozen_head):
+    """chunk_len 1 and 5 do not divide T=13 (a remainder chunk), 13 is one chunk, 64 is clipped to T.
+    frozen_head: d ce / d hidden formed in the forward pass (one head product fewer), same values."""
     (ref, ref_ce), ref_g = loss_and_grad(*loss_inputs, 0)
-    (val, ce), g = loss_and_grad(*loss_inputs, chunk_len)
+    (val, ce), g = loss_and_grad(*loss_inputs, chunk_len, frozen_head)
     np.testing.assert_allclose(np.asarray(ce), np.asarray(ref_ce), rtol=1e-6, atol=1e-6)
     np.testing.assert_array_equal(np.asarray(ce)[..., 0], 0)
     np.testing.assert_allclose(float(val), float(ref), rtol=1e-6)
@@ -70,6 +72,16 @@ def test_chunked_equals_full_logits(loss_inputs, loss_and_grad, chunk_len):
     # positions whose prediction is never scored get no gradient: the last position, and padding rows
     np.testing.assert_array_equal(np.asarray(g)[:, :, T - 1], 0)
     np.testing.assert_array_equal(np.asarray(g)[:, 0, T - 5:], 0)
+
+
+def test_frozen_head_gets_no_gradient(loss_inputs):
+    hidden, head, tokens = loss_inputs[:3]
+    g = jax.grad(lambda hd: jnp.sum(chunked_token_cross_entropy(hidden[0], hd, tokens, 4, frozen_head=True)))(head)
+    np.testing.assert_array_equal(np.asarray(g), 0)
+    # bfloat16 hidden states get a bfloat16 cotangent
+    gh = jax.grad(lambda h: jnp.sum(chunked_token_cross_entropy(h, head, tokens, 4, frozen_head=True)))(
+        hidden[0].astype(jnp.bfloat16))
+    assert gh.dtype == jnp.bfloat16 and float(jnp.max(jnp.abs(gh.astype(jnp.float32)))) > 0
 
 
 def test_head_gradient_of_chunked_loss(loss_inputs):
