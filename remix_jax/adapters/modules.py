@@ -62,7 +62,7 @@ def remix_fast_inference(module: nn.Module, cfg: AdapterConfig, deterministic: b
 
 
 def remix_inference_front(x: Array, w: Array, a_factors: list[Array], cfg: AdapterConfig,
-                          dtype) -> tuple[Array, list[Array]]:
+                          dtype, front_matrix: Array | None = None) -> tuple[Array, list[Array]]:
     """Router logits and every x A_all of one input in ONE matmul, then ReMix's top-k weights.
 
     x [..., d]; w [d, n] (router); a_factors: [n, d, r] each. The router weight and the stacked A factors are
@@ -70,12 +70,20 @@ def remix_inference_front(x: Array, w: Array, a_factors: list[Array], cfg: Adapt
     factors are first rounded to ``dtype`` as in the reference path (x @ A.astype(dtype)), so the A columns
     are the same products accumulated at least as precisely, then cast to ``dtype``. Top-k by pairwise
     comparison (no sort). Returns pi [..., n] float32 (omega on the selected experts, else 0) and
-    h = x A_all [..., n*r] per factor, in ``dtype``.
+    h = x A_all [..., n*r] per factor, in ``dtype``. ``front_matrix``: that concatenation already built
+    (``remix_front_matrix``, e.g. once per generate call by ``fuse_remix_inference``).
     """
     n, rdt = cfg.num_experts, jnp.dtype(cfg.router_dtype)
-    z = jnp.einsum("...d,dm->...m", x.astype(rdt), remix_front_matrix(w, a_factors, cfg, dtype))
+    if front_matrix is None:
+        front_matrix = remix_front_matrix(w, a_factors, cfg, dtype)
+    z = jnp.einsum("...d,dm->...m", x.astype(rdt), front_matrix)
     pi = remix_inference_weights(z[..., :n].astype(jnp.float32), cfg.top_k, cfg.omega_value())
-    return pi, split_front(z, [a.shape[0] * a.shape[2] for a in a_factors], n, dtype)
+    hs, start = [], n
+    for a in a_factors:
+        width = a.shape[0] * a.shape[2]
+        hs.append(z[..., start:start + width].astype(dtype))
+        start += width
+    return pi, hs
 
 
 def remix_front_matrix(w: Array, a_factors: list[Array], cfg: AdapterConfig, dtype) -> Array:
@@ -83,15 +91,6 @@ def remix_front_matrix(w: Array, a_factors: list[Array], cfg: AdapterConfig, dty
     rdt = jnp.dtype(cfg.router_dtype)
     mats = [w.astype(rdt)] + [moe.stacked_a(a).astype(dtype).astype(rdt) for a in a_factors]
     return jnp.concatenate(mats, axis=1)
-
-
-def split_front(z: Array, widths: list[int], n: int, dtype) -> list[Array]:
-    """The x A_all blocks of z = x @ remix_front_matrix (after the n router logits), each cast to dtype."""
-    hs, start = [], n
-    for width in widths:
-        hs.append(z[..., start:start + width].astype(dtype))
-        start += width
-    return hs
 
 
 def route_site(module: nn.Module, x: Array, token_mask: Array | None, deterministic: bool,
@@ -244,13 +243,9 @@ class AdaptedMLP(MLP):
         factors = {p.name: p(x, part="factors", **kw) for p in front}
         w = router_weight(self, cfg, x.shape[-1], "embed")
         dtype = front[0].dtype if front else x.dtype
-        if self.has_variable(FUSED, "remix_front"):  # precomputed once per call (fuse_remix_inference)
-            n, rdt = cfg.num_experts, jnp.dtype(cfg.router_dtype)
-            z = jnp.einsum("...d,dm->...m", x.astype(rdt), self.get_variable(FUSED, "remix_front"))
-            pi = remix_inference_weights(z[..., :n].astype(jnp.float32), cfg.top_k, cfg.omega_value())
-            hs = split_front(z, [factors[p.name][0].shape[0] * factors[p.name][0].shape[2] for p in front], n, dtype)
-        else:
-            pi, hs = remix_inference_front(x, w, [factors[p.name][0] for p in front], cfg, dtype)
+        # The router | A matrix, precomputed once per call when present (fuse_remix_inference).
+        pre = self.get_variable(FUSED, "remix_front") if self.has_variable(FUSED, "remix_front") else None
+        pi, hs = remix_inference_front(x, w, [factors[p.name][0] for p in front], cfg, dtype, pre)
         if len(front) == 2:  # gate and up: both B products in one batched matmul
             b_front = (self.get_variable(FUSED, "remix_b_front") if self.has_variable(FUSED, "remix_b_front")
                        else jnp.stack([factors[p.name][1] for p in front]))
