@@ -45,11 +45,26 @@ def token_cross_entropy(logits: Array, tokens: Array) -> Array:
     return jnp.pad(-tgt, ((0, 0), (1, 0)))
 
 
-def _chunk_nll_fwd(hidden: Array, head: Array, targets: Array):
-    logits = lm_logits(hidden, head)  # [B, C, V] float32
+def _logits_lse_nll(hidden: Array, head: Array, targets: Array) -> tuple[Array, Array, Array]:
+    """(logits [B, C, V] float32, log-normaliser [B, C], nll [B, C]) of one chunk."""
+    logits = lm_logits(hidden, head)
     lse = jax.nn.logsumexp(logits, axis=-1)
     target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-    return lse - target_logit, (hidden, head, targets, lse)
+    return logits, lse, lse - target_logit
+
+
+def _hidden_grad(scaled_probs: Array, head_c: Array, targets: Array, scale: Array | float) -> Array:
+    """scaled_probs @ head^T - scale * head[:, target]^T, float32 [B, C, d]: d nll / d hidden times the
+    per-position ``scale`` (scaled_probs = scale * softmax, in the compute dtype). The one-hot part never
+    touches a [B, C, V] buffer: the target columns of the head are gathered."""
+    target_cols = jnp.moveaxis(jnp.take(head_c, targets, axis=1), 0, -1).astype(jnp.float32)  # [B, C, d]
+    return (jnp.einsum("...v,dv->...d", scaled_probs, head_c, preferred_element_type=jnp.float32)
+            - scale * target_cols)
+
+
+def _chunk_nll_fwd(hidden: Array, head: Array, targets: Array):
+    _, lse, nll = _logits_lse_nll(hidden, head, targets)
+    return nll, (hidden, head, targets, lse)
 
 
 def _chunk_nll_bwd(res, g):
@@ -63,10 +78,7 @@ def _chunk_nll_bwd(res, g):
     cdt = hidden.dtype
     logits = lm_logits(hidden, head)
     dsoft = (g[..., None] * jnp.exp(logits - lse[..., None])).astype(cdt)  # the compute dtype, as forward
-    head_c = head.astype(cdt)
-    target_cols = jnp.take(head_c, targets, axis=1)  # [d, B, C]
-    dh = (jnp.einsum("...v,dv->...d", dsoft, head_c, preferred_element_type=jnp.float32)
-          - g[..., None] * jnp.moveaxis(target_cols, 0, -1).astype(jnp.float32))
+    dh = _hidden_grad(dsoft, head.astype(cdt), targets, g[..., None])
     # The head's cotangent; unused (and removed by XLA) when the head is frozen, as in the objective.
     d = hidden.shape[-1]
     dhead = jnp.einsum("...d,...v->dv", hidden, dsoft, preferred_element_type=jnp.float32)
@@ -97,15 +109,11 @@ def _frozen_fwd(hidden: Array, head: Array, targets: Array):
     The residual u is [B, C, d] float32 (the recomputing form keeps hidden [B, C, d] and lse [B, C]).
     """
     cdt = hidden.dtype
-    logits = lm_logits(hidden, head)  # [B, C, V] float32
-    lse = jax.nn.logsumexp(logits, axis=-1)
-    target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    logits, lse, nll = _logits_lse_nll(hidden, head, targets)
     probs = jnp.exp(logits - lse[..., None]).astype(cdt)  # the compute dtype, as the recomputing form
-    head_c = head.astype(cdt)
-    u = (jnp.einsum("...v,dv->...d", probs, head_c, preferred_element_type=jnp.float32)
-         - jnp.moveaxis(jnp.take(head_c, targets, axis=1), 0, -1).astype(jnp.float32))
+    u = _hidden_grad(probs, head.astype(cdt), targets, 1.0)
     # (an empty array carries hidden's dtype to the backward pass: the cotangent must have it)
-    return lse - target_logit, (u, head, jnp.zeros((0,), cdt))
+    return nll, (u, head, jnp.zeros((0,), cdt))
 
 
 def _frozen_bwd(res, g):
