@@ -51,7 +51,7 @@ def router_weight(module: nn.Module, cfg: AdapterConfig, d: int, in_axis: str) -
 
 
 def remix_fast_inference(module: nn.Module, cfg: AdapterConfig, deterministic: bool) -> bool:
-    """Whether a remix site may take the fused inference path (``remix_inference_front``).
+    """Whether a remix site may take the fused inference path (``remix_inference_front``, ``remix_ffn_fused``).
 
     That is ReMix's deterministic top-k with dense expert compute, outside init, with "routing_stats" not
     mutable (no diagnostics or log Q are written, as in generation): nothing but the mixture is needed.
@@ -62,7 +62,7 @@ def remix_fast_inference(module: nn.Module, cfg: AdapterConfig, deterministic: b
 
 
 def remix_inference_front(x: Array, w: Array, a_factors: list[Array], cfg: AdapterConfig,
-                          dtype, front_matrix: Array | None = None) -> tuple[Array, list[Array]]:
+                          dtype) -> tuple[Array, list[Array]]:
     """Router logits and every x A_all of one input in ONE matmul, then ReMix's top-k weights.
 
     x [..., d]; w [d, n] (router); a_factors: [n, d, r] each. The router weight and the stacked A factors are
@@ -70,13 +70,11 @@ def remix_inference_front(x: Array, w: Array, a_factors: list[Array], cfg: Adapt
     factors are first rounded to ``dtype`` as in the reference path (x @ A.astype(dtype)), so the A columns
     are the same products accumulated at least as precisely, then cast to ``dtype``. Top-k by pairwise
     comparison (no sort). Returns pi [..., n] float32 (omega on the selected experts, else 0) and
-    h = x A_all [..., n*r] per factor, in ``dtype``. ``front_matrix``: that concatenation already built
-    (``remix_front_matrix``, e.g. once per generate call by ``fuse_remix_inference``).
+    h = x A_all [..., n*r] per factor, in ``dtype``.
     """
     n, rdt = cfg.num_experts, jnp.dtype(cfg.router_dtype)
-    if front_matrix is None:
-        front_matrix = remix_front_matrix(w, a_factors, cfg, dtype)
-    z = jnp.einsum("...d,dm->...m", x.astype(rdt), front_matrix)
+    mats = [w.astype(rdt)] + [moe.stacked_a(a).astype(dtype).astype(rdt) for a in a_factors]
+    z = jnp.einsum("...d,dm->...m", x.astype(rdt), jnp.concatenate(mats, axis=1))
     pi = remix_inference_weights(z[..., :n].astype(jnp.float32), cfg.top_k, cfg.omega_value())
     hs, start = [], n
     for a in a_factors:
@@ -86,11 +84,80 @@ def remix_inference_front(x: Array, w: Array, a_factors: list[Array], cfg: Adapt
     return pi, hs
 
 
-def remix_front_matrix(w: Array, a_factors: list[Array], cfg: AdapterConfig, dtype) -> Array:
-    """[d, n + sum n*r] in router_dtype: the router weight and each stacked A (rounded to ``dtype`` first)."""
-    rdt = jnp.dtype(cfg.router_dtype)
-    mats = [w.astype(rdt)] + [moe.stacked_a(a).astype(dtype).astype(rdt) for a in a_factors]
-    return jnp.concatenate(mats, axis=1)
+def router_parts(w: Array, dtype) -> list[Array]:
+    """The router weight [d, n] as matrices of ``dtype`` whose sum is w: w itself when ``dtype`` holds it,
+    else w rounded to ``dtype`` and the rounding error (bf16 hi + lo: about 16 significant bits, more than
+    the TF32 a GPU uses for a float32 matmul by default)."""
+    dtype = jnp.dtype(dtype)
+    hi = w.astype(dtype)
+    if jnp.finfo(dtype).bits >= jnp.finfo(w.dtype).bits:
+        return [hi]
+    return [hi, (w - hi.astype(w.dtype)).astype(dtype)]
+
+
+def remix_block_matrices(kernels: Mapping[str, Array], factors: Mapping[str, tuple[Array, Array]], w: Array,
+                         cfg: AdapterConfig, dtype) -> dict[str, Array]:
+    """The matrices of ReMix's fused inference FFN (``remix_ffn_fused``) for one block, in ``dtype``.
+
+    kernels: the frozen gate/up/down kernels; factors: (lora_a [n, d_in, r], lora_b [n, r, d_out]) of each
+    adapted FFN projection; w: the block router [d, n]. With s of gate/up adapted (front = in that order):
+        remix_gate_up    [d, 2F + s*n*r + P*n]  W_gate | W_up | A_all of the front | router parts (P of them)
+        remix_b_gate_up  [s*n*r, 2F]            each front B_all placed under its own F columns (s > 0)
+        remix_down       [F, d (+ n*r)]         W_down (| A_all of down_proj when adapted)
+        remix_b_down     [n*r, d]               B_all of down_proj (when adapted)
+    """
+    dtype = jnp.dtype(dtype)
+    f = kernels["gate_proj"].shape[1]
+    front = [name for name in ("gate_proj", "up_proj") if name in factors]
+    first = [kernels["gate_proj"], kernels["up_proj"]] + [moe.stacked_a(factors[n][0]) for n in front]
+    out = {"remix_gate_up": jnp.concatenate([m.astype(dtype) for m in first] + router_parts(w, dtype), axis=1)}
+    if front:
+        rows = []
+        for name in front:
+            a, b = factors[name]
+            b_all = b.reshape(a.shape[0] * a.shape[2], f).astype(dtype)
+            zero = jnp.zeros_like(b_all)
+            rows.append(jnp.concatenate([b_all, zero] if name == "gate_proj" else [zero, b_all], axis=1))
+        out["remix_b_gate_up"] = jnp.concatenate(rows, axis=0)
+    if "down_proj" in factors:
+        a, b = factors["down_proj"]
+        out["remix_down"] = jnp.concatenate([kernels["down_proj"].astype(dtype), moe.stacked_a(a).astype(dtype)], 1)
+        out["remix_b_down"] = b.reshape(a.shape[0] * a.shape[2], -1).astype(dtype)
+    else:
+        out["remix_down"] = kernels["down_proj"].astype(dtype)
+    return out
+
+
+def remix_ffn_fused(x: Array, mats: Mapping[str, Array], cfg: AdapterConfig, dtype) -> Array:
+    """ReMix's deterministic top-k SwiGLU FFN from ``remix_block_matrices``: x [..., d] -> [..., d].
+
+    Two wide matmuls carry everything that reads the same input: x [W_gate | W_up | A_all | router] gives the
+    frozen gate/up products, the experts' hidden states and the router logits at once, and
+    h [W_down | A_all of down] the frozen down product and down's expert hidden state; the routed terms are
+    then one matmul each, (x A_all * pi) B_all. The same products as the per-step path (float32 accumulation,
+    frozen products rounded to ``dtype``), so the same tokens.
+    """
+    dtype = jnp.dtype(dtype)
+    n, r = cfg.num_experts, cfg.rank
+    w1 = mats["remix_gate_up"]
+    f = mats["remix_down"].shape[0]
+    y = jnp.einsum("...d,dm->...m", x.astype(dtype), w1, preferred_element_type=jnp.float32)
+    width_a = mats["remix_b_gate_up"].shape[0] if "remix_b_gate_up" in mats else 0
+    start = 2 * f + width_a
+    z = sum(y[..., i:i + n] for i in range(start, w1.shape[1], n))
+    pi = remix_inference_weights(z, cfg.top_k, cfg.omega_value())
+    pi_cols = jnp.repeat(pi.astype(dtype), r, axis=-1)  # [..., n*r]
+    gu = y[..., :2 * f].astype(dtype)
+    if width_a:
+        h = y[..., 2 * f:start].astype(dtype)
+        h = h * jnp.tile(pi_cols, (1,) * (h.ndim - 1) + (width_a // (n * r),))
+        gu = gu + jnp.einsum("...m,mf->...f", h, mats["remix_b_gate_up"])
+    hidden = nn.silu(gu[..., :f]) * gu[..., f:]
+    y2 = jnp.einsum("...f,fm->...m", hidden, mats["remix_down"])
+    if "remix_b_down" not in mats:
+        return y2
+    d = mats["remix_b_down"].shape[1]
+    return y2[..., :d] + jnp.einsum("...m,md->...d", y2[..., d:] * pi_cols, mats["remix_b_down"])
 
 
 def route_site(module: nn.Module, x: Array, token_mask: Array | None, deterministic: bool,
@@ -236,20 +303,22 @@ class AdaptedMLP(MLP):
         return down(nn.silu(gate(x, **kw)) * up(x, **kw), **kw)
 
     def _remix_inference(self, x: Array, gate, up, down, cfg: AdapterConfig, kw) -> Array:
-        """ReMix's deterministic top-k FFN with fewer kernels: one matmul gives the block router's logits and
-        x A_all of the adapted gate/up projections; top-k by comparison; the same dense mixture after.
-        x [..., d] -> [..., d]."""
+        """ReMix's deterministic top-k FFN with fewer kernels. x [..., d] -> [..., d].
+
+        With the block's matrices precomputed (``fuse_remix_inference``, once per generate call):
+        ``remix_ffn_fused``. Otherwise one matmul gives the block router's logits and x A_all of the adapted
+        gate/up projections, top-k by comparison, the same dense mixture after."""
+        if self.has_variable(FUSED, "remix_gate_up"):
+            mats = {name: self.get_variable(FUSED, name) for name in REMIX_BLOCK_MATRICES
+                    if self.has_variable(FUSED, name)}
+            return remix_ffn_fused(x, mats, cfg, gate.dtype)
         front = [p for p in (gate, up) if p.name in cfg.targets]
         factors = {p.name: p(x, part="factors", **kw) for p in front}
         w = router_weight(self, cfg, x.shape[-1], "embed")
         dtype = front[0].dtype if front else x.dtype
-        # The router | A matrix, precomputed once per call when present (fuse_remix_inference).
-        pre = self.get_variable(FUSED, "remix_front") if self.has_variable(FUSED, "remix_front") else None
-        pi, hs = remix_inference_front(x, w, [factors[p.name][0] for p in front], cfg, dtype, pre)
+        pi, hs = remix_inference_front(x, w, [factors[p.name][0] for p in front], cfg, dtype)
         if len(front) == 2:  # gate and up: both B products in one batched matmul
-            b_front = (self.get_variable(FUSED, "remix_b_front") if self.has_variable(FUSED, "remix_b_front")
-                       else jnp.stack([factors[p.name][1] for p in front]))
-            stacked = moe.mix_hidden_stacked(jnp.stack(hs), b_front, pi)
+            stacked = moe.mix_hidden_stacked(jnp.stack(hs), jnp.stack([factors[p.name][1] for p in front]), pi)
             deltas = {p.name: stacked[i] for i, p in enumerate(front)}
         else:
             deltas = {p.name: moe.mix_hidden(h, factors[p.name][1], pi) for p, h in zip(front, hs, strict=True)}
@@ -266,11 +335,7 @@ class AdaptedMLP(MLP):
                 delta = deltas[p.name]
             else:
                 a, b = p(inp, part="factors", **kw)
-                if p.name == "down_proj" and self.has_variable(FUSED, "remix_a_down"):
-                    h = jnp.einsum("...d,dm->...m", inp.astype(p.dtype), self.get_variable(FUSED, "remix_a_down"))
-                    delta = moe.mix_hidden(h, b, pi)
-                else:
-                    delta = moe.dense_mixture(inp.astype(p.dtype), a, b, pi)
+                delta = moe.dense_mixture(inp.astype(p.dtype), a, b, pi)
             base = bases[p.name] if p.name in bases else p(inp, part="base", **kw)
             return checkpoint_name(base + delta, PROJ_OUT)
 
@@ -316,33 +381,34 @@ def init_adapter_variables(model: Decoder, rng: Array, tokens_shape: tuple[int, 
     return nn.meta.unbox(jax.jit(init)(k_params, k_routing))
 
 
+REMIX_BLOCK_MATRICES = ("remix_gate_up", "remix_b_gate_up", "remix_down", "remix_b_down")
+
+
 def fuse_remix_inference(variables: dict, adapter_cfg: AdapterConfig | None, dtype) -> dict:
-    """``variables`` plus, for ReMix's block-routed FFN, the loop-invariant matrices of its inference path
-    computed once (per generate call) instead of at every decode step, in the "fused" collection under
-    layers/mlp:
-        remix_front    [L, d, n + sum n*r]  router weight | stacked A of the adapted gate/up (remix_front_matrix)
-        remix_b_front  [L, 2, n, r, F]      B of gate and up stacked (when both are adapted), in ``dtype``
-        remix_a_down   [L, F, n*r]          stacked A of down_proj (when adapted), in ``dtype``
-    The same matrices the per-step path builds, so results are unchanged. Other methods: ``variables`` as is.
+    """``variables`` plus, for ReMix's block-routed FFN, every layer's ``remix_block_matrices`` [L, ...] built
+    once (per generate call) in the "fused" collection under layers/mlp, so that each decode step runs
+    ``remix_ffn_fused``: the frozen FFN kernels, the experts' A and B and the router joined into four matrices.
+    The fused gate_up_kernel of ``fuse_projections`` is dropped (remix_gate_up holds it). Other methods, and
+    FFNs with biases: ``variables`` as is.
     """
     cfg = adapter_cfg
     if (cfg is None or cfg.method != "remix" or cfg.router_scope != "block" or cfg.sample_at_inference
             or moe.resolve_compute(cfg.expert_compute) != "dense"
             or not any(t in FFN_PROJECTIONS for t in cfg.targets)):
         return variables
-    dtype = jnp.dtype(dtype)
-    mlp_ad = variables["adapter"]["layers"]["mlp"]
+    params = variables["params"]["layers"]["mlp"]
+    if any("bias" in params[name] for name in FFN_PROJECTIONS):
+        return variables
+    kernels = {name: params[name]["kernel"] for name in FFN_PROJECTIONS}
+    adapters = variables["adapter"]["layers"]["mlp"]
+    factors = {name: (adapters[name]["lora_a"], adapters[name]["lora_b"])
+               for name in FFN_PROJECTIONS if name in cfg.targets}
     w = variables["router"]["layers"]["mlp"]["weight"]  # [L, d, n]
-    front = [n for n in ("gate_proj", "up_proj") if n in cfg.targets]
-    per_layer = jax.vmap(lambda w_l, *a_l: remix_front_matrix(w_l, list(a_l), cfg, dtype))
-    fused = {"remix_front": per_layer(w, *[mlp_ad[n]["lora_a"] for n in front])}
-    if len(front) == 2:
-        fused["remix_b_front"] = jnp.stack([mlp_ad[n]["lora_b"] for n in front], axis=1).astype(dtype)
-    if "down_proj" in cfg.targets:
-        fused["remix_a_down"] = jax.vmap(moe.stacked_a)(mlp_ad["down_proj"]["lora_a"]).astype(dtype)
+    fused = jax.vmap(lambda k, f, w_l: remix_block_matrices(k, f, w_l, cfg, dtype))(kernels, factors, w)
     old = variables.get(FUSED, {})
     layers = dict(old.get("layers", {}))
-    layers["mlp"] = {**layers.get("mlp", {}), **fused}
+    mlp = {k: v for k, v in layers.get("mlp", {}).items() if k != "gate_up_kernel"}
+    layers["mlp"] = {**mlp, **fused}
     return {**variables, FUSED: {**old, "layers": layers}}
 
 

@@ -214,7 +214,7 @@ class Attention(nn.Module):
     @nn.compact
     def __call__(self, x, positions, segment_ids, cache, layer, key_pos, key_seg, cache_index,
                  deterministic: bool = True, token_mask=None):
-        """cache: None (training, prefill-free scoring) or the whole KV cache {"k", "v": [L, B, S, KV, hd]};
+        """cache: None (training, prefill-free scoring) or the whole KV cache {"kv": [L, 2, B, S, KV, hd]};
         this layer writes its new keys/values at [layer, :, cache_index] in place and attends over its slice.
         Returns (output [B, T, d], the updated cache or None)."""
         cfg = self.config
@@ -240,12 +240,14 @@ class Attention(nn.Module):
 
         new_cache = None
         if cache is not None:
-            start = (layer, 0, cache_index, 0, 0)
-            ck = jax.lax.dynamic_update_slice(cache["k"], k[None].astype(cache["k"].dtype), start)
-            cv = jax.lax.dynamic_update_slice(cache["v"], v[None].astype(cache["v"].dtype), start)
-            new_cache = {"k": ck, "v": cv}
-            k = jax.lax.dynamic_index_in_dim(ck, layer, axis=0, keepdims=False).astype(dt)
-            v = jax.lax.dynamic_index_in_dim(cv, layer, axis=0, keepdims=False).astype(dt)
+            # Keys and values side by side [L, 2, B, S, KV, hd]: one in-place update writes both.
+            kv = cache["kv"]
+            new = jnp.stack([k, v])[None].astype(kv.dtype)  # [1, 2, B, T, KV, hd]
+            kv = jax.lax.dynamic_update_slice(kv, new, (layer, 0, 0, cache_index, 0, 0))
+            new_cache = {"kv": kv}
+            # Each read separately, so that each fuses into its consumer (no copy of the layer's slice).
+            size = (1, 1) + kv.shape[2:]
+            k, v = (jax.lax.dynamic_slice(kv, (layer, i, 0, 0, 0, 0), size)[0, 0].astype(dt) for i in (0, 1))
         else:
             key_pos, key_seg = positions, segment_ids
 
@@ -335,7 +337,7 @@ class Decoder(nn.Module):
             idx = cache["index"]
             key_pos = jax.lax.dynamic_update_slice(cache["pos"], positions.astype(jnp.int32), (0, idx))
             key_seg = jax.lax.dynamic_update_slice(cache["seg"], segment_ids.astype(jnp.int32), (0, idx))
-            kv = {"k": cache["k"], "v": cache["v"]}
+            kv = {"kv": cache["kv"]}
         else:
             idx, key_pos, key_seg, kv = 0, None, None, None
         (x, new_kv, _), _ = self._layers(deterministic)(
@@ -382,10 +384,11 @@ def fuse_projections(variables: dict, dtype=None) -> dict:
 
 
 def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype=None) -> dict:
-    """An empty KV cache for ``batch`` rows of up to ``max_len`` tokens (prompt + generation)."""
+    """An empty KV cache for ``batch`` rows of up to ``max_len`` tokens (prompt + generation): "kv"
+    [L, 2, B, max_len, KV, hd] (keys, values), and the position, segment id and count of the filled slots."""
     dtype = dtype or _dt(cfg.dtype)
-    shape = (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.head_dim)
-    return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype),
+    shape = (cfg.num_layers, 2, batch, max_len, cfg.num_kv_heads, cfg.head_dim)
+    return {"kv": jnp.zeros(shape, dtype),
             "pos": jnp.zeros((batch, max_len), jnp.int32), "seg": jnp.zeros((batch, max_len), jnp.int32),
             "index": jnp.zeros((), jnp.int32)}
 

@@ -92,26 +92,48 @@ def test_generation_unroll_changes_nothing(params):
 
 
 @pytest.mark.parametrize("targets", ["ffn", ("gate_proj", "up_proj"), ("down_proj",), ("up_proj", "q_proj")])
-def test_remix_precomputed_inference_matrices(targets, params):
-    """fuse_remix_inference: ReMix's router | A front, stacked B of gate/up and stacked A of down computed once
-    give the same logits as building them inside the block, and appear in the fused collection."""
+def test_remix_precomputed_block_matrices(targets, params):
+    """fuse_remix_inference: ReMix's FFN from four precomputed matrices (frozen kernels, the experts' A and B
+    and the router joined) gives the same logits as the per-step path, which builds nothing in advance."""
     from remix_jax.adapters.modules import adapter_config_of, fuse_remix_inference
 
     model, variables = adapted("remix", targets, params)
     fused = fuse_remix_inference(fuse_projections(variables), adapter_config_of(model), CFG.dtype)
     mlp = fused[FUSED]["layers"]["mlp"]
-    front = [t for t in ("gate_proj", "up_proj") if t in (("gate_proj", "up_proj", "down_proj")
-                                                          if targets == "ffn" else targets)]
-    n, r = 4, 4
-    assert mlp["remix_front"].shape == (CFG.num_layers, CFG.hidden_size, n + len(front) * n * r)
-    assert ("remix_b_front" in mlp) == (len(front) == 2)
-    assert ("remix_a_down" in mlp) == (targets == "ffn" or "down_proj" in targets)
+    adapted_ffn = ("gate_proj", "up_proj", "down_proj") if targets == "ffn" else targets
+    s = sum(t in adapted_ffn for t in ("gate_proj", "up_proj"))
+    L, d, f, n, r = CFG.num_layers, CFG.hidden_size, CFG.intermediate_size, 4, 4
+    assert mlp["remix_gate_up"].shape == (L, d, 2 * f + s * n * r + n)  # float32: one router part
+    assert "gate_up_kernel" not in mlp  # remix_gate_up holds it
+    assert ("remix_b_gate_up" in mlp) == (s > 0)
+    down = "down_proj" in adapted_ffn
+    assert mlp["remix_down"].shape == (L, f, d + n * r if down else d)
+    assert ("remix_b_down" in mlp) == down
     ref, _ = model.apply(variables, TOKENS)
     out, _ = model.apply(fused, TOKENS)
     np.testing.assert_allclose(np.asarray(out), np.asarray(ref), atol=1e-5, rtol=1e-5)
     assert fuse_remix_inference(variables, None, CFG.dtype) is variables  # plain decoder: nothing to add
-    # the block really reads the precomputed matrix: spoiling it changes the output
+    # the block really reads the precomputed matrices: spoiling one changes the output
     spoiled = {**fused, FUSED: {"layers": {**fused[FUSED]["layers"],
-                                           "mlp": {**mlp, "remix_front": -mlp["remix_front"]}}}}
+                                           "mlp": {**mlp, "remix_gate_up": -mlp["remix_gate_up"]}}}}
     bad, _ = model.apply(spoiled, TOKENS)
     assert np.max(np.abs(np.asarray(bad) - np.asarray(ref))) > 1e-3
+
+
+def test_router_parts_hold_the_router_to_16_bits():
+    """bf16 hi + lo parts of a float32 router: their sum is the weight to ~2^-16 relative, and the logits of a
+    bf16 input (exact in float32) computed from them match the float32 logits that closely."""
+    from remix_jax.adapters.modules import router_parts
+
+    w = jax.random.normal(jax.random.key(0), (64, 8), jnp.float32)
+    hi, lo = router_parts(w, jnp.bfloat16)
+    assert hi.dtype == lo.dtype == jnp.bfloat16
+    err = np.abs(np.asarray(hi, np.float32) + np.asarray(lo, np.float32) - np.asarray(w))
+    assert err.max() <= 2.0 ** -16 * np.abs(np.asarray(w)).max()
+    assert np.abs(np.asarray(hi, np.float32) - np.asarray(w)).max() > 10 * err.max()  # lo really matters
+    x = jax.random.normal(jax.random.key(1), (5, 64), jnp.float32).astype(jnp.bfloat16)
+    z = sum(jnp.einsum("td,dn->tn", x, p, preferred_element_type=jnp.float32) for p in (hi, lo))
+    ref = np.asarray(x, np.float64) @ np.asarray(w, np.float64)
+    np.testing.assert_allclose(np.asarray(z), ref, atol=1e-3 * np.abs(ref).max())
+    (only,) = router_parts(w, jnp.float32)
+    assert only.dtype == jnp.float32 and np.array_equal(np.asarray(only), np.asarray(w))
