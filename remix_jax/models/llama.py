@@ -175,11 +175,17 @@ class MLP(nn.Module):
         return down(h, **kw)
 
 
-def apply_rope(x: Array, positions: Array, inv_freq: Array) -> Array:
-    """Rotate-half RoPE. x [B, T, heads, hd]; positions [B, T]; computed in float32."""
+def rope_tables(cfg: ModelConfig, positions: Array) -> tuple[Array, Array]:
+    """cos, sin [B, T, 1, hd/2] float32 of the rotary angles positions x inv_freq: computed once per forward
+    pass and shared by every layer."""
+    inv_freq = jnp.asarray(rope_inv_freq(cfg), jnp.float32)
     angles = positions.astype(jnp.float32)[..., None] * inv_freq[None, None, :]  # [B, T, hd/2]
-    cos = jnp.cos(angles)[:, :, None, :]
-    sin = jnp.sin(angles)[:, :, None, :]
+    return jnp.cos(angles)[:, :, None, :], jnp.sin(angles)[:, :, None, :]
+
+
+def apply_rope(x: Array, rope: tuple[Array, Array]) -> Array:
+    """Rotate-half RoPE of x [B, T, heads, hd] with the tables of ``rope_tables``; computed in float32."""
+    cos, sin = rope
     x32 = x.astype(jnp.float32)
     x1, x2 = jnp.split(x32, 2, axis=-1)
     out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
@@ -193,17 +199,19 @@ def attention_mask(q_pos, q_seg, k_pos, k_seg) -> Array:
     return (same & causal)[:, None]
 
 
-def xla_attention(q, k, v, mask) -> Array:
-    """q [B,T,H,hd], k/v [B,S,KV,hd], mask [B,1,T,S] -> [B,T,H,hd]; softmax in float32."""
+def xla_attention(q, k, v, mask, heads_first: bool = False) -> Array:
+    """q [B,T,H,hd], k/v [B,S,KV,hd] (or [B,KV,S,hd] with ``heads_first``: the KV cache's layout, already
+    the batched-matmul layout of both products), mask [B,1,T,S] -> [B,T,H,hd]; softmax in float32."""
     b, t, h, hd = q.shape
-    kvh = k.shape[2]
+    kvh = k.shape[1] if heads_first else k.shape[2]
     qg = q.reshape(b, t, kvh, h // kvh, hd)
-    scores = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32)
+    kv = "bksd" if heads_first else "bskd"
+    scores = jnp.einsum(f"btkgd,{kv}->bkgts", qg, k, preferred_element_type=jnp.float32)
     scores = scores * (hd ** -0.5)
     big_neg = jnp.finfo(jnp.float32).min
     scores = jnp.where(mask[:, :, None], scores, big_neg)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+    out = jnp.einsum(f"bkgts,{kv}->btkgd", probs, v)
     return out.reshape(b, t, h, hd)
 
 
@@ -212,9 +220,9 @@ class Attention(nn.Module):
     proj_cls: Any = Projection
 
     @nn.compact
-    def __call__(self, x, positions, segment_ids, cache, layer, key_pos, key_seg, cache_index,
+    def __call__(self, x, positions, segment_ids, cache, layer, key_pos, key_seg, cache_index, rope,
                  deterministic: bool = True, token_mask=None):
-        """cache: None (training, prefill-free scoring) or the whole KV cache {"kv": [L, 2, B, S, KV, hd]};
+        """cache: None (training, prefill-free scoring) or the whole KV cache {"kv": [L, 2, B, KV, S, hd]};
         this layer writes its new keys/values at [layer, :, cache_index] in place and attends over its slice.
         Returns (output [B, T, d], the updated cache or None)."""
         cfg = self.config
@@ -226,26 +234,26 @@ class Attention(nn.Module):
         qkv_mods = (mk(h * hd, ("embed", "heads"), use_bias=cfg.attention_bias, name="q_proj"),
                     mk(kvh * hd, ("embed", "kv"), use_bias=cfg.attention_bias, name="k_proj"),
                     mk(kvh * hd, ("embed", "kv"), use_bias=cfg.attention_bias, name="v_proj"))
-        inv_freq = jnp.asarray(rope_inv_freq(cfg), jnp.float32)
         fused = fused_products(self, x, "qkv_kernel", "qkv_bias", qkv_mods, (h * hd, kvh * hd, kvh * hd), kw)
         if fused is None:
             q, k, v = (checkpoint_name(m(x, **kw), "qkv") for m in qkv_mods)
-            q = apply_rope(q.reshape(b, t, h, hd), positions, inv_freq)
-            k = apply_rope(k.reshape(b, t, kvh, hd), positions, inv_freq)
+            q = apply_rope(q.reshape(b, t, h, hd), rope)
+            k = apply_rope(k.reshape(b, t, kvh, hd), rope)
         else:  # inference: one matmul for q, k, v and one rotation for q and k together
             q, k, v = fused
-            qk = apply_rope(jnp.concatenate([q, k], axis=-1).reshape(b, t, h + kvh, hd), positions, inv_freq)
+            qk = apply_rope(jnp.concatenate([q, k], axis=-1).reshape(b, t, h + kvh, hd), rope)
             q, k = qk[:, :, :h], qk[:, :, h:]
         v = v.reshape(b, t, kvh, hd)
 
         new_cache = None
         if cache is not None:
-            # Keys and values side by side [L, 2, B, S, KV, hd]: one in-place update writes both.
+            # Keys and values side by side [L, 2, B, KV, S, hd]: one in-place update writes both, and each
+            # layer's keys and values are contiguous [B, KV, S, hd] blocks in the layout of the attention
+            # products (no transposed copy of the cache per step).
             kv = cache["kv"]
-            new = jnp.stack([k, v])[None].astype(kv.dtype)  # [1, 2, B, T, KV, hd]
-            kv = jax.lax.dynamic_update_slice(kv, new, (layer, 0, 0, cache_index, 0, 0))
+            new = jnp.stack([k, v]).transpose(0, 1, 3, 2, 4)[None].astype(kv.dtype)  # [1, 2, B, KV, T, hd]
+            kv = jax.lax.dynamic_update_slice(kv, new, (layer, 0, 0, 0, cache_index, 0))
             new_cache = {"kv": kv}
-            # Each read separately, so that each fuses into its consumer (no copy of the layer's slice).
             size = (1, 1) + kv.shape[2:]
             k, v = (jax.lax.dynamic_slice(kv, (layer, i, 0, 0, 0, 0), size)[0, 0].astype(dt) for i in (0, 1))
         else:
@@ -263,7 +271,7 @@ class Attention(nn.Module):
                 implementation="cudnn")
         else:
             mask = attention_mask(positions, segment_ids, key_pos, key_seg)
-            out = xla_attention(q, k, v, mask)
+            out = xla_attention(q, k, v, mask, heads_first=cache is not None)
         out = checkpoint_name(out, "attn_out")
         o = mk(cfg.hidden_size, ("heads", "embed"), name="o_proj")(out.reshape(b, t, h * hd), **kw)
         return o, new_cache
@@ -276,8 +284,9 @@ class Block(nn.Module):
     deterministic: bool = True
 
     @nn.compact
-    def __call__(self, carry, positions, segment_ids, key_pos, key_seg, cache_index):
-        """carry = (x [B, T, d], the whole KV cache or None, this layer's index) -> (next carry, None).
+    def __call__(self, carry, positions, segment_ids, key_pos, key_seg, cache_index, rope):
+        """carry = (x [B, T, d], the whole KV cache or None, this layer's index) -> (next carry, None);
+        rope: the rotary tables (``rope_tables``) shared by all layers.
 
         The cache travels through the layer loop as part of the carry, so each layer updates the new
         positions of its own slice in place instead of the loop slicing out and restacking every layer's
@@ -288,7 +297,7 @@ class Block(nn.Module):
         token_mask = segment_ids != 0
         hn = RMSNorm(cfg.rms_norm_eps, dt, pdt, name="input_norm")(x)
         a, new_cache = Attention(cfg, self.proj_cls, name="attn")(
-            hn, positions, segment_ids, cache, layer, key_pos, key_seg, cache_index,
+            hn, positions, segment_ids, cache, layer, key_pos, key_seg, cache_index, rope,
             deterministic=self.deterministic, token_mask=token_mask)
         x = x + a
         hn = RMSNorm(cfg.rms_norm_eps, dt, pdt, name="post_attn_norm")(x)
@@ -314,7 +323,7 @@ class Decoder(nn.Module):
             block,
             variable_axes={True: 0},
             split_rngs={True: True},
-            in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+            in_axes=(nn.broadcast,) * 6,
             length=cfg.num_layers,
             unroll=min(cfg.scan_unroll, cfg.num_layers),
             metadata_params={nn.PARTITION_NAME: "layers"},
@@ -340,8 +349,9 @@ class Decoder(nn.Module):
             kv = {"kv": cache["kv"]}
         else:
             idx, key_pos, key_seg, kv = 0, None, None, None
+        rope = rope_tables(cfg, positions)
         (x, new_kv, _), _ = self._layers(deterministic)(
-            (x, kv, jnp.zeros((), jnp.int32)), positions, segment_ids, key_pos, key_seg, idx)
+            (x, kv, jnp.zeros((), jnp.int32)), positions, segment_ids, key_pos, key_seg, idx, rope)
         h = RMSNorm(cfg.rms_norm_eps, dt, pdt, name="final_norm")(x)
         new_cache = None
         if cache is not None:
@@ -385,9 +395,9 @@ def fuse_projections(variables: dict, dtype=None) -> dict:
 
 def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype=None) -> dict:
     """An empty KV cache for ``batch`` rows of up to ``max_len`` tokens (prompt + generation): "kv"
-    [L, 2, B, max_len, KV, hd] (keys, values), and the position, segment id and count of the filled slots."""
+    [L, 2, B, KV, max_len, hd] (keys, values), and the position, segment id and count of the filled slots."""
     dtype = dtype or _dt(cfg.dtype)
-    shape = (cfg.num_layers, 2, batch, max_len, cfg.num_kv_heads, cfg.head_dim)
+    shape = (cfg.num_layers, 2, batch, cfg.num_kv_heads, max_len, cfg.head_dim)
     return {"kv": jnp.zeros(shape, dtype),
             "pos": jnp.zeros((batch, max_len), jnp.int32), "seg": jnp.zeros((batch, max_len), jnp.int32),
             "index": jnp.zeros((), jnp.int32)}
