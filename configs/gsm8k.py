@@ -47,7 +47,7 @@ def get_config(arg: str = "remix"):
     c.model.path = installed_file(*SMOLLM2_GGUF) if small else ""  # 8B: pass --config.model.path
     c.model.dtype = "auto"  # bfloat16 on accelerators, float32 on CPU
     c.model.param_dtype = "auto"
-    c.model.remat = "dots_no_batch" if not small else "none"
+    c.model.remat = "save_proj_out" if not small else "none"
     c.model.attention_impl = "auto"
 
     c.data.sources = {"gsm8k": source_config("gsm8k", split="train", manual_dir=data_dir)}

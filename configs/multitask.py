@@ -46,7 +46,7 @@ def get_config(arg: str = "remix"):
     c.model.path = installed_file(*SMOLLM2_GGUF) if small else ""  # 8B: pass --config.model.path
     c.model.dtype = "auto"
     c.model.param_dtype = "auto"
-    c.model.remat = "none" if small else "dots_no_batch"
+    c.model.remat = "none" if small else "save_proj_out"
     c.model.attention_impl = "auto"
 
     def path(task: str, split: str) -> str:

@@ -211,7 +211,7 @@ def main():
     ap.add_argument("--peer", default="")
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--attention", default="auto")
-    ap.add_argument("--remat", default="dots_no_batch")
+    ap.add_argument("--remat", default="save_proj_out")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--peak_tflops", type=float, default=0.0)

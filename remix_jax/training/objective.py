@@ -24,12 +24,16 @@ d model width, F FFN width, q/kv the query/key-value widths, n*r the experts' st
     remat policy    saved per token per layer                          Llama-3-8B, B*T = 4096, per sample
     full            carry d                                            1.0 GiB
     save_qkv_ffn    carry d + qkv (q + 2 kv) + attn_out q + ffn F      7.0 GiB
+    save_proj_out   carry + every projection's output (base + delta    12.5 GiB with or without adapters
+                    as one tensor) + attn_out
     dots_no_batch   carry + q + 2 kv + o d + every projection's dot    19.6 GiB with adapted gate/up/down
                     output; an adapted projection saves the base       (11.5 GiB without adapters)
                     output, its adapter's delta (same width) and x@A
     none            everything, including attention internals          (not bounded by the above)
 
-(estimates from these counts, not measurements). With dots_no_batch the FFN dominates: the base outputs
+(estimates from these counts, not measurements; measured peaks are in docs/benchmarks.md, e.g. LoRA on the 8B
+shape: 28.9 GiB with save_proj_out, the configs' default, against 36.0 with dots_no_batch, at 1.4% more tokens/s).
+With dots_no_batch the FFN dominates: the base outputs
 (2F + d per layer) and, as large again, the adapters' full-width deltas; M=4 on the Llama-3-8B shape
 needs about 78 GiB of activations plus 15 GiB of bf16 weights, and M=8 (157 GiB) needs
 ``save_qkv_ffn`` (about 56 GiB) to fit one 141 GB device. The attention
