@@ -388,8 +388,9 @@ def fuse_remix_inference(variables: dict, adapter_cfg: AdapterConfig | None, dty
     """``variables`` plus, for ReMix's block-routed FFN, every layer's ``remix_block_matrices`` [L, ...] built
     once (per generate call) in the "fused" collection under layers/mlp, so that each decode step runs
     ``remix_ffn_fused``: the frozen FFN kernels, the experts' A and B and the router joined into four matrices.
-    The fused gate_up_kernel of ``fuse_projections`` is dropped (remix_gate_up holds it). Other methods, and
-    FFNs with biases: ``variables`` as is.
+    The fused gate_up_kernel of ``fuse_projections`` is dropped (remix_gate_up holds it). Costs memory for a copy
+    of the FFN kernels while the result is alive (one generate call). Other methods, and FFNs with biases:
+    ``variables`` as is.
     """
     cfg = adapter_cfg
     if (cfg is None or cfg.method != "remix" or cfg.router_scope != "block" or cfg.sample_at_inference
