@@ -27,6 +27,9 @@ def get_sweep():
             "tables": [{"title": "ReMix on GSM8K against M", "rows": [KEYS.num_samples]}],
             "plots": [{"kind": "line", "x": KEYS.num_samples, "y": f"{GSM8K_TASK}/accuracy", "xlog": True,
                        "file": "accuracy_vs_M.png", "title": "ReMix: GSM8K accuracy vs M (paper Figure 5)",
+                       "xlabel": "M (routing samples per input)"},
+                      {"kind": "line", "x": KEYS.num_samples, "y": "heldout/heldout_loss", "xlog": True,
+                       "file": "heldout_loss_vs_M.png", "title": "ReMix: GSM8K held-out loss vs M",
                        "xlabel": "M (routing samples per input)"}],
         },
     }
