@@ -199,19 +199,41 @@ def attention_mask(q_pos, q_seg, k_pos, k_seg) -> Array:
     return (same & causal)[:, None]
 
 
+def resolve_attention_impl(cfg: ModelConfig, cached: bool) -> str:
+    """The attention kernel of a forward pass: cuDNN flash attention ("cudnn": without a cache, chosen by
+    "auto" on GPUs) or XLA's ("xla": always with a KV cache)."""
+    impl = cfg.attention_impl
+    if impl == "auto":
+        impl = "cudnn" if (jax.default_backend() == "gpu" and not cached) else "xla"
+    return "xla" if cached else impl
+
+
 def xla_attention(q, k, v, mask, heads_first: bool = False) -> Array:
     """q [B,T,H,hd], k/v [B,S,KV,hd] (or [B,KV,S,hd] with ``heads_first``: the KV cache's layout, already
-    the batched-matmul layout of both products), mask [B,1,T,S] -> [B,T,H,hd]; softmax in float32."""
+    the batched-matmul layout of both products), mask [B,1,T,S] -> [B,T,H,hd]; softmax in float32.
+
+    One new token against the cache (``heads_first``, T = 1) takes both products as multiply-and-sum in
+    float32 rather than batched matmuls: reductions that read the layer's slice of the cache where it lies
+    (a matmul fusion takes its operand as a copy), the same products in the same precision."""
     b, t, h, hd = q.shape
     kvh = k.shape[1] if heads_first else k.shape[2]
     qg = q.reshape(b, t, kvh, h // kvh, hd)
+    decode = heads_first and t == 1
     kv = "bksd" if heads_first else "bskd"
-    scores = jnp.einsum(f"btkgd,{kv}->bkgts", qg, k, preferred_element_type=jnp.float32)
+    if decode:
+        q32 = qg[:, 0].astype(jnp.float32)[:, :, :, None, :]  # [B, KV, G, 1, hd]
+        scores = jnp.sum(q32 * k.astype(jnp.float32)[:, :, None], axis=-1)[:, :, :, None]  # [B, KV, G, 1, S]
+    else:
+        scores = jnp.einsum(f"btkgd,{kv}->bkgts", qg, k, preferred_element_type=jnp.float32)
     scores = scores * (hd ** -0.5)
     big_neg = jnp.finfo(jnp.float32).min
     scores = jnp.where(mask[:, :, None], scores, big_neg)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum(f"bkgts,{kv}->btkgd", probs, v)
+    if decode:
+        p32 = probs[:, :, :, 0, :, None].astype(jnp.float32)  # [B, KV, G, S, 1]
+        out = jnp.sum(p32 * v.astype(jnp.float32)[:, :, None], axis=-2).astype(v.dtype)[:, None]  # [B,1,KV,G,hd]
+    else:
+        out = jnp.einsum(f"bkgts,{kv}->btkgd", probs, v)
     return out.reshape(b, t, h, hd)
 
 
@@ -220,10 +242,11 @@ class Attention(nn.Module):
     proj_cls: Any = Projection
 
     @nn.compact
-    def __call__(self, x, positions, segment_ids, cache, layer, key_pos, key_seg, cache_index, rope,
+    def __call__(self, x, segment_ids, cache, layer, mask, cache_index, rope,
                  deterministic: bool = True, token_mask=None):
         """cache: None (training, prefill-free scoring) or the whole KV cache {"kv": [L, 2, B, KV, S, hd]};
         this layer writes its new keys/values at [layer, :, cache_index] in place and attends over its slice.
+        mask: [B, 1, T, S] for XLA attention, None for cuDNN flash attention (``resolve_attention_impl``).
         Returns (output [B, T, d], the updated cache or None)."""
         cfg = self.config
         dt, pdt = _dt(cfg.dtype), _dt(cfg.param_dtype)
@@ -256,13 +279,8 @@ class Attention(nn.Module):
             new_cache = {"kv": kv}
             size = (1, 1) + kv.shape[2:]
             k, v = (jax.lax.dynamic_slice(kv, (layer, i, 0, 0, 0, 0), size)[0, 0].astype(dt) for i in (0, 1))
-        else:
-            key_pos, key_seg = positions, segment_ids
 
-        impl = cfg.attention_impl
-        if impl == "auto":
-            impl = "cudnn" if (jax.default_backend() == "gpu" and cache is None) else "xla"
-        if impl == "cudnn" and cache is None:
+        if mask is None:
             # Flash attention: causal, keys restricted to each row's non-padding prefix. Valid for
             # right-padded single-segment rows (training batches without packing).
             lengths = jnp.sum(segment_ids != 0, axis=-1).astype(jnp.int32)
@@ -270,7 +288,6 @@ class Attention(nn.Module):
                 q, k, v, is_causal=True, query_seq_lengths=lengths, key_value_seq_lengths=lengths,
                 implementation="cudnn")
         else:
-            mask = attention_mask(positions, segment_ids, key_pos, key_seg)
             out = xla_attention(q, k, v, mask, heads_first=cache is not None)
         out = checkpoint_name(out, "attn_out")
         o = mk(cfg.hidden_size, ("heads", "embed"), name="o_proj")(out.reshape(b, t, h * hd), **kw)
@@ -284,9 +301,9 @@ class Block(nn.Module):
     deterministic: bool = True
 
     @nn.compact
-    def __call__(self, carry, positions, segment_ids, key_pos, key_seg, cache_index, rope):
+    def __call__(self, carry, segment_ids, mask, cache_index, rope):
         """carry = (x [B, T, d], the whole KV cache or None, this layer's index) -> (next carry, None);
-        rope: the rotary tables (``rope_tables``) shared by all layers.
+        mask (or None) and rope: the attention mask and rotary tables, computed once and shared by all layers.
 
         The cache travels through the layer loop as part of the carry, so each layer updates the new
         positions of its own slice in place instead of the loop slicing out and restacking every layer's
@@ -297,7 +314,7 @@ class Block(nn.Module):
         token_mask = segment_ids != 0
         hn = RMSNorm(cfg.rms_norm_eps, dt, pdt, name="input_norm")(x)
         a, new_cache = Attention(cfg, self.proj_cls, name="attn")(
-            hn, positions, segment_ids, cache, layer, key_pos, key_seg, cache_index, rope,
+            hn, segment_ids, cache, layer, mask, cache_index, rope,
             deterministic=self.deterministic, token_mask=token_mask)
         x = x + a
         hn = RMSNorm(cfg.rms_norm_eps, dt, pdt, name="post_attn_norm")(x)
@@ -323,7 +340,7 @@ class Decoder(nn.Module):
             block,
             variable_axes={True: 0},
             split_rngs={True: True},
-            in_axes=(nn.broadcast,) * 6,
+            in_axes=(nn.broadcast,) * 4,
             length=cfg.num_layers,
             unroll=min(cfg.scan_unroll, cfg.num_layers),
             metadata_params={nn.PARTITION_NAME: "layers"},
@@ -348,10 +365,12 @@ class Decoder(nn.Module):
             key_seg = jax.lax.dynamic_update_slice(cache["seg"], segment_ids.astype(jnp.int32), (0, idx))
             kv = {"kv": cache["kv"]}
         else:
-            idx, key_pos, key_seg, kv = 0, None, None, None
+            idx, key_pos, key_seg, kv = 0, positions, segment_ids, None
         rope = rope_tables(cfg, positions)
+        mask = (None if resolve_attention_impl(cfg, cached=cache is not None) == "cudnn"
+                else attention_mask(positions, segment_ids, key_pos, key_seg))
         (x, new_kv, _), _ = self._layers(deterministic)(
-            (x, kv, jnp.zeros((), jnp.int32)), positions, segment_ids, key_pos, key_seg, idx, rope)
+            (x, kv, jnp.zeros((), jnp.int32)), segment_ids, mask, idx, rope)
         h = RMSNorm(cfg.rms_norm_eps, dt, pdt, name="final_norm")(x)
         new_cache = None
         if cache is not None:
