@@ -389,17 +389,14 @@ def fuse_remix_inference(variables: dict, adapter_cfg: AdapterConfig | None, dty
     once (per generate call) in the "fused" collection under layers/mlp, so that each decode step runs
     ``remix_ffn_fused``: the frozen FFN kernels, the experts' A and B and the router joined into four matrices.
     The fused gate_up_kernel of ``fuse_projections`` is dropped (remix_gate_up holds it). Costs memory for a copy
-    of the FFN kernels while the result is alive (one generate call). Other methods, and FFNs with biases:
-    ``variables`` as is.
+    of the FFN kernels while the result is alive (one generate call). Other methods: ``variables`` as is.
     """
     cfg = adapter_cfg
     if (cfg is None or cfg.method != "remix" or cfg.router_scope != "block" or cfg.sample_at_inference
             or moe.resolve_compute(cfg.expert_compute) != "dense"
             or not any(t in FFN_PROJECTIONS for t in cfg.targets)):
         return variables
-    params = variables["params"]["layers"]["mlp"]
-    if any("bias" in params[name] for name in FFN_PROJECTIONS):
-        return variables
+    params = variables["params"]["layers"]["mlp"]  # the SwiGLU projections have no biases
     kernels = {name: params[name]["kernel"] for name in FFN_PROJECTIONS}
     adapters = variables["adapter"]["layers"]["mlp"]
     factors = {name: (adapters[name]["lora_a"], adapters[name]["lora_b"])
