@@ -40,6 +40,9 @@ Array = jax.Array
 
 PROJ_OUT = "proj_out"  # checkpoint name of every projection's output (see REMAT_POLICIES)
 FUSED = "fused"  # collection of inference-only concatenated kernels (``fuse_projections``)
+# Inference-only matrices stacked over layers [L, ...] that the layer loop hands to every layer whole (not sliced
+# per layer): kernels that index them at the layer themselves (adapters.remix_kernels).
+FUSED_STACKED = "fused_stacked"
 
 REMAT_POLICIES = {
     "none": None,
@@ -167,7 +170,10 @@ class MLP(nn.Module):
         return tuple(fused) if fused is not None else (gate(x, **kw), up(x, **kw))
 
     @nn.compact
-    def __call__(self, x: Array, deterministic: bool = True, token_mask: Array | None = None) -> Array:
+    def __call__(self, x: Array, deterministic: bool = True, token_mask: Array | None = None,
+                 layer: Array | None = None) -> Array:
+        """layer: the block's index in the layer loop (read by FFNs that use FUSED_STACKED matrices)."""
+        del layer
         gate, up, down = self.projections()
         kw = dict(deterministic=deterministic, token_mask=token_mask)
         g, u = self.gate_up(x, gate, up, kw)
@@ -319,7 +325,7 @@ class Block(nn.Module):
         x = x + a
         hn = RMSNorm(cfg.rms_norm_eps, dt, pdt, name="post_attn_norm")(x)
         x = x + self.mlp_cls(cfg, self.proj_cls, name="mlp")(
-            hn, deterministic=self.deterministic, token_mask=token_mask)
+            hn, deterministic=self.deterministic, token_mask=token_mask, layer=layer)
         return (x.astype(dt), new_cache, layer + 1), None
 
 
@@ -339,6 +345,7 @@ class Decoder(nn.Module):
         return nn.scan(
             block,
             variable_axes={True: 0},
+            variable_broadcast=FUSED_STACKED,
             split_rngs={True: True},
             in_axes=(nn.broadcast,) * 4,
             length=cfg.num_layers,
