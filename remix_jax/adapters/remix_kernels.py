@@ -169,8 +169,8 @@ def _front_kernel(layer_ref, y_ref, b_ref, o_ref, *, m, layout: MixtureLayout, b
         layer = layer_ref[0]
         weights = _selected_weights(pl, plgpu, y_ref, rows, rmask, layout, bm)
         for s, name in enumerate([nm for nm, on in (("gate", layout.gate), ("up", layout.up)) if on]):
-            mix = _mix_block(pl, plgpu, y_ref, layout.h_col + s * layout.nr, b_ref, (layer, jnp.int32(s)), weights, rows,
-                             rmask, cols, cmask, layout, bk, dtype)
+            mix = _mix_block(pl, plgpu, y_ref, layout.h_col + s * layout.nr, b_ref, (layer, jnp.int32(s)),
+                             weights, rows, rmask, cols, cmask, layout, bk, dtype)
             if name == "gate":
                 g = g + mix
             else:
