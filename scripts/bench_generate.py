@@ -82,9 +82,9 @@ def remix_variables(cfg, params, experts: int = 8, top_k: int = 2, rank: int = 8
 
 
 def time_ours(model, variables, prompt: list[int], batch: int, new_tokens: int, repeats: int,
-              profile: int = 0, fuse: bool = True, remix_kernels: str = "auto") -> dict:
+              profile: int = 0, fuse: bool = True) -> dict:
     gen = GenerationConfig(max_new_tokens=new_tokens, temperature=0.0, stop_token_ids=(), max_batch=batch,
-                           fuse_projections=fuse, scan_unroll=model.config.scan_unroll, remix_kernels=remix_kernels)
+                           fuse_projections=fuse, scan_unroll=model.config.scan_unroll)
     prompts = [prompt] * batch
     t0 = time.perf_counter()
     out = generate(model, variables, prompts, gen)  # compiles
@@ -177,8 +177,6 @@ def main(argv=None) -> list[dict]:
                         "scan_unroll; 1 = rolled, 3 = the default)")
     p.add_argument("--fuse", default="1",
                    help="comma list of 1/0: fused q/k/v and gate/up matmuls while decoding (GenerationConfig)")
-    p.add_argument("--remix_kernels", default="auto",
-                   help="comma list of GenerationConfig.remix_kernels for the remix rows (auto = Pallas on GPUs, xla)")
     p.add_argument("--profile", type=int, default=0,
                    help="trace this many more calls per configuration and print where the device time goes")
     args = p.parse_args(argv)
@@ -206,24 +204,20 @@ def main(argv=None) -> list[dict]:
                 model, variables = remix_variables(cfg, params)
             else:
                 raise SystemExit(f"--adapters: unknown adapter {adapter!r} (none, remix)")
-            kernel_list = [k for k in args.remix_kernels.split(",") if k] if adapter == "remix" else ["auto"]
-            fuses = [f.strip() not in ("0", "false", "False") for f in args.fuse.split(",") if f.strip()]
-            for kernels in kernel_list:
-                for fuse in fuses:
-                    for b in batches:
-                        row = {
-                            "impl": "remix_jax",
-                            "adapter": adapter,
-                            "batch": b,
-                            "scan_unroll": unroll,
-                            "fused_projections": fuse,
-                            **({"remix_kernels": kernels} if adapter == "remix" else {}),
-                            **common,
-                            **time_ours(model, variables, prompt, b, args.new_tokens, args.repeats, args.profile,
-                                        fuse, kernels),
-                        }
-                        print(json.dumps(row), flush=True)
-                        rows.append(row)
+            for fuse in [f.strip() not in ("0", "false", "False") for f in args.fuse.split(",") if f.strip()]:
+                for b in batches:
+                    row = {
+                        "impl": "remix_jax",
+                        "adapter": adapter,
+                        "batch": b,
+                        "scan_unroll": unroll,
+                        "fused_projections": fuse,
+                        **common,
+                        **time_ours(model, variables, prompt, b, args.new_tokens, args.repeats, args.profile,
+                                    fuse),
+                    }
+                    print(json.dumps(row), flush=True)
+                    rows.append(row)
     cfg = base_cfg
     if args.peer == "hf":
         import torch

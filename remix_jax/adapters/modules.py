@@ -25,9 +25,9 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
 from remix_jax.adapters import lora as lora_math
-from remix_jax.adapters import moe, remix_kernels
+from remix_jax.adapters import moe
 from remix_jax.adapters.config import FFN_PROJECTIONS, AdapterConfig, validate_adapter_config
-from remix_jax.models.llama import FUSED, FUSED_STACKED, MLP, PROJ_OUT, Decoder, Projection, fused_products
+from remix_jax.models.llama import FUSED, MLP, PROJ_OUT, Decoder, Projection, fused_products
 from remix_jax.routing.diagnostics import routing_diagnostics
 from remix_jax.routing.routers import RouterOutput, load_balancing_loss, remix_inference_weights, route
 
@@ -102,7 +102,7 @@ def remix_block_matrices(kernels: Mapping[str, Array], factors: Mapping[str, tup
     kernels: the frozen gate/up/down kernels; factors: (lora_a [n, d_in, r], lora_b [n, r, d_out]) of each
     adapted FFN projection; w: the block router [d, n]. With s of gate/up adapted (front = in that order):
         remix_gate_up    [d, 2F + s*n*r + P*n]  W_gate | W_up | A_all of the front | router parts (P of them)
-        remix_b_front    [s, n*r, F]            B_all of each front projection (s > 0)
+        remix_b_gate_up  [s*n*r, 2F]            each front B_all placed under its own F columns (s > 0)
         remix_down       [F, d (+ n*r)]         W_down (| A_all of down_proj when adapted)
         remix_b_down     [n*r, d]               B_all of down_proj (when adapted)
     """
@@ -112,7 +112,13 @@ def remix_block_matrices(kernels: Mapping[str, Array], factors: Mapping[str, tup
     first = [kernels["gate_proj"], kernels["up_proj"]] + [moe.stacked_a(factors[n][0]) for n in front]
     out = {"remix_gate_up": jnp.concatenate([m.astype(dtype) for m in first] + router_parts(w, dtype), axis=1)}
     if front:
-        out["remix_b_front"] = jnp.stack([factors[n][1].reshape(-1, f).astype(dtype) for n in front])
+        rows = []
+        for name in front:
+            a, b = factors[name]
+            b_all = b.reshape(a.shape[0] * a.shape[2], f).astype(dtype)
+            zero = jnp.zeros_like(b_all)
+            rows.append(jnp.concatenate([b_all, zero] if name == "gate_proj" else [zero, b_all], axis=1))
+        out["remix_b_gate_up"] = jnp.concatenate(rows, axis=0)
     if "down_proj" in factors:
         a, b = factors["down_proj"]
         out["remix_down"] = jnp.concatenate([kernels["down_proj"].astype(dtype), moe.stacked_a(a).astype(dtype)], 1)
@@ -122,33 +128,36 @@ def remix_block_matrices(kernels: Mapping[str, Array], factors: Mapping[str, tup
     return out
 
 
-def remix_ffn_fused(x: Array, mats: Mapping[str, Array], layer: Array, cfg: AdapterConfig, dtype,
-                    kernels: str = "auto") -> Array:
+def remix_ffn_fused(x: Array, mats: Mapping[str, Array], cfg: AdapterConfig, dtype) -> Array:
     """ReMix's deterministic top-k SwiGLU FFN from ``remix_block_matrices``: x [..., d] -> [..., d].
 
-    mats: this layer's remix_gate_up and remix_down, and remix_b_front / remix_b_down of all layers [L, ...]
-    (read at ``layer``). Two wide matmuls carry everything that reads the same input: x [W_gate | W_up | A_all |
-    router] gives the frozen gate/up products, the experts' hidden states and the router logits at once, and
-    h [W_down | A_all of down] the frozen down product and down's expert hidden state. The routed remainder of
-    each (top-k, scaling by pi, the B product, and the SwiGLU for the front) is ``remix_kernels.front_mixture``
-    and ``down_mixture``: one Pallas kernel each on GPUs (``kernels``: "auto", "pallas" or "xla").
-    Float32 accumulation throughout; the experts' scaled hidden states and the FFN hidden state are rounded to
-    ``dtype`` as in the per-step path.
+    Two wide matmuls carry everything that reads the same input: x [W_gate | W_up | A_all | router] gives the
+    frozen gate/up products, the experts' hidden states and the router logits at once, and
+    h [W_down | A_all of down] the frozen down product and down's expert hidden state; the routed terms are
+    then one matmul each, (x A_all * pi) B_all. The same products as the per-step path (float32 accumulation,
+    frozen products rounded to ``dtype``), so the same tokens.
     """
     dtype = jnp.dtype(dtype)
     n, r = cfg.num_experts, cfg.rank
-    w1, w2 = mats["remix_gate_up"], mats["remix_down"]
-    f = w2.shape[0]
-    gate, up = ("gate_proj" in cfg.targets), ("up_proj" in cfg.targets)
-    parts = (w1.shape[1] - 2 * f - (int(gate) + int(up)) * n * r) // n
-    layout = remix_kernels.MixtureLayout(f=f, n=n, r=r, k=cfg.top_k, omega=float(cfg.omega_value()), gate=gate,
-                                         up=up, parts=parts)
+    w1 = mats["remix_gate_up"]
+    f = mats["remix_down"].shape[0]
     y = jnp.einsum("...d,dm->...m", x.astype(dtype), w1, preferred_element_type=jnp.float32)
-    hidden = remix_kernels.front_mixture(y, mats.get("remix_b_front"), layer, layout, dtype, kernels)
-    y2 = jnp.einsum("...f,fm->...m", hidden, w2, preferred_element_type=jnp.float32)
+    width_a = mats["remix_b_gate_up"].shape[0] if "remix_b_gate_up" in mats else 0
+    start = 2 * f + width_a
+    z = sum(y[..., i:i + n] for i in range(start, w1.shape[1], n))
+    pi = remix_inference_weights(z, cfg.top_k, cfg.omega_value())
+    pi_cols = jnp.repeat(pi.astype(dtype), r, axis=-1)  # [..., n*r]
+    gu = y[..., :2 * f].astype(dtype)
+    if width_a:
+        h = y[..., 2 * f:start].astype(dtype)
+        h = h * jnp.tile(pi_cols, (1,) * (h.ndim - 1) + (width_a // (n * r),))
+        gu = gu + jnp.einsum("...m,mf->...f", h, mats["remix_b_gate_up"])
+    hidden = nn.silu(gu[..., :f]) * gu[..., f:]
+    y2 = jnp.einsum("...f,fm->...m", hidden, mats["remix_down"])
     if "remix_b_down" not in mats:
-        return y2.astype(dtype)
-    return remix_kernels.down_mixture(y, y2, mats["remix_b_down"], layer, layout, dtype, kernels)
+        return y2
+    d = mats["remix_b_down"].shape[1]
+    return y2[..., :d] + jnp.einsum("...m,md->...d", y2[..., d:] * pi_cols, mats["remix_b_down"])
 
 
 def route_site(module: nn.Module, x: Array, token_mask: Array | None, deterministic: bool,
@@ -274,12 +283,9 @@ class AdaptedMLP(MLP):
     """SwiGLU FFN whose block router (router_scope="block") reads the FFN input and routes gate/up/down."""
 
     adapter: Any = None
-    # ReMix's fused inference FFN: Pallas kernels for its routed halves ("auto": on GPUs; "xla"; "pallas").
-    kernels: str = "auto"
 
     @nn.compact
-    def __call__(self, x: Array, deterministic: bool = True, token_mask: Array | None = None,
-                 layer: Array | None = None) -> Array:
+    def __call__(self, x: Array, deterministic: bool = True, token_mask: Array | None = None) -> Array:
         cfg: AdapterConfig = self.adapter
         gate, up, down = self.projections()
         kw = dict(deterministic=deterministic, token_mask=token_mask)
@@ -289,25 +295,23 @@ class AdaptedMLP(MLP):
             g, u = self.gate_up(x, gate, up, kw)
             return down(nn.silu(g) * u, **kw)
         if remix_fast_inference(self, cfg, deterministic):
-            return self._remix_inference(x, gate, up, down, cfg, kw, layer)
+            return self._remix_inference(x, gate, up, down, cfg, kw)
         routing = route_site(self, x, token_mask, deterministic, cfg, "embed")
         if cfg.method == "mixlora" and cfg.mixlora_form == "expert_ffn":
             return self._expert_ffn(x, routing, gate, up, down, kw)
         kw["routing"] = routing
         return down(nn.silu(gate(x, **kw)) * up(x, **kw), **kw)
 
-    def _remix_inference(self, x: Array, gate, up, down, cfg: AdapterConfig, kw, layer: Array | None) -> Array:
+    def _remix_inference(self, x: Array, gate, up, down, cfg: AdapterConfig, kw) -> Array:
         """ReMix's deterministic top-k FFN with fewer kernels. x [..., d] -> [..., d].
 
         With the block's matrices precomputed (``fuse_remix_inference``, once per generate call):
         ``remix_ffn_fused``. Otherwise one matmul gives the block router's logits and x A_all of the adapted
         gate/up projections, top-k by comparison, the same dense mixture after."""
         if self.has_variable(FUSED, "remix_gate_up"):
-            if layer is None:
-                raise ValueError("the precomputed ReMix FFN reads matrices stacked over layers: pass layer=")
-            mats = {name: self.get_variable(col, name) for col, names in REMIX_BLOCK_MATRICES.items()
-                    for name in names if self.has_variable(col, name)}
-            return remix_ffn_fused(x, mats, layer, cfg, gate.dtype, self.kernels)
+            mats = {name: self.get_variable(FUSED, name) for name in REMIX_BLOCK_MATRICES
+                    if self.has_variable(FUSED, name)}
+            return remix_ffn_fused(x, mats, cfg, gate.dtype)
         front = [p for p in (gate, up) if p.name in cfg.targets]
         factors = {p.name: p(x, part="factors", **kw) for p in front}
         w = router_weight(self, cfg, x.shape[-1], "embed")
@@ -377,16 +381,13 @@ def init_adapter_variables(model: Decoder, rng: Array, tokens_shape: tuple[int, 
     return nn.meta.unbox(jax.jit(init)(k_params, k_routing))
 
 
-# Where fuse_remix_inference puts each matrix: per layer (sliced by the layer loop) or stacked (read whole).
-REMIX_BLOCK_MATRICES = {FUSED: ("remix_gate_up", "remix_down"), FUSED_STACKED: ("remix_b_front", "remix_b_down")}
+REMIX_BLOCK_MATRICES = ("remix_gate_up", "remix_b_gate_up", "remix_down", "remix_b_down")
 
 
 def fuse_remix_inference(variables: dict, adapter_cfg: AdapterConfig | None, dtype) -> dict:
     """``variables`` plus, for ReMix's block-routed FFN, every layer's ``remix_block_matrices`` [L, ...] built
-    once (per generate call) under layers/mlp, so that each decode step runs ``remix_ffn_fused``: the frozen
-    FFN kernels, the experts' A and B and the router joined into four matrices. The two wide matmuls' matrices
-    go to the "fused" collection (sliced per layer by the layer loop), the B matrices to "fused_stacked" (read
-    whole at the layer index by ``remix_kernels``; see REMIX_BLOCK_MATRICES).
+    once (per generate call) in the "fused" collection under layers/mlp, so that each decode step runs
+    ``remix_ffn_fused``: the frozen FFN kernels, the experts' A and B and the router joined into four matrices.
     The fused gate_up_kernel of ``fuse_projections`` is dropped (remix_gate_up holds it). Costs memory for a copy
     of the FFN kernels while the result is alive (one generate call). Other methods: ``variables`` as is.
     """
@@ -402,33 +403,11 @@ def fuse_remix_inference(variables: dict, adapter_cfg: AdapterConfig | None, dty
                for name in FFN_PROJECTIONS if name in cfg.targets}
     w = variables["router"]["layers"]["mlp"]["weight"]  # [L, d, n]
     fused = jax.vmap(lambda k, f, w_l: remix_block_matrices(k, f, w_l, cfg, dtype))(kernels, factors, w)
-    out = dict(variables)
-    for col, names in REMIX_BLOCK_MATRICES.items():
-        old = variables.get(col, {})
-        layers = dict(old.get("layers", {}))
-        mlp = {k: v for k, v in layers.get("mlp", {}).items() if k != "gate_up_kernel"}
-        layers["mlp"] = {**mlp, **{k: fused[k] for k in names if k in fused}}
-        out[col] = {**old, "layers": layers}
-    return out
-
-
-def with_remix_kernels(model: Decoder, kernels: str) -> Decoder:
-    """``model`` whose FFNs run ReMix's fused inference FFN with ``kernels`` (``remix_kernels.KERNELS``); a
-    model without ``AdaptedMLP`` is returned as it is."""
-    remix_kernels.resolve_kernels(kernels)  # validates the name
-    cls = model.mlp_cls
-    if not (isinstance(cls, functools.partial) and cls.func is AdaptedMLP):
-        return model
-    if cls.keywords.get("kernels", AdaptedMLP.kernels) == kernels:
-        return model
-    return model.clone(mlp_cls=_mlp_with_kernels(cls, kernels))
-
-
-@functools.lru_cache(maxsize=64)
-def _mlp_with_kernels(cls: functools.partial, kernels: str) -> functools.partial:
-    # One partial per (class, kernels), so that the cloned model hashes the same on every call and a jitted
-    # function taking the model as a static argument compiles once.
-    return functools.partial(AdaptedMLP, **{**cls.keywords, "kernels": kernels})
+    old = variables.get(FUSED, {})
+    layers = dict(old.get("layers", {}))
+    mlp = {k: v for k, v in layers.get("mlp", {}).items() if k != "gate_up_kernel"}
+    layers["mlp"] = {**mlp, **fused}
+    return {**variables, FUSED: {**old, "layers": layers}}
 
 
 def adapter_config_of(model: Decoder) -> AdapterConfig | None:

@@ -25,13 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from remix_jax.adapters.modules import (
-    adapter_config_of,
-    cast_factors_for_inference,
-    fuse_remix_inference,
-    with_remix_kernels,
-)
-from remix_jax.adapters.remix_kernels import KERNELS
+from remix_jax.adapters.modules import adapter_config_of, cast_factors_for_inference, fuse_remix_inference
 from remix_jax.models.llama import Decoder, fuse_projections, init_cache, lm_logits, positions_from_segments
 
 Array = jax.Array
@@ -53,9 +47,6 @@ class GenerationConfig:
     # 0 keeps the model's own). 3 gives 14% / 12% more tokens/s at batch 16 / 128 on an H200 for SmolLM2-135M
     # (docs/benchmarks.md) for about 2 s more compile time per bucket; results are identical.
     scan_unroll: int = 3
-    # ReMix's fused inference FFN: its routed halves as Pallas kernels ("auto": on GPUs, where they remove
-    # kernel launches per layer; "xla"; "pallas"; "pallas_interpret" for tests). See adapters/remix_kernels.py.
-    remix_kernels: str = "auto"
 
     def __post_init__(self):
         if self.max_new_tokens < 1:
@@ -68,8 +59,6 @@ class GenerationConfig:
             raise ValueError(f"max_batch={self.max_batch} must be >= 1")
         if self.scan_unroll < 0:
             raise ValueError(f"scan_unroll={self.scan_unroll} must be >= 0 (0 keeps the model's own)")
-        if self.remix_kernels not in KERNELS:
-            raise ValueError(f"remix_kernels={self.remix_kernels!r}: expected one of {KERNELS}")
 
 
 @dataclasses.dataclass
@@ -191,7 +180,6 @@ def generate(model: Decoder, variables: dict, prompts: Sequence[Sequence[int]], 
     greedy = config.temperature == 0.0
     if config.scan_unroll and config.scan_unroll != model.config.scan_unroll:
         model = model.clone(config=dataclasses.replace(model.config, scan_unroll=config.scan_unroll))
-    model = with_remix_kernels(model, config.remix_kernels)
     stop = np.asarray(config.stop_token_ids or (-1,), np.int32)
     tokens_out: list[list[int]] = []
     lps_out: list[list[float]] = []

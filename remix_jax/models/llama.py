@@ -40,10 +40,6 @@ Array = jax.Array
 
 PROJ_OUT = "proj_out"  # checkpoint name of every projection's output (see REMAT_POLICIES)
 FUSED = "fused"  # collection of inference-only concatenated kernels (``fuse_projections``)
-# Inference-only matrices stacked over layers [L, ...] that the layer loop hands to every layer whole (not sliced
-# per layer): kernels that index them at the layer themselves (adapters.remix_kernels). Its presence switches
-# the layer loop to ``Decoder._layers_by_hand``.
-FUSED_STACKED = "fused_stacked"
 
 REMAT_POLICIES = {
     "none": None,
@@ -171,10 +167,7 @@ class MLP(nn.Module):
         return tuple(fused) if fused is not None else (gate(x, **kw), up(x, **kw))
 
     @nn.compact
-    def __call__(self, x: Array, deterministic: bool = True, token_mask: Array | None = None,
-                 layer: Array | None = None) -> Array:
-        """layer: the block's index in the layer loop (read by FFNs that use FUSED_STACKED matrices)."""
-        del layer
+    def __call__(self, x: Array, deterministic: bool = True, token_mask: Array | None = None) -> Array:
         gate, up, down = self.projections()
         kw = dict(deterministic=deterministic, token_mask=token_mask)
         g, u = self.gate_up(x, gate, up, kw)
@@ -326,7 +319,7 @@ class Block(nn.Module):
         x = x + a
         hn = RMSNorm(cfg.rms_norm_eps, dt, pdt, name="post_attn_norm")(x)
         x = x + self.mlp_cls(cfg, self.proj_cls, name="mlp")(
-            hn, deterministic=self.deterministic, token_mask=token_mask, layer=layer)
+            hn, deterministic=self.deterministic, token_mask=token_mask)
         return (x.astype(dt), new_cache, layer + 1), None
 
 
@@ -353,30 +346,6 @@ class Decoder(nn.Module):
             metadata_params={nn.PARTITION_NAME: "layers"},
         )(cfg, self.proj_cls, self.mlp_cls, deterministic, name="layers")
 
-    def _layers_by_hand(self, carry, segment_ids, mask, cache_index, rope, deterministic: bool):
-        """The layer loop as a plain ``lax.scan`` of ``Block.apply`` over the stacked variables, each layer's
-        slice of every collection plus the whole FUSED_STACKED collection (inference only: nothing mutable).
-
-        Used when FUSED_STACKED matrices are present (their Pallas kernels): flax's scan traces its body once
-        more to check that broadcast variables do not depend on the loop, and on recent jax a pallas_call is
-        never removed as dead code there, which that check reports as such a dependency."""
-        cfg = self.config
-        block = Block(cfg, self.proj_cls, self.mlp_cls, deterministic, parent=None)
-        stacked = {FUSED_STACKED: self.variables[FUSED_STACKED]["layers"]}
-        per_layer = {col: tree["layers"] for col, tree in self.variables.items()
-                     if col != FUSED_STACKED and "layers" in tree}
-        keys = (jax.random.split(self.make_rng("routing"), cfg.num_layers) if self.has_rng("routing")
-                else jnp.zeros((cfg.num_layers,), jnp.int32))
-
-        def body(c, xs):
-            layer_vars, key = xs
-            rngs = {"routing": key} if self.has_rng("routing") else {}
-            out, _ = block.apply({**layer_vars, **stacked}, c, segment_ids, mask, cache_index, rope, rngs=rngs)
-            return out, None
-
-        carry, _ = jax.lax.scan(body, carry, (per_layer, keys), unroll=min(cfg.scan_unroll, cfg.num_layers))
-        return carry
-
     @nn.compact
     def __call__(self, tokens: Array, segment_ids: Array | None = None, positions: Array | None = None,
                  cache: dict | None = None, deterministic: bool = True, return_hidden: bool = False):
@@ -400,11 +369,8 @@ class Decoder(nn.Module):
         rope = rope_tables(cfg, positions)
         mask = (None if resolve_attention_impl(cfg, cached=cache is not None) == "cudnn"
                 else attention_mask(positions, segment_ids, key_pos, key_seg))
-        carry = (x, kv, jnp.zeros((), jnp.int32))
-        if FUSED_STACKED in self.variables and not self.is_mutable_collection("routing_stats"):
-            x, new_kv, _ = self._layers_by_hand(carry, segment_ids, mask, idx, rope, deterministic)
-        else:
-            (x, new_kv, _), _ = self._layers(deterministic)(carry, segment_ids, mask, idx, rope)
+        (x, new_kv, _), _ = self._layers(deterministic)(
+            (x, kv, jnp.zeros((), jnp.int32)), segment_ids, mask, idx, rope)
         h = RMSNorm(cfg.rms_norm_eps, dt, pdt, name="final_norm")(x)
         new_cache = None
         if cache is not None:

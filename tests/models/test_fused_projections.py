@@ -13,7 +13,7 @@ import pytest
 from remix_jax.adapters import AdapterConfig, build_model, init_adapter_variables
 from remix_jax.evaluation.generation import GenerationConfig, generate
 from remix_jax.models.config import named_config
-from remix_jax.models.llama import FUSED, FUSED_STACKED, Decoder, fuse_projections, init_params
+from remix_jax.models.llama import FUSED, Decoder, fuse_projections, init_params
 
 CFG = dataclasses.replace(named_config("tiny", dtype="float32", param_dtype="float32"), attention_bias=True)
 TOKENS = jax.random.randint(jax.random.key(1), (2, 7), 1, CFG.vocab_size)
@@ -105,13 +105,10 @@ def test_remix_precomputed_block_matrices(targets, params):
     L, d, f, n, r = CFG.num_layers, CFG.hidden_size, CFG.intermediate_size, 4, 4
     assert mlp["remix_gate_up"].shape == (L, d, 2 * f + s * n * r + n)  # float32: one router part
     assert "gate_up_kernel" not in mlp  # remix_gate_up holds it
-    stacked = fused[FUSED_STACKED]["layers"]["mlp"]  # the B matrices, read whole at the layer index
-    assert ("remix_b_front" in stacked) == (s > 0) and "remix_b_front" not in mlp
-    if s:
-        assert stacked["remix_b_front"].shape == (L, s, n * r, f)
+    assert ("remix_b_gate_up" in mlp) == (s > 0)
     down = "down_proj" in adapted_ffn
     assert mlp["remix_down"].shape == (L, f, d + n * r if down else d)
-    assert ("remix_b_down" in stacked) == down
+    assert ("remix_b_down" in mlp) == down
     ref, _ = model.apply(variables, TOKENS)
     out, _ = model.apply(fused, TOKENS)
     np.testing.assert_allclose(np.asarray(out), np.asarray(ref), atol=1e-5, rtol=1e-5)
