@@ -82,9 +82,9 @@ def remix_variables(cfg, params, experts: int = 8, top_k: int = 2, rank: int = 8
 
 
 def time_ours(model, variables, prompt: list[int], batch: int, new_tokens: int, repeats: int,
-              profile: int = 0, fuse: bool = True) -> dict:
+              profile: int = 0, fuse: bool = True, fold_norms: bool = True) -> dict:
     gen = GenerationConfig(max_new_tokens=new_tokens, temperature=0.0, stop_token_ids=(), max_batch=batch,
-                           fuse_projections=fuse, scan_unroll=model.config.scan_unroll)
+                           fuse_projections=fuse, scan_unroll=model.config.scan_unroll, fold_norms=fold_norms)
     prompts = [prompt] * batch
     t0 = time.perf_counter()
     out = generate(model, variables, prompts, gen)  # compiles
@@ -161,6 +161,11 @@ def time_hf(model, dev: str, prompt: list[int], batch: int, new_tokens: int, rep
     }
 
 
+def flags(text: str) -> list[bool]:
+    """'1,0' -> [True, False]."""
+    return [f.strip() not in ("0", "false", "False") for f in text.split(",") if f.strip()]
+
+
 def main(argv=None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="", help="a .gguf file or Hugging Face directory (else --shape)")
@@ -177,6 +182,8 @@ def main(argv=None) -> list[dict]:
                         "scan_unroll; 1 = rolled, 3 = the default)")
     p.add_argument("--fuse", default="1",
                    help="comma list of 1/0: fused q/k/v and gate/up matmuls while decoding (GenerationConfig)")
+    p.add_argument("--fold_norms", default="1",
+                   help="comma list of 1/0: RMSNorm scales folded into the fused kernels (GenerationConfig.fold_norms)")
     p.add_argument("--profile", type=int, default=0,
                    help="trace this many more calls per configuration and print where the device time goes")
     args = p.parse_args(argv)
@@ -204,7 +211,9 @@ def main(argv=None) -> list[dict]:
                 model, variables = remix_variables(cfg, params)
             else:
                 raise SystemExit(f"--adapters: unknown adapter {adapter!r} (none, remix)")
-            for fuse in [f.strip() not in ("0", "false", "False") for f in args.fuse.split(",") if f.strip()]:
+            # folding needs the fused kernels: (fuse, fold) pairs without repeats
+            pairs = list(dict.fromkeys((f, n and f) for f in flags(args.fuse) for n in flags(args.fold_norms)))
+            for fuse, fold in pairs:
                 for b in batches:
                     row = {
                         "impl": "remix_jax",
@@ -212,9 +221,10 @@ def main(argv=None) -> list[dict]:
                         "batch": b,
                         "scan_unroll": unroll,
                         "fused_projections": fuse,
+                        "fold_norms": fold,
                         **common,
                         **time_ours(model, variables, prompt, b, args.new_tokens, args.repeats, args.profile,
-                                    fuse),
+                                    fuse, fold),
                     }
                     print(json.dumps(row), flush=True)
                     rows.append(row)

@@ -128,20 +128,25 @@ def remix_block_matrices(kernels: Mapping[str, Array], factors: Mapping[str, tup
     return out
 
 
-def remix_ffn_fused(x: Array, mats: Mapping[str, Array], cfg: AdapterConfig, dtype) -> Array:
+def remix_ffn_fused(x: Array, mats: Mapping[str, Array], cfg: AdapterConfig, dtype,
+                    row_scale: Array | None = None) -> Array:
     """ReMix's deterministic top-k SwiGLU FFN from ``remix_block_matrices``: x [..., d] -> [..., d].
 
     Two wide matmuls carry everything that reads the same input: x [W_gate | W_up | A_all | router] gives the
     frozen gate/up products, the experts' hidden states and the router logits at once, and
     h [W_down | A_all of down] the frozen down product and down's expert hidden state; the routed terms are
     then one matmul each, (x A_all * pi) B_all. The same products as the per-step path (float32 accumulation,
-    frozen products rounded to ``dtype``), so the same tokens.
+    frozen products rounded to ``dtype``), so the same tokens. row_scale [..., 1]: x is the un-normalised input
+    and the norm's scale is folded into remix_gate_up (``fuse_remix_inference(fold_norms=True)``); the first
+    product's rows are multiplied by it (the top-k is unchanged by a positive row factor).
     """
     dtype = jnp.dtype(dtype)
     n, r = cfg.num_experts, cfg.rank
     w1 = mats["remix_gate_up"]
     f = mats["remix_down"].shape[0]
     y = jnp.einsum("...d,dm->...m", x.astype(dtype), w1, preferred_element_type=jnp.float32)
+    if row_scale is not None:
+        y = y * row_scale
     width_a = mats["remix_b_gate_up"].shape[0] if "remix_b_gate_up" in mats else 0
     start = 2 * f + width_a
     z = sum(y[..., i:i + n] for i in range(start, w1.shape[1], n))
@@ -285,15 +290,22 @@ class AdaptedMLP(MLP):
     adapter: Any = None
 
     @nn.compact
-    def __call__(self, x: Array, deterministic: bool = True, token_mask: Array | None = None) -> Array:
+    def __call__(self, x: Array, deterministic: bool = True, token_mask: Array | None = None,
+                 row_scale: Array | None = None) -> Array:
+        """row_scale: x is the un-normalised block input and row_scale its RMSNorm factor (fold_norms; only
+        with the fused kernels of an FFN whose gate/up have no adapter delta, or ReMix's precomputed FFN)."""
         cfg: AdapterConfig = self.adapter
         gate, up, down = self.projections()
         kw = dict(deterministic=deterministic, token_mask=token_mask)
         block_routed = (cfg is not None and cfg.routed and cfg.router_scope == "block"
                         and any(t in FFN_PROJECTIONS for t in cfg.targets))
         if not block_routed:
-            g, u = self.gate_up(x, gate, up, kw)
+            g, u = self.gate_up(x, gate, up, kw, row_scale)
             return down(nn.silu(g) * u, **kw)
+        if row_scale is not None:
+            if not (remix_fast_inference(self, cfg, deterministic) and self.has_variable(FUSED, "remix_gate_up")):
+                raise ValueError("fold_norms: a routed FFN needs ReMix's precomputed matrices (fuse_remix_inference)")
+            return remix_ffn_fused(x, self._remix_matrices(), cfg, gate.dtype, row_scale)
         if remix_fast_inference(self, cfg, deterministic):
             return self._remix_inference(x, gate, up, down, cfg, kw)
         routing = route_site(self, x, token_mask, deterministic, cfg, "embed")
@@ -309,9 +321,7 @@ class AdaptedMLP(MLP):
         ``remix_ffn_fused``. Otherwise one matmul gives the block router's logits and x A_all of the adapted
         gate/up projections, top-k by comparison, the same dense mixture after."""
         if self.has_variable(FUSED, "remix_gate_up"):
-            mats = {name: self.get_variable(FUSED, name) for name in REMIX_BLOCK_MATRICES
-                    if self.has_variable(FUSED, name)}
-            return remix_ffn_fused(x, mats, cfg, gate.dtype)
+            return remix_ffn_fused(x, self._remix_matrices(), cfg, gate.dtype)
         front = [p for p in (gate, up) if p.name in cfg.targets]
         factors = {p.name: p(x, part="factors", **kw) for p in front}
         w = router_weight(self, cfg, x.shape[-1], "embed")
@@ -340,6 +350,9 @@ class AdaptedMLP(MLP):
             return checkpoint_name(base + delta, PROJ_OUT)
 
         return project(down, nn.silu(project(gate, x)) * project(up, x))
+
+    def _remix_matrices(self) -> dict[str, Array]:
+        return {name: self.get_variable(FUSED, name) for name in REMIX_BLOCK_MATRICES if self.has_variable(FUSED, name)}
 
     @staticmethod
     def _expert_ffn(x, routing: RouterOutput, gate, up, down, kw) -> Array:
@@ -384,17 +397,34 @@ def init_adapter_variables(model: Decoder, rng: Array, tokens_shape: tuple[int, 
 REMIX_BLOCK_MATRICES = ("remix_gate_up", "remix_b_gate_up", "remix_down", "remix_b_down")
 
 
-def fuse_remix_inference(variables: dict, adapter_cfg: AdapterConfig | None, dtype) -> dict:
+def remix_precomputed_ffn(cfg: AdapterConfig | None) -> bool:
+    """Whether ``fuse_remix_inference`` builds ReMix's precomputed FFN matrices for this adapter config."""
+    return (cfg is not None and cfg.method == "remix" and cfg.router_scope == "block" and not cfg.sample_at_inference
+            and moe.resolve_compute(cfg.expert_compute) == "dense"
+            and any(t in FFN_PROJECTIONS for t in cfg.targets))
+
+
+def foldable_norms(cfg: AdapterConfig | None) -> bool:
+    """Whether the blocks' RMSNorm scales can be folded into the inference kernels (``Decoder.fold_norms``): no
+    adapter reads a norm's output except through those kernels, i.e. none on q/k/v, and none on gate/up unless
+    ReMix's precomputed FFN holds them."""
+    if cfg is None:
+        return True
+    if any(t in ("q_proj", "k_proj", "v_proj") for t in cfg.targets):
+        return False
+    return not any(t in ("gate_proj", "up_proj") for t in cfg.targets) or remix_precomputed_ffn(cfg)
+
+
+def fuse_remix_inference(variables: dict, adapter_cfg: AdapterConfig | None, dtype, fold_norms: bool = False) -> dict:
     """``variables`` plus, for ReMix's block-routed FFN, every layer's ``remix_block_matrices`` [L, ...] built
-    once (per generate call) in the "fused" collection under layers/mlp, so that each decode step runs
+    once (per generate call) in the "fused" collection under layers/mlp (with ``fold_norms`` the post-attention
+    norm's scale folded into the rows of everything reading the FFN input), so that each decode step runs
     ``remix_ffn_fused``: the frozen FFN kernels, the experts' A and B and the router joined into four matrices.
     The fused gate_up_kernel of ``fuse_projections`` is dropped (remix_gate_up holds it). Costs memory for a copy
     of the FFN kernels while the result is alive (one generate call). Other methods: ``variables`` as is.
     """
     cfg = adapter_cfg
-    if (cfg is None or cfg.method != "remix" or cfg.router_scope != "block" or cfg.sample_at_inference
-            or moe.resolve_compute(cfg.expert_compute) != "dense"
-            or not any(t in FFN_PROJECTIONS for t in cfg.targets)):
+    if not remix_precomputed_ffn(cfg):
         return variables
     params = variables["params"]["layers"]["mlp"]  # the SwiGLU projections have no biases
     kernels = {name: params[name]["kernel"] for name in FFN_PROJECTIONS}
@@ -402,6 +432,14 @@ def fuse_remix_inference(variables: dict, adapter_cfg: AdapterConfig | None, dty
     factors = {name: (adapters[name]["lora_a"], adapters[name]["lora_b"])
                for name in FFN_PROJECTIONS if name in cfg.targets}
     w = variables["router"]["layers"]["mlp"]["weight"]  # [L, d, n]
+    if fold_norms:  # everything that reads the FFN input gets the post-attention norm's scale on its rows
+        scale = variables["params"]["layers"]["post_attn_norm"]["scale"].astype(jnp.float32)  # [L, d]
+        for name in ("gate_proj", "up_proj"):
+            kernels[name] = scale[:, :, None] * kernels[name].astype(jnp.float32)
+            if name in factors:
+                a, b = factors[name]
+                factors[name] = (scale[:, None, :, None] * a.astype(jnp.float32), b)
+        w = scale[:, :, None] * w.astype(jnp.float32)
     fused = jax.vmap(lambda k, f, w_l: remix_block_matrices(k, f, w_l, cfg, dtype))(kernels, factors, w)
     old = variables.get(FUSED, {})
     layers = dict(old.get("layers", {}))

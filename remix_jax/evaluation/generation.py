@@ -25,7 +25,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from remix_jax.adapters.modules import adapter_config_of, cast_factors_for_inference, fuse_remix_inference
+from remix_jax.adapters.modules import (
+    adapter_config_of,
+    cast_factors_for_inference,
+    foldable_norms,
+    fuse_remix_inference,
+)
 from remix_jax.models.llama import Decoder, fuse_projections, init_cache, lm_logits, positions_from_segments
 
 Array = jax.Array
@@ -47,6 +52,10 @@ class GenerationConfig:
     # 0 keeps the model's own). 3 gives 14% / 12% more tokens/s at batch 16 / 128 on an H200 for SmolLM2-135M
     # (docs/benchmarks.md) for about 2 s more compile time per bucket; results are identical.
     scan_unroll: int = 3
+    # With fused projections: the blocks' RMSNorm scales folded into the fused kernels (Decoder.fold_norms), one
+    # elementwise kernel less per norm and decode step; applied only where no adapter reads a norm's output
+    # outside those kernels (adapters.modules.foldable_norms). Same products up to bf16 rounding.
+    fold_norms: bool = True
 
     def __post_init__(self):
         if self.max_new_tokens < 1:
@@ -120,8 +129,9 @@ def _generate_batch(model: Decoder, variables: dict, tokens: Array, segment_ids:
     n = max_new_tokens
     variables = cast_factors_for_inference(variables, model.config.dtype)  # once, not at every decode step
     if fuse:
-        variables = fuse_projections(variables, model.config.dtype)
-        variables = fuse_remix_inference(variables, adapter_config_of(model), model.config.dtype)
+        fold = model.fold_norms
+        variables = fuse_projections(variables, model.config.dtype, fold_norms=fold)
+        variables = fuse_remix_inference(variables, adapter_config_of(model), model.config.dtype, fold_norms=fold)
     cache = init_cache(model.config, b, t + n)
     positions = positions_from_segments(segment_ids)
 
@@ -180,6 +190,9 @@ def generate(model: Decoder, variables: dict, prompts: Sequence[Sequence[int]], 
     greedy = config.temperature == 0.0
     if config.scan_unroll and config.scan_unroll != model.config.scan_unroll:
         model = model.clone(config=dataclasses.replace(model.config, scan_unroll=config.scan_unroll))
+    fold = config.fold_norms and config.fuse_projections and foldable_norms(adapter_config_of(model))
+    if fold != model.fold_norms:
+        model = model.clone(fold_norms=fold)
     stop = np.asarray(config.stop_token_ids or (-1,), np.int32)
     tokens_out: list[list[int]] = []
     lps_out: list[list[float]] = []

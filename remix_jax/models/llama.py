@@ -76,9 +76,16 @@ class RMSNorm(nn.Module):
     def __call__(self, x: Array) -> Array:
         scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
                            (x.shape[-1],), self.param_dtype)
-        x32 = x.astype(jnp.float32)
-        y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        y = x.astype(jnp.float32) * rms_inverse(x, self.eps)
         return (y * scale.astype(jnp.float32)).astype(self.dtype)
+
+
+def rms_inverse(x: Array, eps: float) -> Array:
+    """1 / RMS(x) over the last axis, [..., 1] float32: RMSNorm(x) = x * rms_inverse(x) * scale. With the scale
+    folded into the following kernels (``fuse_projections(fold_norms=True)``) only this factor is left, and it
+    multiplies the products' rows: (x W') * rms_inverse(x), W' = diag(scale) W."""
+    x32 = x.astype(jnp.float32)
+    return jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
 
 
 class Projection(nn.Module):
@@ -125,23 +132,30 @@ class Projection(nn.Module):
 
 
 def fused_products(module: nn.Module, x: Array, kernel_name: str, bias_name: str, projections, sizes,
-                   kw: dict, with_delta: bool = True) -> list[Array] | None:
+                   kw: dict, with_delta: bool = True, row_scale: Array | None = None) -> list[Array] | None:
     """The outputs of ``projections`` (all reading x [..., d]) from one matmul with the concatenated kernel
     of the "fused" collection, each plus its own ``delta`` (only the base products when ``with_delta`` is
     False); None when the collection does not hold ``kernel_name`` or a projection is not ``fusable`` (then
     the caller applies them one by one). sizes: output width of each projection, in the concatenation's
-    order."""
+    order. row_scale [..., 1]: the input's RMSNorm factor when the norm's scale is folded into the kernel
+    (x is then the un-normalised input): the product rows are multiplied by it (adapter deltas not allowed)."""
     if not module.has_variable(FUSED, kernel_name) or not all(p.fusable() for p in projections):
         return None
     dt = projections[0].dtype
     w = module.get_variable(FUSED, kernel_name)
-    y = jnp.einsum("...d,df->...f", x.astype(dt), w.astype(dt))
+    if row_scale is None:
+        y = jnp.einsum("...d,df->...f", x.astype(dt), w.astype(dt))
+    else:
+        y = jnp.einsum("...d,df->...f", x.astype(dt), w.astype(dt), preferred_element_type=jnp.float32)
+        y = (y * row_scale).astype(dt)
     if module.has_variable(FUSED, bias_name):
         y = y + module.get_variable(FUSED, bias_name).astype(dt)
     outs, start = [], 0
     for p, size in zip(projections, sizes, strict=True):
         out = y[..., start:start + size]
         d = p.delta(x, **kw) if with_delta else None
+        if d is not None and row_scale is not None:
+            raise ValueError(f"{p.name}: an adapter delta cannot read a folded norm's input (fold_norms)")
         outs.append(out if d is None else out + d.astype(out.dtype))
         start += size
     return outs
@@ -160,17 +174,22 @@ class MLP(nn.Module):
                 mk(cfg.intermediate_size, ("embed", "mlp"), name="up_proj"),
                 mk(cfg.hidden_size, ("mlp", "embed"), name="down_proj"))
 
-    def gate_up(self, x: Array, gate, up, kw: dict) -> tuple[Array, Array]:
-        """gate(x), up(x): from one matmul with the "fused" gate_up_kernel when present (inference)."""
+    def gate_up(self, x: Array, gate, up, kw: dict, row_scale: Array | None = None) -> tuple[Array, Array]:
+        """gate(x), up(x): from one matmul with the "fused" gate_up_kernel when present (inference).
+        row_scale: see ``fused_products`` (the fused kernel must then be present)."""
         fused = fused_products(self, x, "gate_up_kernel", "gate_up_bias", (gate, up),
-                               (gate.features, up.features), kw)
+                               (gate.features, up.features), kw, row_scale=row_scale)
+        if fused is None and row_scale is not None:
+            raise ValueError("fold_norms: the FFN needs the fused gate_up_kernel (fuse_projections(fold_norms=True))")
         return tuple(fused) if fused is not None else (gate(x, **kw), up(x, **kw))
 
     @nn.compact
-    def __call__(self, x: Array, deterministic: bool = True, token_mask: Array | None = None) -> Array:
+    def __call__(self, x: Array, deterministic: bool = True, token_mask: Array | None = None,
+                 row_scale: Array | None = None) -> Array:
+        """row_scale: x is the un-normalised block input and row_scale its RMSNorm factor (fold_norms)."""
         gate, up, down = self.projections()
         kw = dict(deterministic=deterministic, token_mask=token_mask)
-        g, u = self.gate_up(x, gate, up, kw)
+        g, u = self.gate_up(x, gate, up, kw, row_scale)
         h = checkpoint_name(nn.silu(g) * u, "ffn_hidden")
         return down(h, **kw)
 
@@ -243,10 +262,11 @@ class Attention(nn.Module):
 
     @nn.compact
     def __call__(self, x, segment_ids, cache, layer, mask, cache_index, rope,
-                 deterministic: bool = True, token_mask=None):
+                 deterministic: bool = True, token_mask=None, row_scale=None):
         """cache: None (training, prefill-free scoring) or the whole KV cache {"kv": [L, 2, B, KV, S, hd]};
         this layer writes its new keys/values at [layer, :, cache_index] in place and attends over its slice.
         mask: [B, 1, T, S] for XLA attention, None for cuDNN flash attention (``resolve_attention_impl``).
+        row_scale: x is the un-normalised block input and row_scale its RMSNorm factor (fold_norms).
         Returns (output [B, T, d], the updated cache or None)."""
         cfg = self.config
         dt, pdt = _dt(cfg.dtype), _dt(cfg.param_dtype)
@@ -257,7 +277,10 @@ class Attention(nn.Module):
         qkv_mods = (mk(h * hd, ("embed", "heads"), use_bias=cfg.attention_bias, name="q_proj"),
                     mk(kvh * hd, ("embed", "kv"), use_bias=cfg.attention_bias, name="k_proj"),
                     mk(kvh * hd, ("embed", "kv"), use_bias=cfg.attention_bias, name="v_proj"))
-        fused = fused_products(self, x, "qkv_kernel", "qkv_bias", qkv_mods, (h * hd, kvh * hd, kvh * hd), kw)
+        fused = fused_products(self, x, "qkv_kernel", "qkv_bias", qkv_mods, (h * hd, kvh * hd, kvh * hd), kw,
+                               row_scale=row_scale)
+        if fused is None and row_scale is not None:
+            raise ValueError("fold_norms: attention needs the fused qkv_kernel (fuse_projections(fold_norms=True))")
         if fused is None:
             q, k, v = (checkpoint_name(m(x, **kw), "qkv") for m in qkv_mods)
             q = apply_rope(q.reshape(b, t, h, hd), rope)
@@ -299,6 +322,7 @@ class Block(nn.Module):
     proj_cls: Any = Projection
     mlp_cls: Any = MLP
     deterministic: bool = True
+    fold_norms: bool = False  # see Decoder.fold_norms
 
     @nn.compact
     def __call__(self, carry, segment_ids, mask, cache_index, rope):
@@ -312,14 +336,19 @@ class Block(nn.Module):
         cfg = self.config
         dt, pdt = _dt(cfg.dtype), _dt(cfg.param_dtype)
         token_mask = segment_ids != 0
-        hn = RMSNorm(cfg.rms_norm_eps, dt, pdt, name="input_norm")(x)
+        kw = dict(deterministic=self.deterministic, token_mask=token_mask)
+
+        def norm(h, name):  # (input of the projections, its row scale when the norm's scale is folded)
+            if self.fold_norms:
+                return h, rms_inverse(h, cfg.rms_norm_eps)
+            return RMSNorm(cfg.rms_norm_eps, dt, pdt, name=name)(h), None
+
+        hn, rs = norm(x, "input_norm")
         a, new_cache = Attention(cfg, self.proj_cls, name="attn")(
-            hn, segment_ids, cache, layer, mask, cache_index, rope,
-            deterministic=self.deterministic, token_mask=token_mask)
+            hn, segment_ids, cache, layer, mask, cache_index, rope, row_scale=rs, **kw)
         x = x + a
-        hn = RMSNorm(cfg.rms_norm_eps, dt, pdt, name="post_attn_norm")(x)
-        x = x + self.mlp_cls(cfg, self.proj_cls, name="mlp")(
-            hn, deterministic=self.deterministic, token_mask=token_mask)
+        hn, rs = norm(x, "post_attn_norm")
+        x = x + self.mlp_cls(cfg, self.proj_cls, name="mlp")(hn, row_scale=rs, **kw)
         return (x.astype(dt), new_cache, layer + 1), None
 
 
@@ -329,6 +358,10 @@ class Decoder(nn.Module):
     config: ModelConfig
     proj_cls: Any = Projection
     mlp_cls: Any = MLP
+    # Inference only: the blocks' RMSNorm scales are folded into the "fused" kernels (``fuse_projections(
+    # fold_norms=True)``), so each block hands its un-normalised input to the fused matmuls and multiplies their
+    # rows by 1 / RMS (one elementwise kernel less per norm while decoding). Set by generation.
+    fold_norms: bool = False
 
     def _layers(self, deterministic: bool):
         cfg = self.config
@@ -344,7 +377,7 @@ class Decoder(nn.Module):
             length=cfg.num_layers,
             unroll=min(cfg.scan_unroll, cfg.num_layers),
             metadata_params={nn.PARTITION_NAME: "layers"},
-        )(cfg, self.proj_cls, self.mlp_cls, deterministic, name="layers")
+        )(cfg, self.proj_cls, self.mlp_cls, deterministic, self.fold_norms, name="layers")
 
     @nn.compact
     def __call__(self, tokens: Array, segment_ids: Array | None = None, positions: Array | None = None,
@@ -391,7 +424,7 @@ def lm_logits(h: Array, head: Array) -> Array:
     return jnp.einsum("...d,dv->...v", h, head.astype(h.dtype), preferred_element_type=jnp.float32)
 
 
-def fuse_projections(variables: dict, dtype=None) -> dict:
+def fuse_projections(variables: dict, dtype=None, fold_norms: bool = False) -> dict:
     """``variables`` plus a "fused" collection for inference: per layer, the q/k/v kernels concatenated along
     the output axis (layers/attn/qkv_kernel [L, d, (H + 2 KV) hd], and qkv_bias with attention biases) and
     the gate/up kernels (layers/mlp/gate_up_kernel [L, d, 2 F]), cast to ``dtype`` when given.
@@ -400,15 +433,27 @@ def fuse_projections(variables: dict, dtype=None) -> dict:
     same products (each output column is the same dot product), plus each projection's own adapter delta.
     Projections whose output is not base + delta (DoRA) make their group fall back to separate matmuls.
     Costs memory for the concatenated copies (about 60% of the layer weights) while they are alive.
+
+    fold_norms: the rows of each fused kernel multiplied by the scale of the RMSNorm before it (input_norm
+    for q/k/v, post_attn_norm for gate/up), for a ``Decoder(fold_norms=True)``; valid only when no adapter
+    adds a delta to q/k/v or gate/up (``adapters.modules.foldable_norms``).
     """
     layers = variables["params"]["layers"]
     attn, mlp = layers["attn"], layers["mlp"]
     cast = (lambda a: a.astype(dtype)) if dtype is not None else (lambda a: a)
+
+    def folded(kernel, norm):  # [L, d, f] * scale [L, d] along d, in float32
+        if not fold_norms:
+            return kernel
+        return layers[norm]["scale"].astype(jnp.float32)[:, :, None] * kernel.astype(jnp.float32)
+
     names = ("q_proj", "k_proj", "v_proj")
-    fused_attn = {"qkv_kernel": cast(jnp.concatenate([attn[n]["kernel"] for n in names], axis=-1))}
+    qkv = jnp.concatenate([attn[n]["kernel"] for n in names], axis=-1)
+    fused_attn = {"qkv_kernel": cast(folded(qkv, "input_norm"))}
     if all("bias" in attn[n] for n in names):
         fused_attn["qkv_bias"] = cast(jnp.concatenate([attn[n]["bias"] for n in names], axis=-1))
-    gate_up = cast(jnp.concatenate([mlp["gate_proj"]["kernel"], mlp["up_proj"]["kernel"]], axis=-1))
+    gate_up = jnp.concatenate([mlp["gate_proj"]["kernel"], mlp["up_proj"]["kernel"]], axis=-1)
+    gate_up = cast(folded(gate_up, "post_attn_norm"))
     return {**variables, FUSED: {"layers": {"attn": fused_attn, "mlp": {"gate_up_kernel": gate_up}}}}
 
 

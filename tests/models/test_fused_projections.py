@@ -137,3 +137,62 @@ def test_router_parts_hold_the_router_to_16_bits():
     np.testing.assert_allclose(np.asarray(z), ref, atol=1e-3 * np.abs(ref).max())
     (only,) = router_parts(w, jnp.float32)
     assert only.dtype == jnp.float32 and np.array_equal(np.asarray(only), np.asarray(w))
+
+
+def _random_norm_scales(params):
+    """Norm scales away from 1 (they start at 1, where folding them would change nothing)."""
+    keys = iter(jax.random.split(jax.random.key(11), 100))
+    return jax.tree_util.tree_map_with_path(
+        lambda p, x: x * (1.0 + 0.5 * jax.random.normal(next(keys), x.shape, x.dtype)) if p[-1].key == "scale" else x,
+        params)
+
+
+@pytest.mark.parametrize("method,targets", [(None, None), ("remix", "ffn"), ("remix", ("down_proj",)),
+                                            ("remix", ("up_proj", "o_proj")), ("lora", ("o_proj", "down_proj"))])
+def test_folded_norms_same_logits(method, targets, params):
+    """Decoder(fold_norms=True) with the norms' scales folded into the fused kernels (and into ReMix's
+    precomputed FFN matrices, router included) gives the logits of the unfolded model."""
+    from remix_jax.adapters.modules import adapter_config_of, foldable_norms, fuse_remix_inference
+
+    params = _random_norm_scales(params)
+    if method is None:
+        model, variables = Decoder(CFG), {"params": params}
+    else:
+        model, variables = adapted(method, targets, params)
+    cfg = adapter_config_of(model)
+    assert foldable_norms(cfg)
+
+    def fused(fold):
+        return fuse_remix_inference(fuse_projections(variables, fold_norms=fold), cfg, CFG.dtype, fold_norms=fold)
+
+    ref, _ = model.apply(variables, TOKENS)
+    out, _ = model.clone(fold_norms=True).apply(fused(True), TOKENS)
+    np.testing.assert_allclose(np.asarray(out), np.asarray(ref), atol=2e-5, rtol=2e-5)
+    # the scales really are in the kernels: the folded model on unfolded kernels is another model
+    wrong, _ = model.clone(fold_norms=True).apply(fused(False), TOKENS)
+    assert np.max(np.abs(np.asarray(wrong) - np.asarray(ref))) > 1e-3
+
+
+def test_fold_norms_only_where_no_adapter_reads_a_norm(params):
+    from remix_jax.adapters.modules import adapter_config_of, foldable_norms
+
+    for method, targets in [("lora", "all"), ("lora", ("gate_proj",)), ("mixlora", "ffn"), ("remix", "attn")]:
+        model, _ = adapted(method, targets, params)
+        assert not foldable_norms(adapter_config_of(model)), (method, targets)
+    # a folded model without folded kernels says what it needs
+    with pytest.raises(ValueError, match="fold_norms"):
+        Decoder(CFG, fold_norms=True).apply({"params": params}, TOKENS)
+
+
+@pytest.mark.parametrize("method,targets", [(None, None), ("remix", "ffn"), ("lora", "all")])
+def test_generation_same_tokens_with_folded_norms(method, targets, params):
+    params = _random_norm_scales(params)
+    if method is None:
+        model, variables = Decoder(CFG), {"params": params}
+    else:
+        model, variables = adapted(method, targets, params)
+    prompts = [[5, 9, 2, 7], [3, 3, 8]]
+    runs = [generate(model, variables, prompts, GenerationConfig(max_new_tokens=5, fold_norms=f))
+            for f in (True, False)]
+    assert runs[0].tokens == runs[1].tokens
+    np.testing.assert_allclose(np.concatenate(runs[0].logprobs), np.concatenate(runs[1].logprobs), atol=1e-4)
