@@ -131,21 +131,25 @@ def remix_model(cfg, experts: int, top_k: int, rank: int):
     return build_model(cfg, acfg)
 
 
-def decode_step_hlo(model, cfg, batch: int, cache_len: int, fuse: bool = True) -> str:
+def decode_step_hlo(model, cfg, batch: int, cache_len: int, fuse: bool = True, fold_norms: bool = True) -> str:
     """Optimized HLO text of one greedy decode step: (variables, tokens [B,1], positions [B,1], cache), with
-    the q/k/v and gate/up kernels concatenated and ReMix's loop-invariant matrices precomputed as generation
-    does (``fuse_projections``, ``fuse_remix_inference``) unless ``fuse`` is False."""
+    the q/k/v and gate/up kernels concatenated, the norms' scales folded into them where allowed and ReMix's
+    loop-invariant matrices precomputed as generation does (``fuse_projections``, ``fuse_remix_inference``,
+    ``Decoder.fold_norms``) unless ``fuse`` (``fold_norms``) is False."""
     tokens = jnp.zeros((batch, 1), jnp.int32)
     variables = jax.eval_shape(lambda k: model.init({"params": k, "routing": k}, tokens), jax.random.key(0))
     variables = jax.tree.map(lambda x: x.value if hasattr(x, "value") else x, variables,
                              is_leaf=lambda x: hasattr(x, "value") and hasattr(x, "names"))
     variables = {c: v for c, v in variables.items() if c != "routing_stats"}
     if fuse:
-        from remix_jax.adapters.modules import adapter_config_of, fuse_remix_inference
+        from remix_jax.adapters.modules import adapter_config_of, foldable_norms, fuse_remix_inference
 
         acfg = adapter_config_of(model)
-        variables = jax.eval_shape(lambda v: fuse_remix_inference(fuse_projections(v, cfg.dtype), acfg, cfg.dtype),
-                                   variables)
+        fold = fold_norms and foldable_norms(acfg)
+        model = model.clone(fold_norms=fold)
+        variables = jax.eval_shape(
+            lambda v: fuse_remix_inference(fuse_projections(v, cfg.dtype, fold_norms=fold), acfg, cfg.dtype,
+                                           fold_norms=fold), variables)
     cache = jax.eval_shape(lambda: init_cache(cfg, batch, cache_len))
 
     def step(variables, tok, pos, cache, key):
@@ -171,6 +175,7 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--top_k", type=int, default=2)
     p.add_argument("--rank", type=int, default=8)
     p.add_argument("--no_fuse", action="store_true", help="separate q/k/v and gate/up matmuls")
+    p.add_argument("--no_fold", action="store_true", help="keep the RMSNorm scales out of the fused kernels")
     p.add_argument("--dump", default="", help="directory to write each optimized HLO text into")
     args = p.parse_args(argv)
 
@@ -184,13 +189,13 @@ def main(argv=None) -> list[dict]:
         else:
             raise SystemExit(f"--adapters: unknown adapter {adapter!r} (none, remix)")
         for b in [int(x) for x in args.batch_sizes.split(",") if x]:
-            text = decode_step_hlo(model, cfg, b, args.cache_len, fuse=not args.no_fuse)
+            text = decode_step_hlo(model, cfg, b, args.cache_len, fuse=not args.no_fuse, fold_norms=not args.no_fold)
             if args.dump:
                 os.makedirs(args.dump, exist_ok=True)
                 with open(os.path.join(args.dump, f"decode_{adapter}_b{b}.hlo.txt"), "w") as f:
                     f.write(text)
             row = {"shape": args.shape, "dtype": args.dtype, "adapter": adapter, "batch": b,
-                   "fused_projections": not args.no_fuse,
+                   "fused_projections": not args.no_fuse, "fold_norms": not (args.no_fuse or args.no_fold),
                    "backend": jax.default_backend(), "jax": jax.__version__, **count_kernels(text)}
             if "per_layer" in row:
                 row["launches_per_step"] = row["kernels"] + (cfg.num_layers - 1) * row["per_layer"]

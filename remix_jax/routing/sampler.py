@@ -25,6 +25,8 @@ def gumbel_top_k(logits: Array, k: int, key: Array) -> Array:
 # Up to this many experts the deterministic top-k is computed by pairwise comparisons ([..., n, n]
 # elementwise ops that XLA fuses into their neighbours) instead of a sort/TopK kernel.
 RANK_TOP_K_MAX_N = 64
+# Up to this many, the rank is n elementwise passes (no reduction op); above, one [..., n, n] compare and a sum.
+RANK_UNROLL_MAX_N = 16
 
 
 def total_order_key(x: Array) -> Array:
@@ -52,8 +54,16 @@ def descending_rank(logits: Array) -> Array:
     """
     key = total_order_key(logits)
     n = key.shape[-1]
-    zi, zj = key[..., :, None], key[..., None, :]  # [..., n(i), n(j)]
     idx = jnp.arange(n)
+    if n <= RANK_UNROLL_MAX_N:
+        # n elementwise passes over [..., n], no reduction: XLA fuses the whole rank into its consumer (the
+        # top-k mask scaling the experts' hidden states) instead of launching a reduction kernel for it.
+        rank = jnp.zeros(key.shape, jnp.int32)
+        for j in range(n):
+            zj = key[..., j:j + 1]
+            rank = rank + ((zj > key) | ((zj == key) & (j < idx))).astype(jnp.int32)
+        return rank
+    zi, zj = key[..., :, None], key[..., None, :]  # [..., n(i), n(j)]
     before = (zj > zi) | ((zj == zi) & (idx[None, :] < idx[:, None]))
     return jnp.sum(before, axis=-1, dtype=jnp.int32)
 
