@@ -151,27 +151,18 @@ def remix_ffn_fused(x: Array, mats: Mapping[str, Array], cfg: AdapterConfig, dty
     start = 2 * f + width_a
     z = sum(y[..., i:i + n] for i in range(start, w1.shape[1], n))
     pi = remix_inference_weights(z, cfg.top_k, cfg.omega_value())
+    pi_cols = jnp.repeat(pi.astype(dtype), r, axis=-1)  # [..., n*r]
     gu = y[..., :2 * f].astype(dtype)
     if width_a:
-        h = _scaled_by_expert(y[..., 2 * f:start].astype(dtype), pi, r)
+        h = y[..., 2 * f:start].astype(dtype)
+        h = h * jnp.tile(pi_cols, (1,) * (h.ndim - 1) + (width_a // (n * r),))
         gu = gu + jnp.einsum("...m,mf->...f", h, mats["remix_b_gate_up"])
     hidden = nn.silu(gu[..., :f]) * gu[..., f:]
     y2 = jnp.einsum("...f,fm->...m", hidden, mats["remix_down"])
     if "remix_b_down" not in mats:
         return y2
     d = mats["remix_b_down"].shape[1]
-    return y2[..., :d] + jnp.einsum("...m,md->...d", _scaled_by_expert(y2[..., d:], pi, r), mats["remix_b_down"])
-
-
-def _scaled_by_expert(h: Array, pi: Array, r: int) -> Array:
-    """h [..., s*n*r] (s blocks of n experts' r columns) times each column's expert weight, pi [..., n].
-
-    Written as [..., s, n, r] * pi[..., None, :, None] between two reshapes that are free (bitcasts), rather than
-    h * repeat(pi, r): the weight then enters as a broadcast, which XLA can fuse into the matmul that follows."""
-    n = pi.shape[-1]
-    lead = h.shape[:-1]
-    s = h.shape[-1] // (n * r)
-    return (h.reshape(*lead, s, n, r) * pi.astype(h.dtype)[..., None, :, None]).reshape(*lead, s * n * r)
+    return y2[..., :d] + jnp.einsum("...m,md->...d", y2[..., d:] * pi_cols, mats["remix_b_down"])
 
 
 def route_site(module: nn.Module, x: Array, token_mask: Array | None, deterministic: bool,
