@@ -284,6 +284,9 @@ class AdaptedProjection(Projection):
         return checkpoint_name(self.base_forward(x) + delta, PROJ_OUT)
 
 
+FOLD_NEEDS_PRECOMPUTED = "fold_norms: a routed FFN needs ReMix's precomputed matrices (fuse_remix_inference)"
+
+
 class AdaptedMLP(MLP):
     """SwiGLU FFN whose block router (router_scope="block") reads the FFN input and routes gate/up/down."""
 
@@ -302,26 +305,29 @@ class AdaptedMLP(MLP):
         if not block_routed:
             g, u = self.gate_up(x, gate, up, kw, row_scale)
             return down(nn.silu(g) * u, **kw)
-        if row_scale is not None:
-            if not (remix_fast_inference(self, cfg, deterministic) and self.has_variable(FUSED, "remix_gate_up")):
-                raise ValueError("fold_norms: a routed FFN needs ReMix's precomputed matrices (fuse_remix_inference)")
-            return remix_ffn_fused(x, self._remix_matrices(), cfg, gate.dtype, row_scale)
         if remix_fast_inference(self, cfg, deterministic):
-            return self._remix_inference(x, gate, up, down, cfg, kw)
+            return self._remix_inference(x, gate, up, down, cfg, kw, row_scale)
+        if row_scale is not None:
+            raise ValueError(FOLD_NEEDS_PRECOMPUTED)
         routing = route_site(self, x, token_mask, deterministic, cfg, "embed")
         if cfg.method == "mixlora" and cfg.mixlora_form == "expert_ffn":
             return self._expert_ffn(x, routing, gate, up, down, kw)
         kw["routing"] = routing
         return down(nn.silu(gate(x, **kw)) * up(x, **kw), **kw)
 
-    def _remix_inference(self, x: Array, gate, up, down, cfg: AdapterConfig, kw) -> Array:
+    def _remix_inference(self, x: Array, gate, up, down, cfg: AdapterConfig, kw,
+                         row_scale: Array | None = None) -> Array:
         """ReMix's deterministic top-k FFN with fewer kernels. x [..., d] -> [..., d].
 
         With the block's matrices precomputed (``fuse_remix_inference``, once per generate call):
         ``remix_ffn_fused``. Otherwise one matmul gives the block router's logits and x A_all of the adapted
         gate/up projections, top-k by comparison, the same dense mixture after."""
         if self.has_variable(FUSED, "remix_gate_up"):
-            return remix_ffn_fused(x, self._remix_matrices(), cfg, gate.dtype)
+            mats = {name: self.get_variable(FUSED, name) for name in REMIX_BLOCK_MATRICES
+                    if self.has_variable(FUSED, name)}
+            return remix_ffn_fused(x, mats, cfg, gate.dtype, row_scale)
+        if row_scale is not None:
+            raise ValueError(FOLD_NEEDS_PRECOMPUTED)
         front = [p for p in (gate, up) if p.name in cfg.targets]
         factors = {p.name: p(x, part="factors", **kw) for p in front}
         w = router_weight(self, cfg, x.shape[-1], "embed")
@@ -350,9 +356,6 @@ class AdaptedMLP(MLP):
             return checkpoint_name(base + delta, PROJ_OUT)
 
         return project(down, nn.silu(project(gate, x)) * project(up, x))
-
-    def _remix_matrices(self) -> dict[str, Array]:
-        return {name: self.get_variable(FUSED, name) for name in REMIX_BLOCK_MATRICES if self.has_variable(FUSED, name)}
 
     @staticmethod
     def _expert_ffn(x, routing: RouterOutput, gate, up, down, kw) -> Array:

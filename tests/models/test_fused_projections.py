@@ -182,6 +182,9 @@ def test_fold_norms_only_where_no_adapter_reads_a_norm(params):
     # a folded model without folded kernels says what it needs
     with pytest.raises(ValueError, match="fold_norms"):
         Decoder(CFG, fold_norms=True).apply({"params": params}, TOKENS)
+    model, variables = adapted("remix", "ffn", params)  # ReMix's FFN without its precomputed matrices
+    with pytest.raises(ValueError, match="fold_norms"):
+        model.clone(fold_norms=True).apply(fuse_projections(variables, fold_norms=True), TOKENS)
 
 
 @pytest.mark.parametrize("method,targets", [(None, None), ("remix", "ffn"), ("lora", "all")])
