@@ -138,8 +138,12 @@ def fused_products(module: nn.Module, x: Array, kernel_name: str, bias_name: str
     False); None when the collection does not hold ``kernel_name`` or a projection is not ``fusable`` (then
     the caller applies them one by one). sizes: output width of each projection, in the concatenation's
     order. row_scale [..., 1]: the input's RMSNorm factor when the norm's scale is folded into the kernel
-    (x is then the un-normalised input): the product rows are multiplied by it (adapter deltas not allowed)."""
+    (x is then the un-normalised input): the product rows are multiplied by it; the fused kernel must then be
+    there and no projection may add a delta (there is no normalised input to give it)."""
     if not module.has_variable(FUSED, kernel_name) or not all(p.fusable() for p in projections):
+        if row_scale is not None:
+            raise ValueError(f"fold_norms: {module.name} needs the fused {kernel_name} "
+                             "(fuse_projections(fold_norms=True))")
         return None
     dt = projections[0].dtype
     w = module.get_variable(FUSED, kernel_name)
@@ -179,8 +183,6 @@ class MLP(nn.Module):
         row_scale: see ``fused_products`` (the fused kernel must then be present)."""
         fused = fused_products(self, x, "gate_up_kernel", "gate_up_bias", (gate, up),
                                (gate.features, up.features), kw, row_scale=row_scale)
-        if fused is None and row_scale is not None:
-            raise ValueError("fold_norms: the FFN needs the fused gate_up_kernel (fuse_projections(fold_norms=True))")
         return tuple(fused) if fused is not None else (gate(x, **kw), up(x, **kw))
 
     @nn.compact
@@ -279,8 +281,6 @@ class Attention(nn.Module):
                     mk(kvh * hd, ("embed", "kv"), use_bias=cfg.attention_bias, name="v_proj"))
         fused = fused_products(self, x, "qkv_kernel", "qkv_bias", qkv_mods, (h * hd, kvh * hd, kvh * hd), kw,
                                row_scale=row_scale)
-        if fused is None and row_scale is not None:
-            raise ValueError("fold_norms: attention needs the fused qkv_kernel (fuse_projections(fold_norms=True))")
         if fused is None:
             q, k, v = (checkpoint_name(m(x, **kw), "qkv") for m in qkv_mods)
             q = apply_rope(q.reshape(b, t, h, hd), rope)
