@@ -16,8 +16,8 @@ samples processed at once, 0 = all M), alpha, targets (ffn|all).
 --set=KEY=VALUE,... overrides any config field (e.g. train.loss_chunk_tokens=8192,model.scan_unroll=2).
 --profile=N traces N more steps of each configuration and prints where the device time goes (a "profile"
 JSON line and a table on stderr; scripts/profile_ops.py).
---peer=peft|mixlora|peft,mixlora runs scripts/bench_peers.py on the same shape (a subprocess per peer, so each
-gets the whole device) in the same invocation.
+--peer=peft|mixlora|peft,mixlora runs scripts/bench_peers.py on the same shape in the same invocation, first (a
+subprocess per peer, before this process takes the device, so each gets the whole device).
 """
 
 from __future__ import annotations
@@ -220,22 +220,23 @@ def main():
     ap.add_argument("--isolate", action="store_true",
                     help="run each of our configurations in its own subprocess (clean peak memory)")
     a = ap.parse_args()
+    # The peers run first, each in its own process, before this process initialises JAX's backend: once it
+    # has, XLA holds most of the GPU's memory (preallocation) and a peer started after it would run out.
+    if not (a.isolate and len(a.runs.split()) <= 1):
+        for peer in filter(None, a.peer.split(",")):
+            print(json.dumps(run_peer(a, peer)), flush=True)
     if a.isolate and len(a.runs.split()) > 1:
         for spec in a.runs.split():
             argv = [x for x in sys.argv[1:] if not x.startswith(("--runs", "--peer", "--isolate"))]
             subprocess.run([sys.executable, __file__, *argv, f"--runs={spec}", "--isolate"])
-        peers = list(filter(None, a.peer.split(",")))
-    else:
-        peak = a.peak_tflops or (measure_matmul_tflops() if jax.default_backend() == "gpu" else 1.0)
-        for spec in a.runs.split():
-            try:
-                print(json.dumps(run_ours(a, parse_run(spec), peak)), flush=True)
-            except Exception as e:  # one line per configuration, even on failure (e.g. out of memory)
-                print(json.dumps({"impl": "remix_jax", "run": spec, "shape": a.shape,
-                                  "error": repr(e)[:800]}), flush=True)
-        peers = [] if a.isolate else list(filter(None, a.peer.split(",")))
-    for peer in peers:
-        print(json.dumps(run_peer(a, peer)), flush=True)
+        return
+    peak = a.peak_tflops or (measure_matmul_tflops() if jax.default_backend() == "gpu" else 1.0)
+    for spec in a.runs.split():
+        try:
+            print(json.dumps(run_ours(a, parse_run(spec), peak)), flush=True)
+        except Exception as e:  # one line per configuration, even on failure (e.g. out of memory)
+            print(json.dumps({"impl": "remix_jax", "run": spec, "shape": a.shape,
+                              "error": repr(e)[:800]}), flush=True)
 
 
 if __name__ == "__main__":
