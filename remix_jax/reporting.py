@@ -282,15 +282,8 @@ def plot_line(rows, spec: Mapping, path: pathlib.Path) -> bool:
     if spec.get("xlog"):
         ax.set_xscale("log", base=2)
     ax.set_xlabel(spec.get("xlabel", x))
-    ax.set_ylabel(spec.get("ylabel", y + (" (%)" if scale == 100.0 else "")))
-    ax.set_title(spec.get("title", f"{y} vs {x}"))
-    if series:
-        ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return True
+    return _finish(plt, fig, ax, spec, f"{y} vs {x}", y + (" (%)" if scale == 100.0 else ""), series, path,
+                   grid_axis="both")
 
 
 def plot_bar(rows, spec: Mapping, path: pathlib.Path) -> bool:
@@ -313,11 +306,17 @@ def plot_bar(rows, spec: Mapping, path: pathlib.Path) -> bool:
                yerr=[scale * by_cat[c][2] for c in cats if c in by_cat], capsize=3, label=str(label))
     ax.set_xticks([j + width * (len(data) - 1) / 2 for j in range(len(cats))], [str(c) for c in cats],
                   rotation=20)
-    ax.set_ylabel(spec.get("ylabel", y + (" (%)" if scale == 100.0 else "")))
-    ax.set_title(spec.get("title", y))
+    return _finish(plt, fig, ax, spec, y, y + (" (%)" if scale == 100.0 else ""), series, path, grid_axis="y")
+
+
+def _finish(plt, fig, ax, spec: Mapping, title: str, ylabel: str, series, path: pathlib.Path,
+            grid_axis: str) -> bool:
+    """Title, y label (the spec's own when given), legend, grid; save to path and close. Returns True."""
+    ax.set_ylabel(spec.get("ylabel", ylabel))
+    ax.set_title(spec.get("title", title))
     if series:
         ax.legend(fontsize=8)
-    ax.grid(alpha=0.3, axis="y")
+    ax.grid(alpha=0.3, axis=grid_axis)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

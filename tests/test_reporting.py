@@ -92,3 +92,18 @@ def test_write_report_rejects_unknown_plot_kind(tmp_path):
                   tuple(runs), {"plots": [{"kind": "pie"}]})
     with pytest.raises(reporting.ReportError, match=r"s.py: report.plots\[0\]: unknown kind 'pie'"):
         reporting.write_report(sweep)
+
+
+def test_line_and_bar_plots_are_written_and_empty_data_is_refused(tmp_path):
+    pytest.importorskip("matplotlib")
+    rows = [{"variant": v, "k": k, "seed": s, "gsm8k/accuracy": 0.1 * k + 0.01 * s, "family": v}
+            for v in ("a", "b") for k in (1, 2, 4) for s in (0, 1)]
+    line, bar = tmp_path / "line.png", tmp_path / "bar.png"
+    assert reporting.plot_line(rows, {"x": "k", "y": "gsm8k/accuracy", "series": "family", "xlog": True}, line)
+    assert reporting.plot_bar(rows, {"x": "variant", "y": "gsm8k/accuracy"}, bar)
+    for path in (line, bar):
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    missing = tmp_path / "none.png"
+    assert not reporting.plot_line(rows, {"x": "k", "y": "arc_c/accuracy"}, missing)
+    assert not reporting.plot_bar(rows, {"x": "variant", "y": "arc_c/accuracy"}, missing)
+    assert not missing.exists()
