@@ -222,9 +222,9 @@ def main():
     a = ap.parse_args()
     # The peers run first, each in its own process, before this process initialises JAX's backend: once it
     # has, XLA holds most of the GPU's memory (preallocation) and a peer started after it would run out.
-    if not (a.isolate and len(a.runs.split()) <= 1):
-        for peer in filter(None, a.peer.split(",")):
-            print(json.dumps(run_peer(a, peer)), flush=True)
+    # (--isolate's children get no --peer.)
+    for peer in filter(None, a.peer.split(",")):
+        print(json.dumps(run_peer(a, peer)), flush=True)
     if a.isolate and len(a.runs.split()) > 1:
         for spec in a.runs.split():
             argv = [x for x in sys.argv[1:] if not x.startswith(("--runs", "--peer", "--isolate"))]

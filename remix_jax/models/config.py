@@ -49,8 +49,8 @@ class ModelConfig:
     # "dots_no_batch", "save_qkv_ffn" (see llama.REMAT_POLICIES).
     remat: str = "none"
     # Layers per iteration of the scanned layer loop (lax.scan's unroll): 1 = a rolled loop (fastest compile),
-    # num_layers = fully unrolled: training steps 10-15% faster on an H200 for 1B/8B LoRA (no stacked buffers of
-    # saved activations to fill and copy out per layer) and fewer loop-control kernels when decoding at batch 1,
+    # num_layers = fully unrolled: training steps 10-15% faster on an H200 for 1B/8B LoRA (most likely no stacked
+    # buffers of saved activations to fill and copy out per layer) and faster decoding at batch 1 (loop control),
     # at 5-10x the compile time and more peak memory (docs/benchmarks.md, run G).
     scan_unroll: int = 1
 
