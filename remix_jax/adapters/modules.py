@@ -27,7 +27,16 @@ from jax.ad_checkpoint import checkpoint_name
 from remix_jax.adapters import lora as lora_math
 from remix_jax.adapters import moe
 from remix_jax.adapters.config import FFN_PROJECTIONS, AdapterConfig, validate_adapter_config
-from remix_jax.models.llama import FUSED, MLP, PROJ_OUT, Decoder, Projection, fused_products
+from remix_jax.models.llama import (
+    FUSED,
+    MLP,
+    PROJ_OUT,
+    Decoder,
+    Projection,
+    fused_products,
+    inference_layout,
+    inference_product,
+)
 from remix_jax.routing.diagnostics import routing_diagnostics
 from remix_jax.routing.routers import RouterOutput, load_balancing_loss, remix_inference_weights, route
 
@@ -102,7 +111,8 @@ def remix_block_matrices(kernels: Mapping[str, Array], factors: Mapping[str, tup
     kernels: the frozen gate/up/down kernels; factors: (lora_a [n, d_in, r], lora_b [n, r, d_out]) of each
     adapted FFN projection; w: the block router [d, n]. With s of gate/up adapted (front = in that order):
         remix_gate_up    [d, 2F + s*n*r + P*n]  W_gate | W_up | A_all of the front | router parts (P of them)
-        remix_b_gate_up  [s*n*r, 2F]            each front B_all placed under its own F columns (s > 0)
+        remix_b_gate_up  [2, n*r, F]            gate's and up's B_all stacked, when both are adapted (s = 2);
+                         [n*r, 2F]              when one is: its B_all under its own F columns, zeros elsewhere
         remix_down       [F, d (+ n*r)]         W_down (| A_all of down_proj when adapted)
         remix_b_down     [n*r, d]               B_all of down_proj (when adapted)
     """
@@ -111,14 +121,13 @@ def remix_block_matrices(kernels: Mapping[str, Array], factors: Mapping[str, tup
     front = [name for name in ("gate_proj", "up_proj") if name in factors]
     first = [kernels["gate_proj"], kernels["up_proj"]] + [moe.stacked_a(factors[n][0]) for n in front]
     out = {"remix_gate_up": jnp.concatenate([m.astype(dtype) for m in first] + router_parts(w, dtype), axis=1)}
-    if front:
-        rows = []
-        for name in front:
-            a, b = factors[name]
-            b_all = b.reshape(a.shape[0] * a.shape[2], f).astype(dtype)
-            zero = jnp.zeros_like(b_all)
-            rows.append(jnp.concatenate([b_all, zero] if name == "gate_proj" else [zero, b_all], axis=1))
-        out["remix_b_gate_up"] = jnp.concatenate(rows, axis=0)
+    b_alls = {name: factors[name][1].reshape(-1, f).astype(dtype) for name in front}
+    if len(front) == 2:  # one batched product for both (half the bytes of a block matrix with zeros)
+        out["remix_b_gate_up"] = jnp.stack([b_alls["gate_proj"], b_alls["up_proj"]])
+    elif front:
+        b_all = b_alls[front[0]]
+        zero = jnp.zeros_like(b_all)
+        out["remix_b_gate_up"] = jnp.concatenate([b_all, zero] if front[0] == "gate_proj" else [zero, b_all], axis=1)
     if "down_proj" in factors:
         a, b = factors["down_proj"]
         out["remix_down"] = jnp.concatenate([kernels["down_proj"].astype(dtype), moe.stacked_a(a).astype(dtype)], 1)
@@ -130,39 +139,53 @@ def remix_block_matrices(kernels: Mapping[str, Array], factors: Mapping[str, tup
 
 def remix_ffn_fused(x: Array, mats: Mapping[str, Array], cfg: AdapterConfig, dtype,
                     row_scale: Array | None = None) -> Array:
-    """ReMix's deterministic top-k SwiGLU FFN from ``remix_block_matrices``: x [..., d] -> [..., d].
+    """ReMix's deterministic top-k SwiGLU FFN from ``remix_block_matrices`` (each in ``inference_layout``,
+    [out, in], as ``fuse_remix_inference`` stores them): x [..., d] -> [..., d].
 
     Two wide matmuls carry everything that reads the same input: x [W_gate | W_up | A_all | router] gives the
     frozen gate/up products, the experts' hidden states and the router logits at once, and
     h [W_down | A_all of down] the frozen down product and down's expert hidden state; the routed terms are
     then one matmul each, (x A_all * pi) B_all. The same products as the per-step path (float32 accumulation,
     frozen products rounded to ``dtype``), so the same tokens. row_scale [..., 1]: x is the un-normalised input
-    and the norm's scale is folded into remix_gate_up (``fuse_remix_inference(fold_norms=True)``); the first
-    product's rows are multiplied by it (the top-k is unchanged by a positive row factor).
+    and the norm's scale is folded into remix_gate_up (``fuse_remix_inference(fold_norms=True)``); the rows of
+    the first product's parts are multiplied by it (the top-k is unchanged by a positive row factor, so the
+    router logits are used unscaled).
+
+    Written so that XLA launches no kernel of its own for the routing: each part of the first product is
+    scaled where it is read (no scaled copy of the whole product), and the top-k weights are derived twice by
+    two formulas of the same rank (``sampler.ascending_rank``), each fused into the routed product that uses it.
     """
     dtype = jnp.dtype(dtype)
     n, r = cfg.num_experts, cfg.rank
     w1 = mats["remix_gate_up"]
-    f = mats["remix_down"].shape[0]
-    y = jnp.einsum("...d,dm->...m", x.astype(dtype), w1, preferred_element_type=jnp.float32)
-    if row_scale is not None:
-        y = y * row_scale
-    width_a = mats["remix_b_gate_up"].shape[0] if "remix_b_gate_up" in mats else 0
+    f = mats["remix_down"].shape[1]
+    y = inference_product(x, w1, dtype, jnp.float32)
+    scaled = (lambda part: part) if row_scale is None else (lambda part: part * row_scale)
+    b_gu = mats.get("remix_b_gate_up")  # [2, F, n*r] (gate and up adapted) or [2F, n*r] (one of them)
+    width_a = 0 if b_gu is None else b_gu.shape[-1] * (b_gu.shape[0] if b_gu.ndim == 3 else 1)
     start = 2 * f + width_a
-    z = sum(y[..., i:i + n] for i in range(start, w1.shape[1], n))
-    pi = remix_inference_weights(z, cfg.top_k, cfg.omega_value())
-    pi_cols = jnp.repeat(pi.astype(dtype), r, axis=-1)  # [..., n*r]
-    gu = y[..., :2 * f].astype(dtype)
+    z = sum(y[..., i:i + n] for i in range(start, w1.shape[0], n))
+
+    def pi_cols(from_below: bool) -> Array:  # [..., n*r]: each expert's weight over its r columns
+        pi = remix_inference_weights(z, cfg.top_k, cfg.omega_value(), from_below)
+        return jnp.repeat(pi.astype(dtype), r, axis=-1)
+
+    gu = scaled(y[..., :2 * f]).astype(dtype)
     if width_a:
-        h = y[..., 2 * f:start].astype(dtype)
-        h = h * jnp.tile(pi_cols, (1,) * (h.ndim - 1) + (width_a // (n * r),))
-        gu = gu + jnp.einsum("...m,mf->...f", h, mats["remix_b_gate_up"])
+        h = scaled(y[..., 2 * f:start]).astype(dtype)
+        h = h * jnp.tile(pi_cols(False), (1,) * (h.ndim - 1) + (width_a // (n * r),))
+        if b_gu.ndim == 3:  # gate's and up's routed terms in one batched product
+            hs = h.reshape(*h.shape[:-1], 2, width_a // 2)
+            delta = jnp.einsum("...sm,sfm->...sf", hs, b_gu.astype(dtype)).reshape(*h.shape[:-1], 2 * f)
+        else:
+            delta = inference_product(h, b_gu, dtype)
+        gu = gu + delta
     hidden = nn.silu(gu[..., :f]) * gu[..., f:]
-    y2 = jnp.einsum("...f,fm->...m", hidden, mats["remix_down"])
+    y2 = inference_product(hidden, mats["remix_down"], dtype)
     if "remix_b_down" not in mats:
         return y2
-    d = mats["remix_b_down"].shape[1]
-    return y2[..., :d] + jnp.einsum("...m,md->...d", y2[..., d:] * pi_cols, mats["remix_b_down"])
+    d = mats["remix_b_down"].shape[0]
+    return y2[..., :d] + inference_product(y2[..., d:] * pi_cols(True), mats["remix_b_down"], dtype)
 
 
 def route_site(module: nn.Module, x: Array, token_mask: Array | None, deterministic: bool,
@@ -304,7 +327,7 @@ class AdaptedMLP(MLP):
                         and any(t in FFN_PROJECTIONS for t in cfg.targets))
         if not block_routed:
             g, u = self.gate_up(x, gate, up, kw, row_scale)
-            return down(nn.silu(g) * u, **kw)
+            return self.down_product(nn.silu(g) * u, down, kw)
         if remix_fast_inference(self, cfg, deterministic):
             return self._remix_inference(x, gate, up, down, cfg, kw, row_scale)
         if row_scale is not None:
@@ -420,11 +443,12 @@ def foldable_norms(cfg: AdapterConfig | None) -> bool:
 
 def fuse_remix_inference(variables: dict, adapter_cfg: AdapterConfig | None, dtype, fold_norms: bool = False) -> dict:
     """``variables`` plus, for ReMix's block-routed FFN, every layer's ``remix_block_matrices`` [L, ...] built
-    once (per generate call) in the "fused" collection under layers/mlp (with ``fold_norms`` the post-attention
-    norm's scale folded into the rows of everything reading the FFN input), so that each decode step runs
-    ``remix_ffn_fused``: the frozen FFN kernels, the experts' A and B and the router joined into four matrices.
-    The fused gate_up_kernel of ``fuse_projections`` is dropped (remix_gate_up holds it). Costs memory for a copy
-    of the FFN kernels while the result is alive (one generate call). Other methods: ``variables`` as is.
+    once (per generate call) in the "fused" collection under layers/mlp, in ``inference_layout`` [L, out, in]
+    (with ``fold_norms`` the post-attention norm's scale folded into the rows of everything reading the FFN
+    input), so that each decode step runs ``remix_ffn_fused``: the frozen FFN kernels, the experts' A and B and
+    the router joined into four matrices. The fused gate_up_kernel and down_kernel of ``fuse_projections`` are
+    dropped (remix_gate_up and remix_down hold them). Costs memory for a copy of the FFN kernels while the
+    result is alive (one generate call). Other methods: ``variables`` as is.
     """
     cfg = adapter_cfg
     if not remix_precomputed_ffn(cfg):
@@ -444,9 +468,10 @@ def fuse_remix_inference(variables: dict, adapter_cfg: AdapterConfig | None, dty
                 factors[name] = (scale[:, None, :, None] * a.astype(jnp.float32), b)
         w = scale[:, :, None] * w.astype(jnp.float32)
     fused = jax.vmap(lambda k, f, w_l: remix_block_matrices(k, f, w_l, cfg, dtype))(kernels, factors, w)
+    fused = {name: inference_layout(m) for name, m in fused.items()}
     old = variables.get(FUSED, {})
     layers = dict(old.get("layers", {}))
-    mlp = {k: v for k, v in layers.get("mlp", {}).items() if k != "gate_up_kernel"}
+    mlp = {k: v for k, v in layers.get("mlp", {}).items() if k not in ("gate_up_kernel", "down_kernel")}
     layers["mlp"] = {**mlp, **fused}
     return {**variables, FUSED: {**old, "layers": layers}}
 

@@ -31,7 +31,14 @@ from remix_jax.adapters.modules import (
     foldable_norms,
     fuse_remix_inference,
 )
-from remix_jax.models.llama import Decoder, fuse_projections, init_cache, lm_logits, positions_from_segments
+from remix_jax.models.llama import (
+    Decoder,
+    fuse_projections,
+    init_cache,
+    lm_logits,
+    positions_from_segments,
+    projection_class_fuses,
+)
 
 Array = jax.Array
 
@@ -190,7 +197,8 @@ def generate(model: Decoder, variables: dict, prompts: Sequence[Sequence[int]], 
     greedy = config.temperature == 0.0
     if config.scan_unroll and config.scan_unroll != model.config.scan_unroll:
         model = model.clone(config=dataclasses.replace(model.config, scan_unroll=config.scan_unroll))
-    fold = config.fold_norms and config.fuse_projections and foldable_norms(adapter_config_of(model))
+    fold = (config.fold_norms and config.fuse_projections and projection_class_fuses(model.proj_cls)
+            and foldable_norms(adapter_config_of(model)))
     if fold != model.fold_norms:
         model = model.clone(fold_norms=fold)
     stop = np.asarray(config.stop_token_ids or (-1,), np.int32)

@@ -88,6 +88,15 @@ def rms_inverse(x: Array, eps: float) -> Array:
     return jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
 
 
+def projection_class_fuses(proj_cls) -> bool:
+    """Whether a projection class (or a functools.partial of one) computes its base product plus ``delta``, so
+    that the fused inference kernels may stand in for its own: ``Projection`` itself, or a subclass that
+    overrides ``fusable`` and ``delta`` along with ``__call__``. A subclass overriding only ``__call__`` is
+    always called as itself."""
+    cls = proj_cls.func if isinstance(proj_cls, functools.partial) else proj_cls
+    return cls.__call__ is Projection.__call__ or cls.fusable is not Projection.fusable
+
+
 class Projection(nn.Module):
     """A linear map x [..., d_in] -> [..., features] with logically named kernel axes."""
 
@@ -117,8 +126,9 @@ class Projection(nn.Module):
 
     def fusable(self) -> bool:
         """Whether the output is the base product plus ``delta(x)``, so that the base products of several
-        projections of one input may come from one concatenated kernel (``fuse_projections``)."""
-        return True
+        projections of one input may come from one concatenated kernel (``fuse_projections``). A subclass that
+        overrides ``__call__`` is applied as itself unless it also overrides this (and ``delta``)."""
+        return projection_class_fuses(type(self))
 
     def delta(self, x: Array, deterministic: bool = True, token_mask: Array | None = None) -> Array | None:
         """What this projection adds to its base product x W (+ b); None when nothing (the plain projection)."""
@@ -131,15 +141,30 @@ class Projection(nn.Module):
         return checkpoint_name(self.base_forward(x), PROJ_OUT)
 
 
+def inference_layout(kernel: Array) -> Array:
+    """A kernel [..., in, out] in the layout of the "fused" collection, [..., out, in] (each output's weights
+    contiguous): a product with a single token (batch-1 decoding) is then a row reduction, which XLA fuses with
+    the multiply into one kernel, where the [in, out] layout gives a column reduction that it splits in two (the
+    full elementwise product written out, then summed). Larger products run as GEMMs in either layout."""
+    return jnp.swapaxes(kernel, -1, -2)
+
+
+def inference_product(x: Array, w: Array, dtype, preferred_element_type=None) -> Array:
+    """x [..., d] times a "fused"-collection matrix w [f, d] (``inference_layout``) -> [..., f], in ``dtype``
+    (accumulated and returned in ``preferred_element_type`` when given)."""
+    return jnp.einsum("...d,fd->...f", x.astype(dtype), w.astype(dtype), preferred_element_type=preferred_element_type)
+
+
 def fused_products(module: nn.Module, x: Array, kernel_name: str, bias_name: str, projections, sizes,
                    kw: dict, with_delta: bool = True, row_scale: Array | None = None) -> list[Array] | None:
     """The outputs of ``projections`` (all reading x [..., d]) from one matmul with the concatenated kernel
-    of the "fused" collection, each plus its own ``delta`` (only the base products when ``with_delta`` is
-    False); None when the collection does not hold ``kernel_name`` or a projection is not ``fusable`` (then
-    the caller applies them one by one). sizes: output width of each projection, in the concatenation's
-    order. row_scale [..., 1]: the input's RMSNorm factor when the norm's scale is folded into the kernel
-    (x is then the un-normalised input): the product rows are multiplied by it; the fused kernel must then be
-    there and no projection may add a delta (there is no normalised input to give it)."""
+    of the "fused" collection ([f, d], ``inference_layout``), each plus its own ``delta`` (only the base
+    products when ``with_delta`` is False); None when the collection does not hold ``kernel_name`` or a
+    projection is not ``fusable`` (then the caller applies them one by one). sizes: output width of each
+    projection, in the concatenation's order. row_scale [..., 1]: the input's RMSNorm factor when the norm's
+    scale is folded into the kernel (x is then the un-normalised input): the product rows are multiplied by
+    it; the fused kernel must then be there and no projection may add a delta (there is no normalised input
+    to give it)."""
     if not module.has_variable(FUSED, kernel_name) or not all(p.fusable() for p in projections):
         if row_scale is not None:
             raise ValueError(f"fold_norms: {module.name} needs the fused {kernel_name} "
@@ -148,10 +173,9 @@ def fused_products(module: nn.Module, x: Array, kernel_name: str, bias_name: str
     dt = projections[0].dtype
     w = module.get_variable(FUSED, kernel_name)
     if row_scale is None:
-        y = jnp.einsum("...d,df->...f", x.astype(dt), w.astype(dt))
+        y = inference_product(x, w, dt)
     else:
-        y = jnp.einsum("...d,df->...f", x.astype(dt), w.astype(dt), preferred_element_type=jnp.float32)
-        y = (y * row_scale).astype(dt)
+        y = (inference_product(x, w, dt, jnp.float32) * row_scale).astype(dt)
     if module.has_variable(FUSED, bias_name):
         y = y + module.get_variable(FUSED, bias_name).astype(dt)
     outs, start = [], 0
@@ -193,7 +217,12 @@ class MLP(nn.Module):
         kw = dict(deterministic=deterministic, token_mask=token_mask)
         g, u = self.gate_up(x, gate, up, kw, row_scale)
         h = checkpoint_name(nn.silu(g) * u, "ffn_hidden")
-        return down(h, **kw)
+        return self.down_product(h, down, kw)
+
+    def down_product(self, h: Array, down, kw: dict) -> Array:
+        """down(h): with the "fused" down_kernel when present (inference), else the projection itself."""
+        fused = fused_products(self, h, "down_kernel", "down_bias", (down,), (down.features,), kw)
+        return fused[0] if fused is not None else down(h, **kw)
 
 
 def rope_tables(cfg: ModelConfig, positions: Array) -> tuple[Array, Array]:
@@ -312,8 +341,10 @@ class Attention(nn.Module):
                 implementation="cudnn")
         else:
             out = xla_attention(q, k, v, mask, heads_first=cache is not None)
-        out = checkpoint_name(out, "attn_out")
-        o = mk(cfg.hidden_size, ("heads", "embed"), name="o_proj")(out.reshape(b, t, h * hd), **kw)
+        out = checkpoint_name(out, "attn_out").reshape(b, t, h * hd)
+        o_mod = mk(cfg.hidden_size, ("heads", "embed"), name="o_proj")
+        fused = fused_products(self, out, "o_kernel", "o_bias", (o_mod,), (cfg.hidden_size,), kw)
+        o = fused[0] if fused is not None else o_mod(out, **kw)
         return o, new_cache
 
 
@@ -425,14 +456,17 @@ def lm_logits(h: Array, head: Array) -> Array:
 
 
 def fuse_projections(variables: dict, dtype=None, fold_norms: bool = False) -> dict:
-    """``variables`` plus a "fused" collection for inference: per layer, the q/k/v kernels concatenated along
-    the output axis (layers/attn/qkv_kernel [L, d, (H + 2 KV) hd], and qkv_bias with attention biases) and
-    the gate/up kernels (layers/mlp/gate_up_kernel [L, d, 2 F]), cast to ``dtype`` when given.
+    """``variables`` plus a "fused" collection for inference, every matrix in ``inference_layout`` ([L, out, in])
+    and cast to ``dtype`` when given: per layer, the q/k/v kernels concatenated along the output axis
+    (layers/attn/qkv_kernel [L, (H + 2 KV) hd, d], and qkv_bias with attention biases), the gate/up kernels
+    (layers/mlp/gate_up_kernel [L, 2 F, d]), and the o and down kernels (o_kernel [L, d, H hd], down_kernel
+    [L, d, F]).
 
     The decoder then computes q, k, v (and gate, up) with one matmul each instead of three (two), the
-    same products (each output column is the same dot product), plus each projection's own adapter delta.
-    Projections whose output is not base + delta (DoRA) make their group fall back to separate matmuls.
-    Costs memory for the concatenated copies (about 60% of the layer weights) while they are alive.
+    same products (each output column is the same dot product), plus each projection's own adapter delta, and
+    reads every kernel in the layout that suits single-token decoding. Projections whose output is not base +
+    delta (DoRA) fall back to their own kernels. Costs memory for a copy of the layer weights while it is alive
+    (one generate call).
 
     fold_norms: the rows of each fused kernel multiplied by the scale of the RMSNorm before it (input_norm
     for q/k/v, post_attn_norm for gate/up), for a ``Decoder(fold_norms=True)``; valid only when no adapter
@@ -447,14 +481,18 @@ def fuse_projections(variables: dict, dtype=None, fold_norms: bool = False) -> d
             return kernel
         return layers[norm]["scale"].astype(jnp.float32)[:, :, None] * kernel.astype(jnp.float32)
 
+    def layout(kernel):
+        return inference_layout(cast(kernel))
+
     names = ("q_proj", "k_proj", "v_proj")
     qkv = jnp.concatenate([attn[n]["kernel"] for n in names], axis=-1)
-    fused_attn = {"qkv_kernel": cast(folded(qkv, "input_norm"))}
+    fused_attn = {"qkv_kernel": layout(folded(qkv, "input_norm")), "o_kernel": layout(attn["o_proj"]["kernel"])}
     if all("bias" in attn[n] for n in names):
         fused_attn["qkv_bias"] = cast(jnp.concatenate([attn[n]["bias"] for n in names], axis=-1))
     gate_up = jnp.concatenate([mlp["gate_proj"]["kernel"], mlp["up_proj"]["kernel"]], axis=-1)
-    gate_up = cast(folded(gate_up, "post_attn_norm"))
-    return {**variables, FUSED: {"layers": {"attn": fused_attn, "mlp": {"gate_up_kernel": gate_up}}}}
+    fused_mlp = {"gate_up_kernel": layout(folded(gate_up, "post_attn_norm")),
+                 "down_kernel": layout(mlp["down_proj"]["kernel"])}
+    return {**variables, FUSED: {"layers": {"attn": fused_attn, "mlp": fused_mlp}}}
 
 
 def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype=None) -> dict:

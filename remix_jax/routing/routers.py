@@ -40,13 +40,15 @@ def remix_route(logits: Array, k: int, omega: float, key: Array | None) -> Route
     return RouterOutput(experts, weights, jax.nn.softmax(z, axis=-1), log_prob)
 
 
-def remix_inference_weights(logits: Array, k: int, omega: float) -> Array:
+def remix_inference_weights(logits: Array, k: int, omega: float, from_below: bool = False) -> Array:
     """Dense weights of ReMix's deterministic top-k: logits [..., n] -> pi [..., n] float32.
 
     pi_i = omega for the k experts lax.top_k selects (ties to the lower index), else 0: the same pi that
     remix_route(logits, k, omega, None) scatters from its (experts, weights), without a sort kernel.
+    from_below: the same weights by the other rank formula (``sampler.top_k_mask``).
     """
-    return jnp.where(top_k_mask(logits.astype(jnp.float32), k), jnp.float32(omega), jnp.float32(0.0))
+    mask = top_k_mask(logits.astype(jnp.float32), k, from_below)
+    return jnp.where(mask, jnp.float32(omega), jnp.float32(0.0))
 
 
 def mixlora_route(logits: Array, k: int) -> RouterOutput:

@@ -68,12 +68,38 @@ def descending_rank(logits: Array) -> Array:
     return jnp.sum(before, axis=-1, dtype=jnp.int32)
 
 
-def top_k_mask(logits: Array, k: int) -> Array:
-    """Membership of the k experts lax.top_k selects (ties included): logits [..., n] -> bool [..., n]."""
+def ascending_rank(logits: Array) -> Array:
+    """n - 1 - ``descending_rank``, counted from the other end: logits [..., n] -> int32 [..., n].
+
+    rank_i = #{j : z_j < z_i or (z_j == z_i and j > i)}. The same order by a different formula, so that a
+    program needing the top-k mask twice (ReMix's FFN at inference: both routed products) holds two
+    computations XLA cannot merge, and fuses each into its own consumer instead of launching one kernel
+    for the shared mask.
+    """
+    key = total_order_key(logits)
+    n = key.shape[-1]
+    idx = jnp.arange(n)
+    if n <= RANK_UNROLL_MAX_N:
+        rank = jnp.zeros(key.shape, jnp.int32)
+        for j in range(n):
+            zj = key[..., j:j + 1]
+            rank = rank + ((zj < key) | ((zj == key) & (j > idx))).astype(jnp.int32)
+        return rank
+    zi, zj = key[..., :, None], key[..., None, :]
+    before = (zj < zi) | ((zj == zi) & (idx[None, :] > idx[:, None]))
+    return jnp.sum(before, axis=-1, dtype=jnp.int32)
+
+
+def top_k_mask(logits: Array, k: int, from_below: bool = False) -> Array:
+    """Membership of the k experts lax.top_k selects (ties included): logits [..., n] -> bool [..., n].
+
+    from_below: the same mask from ``ascending_rank`` (see there) instead of ``descending_rank``."""
     n = logits.shape[-1]
     if n > RANK_TOP_K_MAX_N:
         _, idx = jax.lax.top_k(logits, k)
         return jnp.any(jax.nn.one_hot(idx, n, dtype=jnp.bool_), axis=-2)
+    if from_below:
+        return ascending_rank(logits) >= n - k
     return descending_rank(logits) < k
 
 

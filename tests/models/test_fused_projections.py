@@ -43,12 +43,36 @@ def num_dots(model, variables) -> int:
 
 
 def test_fused_collection_shapes(params):
+    """Every inference matrix is [L, out, in]: the kernels' transposes, q/k/v and gate/up concatenated."""
     fused = fuse_projections({"params": params}, jnp.bfloat16)[FUSED]["layers"]
-    L, d, hd = CFG.num_layers, CFG.hidden_size, CFG.head_dim
-    assert fused["attn"]["qkv_kernel"].shape == (L, d, (CFG.num_heads + 2 * CFG.num_kv_heads) * hd)
+    L, d, hd, f = CFG.num_layers, CFG.hidden_size, CFG.head_dim, CFG.intermediate_size
+    attn, mlp = params["layers"]["attn"], params["layers"]["mlp"]
+    assert fused["attn"]["qkv_kernel"].shape == (L, (CFG.num_heads + 2 * CFG.num_kv_heads) * hd, d)
     assert fused["attn"]["qkv_bias"].shape == (L, (CFG.num_heads + 2 * CFG.num_kv_heads) * hd)
-    assert fused["mlp"]["gate_up_kernel"].shape == (L, d, 2 * CFG.intermediate_size)
+    assert fused["attn"]["o_kernel"].shape == (L, d, CFG.num_heads * hd)
+    assert fused["mlp"]["gate_up_kernel"].shape == (L, 2 * f, d)
+    assert fused["mlp"]["down_kernel"].shape == (L, d, f)
     assert fused["mlp"]["gate_up_kernel"].dtype == jnp.bfloat16
+    bf16 = lambda a: np.asarray(a.astype(jnp.bfloat16).astype(jnp.float32))
+    k = CFG.num_heads * hd
+    np.testing.assert_array_equal(bf16(fused["attn"]["qkv_kernel"][1, k:k + 5]),
+                                  bf16(attn["k_proj"]["kernel"][1, :, :5].T))
+    np.testing.assert_array_equal(bf16(fused["attn"]["o_kernel"][0]), bf16(attn["o_proj"]["kernel"][0].T))
+    np.testing.assert_array_equal(bf16(fused["mlp"]["gate_up_kernel"][1, f:]), bf16(mlp["up_proj"]["kernel"][1].T))
+    np.testing.assert_array_equal(bf16(fused["mlp"]["down_kernel"][1]), bf16(mlp["down_proj"]["kernel"][1].T))
+
+
+@pytest.mark.parametrize("name", ["qkv_kernel", "o_kernel", "gate_up_kernel", "down_kernel"])
+def test_decoder_reads_each_fused_kernel(name, params):
+    """Each inference matrix is what the decoder uses: spoiling it alone changes the logits."""
+    model = Decoder(CFG)
+    fused = fuse_projections({"params": params})
+    ref, _ = model.apply(fused, TOKENS)
+    group = "attn" if name in ("qkv_kernel", "o_kernel") else "mlp"
+    layers = fused[FUSED]["layers"]
+    spoiled = {**fused, FUSED: {"layers": {**layers, group: {**layers[group], name: 2.0 * layers[group][name]}}}}
+    bad, _ = model.apply(spoiled, TOKENS)
+    assert np.max(np.abs(np.asarray(bad) - np.asarray(ref))) > 1e-3
 
 
 @pytest.mark.parametrize("method,targets", [(None, None), ("lora", "all"), ("remix", "ffn"), ("remix", "all"),
@@ -103,11 +127,13 @@ def test_remix_precomputed_block_matrices(targets, params):
     adapted_ffn = ("gate_proj", "up_proj", "down_proj") if targets == "ffn" else targets
     s = sum(t in adapted_ffn for t in ("gate_proj", "up_proj"))
     L, d, f, n, r = CFG.num_layers, CFG.hidden_size, CFG.intermediate_size, 4, 4
-    assert mlp["remix_gate_up"].shape == (L, d, 2 * f + s * n * r + n)  # float32: one router part
-    assert "gate_up_kernel" not in mlp  # remix_gate_up holds it
+    assert mlp["remix_gate_up"].shape == (L, 2 * f + s * n * r + n, d)  # [L, out, in]; float32: one router part
+    assert "gate_up_kernel" not in mlp and "down_kernel" not in mlp  # remix_gate_up / remix_down hold them
     assert ("remix_b_gate_up" in mlp) == (s > 0)
+    if s:
+        assert mlp["remix_b_gate_up"].shape == ((L, 2, f, n * r) if s == 2 else (L, 2 * f, n * r))
     down = "down_proj" in adapted_ffn
-    assert mlp["remix_down"].shape == (L, f, d + n * r if down else d)
+    assert mlp["remix_down"].shape == (L, d + n * r if down else d, f)
     assert ("remix_b_down" in mlp) == down
     ref, _ = model.apply(variables, TOKENS)
     out, _ = model.apply(fused, TOKENS)

@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 
 from remix_jax.routing.routers import remix_inference_weights, remix_route
-from remix_jax.routing.sampler import RANK_TOP_K_MAX_N, descending_rank, top_k_mask, top_k_select
+from remix_jax.routing.sampler import (
+    RANK_TOP_K_MAX_N,
+    ascending_rank,
+    descending_rank,
+    top_k_mask,
+    top_k_select,
+)
 
 CASES = [(n, k) for n in (2, 3, 8, 17, 64) for k in sorted({1, 2, n // 2, n - 1, n}) if 1 <= k <= n]
 
@@ -30,9 +36,11 @@ def test_rank_top_k_equals_lax_top_k(n, k, dtype):
     ref_mask = np.zeros(z.shape, bool)
     np.put_along_axis(ref_mask, np.asarray(ref), True, axis=-1)
     np.testing.assert_array_equal(np.asarray(top_k_mask(z, k)), ref_mask)
-    # rank is a permutation of 0..n-1 in every row
+    np.testing.assert_array_equal(np.asarray(top_k_mask(z, k, from_below=True)), ref_mask)
+    # rank is a permutation of 0..n-1 in every row, and the ascending rank its mirror image
     np.testing.assert_array_equal(np.sort(np.asarray(descending_rank(z)), axis=-1),
                                   np.broadcast_to(np.arange(n), z.shape))
+    np.testing.assert_array_equal(np.asarray(ascending_rank(z)), n - 1 - np.asarray(descending_rank(z)))
 
 
 def test_nan_and_signed_zero_follow_lax_top_k_order():
@@ -55,6 +63,8 @@ def test_remix_inference_weights_equal_remix_route_scatter(n, k):
     out = remix_route(z, k, omega=0.75, key=None)
     dense = jnp.sum(jax.nn.one_hot(out.experts, n) * out.weights[..., None], axis=-2)
     np.testing.assert_array_equal(np.asarray(remix_inference_weights(z, k, 0.75)), np.asarray(dense))
+    np.testing.assert_array_equal(np.asarray(remix_inference_weights(z, k, 0.75, from_below=True)),
+                                  np.asarray(dense))
 
 
 def test_small_n_compiles_without_sort_or_top_k():
