@@ -177,9 +177,9 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--adapters", default="none,remix", help="comma list of: none, remix")
     p.add_argument("--peer", default="", help="'hf': also time transformers' generate (torch)")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--unroll", default="3",
+    p.add_argument("--unroll", default="2",
                    help="comma list of layers per iteration of the layer loop while decoding (GenerationConfig."
-                        "scan_unroll; 1 = rolled, 3 = the default)")
+                        "scan_unroll; 1 = rolled, 2 = the default)")
     p.add_argument("--fuse", default="1",
                    help="comma list of 1/0: fused q/k/v and gate/up matmuls while decoding (GenerationConfig)")
     p.add_argument("--fold_norms", default="1",

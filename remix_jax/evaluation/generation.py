@@ -52,13 +52,16 @@ class GenerationConfig:
     pad_id: int = 0
     max_batch: int = 64  # rows per compiled call; larger prompt lists run in chunks
     min_prompt_bucket: int = 16
-    # One matmul for q/k/v and one for gate/up per layer while decoding (models.llama.fuse_projections): the
-    # same products with fewer kernels per step, for a temporary copy of those weights during the call.
+    # The inference copy of the layer weights while decoding (models.llama.fuse_projections): one matmul for
+    # q/k/v and one for gate/up per layer, every matrix stored [out, in] (single-token products as one row
+    # reduction each: +50% tokens/s at batch 1 on an H200, docs/benchmarks.md run H), for a temporary copy of
+    # the layer weights during the call. False reads the parameters as they are (no extra memory).
     fuse_projections: bool = True
     # Layers per iteration of the decoder's layer loop while decoding (model.scan_unroll for this call;
-    # 0 keeps the model's own). 3 gives 14% / 12% more tokens/s at batch 16 / 128 on an H200 for SmolLM2-135M
-    # (docs/benchmarks.md) for about 2 s more compile time per bucket; results are identical.
-    scan_unroll: int = 3
+    # 0 keeps the model's own). On an H200 for SmolLM2-135M 2 beats 1 by 12% / 8% at batch 16 / 128 and 3 by 3%
+    # to 7% at batch 16 (docs/benchmarks.md run H), for about a second more compile time per bucket; results
+    # are identical.
+    scan_unroll: int = 2
     # With fused projections: the blocks' RMSNorm scales folded into the fused kernels (Decoder.fold_norms), one
     # elementwise kernel less per norm and decode step; applied only where no adapter reads a norm's output
     # outside those kernels (adapters.modules.foldable_norms). Same products up to bf16 rounding.
