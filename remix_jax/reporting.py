@@ -266,14 +266,19 @@ def _series_groups(rows, series: str | None, x: str, y: str):
     return out
 
 
+def _plot_data(rows, spec: Mapping):
+    """(x, y, series, scale, groups) of a plot spec: scale 100 for accuracies (plotted in %), groups from
+    ``_series_groups``."""
+    x, y, series = spec["x"], spec["y"], spec.get("series")
+    return x, y, series, 100.0 if _is_accuracy(y) else 1.0, _series_groups(rows, series, x, y)
+
+
 def plot_line(rows, spec: Mapping, path: pathlib.Path) -> bool:
     """y (mean ± std over seeds) against a numeric column x, one line per series value (False: no data)."""
-    plt = _pyplot()
-    x, y, series = spec["x"], spec["y"], spec.get("series")
-    scale = 100.0 if _is_accuracy(y) else 1.0
-    data = _series_groups(rows, series, x, y)
+    x, y, series, scale, data = _plot_data(rows, spec)
     if not data:
         return False
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.6))
     for label, pts in data.items():
         pts.sort(key=lambda p: p[0])
@@ -288,12 +293,10 @@ def plot_line(rows, spec: Mapping, path: pathlib.Path) -> bool:
 
 def plot_bar(rows, spec: Mapping, path: pathlib.Path) -> bool:
     """y (mean ± std over seeds) per category x, grouped bars per series value (False: no data)."""
-    plt = _pyplot()
-    x, y, series = spec["x"], spec["y"], spec.get("series")
-    scale = 100.0 if _is_accuracy(y) else 1.0
-    data = _series_groups(rows, series, x, y)
+    x, y, series, scale, data = _plot_data(rows, spec)
     if not data:
         return False
+    plt = _pyplot()
     cats: list = []
     for pts in data.values():
         cats += [p[0] for p in pts if p[0] not in cats]

@@ -52,20 +52,7 @@ def descending_rank(logits: Array) -> Array:
     rank_i = #{j : z_j > z_i or (z_j == z_i and j < i)} in the total order of ``total_order_key``, so ties
     go to the lower index exactly as in lax.top_k. O(n^2) elementwise work; meant for small n.
     """
-    key = total_order_key(logits)
-    n = key.shape[-1]
-    idx = jnp.arange(n)
-    if n <= RANK_UNROLL_MAX_N:
-        # n elementwise passes over [..., n], no reduction: XLA fuses the whole rank into its consumer (the
-        # top-k mask scaling the experts' hidden states) instead of launching a reduction kernel for it.
-        rank = jnp.zeros(key.shape, jnp.int32)
-        for j in range(n):
-            zj = key[..., j:j + 1]
-            rank = rank + ((zj > key) | ((zj == key) & (j < idx))).astype(jnp.int32)
-        return rank
-    zi, zj = key[..., :, None], key[..., None, :]  # [..., n(i), n(j)]
-    before = (zj > zi) | ((zj == zi) & (idx[None, :] < idx[:, None]))
-    return jnp.sum(before, axis=-1, dtype=jnp.int32)
+    return _pairwise_rank(logits, descending=True)
 
 
 def ascending_rank(logits: Array) -> Array:
@@ -76,17 +63,27 @@ def ascending_rank(logits: Array) -> Array:
     computations XLA cannot merge, and fuses each into its own consumer instead of launching one kernel
     for the shared mask.
     """
+    return _pairwise_rank(logits, descending=False)
+
+
+def _pairwise_rank(logits: Array, descending: bool) -> Array:
     key = total_order_key(logits)
     n = key.shape[-1]
     idx = jnp.arange(n)
+
+    def ahead(zj, zi, j, i):  # whether entry j comes before entry i in the order
+        if descending:
+            return (zj > zi) | ((zj == zi) & (j < i))
+        return (zj < zi) | ((zj == zi) & (j > i))
+
     if n <= RANK_UNROLL_MAX_N:
+        # n elementwise passes over [..., n], no reduction: XLA fuses the whole rank into its consumer (the
+        # top-k mask scaling the experts' hidden states) instead of launching a reduction kernel for it.
         rank = jnp.zeros(key.shape, jnp.int32)
         for j in range(n):
-            zj = key[..., j:j + 1]
-            rank = rank + ((zj < key) | ((zj == key) & (j > idx))).astype(jnp.int32)
+            rank = rank + ahead(key[..., j:j + 1], key, j, idx).astype(jnp.int32)
         return rank
-    zi, zj = key[..., :, None], key[..., None, :]
-    before = (zj < zi) | ((zj == zi) & (idx[None, :] > idx[:, None]))
+    before = ahead(key[..., None, :], key[..., :, None], idx[None, :], idx[:, None])  # [..., n(i), n(j)]
     return jnp.sum(before, axis=-1, dtype=jnp.int32)
 
 
