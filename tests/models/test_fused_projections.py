@@ -225,3 +225,30 @@ def test_generation_same_tokens_with_folded_norms(method, targets, params):
             for f in (True, False)]
     assert runs[0].tokens == runs[1].tokens
     np.testing.assert_allclose(np.concatenate(runs[0].logprobs), np.concatenate(runs[1].logprobs), atol=1e-4)
+
+
+def test_only_projections_that_are_base_plus_delta_are_fused(params):
+    """A projection class overriding only __call__ (a custom adapter) is called as itself, never replaced by the
+    fused kernels; Projection and the adapters' class (which define fusable / delta) are fused."""
+    import functools
+
+    import flax.linen as nn
+
+    from remix_jax.adapters.modules import AdaptedProjection
+    from remix_jax.models.llama import Projection, projection_class_fuses
+
+    class Doubled(Projection):
+        @nn.compact
+        def __call__(self, x, deterministic=True, token_mask=None):
+            return 2.0 * self.base_forward(x)
+
+    assert projection_class_fuses(Projection)
+    assert projection_class_fuses(functools.partial(AdaptedProjection, adapter=None))
+    assert not projection_class_fuses(Doubled)
+    model = Decoder(CFG, proj_cls=Doubled)
+    fused = fuse_projections({"params": params})
+    ref, _ = model.apply({"params": params}, TOKENS)
+    out, _ = model.apply(fused, TOKENS)
+    np.testing.assert_allclose(np.asarray(out), np.asarray(ref), atol=1e-5, rtol=1e-5)
+    plain, _ = Decoder(CFG).apply({"params": params}, TOKENS)
+    assert np.max(np.abs(np.asarray(plain) - np.asarray(ref))) > 1e-3  # the custom class really acts
