@@ -155,16 +155,16 @@ def inference_product(x: Array, w: Array, dtype, preferred_element_type=None) ->
     return jnp.einsum("...d,fd->...f", x.astype(dtype), w.astype(dtype), preferred_element_type=preferred_element_type)
 
 
-def fused_products(module: nn.Module, x: Array, kernel_name: str, bias_name: str, projections, sizes,
+def fused_products(module: nn.Module, x: Array, kernel_name: str, bias_name: str | None, projections, sizes,
                    kw: dict, with_delta: bool = True, row_scale: Array | None = None) -> list[Array] | None:
     """The outputs of ``projections`` (all reading x [..., d]) from one matmul with the concatenated kernel
     of the "fused" collection ([f, d], ``inference_layout``), each plus its own ``delta`` (only the base
     products when ``with_delta`` is False); None when the collection does not hold ``kernel_name`` or a
-    projection is not ``fusable`` (then the caller applies them one by one). sizes: output width of each
-    projection, in the concatenation's order. row_scale [..., 1]: the input's RMSNorm factor when the norm's
-    scale is folded into the kernel (x is then the un-normalised input): the product rows are multiplied by
-    it; the fused kernel must then be there and no projection may add a delta (there is no normalised input
-    to give it)."""
+    projection is not ``fusable`` (then the caller applies them one by one). bias_name: the fused bias, when
+    the projections can have one (else None). sizes: output width of each projection, in the concatenation's
+    order. row_scale [..., 1]: the input's RMSNorm factor when the norm's scale is folded into the kernel (x is
+    then the un-normalised input): the product rows are multiplied by it; the fused kernel must then be there
+    and no projection may add a delta (there is no normalised input to give it)."""
     if not module.has_variable(FUSED, kernel_name) or not all(p.fusable() for p in projections):
         if row_scale is not None:
             raise ValueError(f"fold_norms: {module.name} needs the fused {kernel_name} "
@@ -176,7 +176,7 @@ def fused_products(module: nn.Module, x: Array, kernel_name: str, bias_name: str
         y = inference_product(x, w, dt)
     else:
         y = (inference_product(x, w, dt, jnp.float32) * row_scale).astype(dt)
-    if module.has_variable(FUSED, bias_name):
+    if bias_name is not None and module.has_variable(FUSED, bias_name):
         y = y + module.get_variable(FUSED, bias_name).astype(dt)
     outs, start = [], 0
     for p, size in zip(projections, sizes, strict=True):
@@ -221,7 +221,7 @@ class MLP(nn.Module):
 
     def down_product(self, h: Array, down, kw: dict) -> Array:
         """down(h): with the "fused" down_kernel when present (inference), else the projection itself."""
-        fused = fused_products(self, h, "down_kernel", "down_bias", (down,), (down.features,), kw)
+        fused = fused_products(self, h, "down_kernel", None, (down,), (down.features,), kw)
         return fused[0] if fused is not None else down(h, **kw)
 
 
@@ -343,7 +343,7 @@ class Attention(nn.Module):
             out = xla_attention(q, k, v, mask, heads_first=cache is not None)
         out = checkpoint_name(out, "attn_out").reshape(b, t, h * hd)
         o_mod = mk(cfg.hidden_size, ("heads", "embed"), name="o_proj")
-        fused = fused_products(self, out, "o_kernel", "o_bias", (o_mod,), (cfg.hidden_size,), kw)
+        fused = fused_products(self, out, "o_kernel", None, (o_mod,), (cfg.hidden_size,), kw)
         o = fused[0] if fused is not None else o_mod(out, **kw)
         return o, new_cache
 

@@ -96,21 +96,24 @@ def test_fused_equals_separate(method, targets, params):
         assert joined < separate
 
 
+def assert_same_generation(model, variables, prompts, configs, atol: float):
+    """Generating with each GenerationConfig in ``configs`` gives the same tokens and log-probs (to atol)."""
+    runs = [generate(model, variables, prompts, c) for c in configs]
+    for run in runs[1:]:
+        assert run.tokens == runs[0].tokens
+        np.testing.assert_allclose(np.concatenate(run.logprobs), np.concatenate(runs[0].logprobs), atol=atol)
+
+
 def test_generation_same_tokens_with_and_without_fusing(params):
     model, variables = adapted("remix", "all", params)
-    prompts = [[5, 9, 2, 7], [3, 3, 8]]
-    runs = [generate(model, variables, prompts, GenerationConfig(max_new_tokens=6, fuse_projections=f))
-            for f in (True, False)]
-    assert runs[0].tokens == runs[1].tokens
-    np.testing.assert_allclose(np.concatenate(runs[0].logprobs), np.concatenate(runs[1].logprobs), atol=1e-5)
+    assert_same_generation(model, variables, [[5, 9, 2, 7], [3, 3, 8]],
+                           [GenerationConfig(max_new_tokens=6, fuse_projections=f) for f in (True, False)], atol=1e-5)
 
 
 def test_generation_unroll_changes_nothing(params):
     model, variables = adapted("remix", "ffn", params)
-    prompts = [[5, 9, 2, 7, 1], [3, 3, 8]]
-    runs = [generate(model, variables, prompts, GenerationConfig(max_new_tokens=5, scan_unroll=u)) for u in (1, 2)]
-    assert runs[0].tokens == runs[1].tokens
-    np.testing.assert_allclose(np.concatenate(runs[0].logprobs), np.concatenate(runs[1].logprobs), atol=1e-5)
+    assert_same_generation(model, variables, [[5, 9, 2, 7, 1], [3, 3, 8]],
+                           [GenerationConfig(max_new_tokens=5, scan_unroll=u) for u in (1, 2)], atol=1e-5)
     with pytest.raises(ValueError, match="scan_unroll"):
         GenerationConfig(scan_unroll=-1)
 
@@ -220,11 +223,8 @@ def test_generation_same_tokens_with_folded_norms(method, targets, params):
         model, variables = Decoder(CFG), {"params": params}
     else:
         model, variables = adapted(method, targets, params)
-    prompts = [[5, 9, 2, 7], [3, 3, 8]]
-    runs = [generate(model, variables, prompts, GenerationConfig(max_new_tokens=5, fold_norms=f))
-            for f in (True, False)]
-    assert runs[0].tokens == runs[1].tokens
-    np.testing.assert_allclose(np.concatenate(runs[0].logprobs), np.concatenate(runs[1].logprobs), atol=1e-4)
+    assert_same_generation(model, variables, [[5, 9, 2, 7], [3, 3, 8]],
+                           [GenerationConfig(max_new_tokens=5, fold_norms=f) for f in (True, False)], atol=1e-4)
 
 
 def test_only_projections_that_are_base_plus_delta_are_fused(params):
