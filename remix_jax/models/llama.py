@@ -189,6 +189,13 @@ def fused_products(module: nn.Module, x: Array, kernel_name: str, bias_name: str
     return outs
 
 
+def fused_product(module: nn.Module, x: Array, kernel_name: str, proj, kw: dict) -> Array:
+    """proj(x) with the "fused" collection's copy of its kernel (``kernel_name``, ``inference_layout``) when
+    present and the projection is ``fusable`` (inference), else the projection itself."""
+    fused = fused_products(module, x, kernel_name, None, (proj,), (proj.features,), kw)
+    return fused[0] if fused is not None else proj(x, **kw)
+
+
 class MLP(nn.Module):
     """SwiGLU FFN: down(silu(gate(x)) * up(x))."""
 
@@ -221,8 +228,7 @@ class MLP(nn.Module):
 
     def down_product(self, h: Array, down, kw: dict) -> Array:
         """down(h): with the "fused" down_kernel when present (inference), else the projection itself."""
-        fused = fused_products(self, h, "down_kernel", None, (down,), (down.features,), kw)
-        return fused[0] if fused is not None else down(h, **kw)
+        return fused_product(self, h, "down_kernel", down, kw)
 
 
 def rope_tables(cfg: ModelConfig, positions: Array) -> tuple[Array, Array]:
@@ -342,9 +348,7 @@ class Attention(nn.Module):
         else:
             out = xla_attention(q, k, v, mask, heads_first=cache is not None)
         out = checkpoint_name(out, "attn_out").reshape(b, t, h * hd)
-        o_mod = mk(cfg.hidden_size, ("heads", "embed"), name="o_proj")
-        fused = fused_products(self, out, "o_kernel", None, (o_mod,), (cfg.hidden_size,), kw)
-        o = fused[0] if fused is not None else o_mod(out, **kw)
+        o = fused_product(self, out, "o_kernel", mk(cfg.hidden_size, ("heads", "embed"), name="o_proj"), kw)
         return o, new_cache
 
 
