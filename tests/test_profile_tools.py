@@ -69,3 +69,35 @@ def test_bench_train_overrides():
         bt.apply_override(c, "train.nope", "1")
     with pytest.raises(SystemExit, match="unknown config key"):
         bt.apply_override(c, "nosection.x", "1")
+
+
+def test_bench_remix_ffn_forms():
+    """scripts/bench_remix_ffn.py: its frozen FFN stack against a direct float64 reference, ReMix's FFN with zero
+    B equal to it, with nonzero B different, and one CPU run of main."""
+    import numpy as np
+
+    from remix_jax.adapters.config import AdapterConfig
+
+    bf = _load("bench_remix_ffn")
+    cfg = AdapterConfig(num_experts=4, top_k=2, rank=2)
+    mats = bf.stacked_mats(3, 16, 24, 4, 2, jnp.float32)
+    x = jax.random.normal(jax.random.key(0), (5, 16), jnp.float32)
+    base = np.asarray(bf.ffn_stack("base", cfg, jnp.float32)(x, mats), np.float64)
+
+    ref = np.asarray(x, np.float64)
+    for layer in range(3):
+        w1 = np.asarray(mats["base_gate_up"][layer], np.float64)
+        wd = np.asarray(mats["base_down"][layer], np.float64)
+        h = ref / np.sqrt(np.mean(ref * ref, axis=-1, keepdims=True) + 1e-5)
+        y = h @ w1.T
+        g, u = y[:, :24], y[:, 24:]
+        ref = ref + (g / (1 + np.exp(-g)) * u) @ wd.T
+    np.testing.assert_allclose(base, ref, rtol=1e-4, atol=1e-4)
+
+    zero_b = {**mats, "remix_b_gate_up": 0 * mats["remix_b_gate_up"], "remix_b_down": 0 * mats["remix_b_down"]}
+    remix = bf.ffn_stack("remix", cfg, jnp.float32)
+    np.testing.assert_allclose(np.asarray(remix(x, zero_b)), base, rtol=1e-5, atol=1e-5)
+    assert np.abs(np.asarray(remix(x, mats)) - base).max() > 1e-3
+
+    rows = bf.main(["--batch_sizes=1", "--layers=2", "--calls=1", "--repeats=1"])
+    assert [r["form"] for r in rows] == ["base", "remix"] and all(r["us_per_layer"] > 0 for r in rows)

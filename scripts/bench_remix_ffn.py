@@ -1,0 +1,119 @@
+"""Time of ReMix's fused inference FFN (``adapters.modules.remix_ffn_fused``) per layer while decoding, and of
+the frozen SwiGLU FFN for scale.
+
+A decode step's FFNs in isolation: ``--layers`` layers of stacked random matrices of the SmolLM2-135M FFN
+(d 576, F 1536; 8 experts, top-2, rank 8 on gate/up/down, the router as two bf16 parts), bf16, run by a
+``lax.scan`` two layers per iteration as generation runs them, each layer's input the previous layer's output
+plus the residual, with the RMSNorm folded (row factor applied to the first product's rows). One JSON line per
+(batch, form): microseconds per layer (best of ``--repeats`` timings of ``--calls`` calls each) and, with
+``--profile``, the kernels per call.
+
+    python scripts/bench_remix_ffn.py --batch_sizes=1,16,128 --profile=2
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from remix_jax.adapters.config import AdapterConfig  # noqa: E402
+from remix_jax.adapters.modules import remix_ffn_fused  # noqa: E402
+from remix_jax.models.llama import inference_product, rms_inverse  # noqa: E402
+
+
+def stacked_mats(layers: int, d: int, f: int, n: int, r: int, dtype, seed: int = 0) -> dict:
+    """Random ``remix_block_matrices`` (inference layout) stacked over layers, plus their frozen gate/up/down
+    alone (base_gate_up, base_down)."""
+    ks = jax.random.split(jax.random.key(seed), 4)
+    nr = n * r
+    width = 2 * f + 2 * nr + 2 * n
+
+    def normal(k, shape, scale):
+        return (jax.random.normal(k, (layers, *shape), jnp.float32) * scale).astype(dtype)
+
+    gate_up, down = normal(ks[0], (width, d), d ** -0.5), normal(ks[2], (d + nr, f), f ** -0.5)
+    return {"remix_gate_up": gate_up,
+            "remix_b_gate_up": normal(ks[1], (2, f, nr), 0.05),
+            "remix_down": down,
+            "remix_b_down": normal(ks[3], (d, nr), 0.05),
+            "base_gate_up": gate_up[:, :2 * f],  # the same frozen FFN without the adapter
+            "base_down": down[:, :d]}
+
+
+def ffn_stack(form: str, cfg: AdapterConfig, dtype):
+    """jitted x [m, d] -> x after all layers' FFNs (residual added), for one form."""
+
+    def ffn(x, mats):
+        rs = rms_inverse(x, 1e-5)
+        if form == "base":
+            y = inference_product(x, mats["base_gate_up"], dtype, jnp.float32)
+            f = y.shape[-1] // 2
+            g, u = (y[..., :f] * rs).astype(dtype), (y[..., f:] * rs).astype(dtype)
+            return inference_product(jax.nn.silu(g) * u, mats["base_down"], dtype)
+        remix = {k: v for k, v in mats.items() if k.startswith("remix_")}
+        return remix_ffn_fused(x, remix, cfg, dtype, rs)
+
+    def run(x, mats):
+        def body(h, layer_mats):
+            return (h + ffn(h, layer_mats)).astype(dtype), None
+
+        return jax.lax.scan(body, x, mats, unroll=2)[0]
+
+    return jax.jit(run)
+
+
+def main(argv=None) -> list[dict]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--batch_sizes", default="1,16,128")
+    p.add_argument("--forms", default="base,remix", help="comma list: base (the frozen FFN), remix")
+    p.add_argument("--layers", type=int, default=30)
+    p.add_argument("--calls", type=int, default=50)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--profile", type=int, default=0,
+                   help="trace this many more calls per row and print its kernels (scripts/profile_ops.py)")
+    args = p.parse_args(argv)
+    dtype = jnp.bfloat16
+    d, f, n, r = 576, 1536, 8, 8
+    cfg = AdapterConfig(num_experts=n, top_k=2, rank=r)
+    mats = stacked_mats(args.layers, d, f, n, r, dtype)
+    rows = []
+    for m in [int(b) for b in args.batch_sizes.split(",") if b]:
+        x = jax.random.normal(jax.random.key(m), (m, d), jnp.float32).astype(dtype)
+        for form in [f for f in args.forms.split(",") if f]:
+            fn = ffn_stack(form, cfg, dtype)
+            t0 = time.perf_counter()
+            out = jax.block_until_ready(fn(x, mats))
+            compile_s = time.perf_counter() - t0
+            best = float("inf")
+            for _ in range(args.repeats):
+                t0 = time.perf_counter()
+                for _ in range(args.calls):
+                    out = fn(x, mats)
+                jax.block_until_ready(out)
+                best = min(best, (time.perf_counter() - t0) / args.calls)
+            row = {"batch": m, "form": form, "us_per_layer": round(best / args.layers * 1e6, 3),
+                   "compile_s": round(compile_s, 2), "device": jax.devices()[0].device_kind}
+            if args.profile:
+                from profile_ops import format_report, profile_calls
+
+                report = profile_calls(functools.partial(lambda f, *a: jax.block_until_ready(f(*a)), fn, x, mats),
+                                       fn.lower(x, mats).compile().as_text(), calls=args.profile, top=30)
+                print(f"--- profile batch {m} {form}\n{format_report(report)}", file=sys.stderr,
+                      flush=True)
+                row["kernels_per_call"] = report["kernels_per_call"]
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
