@@ -151,9 +151,11 @@ def remix_ffn_fused(x: Array, mats: Mapping[str, Array], cfg: AdapterConfig, dty
     the first product's parts are multiplied by it (the top-k is unchanged by a positive row factor, so the
     router logits are used unscaled).
 
-    Written so that XLA launches no kernel of its own for the routing: each part of the first product is
+    Written so that XLA launches as few kernels as it can for the routing: each part of the first product is
     scaled where it is read (no scaled copy of the whole product), and the top-k weights are derived twice by
-    two formulas of the same rank (``sampler.ascending_rank``), each fused into the routed product that uses it.
+    two formulas of the same rank (``sampler.ascending_rank``), so that each can fuse into the kernel that
+    weights the hidden states it scales (what XLA does on an H200 at batch 16; at batch 1 it computes both in one
+    small kernel of their own, docs/benchmarks.md run J).
     """
     dtype = jnp.dtype(dtype)
     n, r = cfg.num_experts, cfg.rank

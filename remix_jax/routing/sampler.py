@@ -60,8 +60,8 @@ def ascending_rank(logits: Array) -> Array:
 
     rank_i = #{j : z_j < z_i or (z_j == z_i and j > i)}. The same order by a different formula, so that a
     program needing the top-k mask twice (ReMix's FFN at inference: both routed products) holds two
-    computations XLA cannot merge, and fuses each into its own consumer instead of launching one kernel
-    for the shared mask.
+    computations XLA cannot merge by common-subexpression elimination, and can fuse each into its own consumer
+    instead of launching one kernel for the shared mask.
     """
     return _pairwise_rank(logits, descending=False)
 
