@@ -88,7 +88,7 @@ def main(argv=None) -> list[dict]:
     rows = []
     for m in [int(b) for b in args.batch_sizes.split(",") if b]:
         x = jax.random.normal(jax.random.key(m), (m, d), jnp.float32).astype(dtype)
-        for form in [f for f in args.forms.split(",") if f]:
+        for form in [name for name in args.forms.split(",") if name]:
             fn = ffn_stack(form, cfg, dtype)
             t0 = time.perf_counter()
             out = jax.block_until_ready(fn(x, mats))
