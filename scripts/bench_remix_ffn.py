@@ -26,27 +26,27 @@ import jax.numpy as jnp
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from remix_jax.adapters.config import AdapterConfig  # noqa: E402
-from remix_jax.adapters.modules import remix_ffn_fused  # noqa: E402
-from remix_jax.models.llama import inference_product, rms_inverse  # noqa: E402
+from remix_jax.adapters.modules import remix_block_matrices, remix_ffn_fused  # noqa: E402
+from remix_jax.models.llama import inference_layout, inference_product, rms_inverse  # noqa: E402
 
 
-def stacked_mats(layers: int, d: int, f: int, n: int, r: int, dtype, seed: int = 0) -> dict:
-    """Random ``remix_block_matrices`` (inference layout) stacked over layers, plus their frozen gate/up/down
-    alone (base_gate_up, base_down)."""
-    ks = jax.random.split(jax.random.key(seed), 4)
-    nr = n * r
-    width = 2 * f + 2 * nr + 2 * n
+def stacked_mats(layers: int, d: int, f: int, cfg: AdapterConfig, dtype, seed: int = 0) -> dict:
+    """Random ReMix FFN weights of ``layers`` layers as generation holds them (``remix_block_matrices`` in
+    ``inference_layout``, stacked [L, ...]), plus their frozen gate/up/down alone (base_gate_up, base_down)."""
+    ks = iter(jax.random.split(jax.random.key(seed), 10))
+    n, r = cfg.num_experts, cfg.rank
 
-    def normal(k, shape, scale):
-        return (jax.random.normal(k, (layers, *shape), jnp.float32) * scale).astype(dtype)
+    def normal(shape, scale):
+        return jax.random.normal(next(ks), (layers, *shape), jnp.float32) * scale
 
-    gate_up, down = normal(ks[0], (width, d), d ** -0.5), normal(ks[2], (d + nr, f), f ** -0.5)
-    return {"remix_gate_up": gate_up,
-            "remix_b_gate_up": normal(ks[1], (2, f, nr), 0.05),
-            "remix_down": down,
-            "remix_b_down": normal(ks[3], (d, nr), 0.05),
-            "base_gate_up": gate_up[:, :2 * f],  # the same frozen FFN without the adapter
-            "base_down": down[:, :d]}
+    shapes = {"gate_proj": (d, f), "up_proj": (d, f), "down_proj": (f, d)}
+    kernels = {name: normal(shape, shape[0] ** -0.5) for name, shape in shapes.items()}
+    factors = {name: (normal((n, d_in, r), d_in ** -0.5), normal((n, r, d_out), 0.05))
+               for name, (d_in, d_out) in shapes.items()}
+    router = normal((d, n), d ** -0.5)
+    mats = jax.vmap(lambda k, fa, w: remix_block_matrices(k, fa, w, cfg, dtype))(kernels, factors, router)
+    mats = {name: inference_layout(m) for name, m in mats.items()}
+    return {**mats, "base_gate_up": mats["remix_gate_up"][:, :2 * f], "base_down": mats["remix_down"][:, :d]}
 
 
 def ffn_stack(form: str, cfg: AdapterConfig, dtype):
@@ -84,7 +84,7 @@ def main(argv=None) -> list[dict]:
     dtype = jnp.bfloat16
     d, f, n, r = 576, 1536, 8, 8
     cfg = AdapterConfig(num_experts=n, top_k=2, rank=r)
-    mats = stacked_mats(args.layers, d, f, n, r, dtype)
+    mats = stacked_mats(args.layers, d, f, cfg, dtype)
     rows = []
     for m in [int(b) for b in args.batch_sizes.split(",") if b]:
         x = jax.random.normal(jax.random.key(m), (m, d), jnp.float32).astype(dtype)

@@ -80,7 +80,7 @@ def test_bench_remix_ffn_forms():
 
     bf = _load("bench_remix_ffn")
     cfg = AdapterConfig(num_experts=4, top_k=2, rank=2)
-    mats = bf.stacked_mats(3, 16, 24, 4, 2, jnp.float32)
+    mats = bf.stacked_mats(3, 16, 24, cfg, jnp.float32)
     x = jax.random.normal(jax.random.key(0), (5, 16), jnp.float32)
     base = np.asarray(bf.ffn_stack("base", cfg, jnp.float32)(x, mats), np.float64)
 
