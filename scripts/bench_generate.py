@@ -17,6 +17,7 @@ prefill included, after a warm-up call that compiles). The remix adapter is rand
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import sys
@@ -82,9 +83,10 @@ def remix_variables(cfg, params, experts: int = 8, top_k: int = 2, rank: int = 8
 
 
 def time_ours(model, variables, prompt: list[int], batch: int, new_tokens: int, repeats: int,
-              profile: int = 0, fuse: bool = True, fold_norms: bool = True) -> dict:
+              profile: int = 0, fuse: bool = True, fold_norms: bool = True, remix_kernels: str = "auto") -> dict:
     gen = GenerationConfig(max_new_tokens=new_tokens, temperature=0.0, stop_token_ids=(), max_batch=batch,
-                           fuse_projections=fuse, scan_unroll=model.config.scan_unroll, fold_norms=fold_norms)
+                           fuse_projections=fuse, scan_unroll=model.config.scan_unroll, fold_norms=fold_norms,
+                           remix_kernels=remix_kernels)
     prompts = [prompt] * batch
     t0 = time.perf_counter()
     out = generate(model, variables, prompts, gen)  # compiles
@@ -184,6 +186,8 @@ def main(argv=None) -> list[dict]:
                    help="comma list of 1/0: fused q/k/v and gate/up matmuls while decoding (GenerationConfig)")
     p.add_argument("--fold_norms", default="1",
                    help="comma list of 1/0: RMSNorm scales folded into the fused kernels (GenerationConfig.fold_norms)")
+    p.add_argument("--remix_kernels", default="auto",
+                   help="comma list of GenerationConfig.remix_kernels values for the remix adapter (auto, xla, pallas)")
     p.add_argument("--profile", type=int, default=0,
                    help="trace this many more calls per configuration and print where the device time goes")
     args = p.parse_args(argv)
@@ -213,7 +217,8 @@ def main(argv=None) -> list[dict]:
                 raise SystemExit(f"--adapters: unknown adapter {adapter!r} (none, remix)")
             # folding needs the fused kernels: (fuse, fold) pairs without repeats
             pairs = list(dict.fromkeys((f, n and f) for f in flags(args.fuse) for n in flags(args.fold_norms)))
-            for fuse, fold in pairs:
+            modes = [k for k in args.remix_kernels.split(",") if k] if adapter == "remix" else ["auto"]
+            for (fuse, fold), mode in itertools.product(pairs, modes):
                 for b in batches:
                     row = {
                         "impl": "remix_jax",
@@ -222,9 +227,10 @@ def main(argv=None) -> list[dict]:
                         "scan_unroll": unroll,
                         "fused_projections": fuse,
                         "fold_norms": fold,
+                        **({"remix_kernels": mode} if adapter == "remix" else {}),
                         **common,
                         **time_ours(model, variables, prompt, b, args.new_tokens, args.repeats, args.profile,
-                                    fuse, fold),
+                                    fuse, fold, mode),
                     }
                     print(json.dumps(row), flush=True)
                     rows.append(row)

@@ -16,6 +16,7 @@ Per adapted projection (n experts, rank r):
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -25,14 +26,16 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
 from remix_jax.adapters import lora as lora_math
-from remix_jax.adapters import moe
+from remix_jax.adapters import moe, remix_kernels
 from remix_jax.adapters.config import FFN_PROJECTIONS, AdapterConfig, validate_adapter_config
 from remix_jax.models.llama import (
     FUSED,
     MLP,
     PROJ_OUT,
+    STACKED,
     Decoder,
     Projection,
+    add_residual,
     fused_products,
     inference_layout,
     inference_product,
@@ -319,9 +322,10 @@ class AdaptedMLP(MLP):
 
     @nn.compact
     def __call__(self, x: Array, deterministic: bool = True, token_mask: Array | None = None,
-                 row_scale: Array | None = None) -> Array:
+                 row_scale: Array | None = None, residual: Array | None = None, layer: Array | None = None) -> Array:
         """row_scale: x is the un-normalised block input and row_scale its RMSNorm factor (fold_norms; only
-        with the fused kernels of an FFN whose gate/up have no adapter delta, or ReMix's precomputed FFN)."""
+        with the fused kernels of an FFN whose gate/up have no adapter delta, or ReMix's precomputed FFN).
+        residual: returns residual + FFN(x). layer: the block's index (ReMix's decode kernels, ``_remix_kernels``)."""
         cfg: AdapterConfig = self.adapter
         gate, up, down = self.projections()
         kw = dict(deterministic=deterministic, token_mask=token_mask)
@@ -329,16 +333,43 @@ class AdaptedMLP(MLP):
                         and any(t in FFN_PROJECTIONS for t in cfg.targets))
         if not block_routed:
             g, u = self.gate_up(x, gate, up, kw, row_scale)
-            return self.down_product(nn.silu(g) * u, down, kw)
+            return add_residual(residual, self.down_product(nn.silu(g) * u, down, kw))
         if remix_fast_inference(self, cfg, deterministic):
-            return self._remix_inference(x, gate, up, down, cfg, kw, row_scale)
+            out = self._remix_kernels(x, cfg, gate.dtype, row_scale, residual, layer)
+            if out is not None:
+                return out
+            return add_residual(residual, self._remix_inference(x, gate, up, down, cfg, kw, row_scale))
         if row_scale is not None:
             raise ValueError(FOLD_NEEDS_PRECOMPUTED)
         routing = route_site(self, x, token_mask, deterministic, cfg, "embed")
         if cfg.method == "mixlora" and cfg.mixlora_form == "expert_ffn":
-            return self._expert_ffn(x, routing, gate, up, down, kw)
+            return add_residual(residual, self._expert_ffn(x, routing, gate, up, down, kw))
         kw["routing"] = routing
-        return down(nn.silu(gate(x, **kw)) * up(x, **kw), **kw)
+        return add_residual(residual, down(nn.silu(gate(x, **kw)) * up(x, **kw), **kw))
+
+    def _remix_kernels(self, x: Array, cfg: AdapterConfig, dtype, row_scale: Array | None,
+                       residual: Array | None, layer: Array | None) -> Array | None:
+        """residual + ReMix's FFN(x) [..., d] by the decode kernels (``adapters.remix_kernels``): x [..., d] is the
+        un-normalised block input (folded norms), the B matrices of every layer are in the STACKED collection
+        (``fuse_remix_inference(kernels=True)``) and read at ``layer``. None (the XLA form applies) unless all of
+        that holds and the call has at most ``remix_kernels.MAX_TOKENS`` tokens (a decode step of a small batch)."""
+        lead, d = x.shape[:-1], x.shape[-1]
+        m = math.prod(lead)
+        if (row_scale is None or residual is None or layer is None or m > remix_kernels.MAX_TOKENS
+                or not self.has_variable(STACKED, "b_gate_up") or not self.has_variable(FUSED, "remix_gate_up")):
+            return None
+        w1, w2 = self.get_variable(FUSED, "remix_gate_up"), self.get_variable(FUSED, "remix_down")
+        lay = routed_layout(cfg, w1.shape[0], d, w2.shape[1], self.config.rms_norm_eps)
+        interpret = jax.default_backend() != "gpu"  # Pallas's interpreter elsewhere (tests)
+        x2 = x.reshape(m, d)
+        x32 = x2.astype(jnp.float32)
+        y = inference_product(x2, w1, dtype, jnp.float32)
+        hidden = remix_kernels.routed_front(y, jnp.sum(x32 * x32, axis=-1), self.get_variable(STACKED, "b_gate_up"),
+                                            layer, lay, dtype, interpret=interpret)
+        y2 = inference_product(hidden, w2, dtype)
+        out = remix_kernels.routed_back(y, y2, residual.reshape(m, d), self.get_variable(STACKED, "b_down"), layer,
+                                        lay, dtype, interpret=interpret)
+        return out.reshape(*lead, d)
 
     def _remix_inference(self, x: Array, gate, up, down, cfg: AdapterConfig, kw,
                          row_scale: Array | None = None) -> Array:
@@ -443,7 +474,22 @@ def foldable_norms(cfg: AdapterConfig | None) -> bool:
     return not any(t in ("gate_proj", "up_proj") for t in cfg.targets) or remix_precomputed_ffn(cfg)
 
 
-def fuse_remix_inference(variables: dict, adapter_cfg: AdapterConfig | None, dtype, fold_norms: bool = False) -> dict:
+def routed_layout(cfg: AdapterConfig, width: int, d: int, f: int, eps: float = 0.0) -> remix_kernels.RoutedLayout:
+    """The ``remix_kernels`` layout of a block whose remix_gate_up has ``width`` output columns."""
+    n, r = cfg.num_experts, cfg.rank
+    return remix_kernels.RoutedLayout(d=d, f=f, n=n, r=r, k=cfg.top_k, omega=cfg.omega_value(),
+                                      parts=(width - 2 * f - 2 * n * r) // n, eps=eps)
+
+
+def remix_kernels_apply(cfg: AdapterConfig | None, width: int, d: int, f: int) -> bool:
+    """Whether ReMix's decode kernels can run this adapter: the precomputed FFN (remix_gate_up with ``width``
+    output columns) with gate, up and down all adapted, in a layout ``remix_kernels.supported`` takes."""
+    return (remix_precomputed_ffn(cfg) and set(FFN_PROJECTIONS) <= set(cfg.targets)
+            and remix_kernels.supported(routed_layout(cfg, width, d, f)))
+
+
+def fuse_remix_inference(variables: dict, adapter_cfg: AdapterConfig | None, dtype, fold_norms: bool = False,
+                         kernels: bool = False) -> dict:
     """``variables`` plus, for ReMix's block-routed FFN, every layer's ``remix_block_matrices`` [L, ...] built
     once (per generate call) in the "fused" collection under layers/mlp, in ``inference_layout`` [L, out, in]
     (with ``fold_norms`` the post-attention norm's scale folded into the rows of everything reading the FFN
@@ -451,12 +497,16 @@ def fuse_remix_inference(variables: dict, adapter_cfg: AdapterConfig | None, dty
     the router joined into four matrices. The fused gate_up_kernel and down_kernel of ``fuse_projections`` are
     dropped (remix_gate_up and remix_down hold them). Costs memory for a copy of the FFN kernels while the
     result is alive (one generate call). Other methods: ``variables`` as is.
+
+    kernels: also every layer's gate/up B [L, 2, F, n r] and down B [L, d, n r] whole in the STACKED collection
+    (layers/mlp/b_gate_up, b_down) for ReMix's decode kernels (``AdaptedMLP._remix_kernels``; the model needs
+    ``Decoder.broadcast_stacked``), when ``remix_kernels_apply``.
     """
     cfg = adapter_cfg
     if not remix_precomputed_ffn(cfg):
         return variables
     params = variables["params"]["layers"]["mlp"]  # the SwiGLU projections have no biases
-    kernels = {name: params[name]["kernel"] for name in FFN_PROJECTIONS}
+    ffn_kernels = {name: params[name]["kernel"] for name in FFN_PROJECTIONS}
     adapters = variables["adapter"]["layers"]["mlp"]
     factors = {name: (adapters[name]["lora_a"], adapters[name]["lora_b"])
                for name in FFN_PROJECTIONS if name in cfg.targets}
@@ -464,18 +514,22 @@ def fuse_remix_inference(variables: dict, adapter_cfg: AdapterConfig | None, dty
     if fold_norms:  # everything that reads the FFN input gets the post-attention norm's scale on its rows
         scale = variables["params"]["layers"]["post_attn_norm"]["scale"].astype(jnp.float32)  # [L, d]
         for name in ("gate_proj", "up_proj"):
-            kernels[name] = scale[:, :, None] * kernels[name].astype(jnp.float32)
+            ffn_kernels[name] = scale[:, :, None] * ffn_kernels[name].astype(jnp.float32)
             if name in factors:
                 a, b = factors[name]
                 factors[name] = (scale[:, None, :, None] * a.astype(jnp.float32), b)
         w = scale[:, :, None] * w.astype(jnp.float32)
-    fused = jax.vmap(lambda k, f, w_l: remix_block_matrices(k, f, w_l, cfg, dtype))(kernels, factors, w)
+    fused = jax.vmap(lambda k, f, w_l: remix_block_matrices(k, f, w_l, cfg, dtype))(ffn_kernels, factors, w)
     fused = {name: inference_layout(m) for name, m in fused.items()}
     old = variables.get(FUSED, {})
     layers = dict(old.get("layers", {}))
     mlp = {k: v for k, v in layers.get("mlp", {}).items() if k not in ("gate_up_kernel", "down_kernel")}
     layers["mlp"] = {**mlp, **fused}
-    return {**variables, FUSED: {**old, "layers": layers}}
+    out = {**variables, FUSED: {**old, "layers": layers}}
+    d, f = ffn_kernels["gate_proj"].shape[1:]
+    if kernels and remix_kernels_apply(cfg, fused["remix_gate_up"].shape[1], d, f):
+        out[STACKED] = {"layers": {"mlp": {"b_gate_up": fused["remix_b_gate_up"], "b_down": fused["remix_b_down"]}}}
+    return out
 
 
 def adapter_config_of(model: Decoder) -> AdapterConfig | None:

@@ -25,11 +25,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from remix_jax.adapters import remix_kernels
 from remix_jax.adapters.modules import (
     adapter_config_of,
     cast_factors_for_inference,
     foldable_norms,
     fuse_remix_inference,
+    remix_precomputed_ffn,
 )
 from remix_jax.models.llama import (
     Decoder,
@@ -66,6 +68,10 @@ class GenerationConfig:
     # elementwise kernel less per norm and decode step; applied only where no adapter reads a norm's output
     # outside those kernels (adapters.modules.foldable_norms). Same products up to bf16 rounding.
     fold_norms: bool = True
+    # ReMix's routed FFN halves while decoding small batches (at most remix_kernels.MAX_TOKENS tokens per call) as
+    # two Pallas kernels (adapters.remix_kernels): "auto" on CUDA GPUs (compute capability >= 8.0), "xla" never,
+    # "pallas" always (Pallas's interpreter off GPUs: slow, for tests). Needs fused projections and folded norms.
+    remix_kernels: str = "auto"
 
     def __post_init__(self):
         if self.max_new_tokens < 1:
@@ -78,6 +84,8 @@ class GenerationConfig:
             raise ValueError(f"max_batch={self.max_batch} must be >= 1")
         if self.scan_unroll < 0:
             raise ValueError(f"scan_unroll={self.scan_unroll} must be >= 0 (0 keeps the model's own)")
+        if self.remix_kernels not in remix_kernels.MODES:
+            raise ValueError(f"remix_kernels={self.remix_kernels!r}: expected one of {remix_kernels.MODES}")
 
 
 @dataclasses.dataclass
@@ -141,7 +149,8 @@ def _generate_batch(model: Decoder, variables: dict, tokens: Array, segment_ids:
     if fuse:
         fold = model.fold_norms
         variables = fuse_projections(variables, model.config.dtype, fold_norms=fold)
-        variables = fuse_remix_inference(variables, adapter_config_of(model), model.config.dtype, fold_norms=fold)
+        variables = fuse_remix_inference(variables, adapter_config_of(model), model.config.dtype, fold_norms=fold,
+                                         kernels=model.broadcast_stacked)
     cache = init_cache(model.config, b, t + n)
     positions = positions_from_segments(segment_ids)
 
@@ -204,6 +213,10 @@ def generate(model: Decoder, variables: dict, prompts: Sequence[Sequence[int]], 
             and foldable_norms(adapter_config_of(model)))
     if fold != model.fold_norms:
         model = model.clone(fold_norms=fold)
+    stacked = fold and remix_precomputed_ffn(adapter_config_of(model)) and remix_kernels.use_kernels(
+        config.remix_kernels)
+    if stacked != model.broadcast_stacked:
+        model = model.clone(broadcast_stacked=stacked)
     stop = np.asarray(config.stop_token_ids or (-1,), np.int32)
     tokens_out: list[list[int]] = []
     lps_out: list[list[float]] = []

@@ -40,6 +40,9 @@ Array = jax.Array
 
 PROJ_OUT = "proj_out"  # checkpoint name of every projection's output (see REMAT_POLICIES)
 FUSED = "fused"  # collection of inference-only concatenated kernels (``fuse_projections``)
+# Inference-only collection seen whole by every layer (not sliced by the layer loop): arrays stacked over layers
+# that a kernel indexes by the layer's number itself (``Decoder.broadcast_stacked``).
+STACKED = "stacked"
 
 REMAT_POLICIES = {
     "none": None,
@@ -218,17 +221,23 @@ class MLP(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, deterministic: bool = True, token_mask: Array | None = None,
-                 row_scale: Array | None = None) -> Array:
-        """row_scale: x is the un-normalised block input and row_scale its RMSNorm factor (fold_norms)."""
+                 row_scale: Array | None = None, residual: Array | None = None, layer: Array | None = None) -> Array:
+        """row_scale: x is the un-normalised block input and row_scale its RMSNorm factor (fold_norms).
+        residual: returns residual + FFN(x) (the block's residual add) instead of FFN(x). layer: the block's index
+        (for kernels that read stacked weights, see ``adapters.modules.AdaptedMLP``)."""
         gate, up, down = self.projections()
         kw = dict(deterministic=deterministic, token_mask=token_mask)
         g, u = self.gate_up(x, gate, up, kw, row_scale)
         h = checkpoint_name(nn.silu(g) * u, "ffn_hidden")
-        return self.down_product(h, down, kw)
+        return add_residual(residual, self.down_product(h, down, kw))
 
     def down_product(self, h: Array, down, kw: dict) -> Array:
         """down(h): with the "fused" down_kernel when present (inference), else the projection itself."""
         return fused_product(self, h, "down_kernel", down, kw)
+
+
+def add_residual(residual: Array | None, out: Array) -> Array:
+    return out if residual is None else residual + out
 
 
 def rope_tables(cfg: ModelConfig, positions: Array) -> tuple[Array, Array]:
@@ -383,7 +392,7 @@ class Block(nn.Module):
             hn, segment_ids, cache, layer, mask, cache_index, rope, row_scale=rs, **kw)
         x = x + a
         hn, rs = norm(x, "post_attn_norm")
-        x = x + self.mlp_cls(cfg, self.proj_cls, name="mlp")(hn, row_scale=rs, **kw)
+        x = self.mlp_cls(cfg, self.proj_cls, name="mlp")(hn, row_scale=rs, residual=x, layer=layer, **kw)
         return (x.astype(dt), new_cache, layer + 1), None
 
 
@@ -397,6 +406,9 @@ class Decoder(nn.Module):
     # fold_norms=True)``), so each block hands its un-normalised input to the fused matmuls and multiplies their
     # rows by 1 / RMS (one elementwise kernel less per norm while decoding). Set by generation.
     fold_norms: bool = False
+    # Inference only: the STACKED collection is handed whole to every layer (nn.scan's variable_broadcast, without
+    # its constancy check, which a pallas_call fails on jax 0.11). Set by generation with ReMix's decode kernels.
+    broadcast_stacked: bool = False
 
     def _layers(self, deterministic: bool):
         cfg = self.config
@@ -412,6 +424,7 @@ class Decoder(nn.Module):
             length=cfg.num_layers,
             unroll=min(cfg.scan_unroll, cfg.num_layers),
             metadata_params={nn.PARTITION_NAME: "layers"},
+            **(dict(variable_broadcast=STACKED, check_constancy_invariants=False) if self.broadcast_stacked else {}),
         )(cfg, self.proj_cls, self.mlp_cls, deterministic, self.fold_norms, name="layers")
 
     @nn.compact

@@ -1,0 +1,238 @@
+"""ReMix's routed FFN halves while decoding, as two Pallas (Triton) kernels for GPUs.
+
+``modules.remix_ffn_fused`` runs a block's FFN as y = x [W_gate | W_up | A_all | router parts] (one matmul), the
+top-k weighting of the experts' hidden states, their B products, the SwiGLU, the down matmul
+y2 = hidden [W_down | A_all of down], the weighting of down's hidden state and its B product; the block then
+adds the residual. With XLA each elementwise step between two matmuls is a kernel of its own and each B slice is
+copied out of the layers' stack before its matmul (docs/benchmarks.md, runs H-K). Here the two routed halves are
+one kernel each, with the same kernel count per layer as the frozen FFN (its SwiGLU kernel and its residual
+add):
+
+    routed_front: hidden = silu(g) * u,  g = round(s y_gate) + round((round(s y_A_gate) * pi) B_gate),  u alike
+    routed_back:  out = round(x + round(y2_down + round((y2_A * pi) B_down)))
+
+where s = rsqrt(sum(x^2) / d + eps) is the RMSNorm's row factor (the norm's scale is folded into the matrices),
+pi the top-k weights of the router logits z (omega on the k experts lax.top_k selects, ties to the lower index,
+else 0), each round() a rounding to the compute dtype as XLA's bf16 ops do. Both kernels take the B matrices of
+all layers [L * rows, n r] and the layer as index * stride + offset (the layer loop's counter, so that no kernel
+computes it and no B slice is copied).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class RoutedLayout:
+    """Shapes of a block's routed FFN. y [m, width]: gate/up products in [0, 2f), gate's and up's experts' hidden
+    states in [2f, 2f + 2nr), then ``parts`` router matrices of n columns each (their sum is z)."""
+
+    d: int
+    f: int
+    n: int
+    r: int
+    k: int
+    omega: float
+    parts: int
+    eps: float
+
+    @property
+    def nr(self) -> int:
+        return self.n * self.r
+
+    @property
+    def z_start(self) -> int:
+        return 2 * self.f + 2 * self.nr
+
+    @property
+    def width(self) -> int:
+        return self.z_start + self.parts * self.n
+
+
+MAX_TOKENS = 8  # calls of more tokens (prefill, decode steps of batches > 8) keep XLA's form, faster there
+MODES = ("auto", "xla", "pallas")
+
+
+def available() -> bool:
+    """Whether the default device compiles the kernels: a CUDA GPU of compute capability 8.0 or newer (Pallas's
+    Triton backend)."""
+    dev = jax.devices()[0]
+    cc = getattr(dev, "compute_capability", None)
+    try:
+        return dev.platform == "gpu" and cc is not None and float(cc) >= 8.0
+    except (TypeError, ValueError):
+        return False
+
+
+def use_kernels(mode: str) -> bool:
+    """``GenerationConfig.remix_kernels``: "auto" (the kernels where ``available``), "xla" (never) or "pallas"
+    (always; in Pallas's interpreter off GPUs, slow: for tests)."""
+    if mode not in MODES:
+        raise ValueError(f"remix_kernels={mode!r}: expected one of {MODES}")
+    return mode == "pallas" or (mode == "auto" and available())
+
+
+def _pow2(x: int) -> int:
+    return 1 << max(0, (int(x) - 1).bit_length())
+
+
+def _ds(pl, start, size):
+    """pl.ds with a traced start (a block may run past the array's end; masked loads read nothing there)."""
+    return pl.ds(jnp.asarray(start, jnp.int32), size)
+
+
+def _rounded(v, dtype):
+    return v.astype(dtype).astype(jnp.float32)
+
+
+def _top_k_weights(z, lay: RoutedLayout, dtype):
+    """z [bm, n] float32 router logits -> [bm, n] float32: omega (as ``dtype`` holds it) on the k experts
+    lax.top_k selects (ties to the lower index), else 0. rank_e = #{i : key_i > key_e, or equal and i < e}."""
+    bits = jax.lax.bitcast_convert_type(z, jnp.int32)
+    key = jnp.where(bits < 0, bits ^ jnp.int32(0x7FFFFFFF), bits)  # total order (``sampler.total_order_key``)
+    k_e, k_i = key[:, :, None], key[:, None, :]
+    e = jnp.arange(lay.n)[None, :, None]
+    i = jnp.arange(lay.n)[None, None, :]
+    beats = (k_i > k_e) | ((k_i == k_e) & (i < e))
+    rank = jnp.sum(beats.astype(jnp.int32), axis=2)
+    return jnp.where(rank < lay.k, float(np.asarray(lay.omega, dtype)), 0.0)
+
+
+def _mix(hw, b):
+    """hw [bm, n, r] times b [bc, n, r] summed over (n, r) -> [bm, bc] float32 (no tl.dot: the blocks are
+    far below a tensor-core tile while decoding, and a dot's layout conversions cost more than this)."""
+    prod = hw.astype(jnp.float32)[:, None, :, :] * b.astype(jnp.float32)[None, :, :, :]
+    return jnp.sum(jnp.sum(prod, axis=3), axis=2)
+
+
+def _front_kernel(layer_ref, y_ref, y3_ref, ss_ref, b_ref, o_ref, *, m, lay: RoutedLayout, bm, bf, stride, offset,
+                  dtype):
+    from jax.experimental import pallas as pl
+    from jax.experimental.pallas import triton as plgpu
+
+    n, r, f = lay.n, lay.r, lay.f
+    i, j = pl.program_id(0), pl.program_id(1)
+    rows = _ds(pl, i * bm, bm)
+    row_ok = i * bm + jnp.arange(bm) < m
+    col_ok = j * bf + jnp.arange(bf) < f
+    cmask = row_ok[:, None] & col_ok[None, :]
+    layer = layer_ref[0] * stride + offset
+    # Every load first: a program is bound by load latency, the arithmetic after is small.
+    ss = plgpu.load(ss_ref.at[rows], mask=row_ok, other=0.0)
+    z = sum(plgpu.load(y_ref.at[rows, _ds(pl, lay.z_start + p * n, n)], mask=row_ok[:, None], other=0.0)
+            for p in range(lay.parts))
+    h = [plgpu.load(y3_ref.at[rows, _ds(pl, (2 * f + s * lay.nr) // r, n), _ds(pl, 0, r)],
+                    mask=row_ok[:, None, None], other=0.0) for s in range(2)]
+    b = [plgpu.load(b_ref.at[_ds(pl, (layer * 2 + s) * f + j * bf, bf), _ds(pl, 0, n), _ds(pl, 0, r)],
+                    mask=col_ok[:, None, None], other=0.0) for s in range(2)]
+    base = [plgpu.load(y_ref.at[rows, _ds(pl, s * f + j * bf, bf)], mask=cmask, other=0.0) for s in range(2)]
+    pi = _top_k_weights(z, lay, dtype)[:, :, None]
+    scale = jax.lax.rsqrt(ss / lay.d + lay.eps)[:, None]
+    out = []
+    for s in range(2):  # gate, up
+        hw = _rounded(_rounded(h[s] * scale[:, :, None], dtype) * pi, dtype)
+        out.append(_rounded(_rounded(base[s] * scale, dtype) + _rounded(_mix(hw, b[s]), dtype), dtype))
+    g, u = out
+    hidden = _rounded(_rounded(g * _rounded(jax.nn.sigmoid(g), dtype), dtype) * u, dtype)
+    plgpu.store(o_ref.at[rows, _ds(pl, j * bf, bf)], hidden.astype(o_ref.dtype), mask=cmask)
+
+
+def _back_kernel(layer_ref, y_ref, y2_ref, y23_ref, x_ref, b_ref, o_ref, *, m, lay: RoutedLayout, bm, bd, stride,
+                 offset, dtype):
+    from jax.experimental import pallas as pl
+    from jax.experimental.pallas import triton as plgpu
+
+    f32, n, r, d = jnp.float32, lay.n, lay.r, lay.d
+    i, j = pl.program_id(0), pl.program_id(1)
+    rows = _ds(pl, i * bm, bm)
+    row_ok = i * bm + jnp.arange(bm) < m
+    col_ok = j * bd + jnp.arange(bd) < d
+    cmask = row_ok[:, None] & col_ok[None, :]
+    layer = layer_ref[0] * stride + offset
+    z = sum(plgpu.load(y_ref.at[rows, _ds(pl, lay.z_start + p * n, n)], mask=row_ok[:, None], other=0.0)
+            for p in range(lay.parts))
+    u = plgpu.load(y23_ref.at[rows, _ds(pl, d // r, n), _ds(pl, 0, r)], mask=row_ok[:, None, None], other=0.0)
+    b = plgpu.load(b_ref.at[_ds(pl, layer * d + j * bd, bd), _ds(pl, 0, n), _ds(pl, 0, r)],
+                   mask=col_ok[:, None, None], other=0.0)
+    base = plgpu.load(y2_ref.at[rows, _ds(pl, j * bd, bd)], mask=cmask, other=0.0).astype(f32)
+    xr = plgpu.load(x_ref.at[rows, _ds(pl, j * bd, bd)], mask=cmask, other=0.0).astype(f32)
+    pi = _top_k_weights(z, lay, dtype)[:, :, None]
+    mix = _mix(_rounded(u.astype(f32) * pi, dtype), b)
+    out = _rounded(_rounded(base + _rounded(mix, dtype), dtype) + xr, dtype)
+    plgpu.store(o_ref.at[rows, _ds(pl, j * bd, bd)], out.astype(o_ref.dtype), mask=cmask)
+
+
+def _call(kernel, out_shape, grid, args, interpret: bool, warps: int):
+    from jax.experimental import pallas as pl
+    from jax.experimental.pallas import triton as plgpu
+
+    kw = {} if interpret else {"compiler_params": plgpu.CompilerParams(num_warps=warps, num_stages=1)}
+    return pl.pallas_call(kernel, out_shape=out_shape, grid=grid, interpret=interpret, **kw)(*args)
+
+
+def _row_block(m: int) -> int:
+    return min(16, _pow2(m))
+
+
+def column_block(m: int) -> int:
+    """Columns per program for a call of m tokens (measured on an H200, docs/benchmarks.md run L)."""
+    return 16 if m == 1 else 8
+
+
+def supported(lay: RoutedLayout) -> bool:
+    """Whether the kernels take this layout: n and r powers of two, y's and y2's widths multiples of r (the
+    kernels read the experts' hidden states as [n, r] blocks)."""
+    return (lay.n == _pow2(lay.n) and lay.r == _pow2(lay.r) and lay.width % lay.r == 0
+            and (2 * lay.f) % lay.r == 0 and lay.d % lay.r == 0)
+
+
+def _check_layout(lay: RoutedLayout):
+    if not supported(lay):
+        raise ValueError(f"remix kernels: n and r must be powers of two and the widths of y ({lay.width}), 2f and "
+                         f"d multiples of r ({lay})")
+
+
+def routed_front(y: Array, sumsq: Array, b_gate_up: Array, index: Array, lay: RoutedLayout, dtype, *,
+                 stride: int = 1, offset: int = 0, block: int | None = None, warps: int = 4,
+                 interpret: bool = False) -> Array:
+    """hidden [m, f] (``dtype``) from y [m, width] float32, sumsq [m] (sum of x^2 over d, float32) and every
+    layer's gate/up B b_gate_up [L, 2, f, nr] ([out, in]); the layer is index[0] * stride + offset."""
+    m = y.shape[0]
+    if y.shape != (m, lay.width) or b_gate_up.shape[1:] != (2, lay.f, lay.nr) or sumsq.shape != (m,):
+        raise ValueError(f"routed_front: y {y.shape}, sumsq {sumsq.shape}, B {b_gate_up.shape} do not match {lay}")
+    _check_layout(lay)
+    bm, dtype, block = _row_block(m), jnp.dtype(dtype), block or column_block(m)
+    kernel = functools.partial(_front_kernel, m=m, lay=lay, bm=bm, bf=block, stride=stride, offset=offset,
+                               dtype=dtype)
+    args = (index.reshape(1).astype(jnp.int32), y, y.reshape(m, -1, lay.r), sumsq,
+            b_gate_up.reshape(-1, lay.n, lay.r))
+    return _call(kernel, jax.ShapeDtypeStruct((m, lay.f), dtype), (-(-m // bm), -(-lay.f // block)), args,
+                 interpret, warps)
+
+
+def routed_back(y: Array, y2: Array, x: Array, b_down: Array, index: Array, lay: RoutedLayout, dtype, *,
+                stride: int = 1, offset: int = 0, block: int | None = None, warps: int = 4,
+                interpret: bool = False) -> Array:
+    """x + FFN(x) [m, d] (``dtype``) from y [m, width] float32 (for the router logits), y2 [m, d + nr] (the down
+    product and down's experts' hidden states), the block input x [m, d] and every layer's down B
+    b_down [L, d, nr] ([out, in]); the layer is index[0] * stride + offset."""
+    m = y.shape[0]
+    if y.shape != (m, lay.width) or y2.shape != (m, lay.d + lay.nr) or x.shape != (m, lay.d) \
+            or b_down.shape[1:] != (lay.d, lay.nr):
+        raise ValueError(f"routed_back: y {y.shape}, y2 {y2.shape}, x {x.shape}, B {b_down.shape} do not "
+                         f"match {lay}")
+    _check_layout(lay)
+    bm, dtype, block = _row_block(m), jnp.dtype(dtype), block or column_block(m)
+    kernel = functools.partial(_back_kernel, m=m, lay=lay, bm=bm, bd=block, stride=stride, offset=offset,
+                               dtype=dtype)
+    args = (index.reshape(1).astype(jnp.int32), y, y2, y2.reshape(m, -1, lay.r), x, b_down.reshape(-1, lay.n, lay.r))
+    return _call(kernel, jax.ShapeDtypeStruct((m, lay.d), dtype), (-(-m // bm), -(-lay.d // block)), args,
+                 interpret, warps)

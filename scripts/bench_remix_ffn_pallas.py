@@ -1,0 +1,153 @@
+"""ReMix's FFN while decoding with its routed halves as Pallas kernels (``adapters.remix_kernels``) against
+XLA's form (``modules.remix_ffn_fused``) and the frozen FFN, microseconds per layer.
+
+As ``scripts/bench_remix_ffn.py`` (30 layers of the SmolLM2-135M FFN, stacked, bf16, norms folded, ReMix n 8,
+k 2, r 8 on gate/up/down), but every form runs in the same ``lax.fori_loop`` of two layers per iteration and
+returns x + FFN(x) per layer, so that the kernels can read each layer's B from the stack at the loop's counter.
+Prints one JSON line per (batch, form) and, for "pallas", its largest difference from "remix" after one layer
+and after all layers.
+
+    python scripts/bench_remix_ffn_pallas.py --batch_sizes=1,16,128
+    python scripts/bench_remix_ffn_pallas.py --batch_sizes=1,16 --layers=4 --interpret=1   # CPU check
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from bench_remix_ffn import stacked_mats  # noqa: E402
+
+from remix_jax.adapters.config import AdapterConfig  # noqa: E402
+from remix_jax.adapters.modules import remix_ffn_fused  # noqa: E402
+from remix_jax.adapters.remix_kernels import RoutedLayout, routed_back, routed_front  # noqa: E402
+from remix_jax.models.llama import inference_product, rms_inverse  # noqa: E402
+
+EPS = 1e-5
+PER_ITER = 2
+
+
+def layer_fn(form: str, cfg: AdapterConfig, lay: RoutedLayout, dtype, interpret: bool, blocks):
+    def sliced(mats, name, layer):
+        return jax.lax.dynamic_index_in_dim(mats[name], layer, keepdims=False)
+
+    def apply(x, mats, i, j):
+        layer = i * PER_ITER + j
+        if form == "base":
+            rs = rms_inverse(x, EPS)
+            y = inference_product(x, sliced(mats, "base_gate_up", layer), dtype, jnp.float32)
+            f = y.shape[-1] // 2
+            g, u = (y[..., :f] * rs).astype(dtype), (y[..., f:] * rs).astype(dtype)
+            return (x + inference_product(jax.nn.silu(g) * u, sliced(mats, "base_down", layer), dtype)).astype(dtype)
+        if form == "remix":
+            rs = rms_inverse(x, EPS)
+            remix = {k: sliced(mats, k, layer) for k in ("remix_gate_up", "remix_b_gate_up", "remix_down",
+                                                         "remix_b_down")}
+            return (x + remix_ffn_fused(x, remix, cfg, dtype, rs)).astype(dtype)
+        x32 = x.astype(jnp.float32)
+        ss = jnp.sum(x32 * x32, axis=-1)
+        y = inference_product(x, sliced(mats, "remix_gate_up", layer), dtype, jnp.float32)
+        index = jnp.reshape(i, (1,))
+        kw = dict(stride=PER_ITER, offset=j, interpret=interpret, warps=blocks[2])
+        hidden = routed_front(y, ss, mats["remix_b_gate_up"], index, lay, dtype, block=blocks[0] or None, **kw)
+        y2 = inference_product(hidden, sliced(mats, "remix_down", layer), dtype)
+        return routed_back(y, y2, x, mats["remix_b_down"], index, lay, dtype, block=blocks[1] or None, **kw)
+
+    return apply
+
+
+def stack_fn(form, cfg, lay, dtype, layers: int, interpret: bool = False, blocks=(0, 0, 4)):
+    apply = layer_fn(form, cfg, lay, dtype, interpret, blocks)
+
+    def run(x, mats):
+        def body(i, h):
+            for j in range(PER_ITER):
+                h = apply(h, mats, i, j)
+            return h
+
+        return jax.lax.fori_loop(0, layers // PER_ITER, body, x)
+
+    return jax.jit(run)
+
+
+def main(argv=None) -> list[dict]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--batch_sizes", default="1,16,128")
+    p.add_argument("--forms", default="base,remix,pallas")
+    p.add_argument("--blocks", default="0:0:4",
+                   help="comma list of front_block:back_block:warps (0: remix_kernels.column_block)")
+    p.add_argument("--layers", type=int, default=30)
+    p.add_argument("--calls", type=int, default=50)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--interpret", type=int, default=0, help="1: Pallas's interpreter (CPU check, no timing)")
+    p.add_argument("--profile", type=int, default=0, help="trace this many calls per row and print its kernels")
+    args = p.parse_args(argv)
+    dtype = jnp.bfloat16
+    d, f, n, r = 576, 1536, 8, 8
+    cfg = AdapterConfig(num_experts=n, top_k=2, rank=r)
+    mats = stacked_mats(args.layers, d, f, cfg, dtype)
+    parts = (mats["remix_gate_up"].shape[1] - 2 * f - 2 * n * r) // n
+    lay = RoutedLayout(d=d, f=f, n=n, r=r, k=cfg.top_k, omega=cfg.omega_value(), parts=parts, eps=EPS)
+    rows = []
+    for m in [int(b) for b in args.batch_sizes.split(",") if b]:
+        x = jax.random.normal(jax.random.key(m), (m, d), jnp.float32).astype(dtype)
+        ref1 = refn = None
+        specs = []
+        for form in [s for s in args.forms.split(",") if s]:
+            if form == "pallas":
+                specs += [(form, tuple(int(v) for v in b.split(":"))) for b in args.blocks.split(",") if b]
+            else:
+                specs.append((form, (0, 0, 4)))
+        for form, blocks in specs:
+            fn = stack_fn(form, cfg, lay, dtype, args.layers, bool(args.interpret), blocks)
+            t0 = time.perf_counter()
+            out = jax.block_until_ready(fn(x, mats))
+            row = {"batch": m, "form": form, "compile_s": round(time.perf_counter() - t0, 2),
+                   "device": jax.devices()[0].device_kind}
+            if form == "pallas":
+                row["blocks"] = list(blocks)
+            if form in ("remix", "pallas"):
+                one = jax.jit(lambda x, mats, form=form, blocks=blocks: layer_fn(
+                    form, cfg, lay, dtype, bool(args.interpret), blocks)(x, mats, jnp.int32(0), 1))(x, mats)
+                if form == "remix":
+                    ref1, refn = one, out
+                elif ref1 is not None:
+                    d1 = jnp.abs(one.astype(jnp.float32) - ref1.astype(jnp.float32))
+                    dn = jnp.abs(out.astype(jnp.float32) - refn.astype(jnp.float32))
+                    row.update(max_diff_one_layer=float(d1.max()), frac_diff_one_layer=float((d1 > 0).mean()),
+                               ref_max_one_layer=float(jnp.abs(ref1.astype(jnp.float32)).max()),
+                               max_diff_all=float(dn.max()), ref_max_all=float(jnp.abs(refn.astype(jnp.float32)).max()))
+            if not args.interpret:
+                best = float("inf")
+                for _ in range(args.repeats):
+                    t0 = time.perf_counter()
+                    for _ in range(args.calls):
+                        out = fn(x, mats)
+                    jax.block_until_ready(out)
+                    best = min(best, (time.perf_counter() - t0) / args.calls)
+                row["us_per_layer"] = round(best / args.layers * 1e6, 3)
+                if args.profile:
+                    from profile_ops import format_report, profile_calls
+
+                    report = profile_calls(functools.partial(lambda g, *a: jax.block_until_ready(g(*a)), fn, x, mats),
+                                           fn.lower(x, mats).compile().as_text(), calls=args.profile, top=30)
+                    print(f"--- profile batch {m} {form} {blocks}\n{format_report(report)}", file=sys.stderr,
+                          flush=True)
+                    row["kernels_per_call"] = report["kernels_per_call"]
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    return rows
+
+
+if __name__ == "__main__":
+    main()

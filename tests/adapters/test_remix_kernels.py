@@ -1,0 +1,146 @@
+"""ReMix's decode kernels (adapters.remix_kernels, in Pallas's interpreter here) against XLA's form of the same
+FFN (modules.remix_ffn_fused), alone and inside generation."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from remix_jax.adapters import AdapterConfig, build_model, init_adapter_variables, remix_kernels
+from remix_jax.adapters.modules import remix_block_matrices, remix_ffn_fused, routed_layout
+from remix_jax.evaluation.generation import GenerationConfig, generate
+from remix_jax.models.config import named_config
+from remix_jax.models.llama import STACKED, Decoder, inference_layout, inference_product, init_params, rms_inverse
+
+D, F, LAYERS, EPS = 64, 96, 3, 1e-5
+
+
+@functools.cache
+def stack(dtype: str, n: int = 8, r: int = 8, k: int = 2):
+    """Three layers of ReMix FFN matrices as generation holds them (``remix_block_matrices``, inference layout)."""
+    cfg = AdapterConfig(num_experts=n, top_k=k, rank=r)
+    ks = iter(jax.random.split(jax.random.key(0), 12))
+
+    def normal(shape, scale):
+        return jax.random.normal(next(ks), (LAYERS, *shape), jnp.float32) * scale
+
+    shapes = {"gate_proj": (D, F), "up_proj": (D, F), "down_proj": (F, D)}
+    kernels = {name: normal(s, s[0] ** -0.5) for name, s in shapes.items()}
+    factors = {name: (normal((n, i, r), i ** -0.5), normal((n, r, o), 0.3)) for name, (i, o) in shapes.items()}
+    router = normal((D, n), 1.0)
+    mats = jax.vmap(lambda a, b, w: remix_block_matrices(a, b, w, cfg, jnp.dtype(dtype)))(kernels, factors, router)
+    return cfg, {name: inference_layout(m) for name, m in mats.items()}
+
+
+def xla_form(x, mats, layer, cfg, dtype):
+    one = {name: m[layer] for name, m in mats.items()}
+    return (x + remix_ffn_fused(x, one, cfg, dtype, rms_inverse(x, EPS))).astype(dtype)
+
+
+def kernel_form(x, mats, layer, cfg, dtype, stride=1, offset=0):
+    lay = routed_layout(cfg, mats["remix_gate_up"].shape[1], D, F, EPS)
+    index = jnp.array([(layer - offset) // stride], jnp.int32)
+    x32 = x.astype(jnp.float32)
+    y = inference_product(x, mats["remix_gate_up"][layer], dtype, jnp.float32)
+    hidden = remix_kernels.routed_front(y, jnp.sum(x32 * x32, -1), mats["remix_b_gate_up"], index, lay, dtype,
+                                        stride=stride, offset=offset, interpret=True)
+    y2 = inference_product(hidden, mats["remix_down"][layer], dtype)
+    return remix_kernels.routed_back(y, y2, x, mats["remix_b_down"], index, lay, dtype, stride=stride,
+                                     offset=offset, interpret=True)
+
+
+@pytest.mark.parametrize("m", [1, 3, 8])
+def test_kernels_equal_xla_form_float32(m):
+    cfg, mats = stack("float32")
+    x = jax.random.normal(jax.random.key(m), (m, D), jnp.float32) * 2.0
+    for layer, stride, offset in ((0, 1, 0), (2, 1, 0), (1, 2, 1)):  # the layer read from the stack at index
+        want = xla_form(x, mats, layer, cfg, jnp.float32)
+        got = kernel_form(x, mats, layer, cfg, jnp.float32, stride, offset)
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=2e-5, atol=2e-5)
+    # another layer's B gives another result: the index is really used
+    other = kernel_form(x, mats, 0, cfg, jnp.float32)
+    assert float(jnp.abs(other - xla_form(x, mats, 2, cfg, jnp.float32)).max()) > 0.1
+
+
+def test_kernels_match_xla_form_bfloat16():
+    # bf16 rounding at the same points as XLA's ops; XLA may keep excess precision between fused ops, so allow a
+    # couple of bf16 ulps (values up to ~10).
+    cfg, mats = stack("bfloat16")
+    x = (jax.random.normal(jax.random.key(5), (4, D), jnp.float32) * 2.0).astype(jnp.bfloat16)
+    want = xla_form(x, mats, 1, cfg, jnp.bfloat16).astype(jnp.float32)
+    got = kernel_form(x, mats, 1, cfg, jnp.bfloat16).astype(jnp.float32)
+    assert float(jnp.abs(want - x.astype(jnp.float32)).max()) > 1.0  # the FFN really acts
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=2 ** -6, atol=0.07)
+
+
+def test_top_k_ties_follow_lax_top_k():
+    """Equal logits: the lower expert index wins, as lax.top_k (and remix_inference_weights) decide."""
+    lay = remix_kernels.RoutedLayout(d=8, f=8, n=8, r=2, k=3, omega=1.0, parts=1, eps=EPS)
+    z = jnp.array([[0.0, 1.0, 1.0, 0.5, 1.0, -2.0, 1.0, 0.0],
+                   [3.0, 3.0, 3.0, 3.0, 3.0, 3.0, 3.0, 3.0],
+                   [-1.0, -0.0, 0.0, 2.0, -3.0, 2.0, 1.0, 0.5]], jnp.float32)
+    pi = remix_kernels._top_k_weights(z, lay, jnp.float32)
+    want = np.zeros((3, 8))
+    for row, zr in enumerate(np.asarray(z)):
+        want[row, np.asarray(jax.lax.top_k(jnp.asarray(zr), 3)[1])] = 1.0
+    np.testing.assert_array_equal(np.asarray(pi), want)
+
+
+def test_layout_checks():
+    cfg, mats = stack("float32")
+    lay = routed_layout(cfg, mats["remix_gate_up"].shape[1], D, F, EPS)
+    assert remix_kernels.supported(lay)
+    assert not remix_kernels.supported(routed_layout(AdapterConfig(num_experts=5, top_k=1, rank=8), 2 * F + 90, D, F))
+    y = jnp.zeros((2, lay.width + 1), jnp.float32)
+    with pytest.raises(ValueError, match="routed_front"):
+        remix_kernels.routed_front(y, jnp.zeros(2), mats["remix_b_gate_up"], jnp.zeros(1, jnp.int32), lay,
+                                   jnp.float32, interpret=True)
+    with pytest.raises(ValueError, match="remix_kernels"):
+        remix_kernels.use_kernels("triton")
+    with pytest.raises(ValueError, match="remix_kernels"):
+        GenerationConfig(remix_kernels="cuda")
+    assert not remix_kernels.use_kernels("xla") and remix_kernels.use_kernels("pallas")
+
+
+@functools.cache
+def tiny_remix(dtype: str):
+    cfg = named_config("tiny", dtype=dtype, max_position_embeddings=256)
+    base = jax.jit(lambda r: init_params(Decoder(cfg), r))(jax.random.key(0))
+    base = jax.tree.map(lambda x: x * 3.0 if x.ndim >= 2 else x, base)
+    model = build_model(cfg, AdapterConfig(method="remix", router_init_std=0.5))
+    extra = init_adapter_variables(model, jax.random.key(3))
+    extra["adapter"] = jax.tree_util.tree_map_with_path(
+        lambda p, v: 0.3 * jax.random.normal(jax.random.key(len(jax.tree_util.keystr(p))), v.shape)
+        if "lora_b" in jax.tree_util.keystr(p) else v, extra["adapter"])
+    return model, {**base, **extra}
+
+
+def test_generation_with_kernels_equals_xla_form():
+    model, variables = tiny_remix("float32")
+    prompts = [[5, 17, 33], [9, 2, 250, 7, 7, 1, 80], [101]]
+    runs = {mode: generate(model, variables, prompts, GenerationConfig(max_new_tokens=6, remix_kernels=mode))
+            for mode in ("xla", "pallas")}
+    assert runs["pallas"].tokens == runs["xla"].tokens
+    assert len({tuple(t) for t in runs["xla"].tokens}) > 1
+    for a, b in zip(runs["pallas"].logprobs, runs["xla"].logprobs, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_decode_step_takes_the_kernels():
+    from remix_jax.adapters.modules import fuse_remix_inference
+    from remix_jax.models.llama import fuse_projections, init_cache
+
+    model, variables = tiny_remix("float32")
+    model = model.clone(fold_norms=True, broadcast_stacked=True)
+    fused = fuse_projections(variables, "float32", fold_norms=True)
+    fused = fuse_remix_inference(fused, model.mlp_cls.keywords["adapter"], "float32", fold_norms=True, kernels=True)
+    assert fused[STACKED]["layers"]["mlp"]["b_gate_up"].shape[0] == model.config.num_layers
+    cache = init_cache(model.config, 2, 16)
+
+    def step(tokens):
+        return model.apply(fused, tokens, cache=cache, deterministic=True)[0]
+
+    assert "pallas_call" in str(jax.make_jaxpr(step)(jnp.ones((2, 1), jnp.int32)))  # 2 tokens: the kernels
+    assert "pallas_call" not in str(jax.make_jaxpr(step)(jnp.ones((2, 8), jnp.int32)))  # 16 tokens: XLA's form
