@@ -71,6 +71,27 @@ def ffn_stack(form: str, cfg: AdapterConfig, dtype):
     return jax.jit(run)
 
 
+def time_layers(fn, x, mats, args, label: str) -> dict:
+    """{"us_per_layer": best of args.repeats timings of args.calls calls of fn(x, mats) over args.layers layers}
+    and, with args.profile, "kernels_per_call" (the kernel table goes to stderr under ``label``)."""
+    best = float("inf")
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        for _ in range(args.calls):
+            out = fn(x, mats)
+        jax.block_until_ready(out)
+        best = min(best, (time.perf_counter() - t0) / args.calls)
+    row = {"us_per_layer": round(best / args.layers * 1e6, 3)}
+    if args.profile:
+        from profile_ops import format_report, profile_calls
+
+        report = profile_calls(functools.partial(lambda f, *a: jax.block_until_ready(f(*a)), fn, x, mats),
+                               fn.lower(x, mats).compile().as_text(), calls=args.profile, top=30)
+        print(f"--- profile {label}\n{format_report(report)}", file=sys.stderr, flush=True)
+        row["kernels_per_call"] = report["kernels_per_call"]
+    return row
+
+
 def main(argv=None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--batch_sizes", default="1,16,128")
@@ -91,25 +112,10 @@ def main(argv=None) -> list[dict]:
         for form in [name for name in args.forms.split(",") if name]:
             fn = ffn_stack(form, cfg, dtype)
             t0 = time.perf_counter()
-            out = jax.block_until_ready(fn(x, mats))
+            jax.block_until_ready(fn(x, mats))
             compile_s = time.perf_counter() - t0
-            best = float("inf")
-            for _ in range(args.repeats):
-                t0 = time.perf_counter()
-                for _ in range(args.calls):
-                    out = fn(x, mats)
-                jax.block_until_ready(out)
-                best = min(best, (time.perf_counter() - t0) / args.calls)
-            row = {"batch": m, "form": form, "us_per_layer": round(best / args.layers * 1e6, 3),
-                   "compile_s": round(compile_s, 2), "device": jax.devices()[0].device_kind}
-            if args.profile:
-                from profile_ops import format_report, profile_calls
-
-                report = profile_calls(functools.partial(lambda f, *a: jax.block_until_ready(f(*a)), fn, x, mats),
-                                       fn.lower(x, mats).compile().as_text(), calls=args.profile, top=30)
-                print(f"--- profile batch {m} {form}\n{format_report(report)}", file=sys.stderr,
-                      flush=True)
-                row["kernels_per_call"] = report["kernels_per_call"]
+            row = {"batch": m, "form": form, "compile_s": round(compile_s, 2), "device": jax.devices()[0].device_kind,
+                   **time_layers(fn, x, mats, args, f"batch {m} {form}")}
             print(json.dumps(row), flush=True)
             rows.append(row)
     return rows

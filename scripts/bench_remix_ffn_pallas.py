@@ -14,7 +14,6 @@ and after all layers.
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import sys
@@ -26,7 +25,7 @@ import jax.numpy as jnp
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from bench_remix_ffn import stacked_mats  # noqa: E402
+from bench_remix_ffn import stacked_mats, time_layers  # noqa: E402
 
 from remix_jax.adapters.config import AdapterConfig  # noqa: E402
 from remix_jax.adapters.modules import remix_ffn_fused  # noqa: E402
@@ -128,22 +127,7 @@ def main(argv=None) -> list[dict]:
                                ref_max_one_layer=float(jnp.abs(ref1.astype(jnp.float32)).max()),
                                max_diff_all=float(dn.max()), ref_max_all=float(jnp.abs(refn.astype(jnp.float32)).max()))
             if not args.interpret:
-                best = float("inf")
-                for _ in range(args.repeats):
-                    t0 = time.perf_counter()
-                    for _ in range(args.calls):
-                        out = fn(x, mats)
-                    jax.block_until_ready(out)
-                    best = min(best, (time.perf_counter() - t0) / args.calls)
-                row["us_per_layer"] = round(best / args.layers * 1e6, 3)
-                if args.profile:
-                    from profile_ops import format_report, profile_calls
-
-                    report = profile_calls(functools.partial(lambda g, *a: jax.block_until_ready(g(*a)), fn, x, mats),
-                                           fn.lower(x, mats).compile().as_text(), calls=args.profile, top=30)
-                    print(f"--- profile batch {m} {form} {blocks}\n{format_report(report)}", file=sys.stderr,
-                          flush=True)
-                    row["kernels_per_call"] = report["kernels_per_call"]
+                row.update(time_layers(fn, x, mats, args, f"batch {m} {form} {blocks}"))
             print(json.dumps(row), flush=True)
             rows.append(row)
     return rows

@@ -5,8 +5,7 @@ top-k weighting of the experts' hidden states, their B products, the SwiGLU, the
 y2 = hidden [W_down | A_all of down], the weighting of down's hidden state and its B product; the block then
 adds the residual. With XLA each elementwise step between two matmuls is a kernel of its own and each B slice is
 copied out of the layers' stack before its matmul (docs/benchmarks.md, runs H-K). Here the two routed halves are
-one kernel each, with the same kernel count per layer as the frozen FFN (its SwiGLU kernel and its residual
-add):
+one kernel each, as many kernels per layer as the frozen FFN's (its SwiGLU and its residual add):
 
     routed_front: hidden = silu(g) * u,  g = round(s y_gate) + round((round(s y_A_gate) * pi) B_gate),  u alike
     routed_back:  out = round(x + round(y2_down + round((y2_A * pi) B_down)))
@@ -14,8 +13,11 @@ add):
 where s = rsqrt(sum(x^2) / d + eps) is the RMSNorm's row factor (the norm's scale is folded into the matrices),
 pi the top-k weights of the router logits z (omega on the k experts lax.top_k selects, ties to the lower index,
 else 0), each round() a rounding to the compute dtype as XLA's bf16 ops do. Both kernels take the B matrices of
-all layers [L * rows, n r] and the layer as index * stride + offset (the layer loop's counter, so that no kernel
-computes it and no B slice is copied).
+all layers [L * rows, n, r] and the layer as index * stride + offset (the layer loop's counter, so that no kernel
+computes it and no B slice is copied). The B products are multiply-and-sum over [n, r] blocks: at a few tokens
+this beats a ``tl.dot`` (whose operand layout conversions cost more than the product) and XLA's form; at 16 tokens
+and more XLA's GEMMs win, so generation uses the kernels for calls of at most ``MAX_TOKENS`` tokens
+(``GenerationConfig.remix_kernels``; measurements in docs/benchmarks.md run L).
 """
 
 from __future__ import annotations
@@ -113,27 +115,32 @@ def _mix(hw, b):
     return jnp.sum(jnp.sum(prod, axis=3), axis=2)
 
 
+def _program(pl, plgpu, layer_ref, y_ref, *, m, bm, bc, cols, stride, offset, lay: RoutedLayout):
+    """This program's rows and columns (ds and masks), its layer and its rows' router logits z [bm, n]."""
+    i, j = pl.program_id(0), pl.program_id(1)
+    rows = _ds(pl, i * bm, bm)
+    row_ok = i * bm + jnp.arange(bm) < m
+    col_ok = j * bc + jnp.arange(bc) < cols
+    z = sum(plgpu.load(y_ref.at[rows, _ds(pl, lay.z_start + p * lay.n, lay.n)], mask=row_ok[:, None], other=0.0)
+            for p in range(lay.parts))
+    return rows, j * bc, row_ok, col_ok, row_ok[:, None] & col_ok[None, :], layer_ref[0] * stride + offset, z
+
+
 def _front_kernel(layer_ref, y_ref, y3_ref, ss_ref, b_ref, o_ref, *, m, lay: RoutedLayout, bm, bf, stride, offset,
                   dtype):
     from jax.experimental import pallas as pl
     from jax.experimental.pallas import triton as plgpu
 
     n, r, f = lay.n, lay.r, lay.f
-    i, j = pl.program_id(0), pl.program_id(1)
-    rows = _ds(pl, i * bm, bm)
-    row_ok = i * bm + jnp.arange(bm) < m
-    col_ok = j * bf + jnp.arange(bf) < f
-    cmask = row_ok[:, None] & col_ok[None, :]
-    layer = layer_ref[0] * stride + offset
     # Every load first: a program is bound by load latency, the arithmetic after is small.
+    rows, c0, row_ok, col_ok, cmask, layer, z = _program(pl, plgpu, layer_ref, y_ref, m=m, bm=bm, bc=bf, cols=f,
+                                                         stride=stride, offset=offset, lay=lay)
     ss = plgpu.load(ss_ref.at[rows], mask=row_ok, other=0.0)
-    z = sum(plgpu.load(y_ref.at[rows, _ds(pl, lay.z_start + p * n, n)], mask=row_ok[:, None], other=0.0)
-            for p in range(lay.parts))
     h = [plgpu.load(y3_ref.at[rows, _ds(pl, (2 * f + s * lay.nr) // r, n), _ds(pl, 0, r)],
                     mask=row_ok[:, None, None], other=0.0) for s in range(2)]
-    b = [plgpu.load(b_ref.at[_ds(pl, (layer * 2 + s) * f + j * bf, bf), _ds(pl, 0, n), _ds(pl, 0, r)],
+    b = [plgpu.load(b_ref.at[_ds(pl, (layer * 2 + s) * f + c0, bf), _ds(pl, 0, n), _ds(pl, 0, r)],
                     mask=col_ok[:, None, None], other=0.0) for s in range(2)]
-    base = [plgpu.load(y_ref.at[rows, _ds(pl, s * f + j * bf, bf)], mask=cmask, other=0.0) for s in range(2)]
+    base = [plgpu.load(y_ref.at[rows, _ds(pl, s * f + c0, bf)], mask=cmask, other=0.0) for s in range(2)]
     pi = _top_k_weights(z, lay, dtype)[:, :, None]
     scale = jax.lax.rsqrt(ss / lay.d + lay.eps)[:, None]
     out = []
@@ -142,7 +149,7 @@ def _front_kernel(layer_ref, y_ref, y3_ref, ss_ref, b_ref, o_ref, *, m, lay: Rou
         out.append(_rounded(_rounded(base[s] * scale, dtype) + _rounded(_mix(hw, b[s]), dtype), dtype))
     g, u = out
     hidden = _rounded(_rounded(g * _rounded(jax.nn.sigmoid(g), dtype), dtype) * u, dtype)
-    plgpu.store(o_ref.at[rows, _ds(pl, j * bf, bf)], hidden.astype(o_ref.dtype), mask=cmask)
+    plgpu.store(o_ref.at[rows, _ds(pl, c0, bf)], hidden.astype(o_ref.dtype), mask=cmask)
 
 
 def _back_kernel(layer_ref, y_ref, y2_ref, y23_ref, x_ref, b_ref, o_ref, *, m, lay: RoutedLayout, bm, bd, stride,
@@ -151,23 +158,17 @@ def _back_kernel(layer_ref, y_ref, y2_ref, y23_ref, x_ref, b_ref, o_ref, *, m, l
     from jax.experimental.pallas import triton as plgpu
 
     f32, n, r, d = jnp.float32, lay.n, lay.r, lay.d
-    i, j = pl.program_id(0), pl.program_id(1)
-    rows = _ds(pl, i * bm, bm)
-    row_ok = i * bm + jnp.arange(bm) < m
-    col_ok = j * bd + jnp.arange(bd) < d
-    cmask = row_ok[:, None] & col_ok[None, :]
-    layer = layer_ref[0] * stride + offset
-    z = sum(plgpu.load(y_ref.at[rows, _ds(pl, lay.z_start + p * n, n)], mask=row_ok[:, None], other=0.0)
-            for p in range(lay.parts))
+    rows, c0, row_ok, col_ok, cmask, layer, z = _program(pl, plgpu, layer_ref, y_ref, m=m, bm=bm, bc=bd, cols=d,
+                                                         stride=stride, offset=offset, lay=lay)
     u = plgpu.load(y23_ref.at[rows, _ds(pl, d // r, n), _ds(pl, 0, r)], mask=row_ok[:, None, None], other=0.0)
-    b = plgpu.load(b_ref.at[_ds(pl, layer * d + j * bd, bd), _ds(pl, 0, n), _ds(pl, 0, r)],
+    b = plgpu.load(b_ref.at[_ds(pl, layer * d + c0, bd), _ds(pl, 0, n), _ds(pl, 0, r)],
                    mask=col_ok[:, None, None], other=0.0)
-    base = plgpu.load(y2_ref.at[rows, _ds(pl, j * bd, bd)], mask=cmask, other=0.0).astype(f32)
-    xr = plgpu.load(x_ref.at[rows, _ds(pl, j * bd, bd)], mask=cmask, other=0.0).astype(f32)
+    base = plgpu.load(y2_ref.at[rows, _ds(pl, c0, bd)], mask=cmask, other=0.0).astype(f32)
+    xr = plgpu.load(x_ref.at[rows, _ds(pl, c0, bd)], mask=cmask, other=0.0).astype(f32)
     pi = _top_k_weights(z, lay, dtype)[:, :, None]
     mix = _mix(_rounded(u.astype(f32) * pi, dtype), b)
     out = _rounded(_rounded(base + _rounded(mix, dtype), dtype) + xr, dtype)
-    plgpu.store(o_ref.at[rows, _ds(pl, j * bd, bd)], out.astype(o_ref.dtype), mask=cmask)
+    plgpu.store(o_ref.at[rows, _ds(pl, c0, bd)], out.astype(o_ref.dtype), mask=cmask)
 
 
 def _call(kernel, out_shape, grid, args, interpret: bool, warps: int):

@@ -199,6 +199,11 @@ def fused_product(module: nn.Module, x: Array, kernel_name: str, proj, kw: dict)
     return fused[0] if fused is not None else proj(x, **kw)
 
 
+def add_residual(residual: Array | None, out: Array) -> Array:
+    """residual + out (the block's residual add inside its FFN), or out when there is no residual."""
+    return out if residual is None else residual + out
+
+
 class MLP(nn.Module):
     """SwiGLU FFN: down(silu(gate(x)) * up(x))."""
 
@@ -234,10 +239,6 @@ class MLP(nn.Module):
     def down_product(self, h: Array, down, kw: dict) -> Array:
         """down(h): with the "fused" down_kernel when present (inference), else the projection itself."""
         return fused_product(self, h, "down_kernel", down, kw)
-
-
-def add_residual(residual: Array | None, out: Array) -> Array:
-    return out if residual is None else residual + out
 
 
 def rope_tables(cfg: ModelConfig, positions: Array) -> tuple[Array, Array]:
