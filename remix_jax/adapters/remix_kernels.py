@@ -29,6 +29,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from remix_jax.routing.sampler import total_order_key
+
 Array = jax.Array
 
 
@@ -97,9 +99,10 @@ def _rounded(v, dtype):
 
 def _top_k_weights(z, lay: RoutedLayout, dtype):
     """z [bm, n] float32 router logits -> [bm, n] float32: omega (as ``dtype`` holds it) on the k experts
-    lax.top_k selects (ties to the lower index), else 0. rank_e = #{i : key_i > key_e, or equal and i < e}."""
-    bits = jax.lax.bitcast_convert_type(z, jnp.int32)
-    key = jnp.where(bits < 0, bits ^ jnp.int32(0x7FFFFFFF), bits)  # total order (``sampler.total_order_key``)
+    lax.top_k selects (ties to the lower index), else 0. rank_e = #{i : key_i > key_e, or equal and i < e}, by
+    pairwise comparison of [bm, n, n] (``sampler.descending_rank``'s rule; a Triton kernel cannot slice its
+    columns)."""
+    key = total_order_key(z)
     k_e, k_i = key[:, :, None], key[:, None, :]
     e = jnp.arange(lay.n)[None, :, None]
     i = jnp.arange(lay.n)[None, None, :]
