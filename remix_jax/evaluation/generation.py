@@ -70,7 +70,8 @@ class GenerationConfig:
     fold_norms: bool = True
     # ReMix's routed FFN halves while decoding small batches (at most remix_kernels.MAX_TOKENS tokens per call) as
     # two Pallas kernels (adapters.remix_kernels): "auto" on CUDA GPUs (compute capability >= 8.0), "xla" never,
-    # "pallas" always (Pallas's interpreter off GPUs: slow, for tests). Needs fused projections and folded norms.
+    # "pallas" always (Pallas's interpreter off GPUs: slow, for tests). Needs fused projections, folded norms and the
+    # variables on one device ("auto" keeps XLA's form for variables spread over several devices).
     remix_kernels: str = "auto"
 
     def __post_init__(self):
@@ -194,6 +195,11 @@ def _generate_batch(model: Decoder, variables: dict, tokens: Array, segment_ids:
     return out, logprobs, stopped, step
 
 
+def on_one_device(variables) -> bool:
+    """Whether every jax array of ``variables`` lives on a single device (not sharded or replicated over several)."""
+    return all(len(leaf.sharding.device_set) == 1 for leaf in jax.tree.leaves(variables) if isinstance(leaf, jax.Array))
+
+
 def generate(model: Decoder, variables: dict, prompts: Sequence[Sequence[int]], config: GenerationConfig,
              rng: Array | None = None) -> GenerationOutput:
     """Generate continuations of token-id prompts (each a non-empty list of ids).
@@ -215,6 +221,11 @@ def generate(model: Decoder, variables: dict, prompts: Sequence[Sequence[int]], 
         model = model.clone(fold_norms=fold)
     stacked = fold and remix_precomputed_ffn(adapter_config_of(model)) and remix_kernels.use_kernels(
         config.remix_kernels)
+    if stacked and not on_one_device(variables):  # the kernels have no partitioning rule
+        if config.remix_kernels == "pallas":
+            raise ValueError("remix_kernels='pallas' needs the variables on one device; they are spread over several "
+                             "(use 'auto', which then keeps XLA's form, or 'xla')")
+        stacked = False
     if stacked != model.broadcast_stacked:
         model = model.clone(broadcast_stacked=stacked)
     stop = np.asarray(config.stop_token_ids or (-1,), np.int32)

@@ -144,3 +144,17 @@ def test_decode_step_takes_the_kernels():
 
     assert "pallas_call" in str(jax.make_jaxpr(step)(jnp.ones((2, 1), jnp.int32)))  # 2 tokens: the kernels
     assert "pallas_call" not in str(jax.make_jaxpr(step)(jnp.ones((2, 8), jnp.int32)))  # 16 tokens: XLA's form
+
+
+def test_kernels_need_variables_on_one_device():
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    from remix_jax.evaluation.generation import on_one_device
+
+    model, variables = tiny_remix("float32")
+    assert on_one_device(variables)
+    mesh = Mesh(np.array(jax.devices()[:2]), ("data",))
+    spread = jax.device_put(variables, NamedSharding(mesh, PartitionSpec()))
+    assert not on_one_device(spread)
+    with pytest.raises(ValueError, match="one device"):
+        generate(model, spread, [[5, 17]], GenerationConfig(max_new_tokens=2, remix_kernels="pallas"))
