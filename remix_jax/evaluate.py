@@ -182,6 +182,7 @@ def run(config, workdir: str, log=print, generators: dict | None = None) -> dict
         batch_size=ev.batch_size,
         routing_stats=ev.routing_stats,
         seed=ev.seed,
+        remix_kernels=str(ev.get("remix_kernels", "auto")),
     )
     out = {}
     for task in tasks:

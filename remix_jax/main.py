@@ -232,7 +232,8 @@ class RunEvaluator:
         if self.tasks:
             runner = evaluator.ModelRunner(self.bundle.model, variables, self.tokenizer,
                                            batch_size=int(self.ev.batch_size),
-                                           routing_stats=bool(self.ev.routing_stats), seed=int(self.ev.seed))
+                                           routing_stats=bool(self.ev.routing_stats), seed=int(self.ev.seed),
+                                           remix_kernels=str(self.ev.get("remix_kernels", "auto")))
             for task in self.tasks:
                 res = evaluator.run_task(task, runner, self.ev)
                 metrics = dict(res.metrics)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from remix_jax.adapters.remix_kernels import MODES as REMIX_KERNEL_MODES
 from remix_jax.data.templates import DEFAULT_PLAIN_FORMAT
 
 MC_TASKS = ("arc_c", "arc_e", "boolq", "obqa")
@@ -49,6 +50,8 @@ def default_eval_config() -> ml_collections.ConfigDict:
       Rows of other formats always use tokens.
     routing_stats: run a scoring forward pass with the "routing_stats" collection mutable and save expert
       load / ESS per block beside the accuracy (routed adapters only).
+    remix_kernels: ReMix's decode kernels for generation calls of at most 8 tokens (GenerationConfig.remix_kernels):
+      "auto" (CUDA GPUs), "xla" (never), "pallas" (always; Pallas's interpreter off GPUs, slow).
     humaneval.num_samples / temperature / top_p / ks: sampling for pass@k (num_samples 1 + temperature 0 is
       greedy pass@1; ks lists the k reported, each <= num_samples).
     sandbox: limits for each generated program (see remix_jax/evaluation/sandbox.py); workers 0 = one per CPU.
@@ -65,6 +68,7 @@ def default_eval_config() -> ml_collections.ConfigDict:
     c.mc_normalize = False
     c.mc_normalize_unit = "token"
     c.routing_stats = True
+    c.remix_kernels = "auto"
     c.gsm8k = _task(4, 256, "gsm8k")
     c.arc_c = _task(5, 32, "alpaca")
     c.arc_e = _task(5, 32, "alpaca")
@@ -102,6 +106,8 @@ def validate_eval_config(eval_cfg) -> list[str]:
         errors.append(f"eval.mc_style: {eval_cfg.mc_style!r} is not 'label' or 'text'")
     if eval_cfg.get("mc_normalize_unit", "token") not in ("token", "char"):
         errors.append(f"eval.mc_normalize_unit: {eval_cfg.mc_normalize_unit!r} is not 'token' or 'char'")
+    if eval_cfg.get("remix_kernels", "auto") not in REMIX_KERNEL_MODES:
+        errors.append(f"eval.remix_kernels: {eval_cfg.remix_kernels!r} is not one of {REMIX_KERNEL_MODES}")
     if eval_cfg.batch_size < 1 or eval_cfg.limit < 0:
         errors.append(
             f"eval.batch_size={eval_cfg.batch_size} must be >= 1 and eval.limit={eval_cfg.limit} >= 0"

@@ -111,7 +111,7 @@ class ModelRunner:
     """Generation, option scoring and routing statistics for one model.
 
     variables: {"params": ...} plus adapter collections ("adapter", "router"). ``routing_stats``: collect
-    statistics in scoring passes (only when the model has a router).
+    statistics in scoring passes (only when the model has a router). ``remix_kernels``: GenerationConfig's.
     """
 
     def __init__(
@@ -122,9 +122,11 @@ class ModelRunner:
         batch_size: int = 64,
         routing_stats: bool = True,
         seed: int = 0,
+        remix_kernels: str = "auto",
     ):
         self.model, self.variables, self.tokenizer = model, variables, tokenizer
         self.batch_size = batch_size
+        self.remix_kernels = remix_kernels
         self.with_stats = routing_stats and _has_routing(variables, model)
         self.rng = jax.random.key(seed)
         self.routing = RoutingAccumulator()
@@ -142,7 +144,7 @@ class ModelRunner:
             self.variables,
             self.tokenizer,
             [texts[i] for i in order],
-            dataclasses.replace(gen, max_batch=self.batch_size),
+            dataclasses.replace(gen, max_batch=self.batch_size, remix_kernels=self.remix_kernels),
             stop_strings,
             rng=rng,
         )

@@ -248,6 +248,7 @@ def test_eval_config_validation(data_dir):
         ("tasks", "gsm8k,mmlu", "unknown task"),
         ("tasks", "", "empty"),
         ("mc_mode", "vote", "mc_mode"),
+        ("remix_kernels", "triton", "eval.remix_kernels"),
         ("tasks", "arc_c,arc_c", "twice"),
     ]:
         bad = eval_cfg(data_dir)
