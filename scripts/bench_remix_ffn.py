@@ -49,18 +49,24 @@ def stacked_mats(layers: int, d: int, f: int, cfg: AdapterConfig, dtype, seed: i
     return {**mats, "base_gate_up": mats["remix_gate_up"][:, :2 * f], "base_down": mats["remix_down"][:, :d]}
 
 
+def layer_ffn(form: str, x, mats: dict, cfg: AdapterConfig, dtype, eps: float = 1e-5):
+    """One layer's FFN(x) (no residual) from that layer's matrices: "base" (the frozen SwiGLU FFN) or "remix"
+    (``remix_ffn_fused``), the norm folded (its row factor applied to the first product's rows)."""
+    rs = rms_inverse(x, eps)
+    if form == "base":
+        y = inference_product(x, mats["base_gate_up"], dtype, jnp.float32)
+        f = y.shape[-1] // 2
+        g, u = (y[..., :f] * rs).astype(dtype), (y[..., f:] * rs).astype(dtype)
+        return inference_product(jax.nn.silu(g) * u, mats["base_down"], dtype)
+    remix = {k: v for k, v in mats.items() if k.startswith("remix_")}
+    return remix_ffn_fused(x, remix, cfg, dtype, rs)
+
+
 def ffn_stack(form: str, cfg: AdapterConfig, dtype):
     """jitted x [m, d] -> x after all layers' FFNs (residual added), for one form."""
 
     def ffn(x, mats):
-        rs = rms_inverse(x, 1e-5)
-        if form == "base":
-            y = inference_product(x, mats["base_gate_up"], dtype, jnp.float32)
-            f = y.shape[-1] // 2
-            g, u = (y[..., :f] * rs).astype(dtype), (y[..., f:] * rs).astype(dtype)
-            return inference_product(jax.nn.silu(g) * u, mats["base_down"], dtype)
-        remix = {k: v for k, v in mats.items() if k.startswith("remix_")}
-        return remix_ffn_fused(x, remix, cfg, dtype, rs)
+        return layer_ffn(form, x, mats, cfg, dtype)
 
     def run(x, mats):
         def body(h, layer_mats):

@@ -25,12 +25,11 @@ import jax.numpy as jnp
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from bench_remix_ffn import stacked_mats, time_layers  # noqa: E402
+from bench_remix_ffn import layer_ffn, stacked_mats, time_layers  # noqa: E402
 
 from remix_jax.adapters.config import AdapterConfig  # noqa: E402
-from remix_jax.adapters.modules import remix_ffn_fused  # noqa: E402
 from remix_jax.adapters.remix_kernels import RoutedLayout, routed_back, routed_front  # noqa: E402
-from remix_jax.models.llama import inference_product, rms_inverse  # noqa: E402
+from remix_jax.models.llama import inference_product  # noqa: E402
 
 EPS = 1e-5
 PER_ITER = 2
@@ -42,17 +41,10 @@ def layer_fn(form: str, cfg: AdapterConfig, lay: RoutedLayout, dtype, interpret:
 
     def apply(x, mats, i, j):
         layer = i * PER_ITER + j
-        if form == "base":
-            rs = rms_inverse(x, EPS)
-            y = inference_product(x, sliced(mats, "base_gate_up", layer), dtype, jnp.float32)
-            f = y.shape[-1] // 2
-            g, u = (y[..., :f] * rs).astype(dtype), (y[..., f:] * rs).astype(dtype)
-            return (x + inference_product(jax.nn.silu(g) * u, sliced(mats, "base_down", layer), dtype)).astype(dtype)
-        if form == "remix":
-            rs = rms_inverse(x, EPS)
-            remix = {k: sliced(mats, k, layer) for k in ("remix_gate_up", "remix_b_gate_up", "remix_down",
-                                                         "remix_b_down")}
-            return (x + remix_ffn_fused(x, remix, cfg, dtype, rs)).astype(dtype)
+        if form in ("base", "remix"):
+            names = [k for k in mats if k.startswith(form)]
+            one = {k: sliced(mats, k, layer) for k in names}
+            return (x + layer_ffn(form, x, one, cfg, dtype, EPS)).astype(dtype)
         x32 = x.astype(jnp.float32)
         ss = jnp.sum(x32 * x32, axis=-1)
         y = inference_product(x, sliced(mats, "remix_gate_up", layer), dtype, jnp.float32)

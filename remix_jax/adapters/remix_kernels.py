@@ -76,11 +76,16 @@ def available() -> bool:
         return False
 
 
+def check_mode(mode: str) -> str:
+    if mode not in MODES:
+        raise ValueError(f"remix_kernels={mode!r}: expected one of {MODES}")
+    return mode
+
+
 def use_kernels(mode: str) -> bool:
     """``GenerationConfig.remix_kernels``: "auto" (the kernels where ``available``), "xla" (never) or "pallas"
     (always; in Pallas's interpreter off GPUs, slow: for tests)."""
-    if mode not in MODES:
-        raise ValueError(f"remix_kernels={mode!r}: expected one of {MODES}")
+    check_mode(mode)
     return mode == "pallas" or (mode == "auto" and available())
 
 

@@ -85,8 +85,7 @@ class GenerationConfig:
             raise ValueError(f"max_batch={self.max_batch} must be >= 1")
         if self.scan_unroll < 0:
             raise ValueError(f"scan_unroll={self.scan_unroll} must be >= 0 (0 keeps the model's own)")
-        if self.remix_kernels not in remix_kernels.MODES:
-            raise ValueError(f"remix_kernels={self.remix_kernels!r}: expected one of {remix_kernels.MODES}")
+        remix_kernels.check_mode(self.remix_kernels)
 
 
 @dataclasses.dataclass
