@@ -4,8 +4,10 @@ XLA's form (``modules.remix_ffn_fused``) and the frozen FFN, microseconds per la
 As ``scripts/bench_remix_ffn.py`` (30 layers of the SmolLM2-135M FFN, stacked, bf16, norms folded, ReMix n 8,
 k 2, r 8 on gate/up/down), but every form runs in the same ``lax.fori_loop`` of two layers per iteration and
 returns x + FFN(x) per layer, so that the kernels can read each layer's B from the stack at the loop's counter.
-Prints one JSON line per (batch, form) and, for "pallas", its largest difference from "remix" after one layer
-and after all layers.
+Forms: "base" (the frozen FFN), "remix" (XLA's form), "pallas" (the kernels as generation runs them),
+"pallas_sum" / "pallas_dot" (the B products multiplied and summed / by ``tl.dot``, whatever the tiling picks).
+Prints one JSON line per (batch, form) and, for the kernels, their largest difference from "remix" after one
+layer and after all layers.
 
     python scripts/bench_remix_ffn_pallas.py --batch_sizes=1,16,128
     python scripts/bench_remix_ffn_pallas.py --batch_sizes=1,16 --layers=4 --interpret=1   # CPU check
@@ -28,7 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_remix_ffn import layer_ffn, stacked_mats, time_layers  # noqa: E402
 
 from remix_jax.adapters.config import AdapterConfig  # noqa: E402
-from remix_jax.adapters.remix_kernels import RoutedLayout, routed_back, routed_front  # noqa: E402
+from remix_jax.adapters.remix_kernels import RoutedLayout, down_partials, routed_back, routed_front, tiling  # noqa: E402,E501
 from remix_jax.models.llama import inference_product  # noqa: E402
 
 EPS = 1e-5
@@ -45,19 +47,20 @@ def layer_fn(form: str, cfg: AdapterConfig, lay: RoutedLayout, dtype, interpret:
             names = [k for k in mats if k.startswith(form)]
             one = {k: sliced(mats, k, layer) for k in names}
             return (x + layer_ffn(form, x, one, cfg, dtype, EPS)).astype(dtype)
-        x32 = x.astype(jnp.float32)
-        ss = jnp.sum(x32 * x32, axis=-1)
         y = inference_product(x, sliced(mats, "remix_gate_up", layer), dtype, jnp.float32)
         index = jnp.reshape(i, (1,))
-        kw = dict(stride=PER_ITER, offset=j, interpret=interpret, warps=blocks[2])
-        hidden = routed_front(y, ss, mats["remix_b_gate_up"], index, lay, dtype, block=blocks[0] or None, **kw)
-        y2 = inference_product(hidden, sliced(mats, "remix_down", layer), dtype)
+        kw = dict(stride=PER_ITER, offset=j, interpret=interpret, warps=blocks[2] or None, rows=blocks[3] or None,
+                  dot={"pallas": None, "pallas_sum": False, "pallas_dot": True}[form])
+        hidden = routed_front(y, x, mats["remix_b_gate_up"], index, lay, dtype, block=blocks[0] or None, **kw)
+        w2 = sliced(mats, "remix_down", layer)
+        splits = tiling(x.shape[0]).splits if blocks[4] < 0 else blocks[4]
+        y2 = down_partials(hidden, w2, splits, dtype) if splits else inference_product(hidden, w2, dtype)
         return routed_back(y, y2, x, mats["remix_b_down"], index, lay, dtype, block=blocks[1] or None, **kw)
 
     return apply
 
 
-def stack_fn(form, cfg, lay, dtype, layers: int, interpret: bool = False, blocks=(0, 0, 4)):
+def stack_fn(form, cfg, lay, dtype, layers: int, interpret: bool = False, blocks=(0, 0, 0, 0, -1)):
     apply = layer_fn(form, cfg, lay, dtype, interpret, blocks)
 
     def run(x, mats):
@@ -71,12 +74,19 @@ def stack_fn(form, cfg, lay, dtype, layers: int, interpret: bool = False, blocks
     return jax.jit(run)
 
 
+def _tiling_spec(text: str) -> tuple:
+    t = tuple(int(v) for v in text.split(":"))
+    return t + (0, 0, 0, 0, -1)[len(t):]
+
+
 def main(argv=None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--batch_sizes", default="1,16,128")
-    p.add_argument("--forms", default="base,remix,pallas")
-    p.add_argument("--blocks", default="0:0:4",
-                   help="comma list of front_block:back_block:warps (0: remix_kernels.column_block)")
+    p.add_argument("--forms", default="base,remix,pallas", help="comma list of: base, remix, pallas, pallas_sum, "
+                   "pallas_dot")
+    p.add_argument("--blocks", default="0:0:0:0",
+                   help="comma list of the kernels' tilings front_columns:back_columns:warps[:rows[:splits]] (per "
+                        "program, the down product's partial sums; 0 (splits -1): remix_kernels.tiling's)")
     p.add_argument("--layers", type=int, default=30)
     p.add_argument("--calls", type=int, default=50)
     p.add_argument("--repeats", type=int, default=5)
@@ -95,19 +105,19 @@ def main(argv=None) -> list[dict]:
         ref1 = refn = None
         specs = []
         for form in [s for s in args.forms.split(",") if s]:
-            if form == "pallas":
-                specs += [(form, tuple(int(v) for v in b.split(":"))) for b in args.blocks.split(",") if b]
+            if form.startswith("pallas"):
+                specs += [(form, _tiling_spec(b)) for b in args.blocks.split(",") if b]
             else:
-                specs.append((form, (0, 0, 4)))
+                specs.append((form, (0, 0, 0, 0, -1)))
         for form, blocks in specs:
             fn = stack_fn(form, cfg, lay, dtype, args.layers, bool(args.interpret), blocks)
             t0 = time.perf_counter()
             out = jax.block_until_ready(fn(x, mats))
             row = {"batch": m, "form": form, "compile_s": round(time.perf_counter() - t0, 2),
                    "device": jax.devices()[0].device_kind}
-            if form == "pallas":
+            if form.startswith("pallas"):
                 row["blocks"] = list(blocks)
-            if form in ("remix", "pallas"):
+            if form == "remix" or form.startswith("pallas"):
                 one = jax.jit(lambda x, mats, form=form, blocks=blocks: layer_fn(
                     form, cfg, lay, dtype, bool(args.interpret), blocks)(x, mats, jnp.int32(0), 1))(x, mats)
                 if form == "remix":

@@ -362,11 +362,14 @@ class AdaptedMLP(MLP):
         lay = routed_layout(cfg, w1.shape[0], d, w2.shape[1], self.config.rms_norm_eps)
         interpret = jax.default_backend() != "gpu"  # Pallas's interpreter elsewhere (tests)
         x2 = x.reshape(m, d)
-        x32 = x2.astype(jnp.float32)
         y = inference_product(x2, w1, dtype, jnp.float32)
-        hidden = remix_kernels.routed_front(y, jnp.sum(x32 * x32, axis=-1), self.get_variable(STACKED, "b_gate_up"),
-                                            layer, lay, dtype, interpret=interpret)
-        y2 = inference_product(hidden, w2, dtype)
+        hidden = remix_kernels.routed_front(y, x2, self.get_variable(STACKED, "b_gate_up"), layer, lay, dtype,
+                                            interpret=interpret)
+        splits = remix_kernels.tiling(m).splits
+        if splits and hidden.shape[-1] % splits == 0:
+            y2 = remix_kernels.down_partials(hidden, w2, splits, dtype)
+        else:
+            y2 = inference_product(hidden, w2, dtype)
         out = remix_kernels.routed_back(y, y2, residual.reshape(m, d), self.get_variable(STACKED, "b_down"), layer,
                                         lay, dtype, interpret=interpret)
         return out.reshape(*lead, d)

@@ -10,14 +10,19 @@ one kernel each, as many kernels per layer as the frozen FFN's (its SwiGLU and i
     routed_front: hidden = silu(g) * u,  g = round(s y_gate) + round((round(s y_A_gate) * pi) B_gate),  u alike
     routed_back:  out = round(x + round(y2_down + round((y2_A * pi) B_down)))
 
-where s = rsqrt(sum(x^2) / d + eps) is the RMSNorm's row factor (the norm's scale is folded into the matrices),
-pi the top-k weights of the router logits z (omega on the k experts lax.top_k selects, ties to the lower index,
-else 0), each round() a rounding to the compute dtype as XLA's bf16 ops do. Both kernels take the B matrices of
-all layers [L * rows, n, r] and the layer as index * stride + offset (the layer loop's counter, so that no kernel
-computes it and no B slice is copied). The B products are multiply-and-sum over [n, r] blocks: at a few tokens
-this beats a ``tl.dot`` (whose operand layout conversions cost more than the product) and XLA's form; at 16 tokens
-and more XLA's GEMMs win, so generation uses the kernels for calls of at most ``MAX_TOKENS`` tokens
-(``GenerationConfig.remix_kernels``; measurements in docs/benchmarks.md run L).
+where s = rsqrt(sum(x^2) / d + eps) is the RMSNorm's row factor (the norm's scale is folded into the matrices;
+``routed_front`` takes the sum of squares of x itself, so no kernel computes it), pi the top-k weights of the router
+logits z (omega on the k experts lax.top_k selects, ties to the lower index, else 0), each round() a rounding to the
+compute dtype as XLA's bf16 ops do. Both kernels take the B matrices of all layers [L * rows, n, r] and the layer
+as index * stride + offset (the layer loop's counter, so that no kernel computes it and no B slice is copied).
+
+How a call is tiled depends on its tokens (``tiling``): up to 8, one token per program and the B products as
+multiply-and-sum over [n, r] blocks (a ``tl.dot`` would be mostly padding and its layout conversions cost more
+than the product); 9 to 16, all tokens in each program and the B products by ``tl.dot``, and the down product
+handed to ``routed_back`` as partial sums over its inner dimension (``down_partials``), which it adds itself: at
+16 tokens XLA splits that product and would add the parts in a kernel of its own. Generation uses the kernels for
+calls of at most ``MAX_TOKENS`` tokens (decode steps of batches up to 16); prefill and larger batches keep XLA's
+form (``GenerationConfig.remix_kernels``; measurements in docs/benchmarks.md runs L and M).
 """
 
 from __future__ import annotations
@@ -61,7 +66,7 @@ class RoutedLayout:
         return self.z_start + self.parts * self.n
 
 
-MAX_TOKENS = 8  # calls of more tokens (prefill, decode steps of batches > 8) keep XLA's form, faster there
+MAX_TOKENS = 16  # calls of more tokens (prefill, decode steps of batches > 16) keep XLA's form, faster there
 MODES = ("auto", "xla", "pallas")
 
 
@@ -134,8 +139,14 @@ def _program(pl, plgpu, layer_ref, y_ref, *, m, bm, bc, cols, stride, offset, la
     return rows, j * bc, row_ok, col_ok, row_ok[:, None] & col_ok[None, :], layer_ref[0] * stride + offset, z
 
 
-def _front_kernel(layer_ref, y_ref, y3_ref, ss_ref, b_ref, o_ref, *, m, lay: RoutedLayout, bm, bf, stride, offset,
-                  dtype):
+def _dot(pl, hw, b):
+    """The same product as ``_mix`` by ``tl.dot``: hw [bm, n, r] (values of ``b``'s dtype) and b [bc, nr]."""
+    hw2 = jnp.reshape(hw, (hw.shape[0], -1)).astype(b.dtype)
+    return jax.lax.dot_general(hw2, b, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+
+
+def _front_kernel(layer_ref, y_ref, y3_ref, x_ref, b_ref, o_ref, *, m, lay: RoutedLayout, bm, bf, stride, offset,
+                  dtype, dot):
     from jax.experimental import pallas as pl
     from jax.experimental.pallas import triton as plgpu
 
@@ -143,38 +154,56 @@ def _front_kernel(layer_ref, y_ref, y3_ref, ss_ref, b_ref, o_ref, *, m, lay: Rou
     # Every load first: a program is bound by load latency, the arithmetic after is small.
     rows, c0, row_ok, col_ok, cmask, layer, z = _program(pl, plgpu, layer_ref, y_ref, m=m, bm=bm, bc=bf, cols=f,
                                                          stride=stride, offset=offset, lay=lay)
-    ss = plgpu.load(ss_ref.at[rows], mask=row_ok, other=0.0)
+    d_ok = jnp.arange(_pow2(lay.d)) < lay.d
+    xr = plgpu.load(x_ref.at[rows, _ds(pl, 0, _pow2(lay.d))], mask=row_ok[:, None] & d_ok[None, :],
+                    other=0.0).astype(jnp.float32)
     h = [plgpu.load(y3_ref.at[rows, _ds(pl, (2 * f + s * lay.nr) // r, n), _ds(pl, 0, r)],
                     mask=row_ok[:, None, None], other=0.0) for s in range(2)]
-    b = [plgpu.load(b_ref.at[_ds(pl, (layer * 2 + s) * f + c0, bf), _ds(pl, 0, n), _ds(pl, 0, r)],
-                    mask=col_ok[:, None, None], other=0.0) for s in range(2)]
+    if dot:
+        b = [plgpu.load(b_ref.at[_ds(pl, (layer * 2 + s) * f + c0, bf), _ds(pl, 0, lay.nr)],
+                        mask=col_ok[:, None], other=0.0) for s in range(2)]
+    else:
+        b = [plgpu.load(b_ref.at[_ds(pl, (layer * 2 + s) * f + c0, bf), _ds(pl, 0, n), _ds(pl, 0, r)],
+                        mask=col_ok[:, None, None], other=0.0) for s in range(2)]
     base = [plgpu.load(y_ref.at[rows, _ds(pl, s * f + c0, bf)], mask=cmask, other=0.0) for s in range(2)]
     pi = _top_k_weights(z, lay, dtype)[:, :, None]
-    scale = jax.lax.rsqrt(ss / lay.d + lay.eps)[:, None]
+    scale = jax.lax.rsqrt(jnp.sum(xr * xr, axis=1) / lay.d + lay.eps)[:, None]
     out = []
     for s in range(2):  # gate, up
         hw = _rounded(_rounded(h[s] * scale[:, :, None], dtype) * pi, dtype)
-        out.append(_rounded(_rounded(base[s] * scale, dtype) + _rounded(_mix(hw, b[s]), dtype), dtype))
+        mix = _dot(pl, hw, b[s]) if dot else _mix(hw, b[s])
+        out.append(_rounded(_rounded(base[s] * scale, dtype) + _rounded(mix, dtype), dtype))
     g, u = out
     hidden = _rounded(_rounded(g * _rounded(jax.nn.sigmoid(g), dtype), dtype) * u, dtype)
     plgpu.store(o_ref.at[rows, _ds(pl, c0, bf)], hidden.astype(o_ref.dtype), mask=cmask)
 
 
 def _back_kernel(layer_ref, y_ref, y2_ref, y23_ref, x_ref, b_ref, o_ref, *, m, lay: RoutedLayout, bm, bd, stride,
-                 offset, dtype):
+                 offset, dtype, dot, splits):
     from jax.experimental import pallas as pl
     from jax.experimental.pallas import triton as plgpu
 
     f32, n, r, d = jnp.float32, lay.n, lay.r, lay.d
     rows, c0, row_ok, col_ok, cmask, layer, z = _program(pl, plgpu, layer_ref, y_ref, m=m, bm=bm, bc=bd, cols=d,
                                                          stride=stride, offset=offset, lay=lay)
-    u = plgpu.load(y23_ref.at[rows, _ds(pl, d // r, n), _ds(pl, 0, r)], mask=row_ok[:, None, None], other=0.0)
-    b = plgpu.load(b_ref.at[_ds(pl, layer * d + c0, bd), _ds(pl, 0, n), _ds(pl, 0, r)],
-                   mask=col_ok[:, None, None], other=0.0)
-    base = plgpu.load(y2_ref.at[rows, _ds(pl, c0, bd)], mask=cmask, other=0.0).astype(f32)
+    if splits:  # y2 as float32 partial sums [splits, m, d + nr] (``down_partials``): summed and rounded here
+        parts = _ds(pl, 0, splits)
+        u = _rounded(jnp.sum(plgpu.load(y23_ref.at[parts, rows, _ds(pl, d // r, n), _ds(pl, 0, r)],
+                                        mask=row_ok[None, :, None, None], other=0.0), axis=0), dtype)
+        base = _rounded(jnp.sum(plgpu.load(y2_ref.at[parts, rows, _ds(pl, c0, bd)], mask=cmask[None], other=0.0),
+                                axis=0), dtype)
+    else:
+        u = plgpu.load(y23_ref.at[rows, _ds(pl, d // r, n), _ds(pl, 0, r)], mask=row_ok[:, None, None], other=0.0)
+        base = plgpu.load(y2_ref.at[rows, _ds(pl, c0, bd)], mask=cmask, other=0.0).astype(f32)
+    if dot:
+        b = plgpu.load(b_ref.at[_ds(pl, layer * d + c0, bd), _ds(pl, 0, lay.nr)], mask=col_ok[:, None], other=0.0)
+    else:
+        b = plgpu.load(b_ref.at[_ds(pl, layer * d + c0, bd), _ds(pl, 0, n), _ds(pl, 0, r)],
+                       mask=col_ok[:, None, None], other=0.0)
     xr = plgpu.load(x_ref.at[rows, _ds(pl, c0, bd)], mask=cmask, other=0.0).astype(f32)
     pi = _top_k_weights(z, lay, dtype)[:, :, None]
-    mix = _mix(_rounded(u.astype(f32) * pi, dtype), b)
+    hw = _rounded(u.astype(f32) * pi, dtype)
+    mix = _dot(pl, hw, b) if dot else _mix(hw, b)
     out = _rounded(_rounded(base + _rounded(mix, dtype), dtype) + xr, dtype)
     plgpu.store(o_ref.at[rows, _ds(pl, c0, bd)], out.astype(o_ref.dtype), mask=cmask)
 
@@ -187,13 +216,45 @@ def _call(kernel, out_shape, grid, args, interpret: bool, warps: int):
     return pl.pallas_call(kernel, out_shape=out_shape, grid=grid, interpret=interpret, **kw)(*args)
 
 
-def _row_block(m: int) -> int:
-    return min(16, _pow2(m))
+@dataclasses.dataclass(frozen=True)
+class Tiling:
+    """How a call is split into programs: ``rows`` tokens and ``front_cols`` / ``back_cols`` output columns per
+    program, ``warps`` per program, and the B products by ``tl.dot`` (``dot``; rows and columns >= 16) or
+    multiplied and summed."""
+
+    rows: int
+    front_cols: int
+    back_cols: int
+    warps: int
+    dot: bool
+    splits: int = 0  # the down product as this many partial sums (``down_partials``); 0: whole
 
 
-def column_block(m: int) -> int:
-    """Columns per program for a call of m tokens (measured on an H200, docs/benchmarks.md run L)."""
-    return 16 if m == 1 else 8
+def down_partials(hidden: Array, w: Array, splits: int, dtype) -> Array:
+    """The down product hidden [m, K] times w [N, K] ([out, in]) as ``splits`` float32 partial sums over K
+    [splits, m, N], for ``routed_back`` to add. At 16 tokens XLA splits this product over K itself and adds the
+    parts in a kernel of its own, which the frozen FFN folds into its residual add (docs/benchmarks.md run M)."""
+    m, k = hidden.shape
+    h = hidden.astype(dtype).reshape(m, splits, k // splits)
+    return jnp.einsum("msk,nsk->smn", h, w.astype(dtype).reshape(w.shape[0], splits, k // splits),
+                      preferred_element_type=jnp.float32)
+
+
+def tiling(m: int) -> Tiling:
+    """The tiling for a call of m tokens, measured on an H200 (docs/benchmarks.md run M): up to 8 tokens one token
+    per program and the B products multiplied and summed (a tensor-core tile would be mostly padding); 9 to 16
+    tokens all of them in each program, B by ``tl.dot`` over 64 (front) or 32 (back) columns, 8 warps."""
+    return Tiling(1, 16, 16, 4, False) if m <= 8 else Tiling(16, 64, 32, 8, True, splits=8)
+
+
+def _tiles(name: str, m: int, cols: int | None, rows: int | None, warps: int | None, dot: bool | None, front: bool):
+    t = tiling(m)
+    cols = cols or (t.front_cols if front else t.back_cols)
+    rows, warps, dot = rows or t.rows, warps or t.warps, t.dot if dot is None else dot
+    if dot and min(rows, cols) < 16:
+        raise ValueError(f"{name}: dot=True needs at least 16 rows and columns per program (rows {rows}, "
+                         f"columns {cols})")
+    return rows, cols, warps, dot
 
 
 def supported(lay: RoutedLayout) -> bool:
@@ -209,39 +270,45 @@ def _check_layout(lay: RoutedLayout):
                          f"d multiples of r ({lay})")
 
 
-def routed_front(y: Array, sumsq: Array, b_gate_up: Array, index: Array, lay: RoutedLayout, dtype, *,
-                 stride: int = 1, offset: int = 0, block: int | None = None, warps: int = 4,
-                 interpret: bool = False) -> Array:
-    """hidden [m, f] (``dtype``) from y [m, width] float32, sumsq [m] (sum of x^2 over d, float32) and every
-    layer's gate/up B b_gate_up [L, 2, f, nr] ([out, in]); the layer is index[0] * stride + offset."""
+def routed_front(y: Array, x: Array, b_gate_up: Array, index: Array, lay: RoutedLayout, dtype, *,
+                 stride: int = 1, offset: int = 0, block: int | None = None, rows: int | None = None,
+                 warps: int | None = None, dot: bool | None = None, interpret: bool = False) -> Array:
+    """hidden [m, f] (``dtype``) from y [m, width] float32, the block input x [m, d] (its RMSNorm factor is taken
+    in the kernel) and every layer's gate/up B b_gate_up [L, 2, f, nr] ([out, in]); the layer is
+    index[0] * stride + offset."""
     m = y.shape[0]
-    if y.shape != (m, lay.width) or b_gate_up.shape[1:] != (2, lay.f, lay.nr) or sumsq.shape != (m,):
-        raise ValueError(f"routed_front: y {y.shape}, sumsq {sumsq.shape}, B {b_gate_up.shape} do not match {lay}")
+    if y.shape != (m, lay.width) or b_gate_up.shape[1:] != (2, lay.f, lay.nr) or x.shape != (m, lay.d):
+        raise ValueError(f"routed_front: y {y.shape}, x {x.shape}, B {b_gate_up.shape} do not match {lay}")
     _check_layout(lay)
-    bm, dtype, block = _row_block(m), jnp.dtype(dtype), block or column_block(m)
+    bm, block, warps, dot = _tiles("routed_front", m, block, rows, warps, dot, front=True)
+    dtype = jnp.dtype(dtype)
     kernel = functools.partial(_front_kernel, m=m, lay=lay, bm=bm, bf=block, stride=stride, offset=offset,
-                               dtype=dtype)
-    args = (index.reshape(1).astype(jnp.int32), y, y.reshape(m, -1, lay.r), sumsq,
-            b_gate_up.reshape(-1, lay.n, lay.r))
+                               dtype=dtype, dot=dot)
+    b = b_gate_up.reshape(-1, lay.nr) if dot else b_gate_up.reshape(-1, lay.n, lay.r)
+    args = (index.reshape(1).astype(jnp.int32), y, y.reshape(m, -1, lay.r), x, b)
     return _call(kernel, jax.ShapeDtypeStruct((m, lay.f), dtype), (-(-m // bm), -(-lay.f // block)), args,
                  interpret, warps)
 
 
 def routed_back(y: Array, y2: Array, x: Array, b_down: Array, index: Array, lay: RoutedLayout, dtype, *,
-                stride: int = 1, offset: int = 0, block: int | None = None, warps: int = 4,
-                interpret: bool = False) -> Array:
+                stride: int = 1, offset: int = 0, block: int | None = None, rows: int | None = None,
+                warps: int | None = None, dot: bool | None = None, interpret: bool = False) -> Array:
     """x + FFN(x) [m, d] (``dtype``) from y [m, width] float32 (for the router logits), y2 [m, d + nr] (the down
-    product and down's experts' hidden states), the block input x [m, d] and every layer's down B
-    b_down [L, d, nr] ([out, in]); the layer is index[0] * stride + offset."""
+    product and down's experts' hidden states, in ``dtype``) or its float32 partial sums [splits, m, d + nr]
+    (``down_partials``), the block input x [m, d] and every layer's down B b_down [L, d, nr] ([out, in]); the layer
+    is index[0] * stride + offset."""
     m = y.shape[0]
-    if y.shape != (m, lay.width) or y2.shape != (m, lay.d + lay.nr) or x.shape != (m, lay.d) \
-            or b_down.shape[1:] != (lay.d, lay.nr):
+    splits = y2.shape[0] if y2.ndim == 3 else 0
+    if y.shape != (m, lay.width) or y2.shape[-2:] != (m, lay.d + lay.nr) or x.shape != (m, lay.d) \
+            or b_down.shape[1:] != (lay.d, lay.nr) or y2.ndim not in (2, 3) or splits not in (0, _pow2(splits)):
         raise ValueError(f"routed_back: y {y.shape}, y2 {y2.shape}, x {x.shape}, B {b_down.shape} do not "
                          f"match {lay}")
     _check_layout(lay)
-    bm, dtype, block = _row_block(m), jnp.dtype(dtype), block or column_block(m)
+    bm, block, warps, dot = _tiles("routed_back", m, block, rows, warps, dot, front=False)
+    dtype = jnp.dtype(dtype)
     kernel = functools.partial(_back_kernel, m=m, lay=lay, bm=bm, bd=block, stride=stride, offset=offset,
-                               dtype=dtype)
-    args = (index.reshape(1).astype(jnp.int32), y, y2, y2.reshape(m, -1, lay.r), x, b_down.reshape(-1, lay.n, lay.r))
+                               dtype=dtype, dot=dot, splits=splits)
+    b = b_down.reshape(-1, lay.nr) if dot else b_down.reshape(-1, lay.n, lay.r)
+    args = (index.reshape(1).astype(jnp.int32), y, y2, y2.reshape(*y2.shape[:-1], -1, lay.r), x, b)
     return _call(kernel, jax.ShapeDtypeStruct((m, lay.d), dtype), (-(-m // bm), -(-lay.d // block)), args,
                  interpret, warps)

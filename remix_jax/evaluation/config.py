@@ -50,7 +50,7 @@ def default_eval_config() -> ml_collections.ConfigDict:
       Rows of other formats always use tokens.
     routing_stats: run a scoring forward pass with the "routing_stats" collection mutable and save expert
       load / ESS per block beside the accuracy (routed adapters only).
-    remix_kernels: ReMix's decode kernels for generation calls of at most 8 tokens (GenerationConfig.remix_kernels):
+    remix_kernels: ReMix's decode kernels for generation calls of at most 16 tokens (GenerationConfig.remix_kernels):
       "auto" (CUDA GPUs), "xla" (never), "pallas" (always; Pallas's interpreter off GPUs, slow).
     humaneval.num_samples / temperature / top_p / ks: sampling for pass@k (num_samples 1 + temperature 0 is
       greedy pass@1; ks lists the k reported, each <= num_samples).
