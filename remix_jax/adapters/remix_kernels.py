@@ -235,6 +235,8 @@ def down_partials(hidden: Array, w: Array, splits: int, dtype) -> Array:
     [splits, m, N], for ``routed_back`` to add. At 16 tokens XLA splits this product over K itself and adds the
     parts in a kernel of its own, which the frozen FFN folds into its residual add (docs/benchmarks.md run M)."""
     m, k = hidden.shape
+    if splits < 1 or k % splits or w.shape[1] != k:
+        raise ValueError(f"down_partials: {splits} partial sums of hidden {hidden.shape} times w {w.shape}")
     h = hidden.astype(dtype).reshape(m, splits, k // splits)
     return jnp.einsum("msk,nsk->smn", h, w.astype(dtype).reshape(w.shape[0], splits, k // splits),
                       preferred_element_type=jnp.float32)
@@ -247,13 +249,16 @@ def tiling(m: int) -> Tiling:
     return Tiling(1, 16, 16, 4, False) if m <= 8 else Tiling(16, 64, 32, 8, True, splits=8)
 
 
-def _tiles(name: str, m: int, cols: int | None, rows: int | None, warps: int | None, dot: bool | None, front: bool):
+def _tiles(name: str, m: int, lay: RoutedLayout, cols: int | None, rows: int | None, warps: int | None,
+           dot: bool | None, front: bool):
+    """(rows, columns, warps, dot) of a call: ``tiling(m)``'s where not given; no ``tl.dot`` for n r < 16."""
     t = tiling(m)
     cols = cols or (t.front_cols if front else t.back_cols)
-    rows, warps, dot = rows or t.rows, warps or t.warps, t.dot if dot is None else dot
-    if dot and min(rows, cols) < 16:
-        raise ValueError(f"{name}: dot=True needs at least 16 rows and columns per program (rows {rows}, "
-                         f"columns {cols})")
+    rows, warps = rows or t.rows, warps or t.warps
+    dot = (t.dot and lay.nr >= 16) if dot is None else dot
+    if dot and min(rows, cols, lay.nr) < 16:
+        raise ValueError(f"{name}: dot=True needs at least 16 rows, columns and n r per program (rows {rows}, "
+                         f"columns {cols}, n r {lay.nr})")
     return rows, cols, warps, dot
 
 
@@ -280,7 +285,7 @@ def routed_front(y: Array, x: Array, b_gate_up: Array, index: Array, lay: Routed
     if y.shape != (m, lay.width) or b_gate_up.shape[1:] != (2, lay.f, lay.nr) or x.shape != (m, lay.d):
         raise ValueError(f"routed_front: y {y.shape}, x {x.shape}, B {b_gate_up.shape} do not match {lay}")
     _check_layout(lay)
-    bm, block, warps, dot = _tiles("routed_front", m, block, rows, warps, dot, front=True)
+    bm, block, warps, dot = _tiles("routed_front", m, lay, block, rows, warps, dot, front=True)
     dtype = jnp.dtype(dtype)
     kernel = functools.partial(_front_kernel, m=m, lay=lay, bm=bm, bf=block, stride=stride, offset=offset,
                                dtype=dtype, dot=dot)
@@ -304,7 +309,7 @@ def routed_back(y: Array, y2: Array, x: Array, b_down: Array, index: Array, lay:
         raise ValueError(f"routed_back: y {y.shape}, y2 {y2.shape}, x {x.shape}, B {b_down.shape} do not "
                          f"match {lay}")
     _check_layout(lay)
-    bm, block, warps, dot = _tiles("routed_back", m, block, rows, warps, dot, front=False)
+    bm, block, warps, dot = _tiles("routed_back", m, lay, block, rows, warps, dot, front=False)
     dtype = jnp.dtype(dtype)
     kernel = functools.partial(_back_kernel, m=m, lay=lay, bm=bm, bd=block, stride=stride, offset=offset,
                                dtype=dtype, dot=dot, splits=splits)

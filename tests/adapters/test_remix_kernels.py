@@ -65,6 +65,14 @@ def test_kernels_equal_xla_form_float32(m):
     assert float(jnp.abs(other - xla_form(x, mats, 2, cfg, jnp.float32)).max()) > 0.1
 
 
+def test_small_expert_widths_take_multiply_and_sum_at_16_tokens():
+    """n r = 8 is below a tensor-core tile: the 16-token tiling falls back to multiply-and-sum, same results."""
+    cfg, mats = stack("float32", n=4, r=2, k=1)
+    x = jax.random.normal(jax.random.key(7), (16, D), jnp.float32) * 2.0
+    np.testing.assert_allclose(np.asarray(kernel_form(x, mats, 1, cfg, jnp.float32)),
+                               np.asarray(xla_form(x, mats, 1, cfg, jnp.float32)), rtol=2e-5, atol=2e-5)
+
+
 @pytest.mark.parametrize("m", [4, 16])
 def test_kernels_match_xla_form_bfloat16(m):
     # bf16 rounding at the same points as XLA's ops; XLA may keep excess precision between fused ops, so allow a
@@ -99,6 +107,15 @@ def test_layout_checks():
     with pytest.raises(ValueError, match="routed_front"):
         remix_kernels.routed_front(y, jnp.zeros((2, D)), mats["remix_b_gate_up"], jnp.zeros(1, jnp.int32), lay,
                                    jnp.float32, interpret=True)
+    x = jnp.zeros((2, D), jnp.float32)
+    with pytest.raises(ValueError, match="dot=True"):  # a tensor-core tile needs 16 rows
+        remix_kernels.routed_front(jnp.zeros((2, lay.width)), x, mats["remix_b_gate_up"], jnp.zeros(1, jnp.int32),
+                                   lay, jnp.float32, dot=True, interpret=True)
+    with pytest.raises(ValueError, match="down_partials"):
+        remix_kernels.down_partials(jnp.zeros((2, F)), mats["remix_down"][0], 7, jnp.float32)
+    with pytest.raises(ValueError, match="routed_back"):  # partial sums: a power of two of them
+        remix_kernels.routed_back(jnp.zeros((2, lay.width)), jnp.zeros((3, 2, D + 64)), x, mats["remix_b_down"],
+                                  jnp.zeros(1, jnp.int32), lay, jnp.float32, interpret=True)
     with pytest.raises(ValueError, match="remix_kernels"):
         remix_kernels.use_kernels("triton")
     with pytest.raises(ValueError, match="remix_kernels"):
