@@ -30,7 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_remix_ffn import layer_ffn, stacked_mats, time_layers  # noqa: E402
 
 from remix_jax.adapters.config import AdapterConfig  # noqa: E402
-from remix_jax.adapters.remix_kernels import RoutedLayout, down_partials, routed_back, routed_front, tiling  # noqa: E402,E501
+from remix_jax.adapters.remix_kernels import RoutedLayout, down_product, routed_back, routed_front  # noqa: E402
 from remix_jax.models.llama import inference_product  # noqa: E402
 
 EPS = 1e-5
@@ -52,9 +52,7 @@ def layer_fn(form: str, cfg: AdapterConfig, lay: RoutedLayout, dtype, interpret:
         kw = dict(stride=PER_ITER, offset=j, interpret=interpret, warps=blocks[2] or None, rows=blocks[3] or None,
                   dot={"pallas": None, "pallas_sum": False, "pallas_dot": True}[form])
         hidden = routed_front(y, x, mats["remix_b_gate_up"], index, lay, dtype, block=blocks[0] or None, **kw)
-        w2 = sliced(mats, "remix_down", layer)
-        splits = tiling(x.shape[0]).splits if blocks[4] < 0 else blocks[4]
-        y2 = down_partials(hidden, w2, splits, dtype) if splits else inference_product(hidden, w2, dtype)
+        y2 = down_product(hidden, sliced(mats, "remix_down", layer), dtype, None if blocks[4] < 0 else blocks[4])
         return routed_back(y, y2, x, mats["remix_b_down"], index, lay, dtype, block=blocks[1] or None, **kw)
 
     return apply

@@ -365,11 +365,7 @@ class AdaptedMLP(MLP):
         y = inference_product(x2, w1, dtype, jnp.float32)
         hidden = remix_kernels.routed_front(y, x2, self.get_variable(STACKED, "b_gate_up"), layer, lay, dtype,
                                             interpret=interpret)
-        splits = remix_kernels.tiling(m).splits
-        if splits and hidden.shape[-1] % splits == 0:
-            y2 = remix_kernels.down_partials(hidden, w2, splits, dtype)
-        else:
-            y2 = inference_product(hidden, w2, dtype)
+        y2 = remix_kernels.down_product(hidden, w2, dtype)
         out = remix_kernels.routed_back(y, y2, residual.reshape(m, d), self.get_variable(STACKED, "b_down"), layer,
                                         lay, dtype, interpret=interpret)
         return out.reshape(*lead, d)

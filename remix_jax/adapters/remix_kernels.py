@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from remix_jax.models.llama import inference_product
 from remix_jax.routing.sampler import total_order_key
 
 Array = jax.Array
@@ -240,6 +241,15 @@ def down_partials(hidden: Array, w: Array, splits: int, dtype) -> Array:
     h = hidden.astype(dtype).reshape(m, splits, k // splits)
     return jnp.einsum("msk,nsk->smn", h, w.astype(dtype).reshape(w.shape[0], splits, k // splits),
                       preferred_element_type=jnp.float32)
+
+
+def down_product(hidden: Array, w: Array, dtype, splits: int | None = None) -> Array:
+    """What ``routed_back`` takes as y2 for hidden [m, K] and w [N, K]: ``down_partials`` when the call's tiling (or
+    ``splits``) asks for partial sums and they divide K, else the product [m, N] in ``dtype``."""
+    splits = tiling(hidden.shape[0]).splits if splits is None else splits
+    if splits and hidden.shape[-1] % splits == 0:
+        return down_partials(hidden, w, splits, dtype)
+    return inference_product(hidden, w, dtype)
 
 
 def tiling(m: int) -> Tiling:

@@ -45,9 +45,7 @@ def kernel_form(x, mats, layer, cfg, dtype, stride=1, offset=0):
     y = inference_product(x, mats["remix_gate_up"][layer], dtype, jnp.float32)
     hidden = remix_kernels.routed_front(y, x, mats["remix_b_gate_up"], index, lay, dtype, stride=stride,
                                         offset=offset, interpret=True)
-    splits = remix_kernels.tiling(x.shape[0]).splits
-    y2 = (remix_kernels.down_partials(hidden, mats["remix_down"][layer], splits, dtype) if splits
-          else inference_product(hidden, mats["remix_down"][layer], dtype))
+    y2 = remix_kernels.down_product(hidden, mats["remix_down"][layer], dtype)
     return remix_kernels.routed_back(y, y2, x, mats["remix_b_down"], index, lay, dtype, stride=stride,
                                      offset=offset, interpret=True)
 
