@@ -123,8 +123,9 @@ def _top_k_weights(z, lay: RoutedLayout, dtype):
 
 
 def _mix(hw, b):
-    """hw [bm, n, r] times b [bc, n, r] summed over (n, r) -> [bm, bc] float32 (no tl.dot: the blocks are
-    far below a tensor-core tile while decoding, and a dot's layout conversions cost more than this)."""
+    """hw [bm, n, r] times b [bc, n, r] summed over (n, r) -> [bm, bc] float32 (no tl.dot: at up to 8 tokens the
+    blocks are far below a tensor-core tile, and a dot's layout conversions cost more than this; ``_dot`` serves
+    9-16 tokens)."""
     prod = hw.astype(jnp.float32)[:, None, :, :] * b.astype(jnp.float32)[None, :, :, :]
     return jnp.sum(jnp.sum(prod, axis=3), axis=2)
 
