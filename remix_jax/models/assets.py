@@ -23,8 +23,8 @@ import dataclasses
 import hashlib
 import json
 import os
+import secrets
 import sys
-import tempfile
 from collections.abc import Iterable, Sequence
 from importlib import metadata
 
@@ -143,7 +143,9 @@ def _write_verified(out: str, sources: Sequence[tuple[str, int, str | None, str]
         raise AssetError(f"{out}: is a directory; --out names the file to write")
     folder = os.path.dirname(out)
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(out)}.", suffix=".partial")
+    tmp = os.path.join(folder, f".{os.path.basename(out)}.{os.getpid()}.{secrets.token_hex(4)}.partial")
+    # os.open with mode 0o666 (not mkstemp's 0o600) so the final file gets the usual umask permissions.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         whole = hashlib.sha256()
         with os.fdopen(fd, "wb") as dst:

@@ -68,6 +68,9 @@ def test_assemble_writes_the_verified_concatenation(fake, tmp_path):
     assert assets.assemble("fake", out) == str(out)
     assert out.read_bytes() == whole
     assert _leftovers(out.parent) == []
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # readable like any new file, not private to its writer
     # A file already holding the verified asset is kept as it is (not rewritten).
     inode = out.stat().st_ino
     assets.assemble("fake", out)
