@@ -131,9 +131,9 @@ def locate_parts(asset: Asset) -> list[str]:
     return paths
 
 
-def _write_verified(out: str, sources: Sequence[tuple[str, int, str | None, str]], size: int, sha256: str,
+def _write_verified(out: str, sources: Sequence[tuple[str, int, str, str]], size: int, sha256: str,
                     what: str) -> str:
-    """Concatenate ``sources`` (path, size, sha256 or None, label) into ``out`` through a temporary file.
+    """Concatenate ``sources`` (path, size, sha256, label) into ``out`` through a temporary file.
 
     Each source's size and hash and then the whole file's are checked; ``out`` is replaced only after every
     check passed (os.replace in the same directory), and the temporary file is removed on any failure.
@@ -159,7 +159,7 @@ def _write_verified(out: str, sources: Sequence[tuple[str, int, str | None, str]
                         n += len(chunk)
                 if n != want_size:
                     raise AssetError(f"{label} ({path}) has {n} bytes, expected {want_size}")
-                if want_sha is not None and h.hexdigest() != want_sha:
+                if h.hexdigest() != want_sha:
                     raise AssetError(f"{label} ({path}) has sha256 {h.hexdigest()}, expected {want_sha}")
             dst.flush()
             os.fsync(dst.fileno())
