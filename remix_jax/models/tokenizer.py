@@ -157,12 +157,19 @@ def encode_prompt(tokenizer, text: str, chat: bool = False, system: str | None =
 
 
 def stop_token_ids(tokenizer, extra: Sequence[str] = ()) -> tuple[int, ...]:
-    """Ids that end generation: eos plus the vocabulary's end-of-turn tokens (and ``extra`` tokens)."""
+    """Ids that end generation: eos, the vocabulary's end-of-turn tokens, and ``extra`` tokens.
+
+    An end-of-turn name counts only when it is a special token: Qwen2's vocabulary also holds "</s>" as an
+    ordinary text token (id 128247), which is no end of turn there.
+    """
     ids = set()
     if tokenizer.eos_token_id is not None:
         ids.add(int(tokenizer.eos_token_id))
     vocab = tokenizer.get_vocab()
-    for name in (*END_OF_TURN_TOKENS, *extra):
-        if name in vocab:
+    special = {int(i) for i, t in tokenizer.added_tokens_decoder.items() if t.special}
+    special.update(int(i) for i in tokenizer.all_special_ids)
+    for name in END_OF_TURN_TOKENS:
+        if name in vocab and int(vocab[name]) in special:
             ids.add(int(vocab[name]))
+    ids.update(int(vocab[name]) for name in extra if name in vocab)
     return tuple(sorted(ids))
