@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import functools
 import hmac
 import json
 import logging
@@ -314,18 +313,25 @@ def _run_job(job: SandboxJob, limits: SandboxLimits, plan: _Plan, live: _Live, r
 _PROBE = SandboxJob("def probe():\n    return 7\n", "probe", "def check(candidate):\n    assert candidate() == 7\n")
 
 
-@functools.cache
+_CAPABILITIES: dict[tuple, dict] = {}
+
+
 def sandbox_capabilities(python: str | None = None, sandbox_uid: int = DEFAULT_SANDBOX_UID) -> dict[str, object]:
-    """Probe once whether programs can be isolated here.
+    """Probe whether programs can be isolated here (a success is remembered for the process, a failure not).
 
     Returns {"isolated": bool, "isolation": str (e.g. "namespaces+proc+seccomp"), "root": bool, "note": str}.
     """
     python = python or default_python()
-    plan = _Plan(python, python, True, sandbox_uid, ())
-    res = _run_job(_PROBE, SandboxLimits(timeout_s=30.0), plan, _Live(), None, 0)
-    note = "" if res.passed else f"{res.status}: {res.reason}"
-    return {"isolated": res.passed, "isolation": res.isolation if res.passed else "none",
-            "root": os.geteuid() == 0, "note": note}
+    key = (python, sandbox_uid, os.geteuid())
+    if key in _CAPABILITIES:
+        return dict(_CAPABILITIES[key])
+    res = _run_job(_PROBE, SandboxLimits(timeout_s=30.0), _Plan(python, python, True, sandbox_uid, ()), _Live(),
+                   None, 0)
+    caps = {"isolated": res.passed, "isolation": res.isolation if res.passed else "none", "root": os.geteuid() == 0,
+            "note": "" if res.passed else f"{res.status}: {res.reason}"}
+    if res.passed:
+        _CAPABILITIES[key] = caps
+    return dict(caps)
 
 
 def _unavailable_message(note: str) -> str:
@@ -369,11 +375,12 @@ def run_tests(jobs: Sequence[SandboxJob], limits: SandboxLimits = SandboxLimits(
                                           f"temporary directory {os.path.dirname(run_dir)}; set TMPDIR to a "
                                           "directory that other users can traverse")
     workers = max(1, min(workers or os.cpu_count() or 1, len(jobs) or 1))
-    live = _Live()
+    live, futures = _Live(), []
     try:
         with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-            futures = [pool.submit(_run_job, job, limits, plan, live, run_dir, i) for i, job in enumerate(jobs)]
             try:
+                for i, job in enumerate(jobs):
+                    futures.append(pool.submit(_run_job, job, limits, plan, live, run_dir, i))
                 return [f.result() for f in futures]
             except BaseException:  # Ctrl-C or an error: kill every running program before leaving
                 live.stop()

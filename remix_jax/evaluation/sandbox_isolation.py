@@ -30,9 +30,9 @@ libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ul
 CLONE_NEWNS, CLONE_NEWCGROUP, CLONE_NEWUTS, CLONE_NEWIPC = 0x20000, 0x2000000, 0x4000000, 0x8000000
 CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x10000000, 0x20000000, 0x40000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT = 1, 2, 4, 8, 32
-MS_BIND, MS_MOVE, MS_REC, MS_PRIVATE = 4096, 8192, 16384, 1 << 18
+MS_BIND, MS_REC, MS_PRIVATE = 4096, 16384, 1 << 18
 PR_SET_PDEATHSIG = 1
-PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}
+PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41}  # system call numbers (no C library wrapper)
 # Mount point of the new root in the private mount namespace (the host's directory is untouched).
 NEWROOT = next((d for d in ("/tmp", "/mnt", "/var/tmp", "/opt") if os.path.isdir(d) and not os.path.islink(d)), "/tmp")
 DEVICES = ("null", "zero", "full", "random", "urandom")
@@ -62,6 +62,13 @@ def die_with_parent(expected_ppid: int) -> None:
     prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != expected_ppid:
         os._exit(3)
+
+
+def nproc_counted_per_namespace() -> bool:
+    """RLIMIT_NPROC counts the processes of a uid per user namespace since Linux 5.14 (before: host-wide)."""
+    major, minor = (os.uname().release.split(".") + ["0"])[:2]
+    digits = "".join(c for c in minor if c.isdigit()) or "0"
+    return (int(major), int(digits)) >= (5, 14)
 
 
 def write_file(path: str, text: str) -> None:
@@ -169,12 +176,10 @@ def build_root(cfg: dict, binds: list, links: list, hides: list, fds: dict) -> d
     except SetupError:
         has_proc = False
     os.chdir(NEWROOT)
-    if os.uname().machine in PIVOT_ROOT:
-        check(libc.syscall(PIVOT_ROOT[os.uname().machine], b".", b"."), "pivot_root")
-        check(libc.umount2(b".", 2), "umount old root")  # MNT_DETACH; the old root was stacked on the new one
-    else:
-        mount(".", "/", None, MS_MOVE)
-        os.chroot(".")
+    if os.uname().machine not in PIVOT_ROOT:
+        raise SetupError(f"pivot_root: system call number unknown on {os.uname().machine}")
+    check(libc.syscall(PIVOT_ROOT[os.uname().machine], b".", b"."), "pivot_root")
+    check(libc.umount2(b".", 2), "umount old root")  # MNT_DETACH; the old root was stacked on the new one
     os.chdir("/")
     mount(None, "/", None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
     return {"mode": "namespaces", "proc": has_proc}

@@ -121,7 +121,7 @@ def exec_program(cfg: dict, pipes: dict, work: str, isolated: bool, parent: int)
         die_with_parent(parent)  # after the uid change, which clears it
         os.chdir(work)
         lim = cfg["limits"]
-        nproc = int(lim["max_processes"]) + (2 if isolated else count_user_tasks(os.getuid()))
+        nproc = int(lim["max_processes"]) + cfg["nproc_base"]  # the launcher and init, or the uid's other tasks
         for name, value in (("RLIMIT_CPU", lim["cpu_s"]), ("RLIMIT_AS", lim["memory_bytes"]),
                             ("RLIMIT_NPROC", nproc), ("RLIMIT_FSIZE", lim["file_size_bytes"]),
                             ("RLIMIT_NOFILE", lim["max_open_files"]), ("RLIMIT_CORE", 0)):
@@ -175,6 +175,9 @@ class Box:
 
     def start(self) -> None:
         self.pipes = p = self._pipes()
+        outer = self.cfg["sandbox_uid"] if os.geteuid() == 0 else os.getuid()
+        per_ns = self.isolated and iso.nproc_counted_per_namespace()
+        self.cfg["nproc_base"] = 2 if per_ns else count_user_tasks(outer) + 2  # counted on the host's /proc
         if self.isolated:
             self._start_isolated(p)
         else:
@@ -384,6 +387,9 @@ def judge(box: Box, secret: dict, deadline: float) -> tuple[str, str]:
         ns[entry] = j.call
         exec(compile_cached(secret["test"], "test.py"), ns)
         call = compile_cached(secret["call"], "call.py")
+        missing = [n for n in call.co_names if n not in ns and not hasattr(builtins, n)]
+        if missing:
+            raise NameError(f"{secret['call']!r} needs {missing}, which the test does not define")
     except BaseException as e:
         return "error", f"the test code failed to load: {describe(e)}"
     signal.signal(signal.SIGALRM, _on_alarm)

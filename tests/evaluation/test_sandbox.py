@@ -169,6 +169,16 @@ def test_program_exceptions_keep_their_builtin_type(caps):
     assert res.reason == "the test returned normally after 2 call(s)"
 
 
+@pytest.mark.parametrize("test, setup, match", [
+    ("def other(candidate):\n    pass\n", "", "needs ['check'], which the test does not define"),
+    ("def check(candidate)\n", "", "SyntaxError"),
+    ("def check(candidate):\n    pass\n", "raise ValueError('bad prompt')\n", "ValueError: bad prompt (setup.py:1:"),
+])
+def test_broken_test_code_is_a_harness_error(caps, test, setup, match):
+    res = sandbox.run_test(sandbox.SandboxJob("def f():\n    return 1\n", "f", test, setup), LIMITS)
+    assert res.status == "error" and res.reason.startswith("the test code failed to load: ") and match in res.reason
+
+
 def test_plain_data_round_trip():
     values = [None, True, False, 0, 1, -(2**200), 2**64, 2**63 - 1, -(2**63), 0.1, -0.0, math.inf, "", "é\ud800",
               b"\x00\xff", 1 + 2j, [1, [2, (3,)]], (1, "a", None), {1, 2}, frozenset({(1, 2)}),
