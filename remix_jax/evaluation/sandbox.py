@@ -113,7 +113,7 @@ class SandboxResult:
     """Outcome of one job. status: passed | failed | timeout | error | setup_error; reason says why."""
 
     status: str
-    returncode: int | None  # the program's exit status once stopped (128 + n: killed by signal n)
+    returncode: int | None  # the program's exit status if it ended by itself (128 + n: signal n), else None
     stdout: str  # tails of the program's output
     stderr: str
     wall_s: float
@@ -167,8 +167,9 @@ def cleanup_stale(tmp_dir: str | None = None) -> list[str]:
     for name in os.listdir(tmp_dir):
         m = _STALE_RE.match(name)
         if m and _start_time(int(m.group(1))) != int(m.group(2)):
-            shutil.rmtree(os.path.join(tmp_dir, name), ignore_errors=True)
-            removed.append(name)
+            shutil.rmtree(os.path.join(tmp_dir, name), ignore_errors=True)  # another user's: left alone
+            if not os.path.lexists(os.path.join(tmp_dir, name)):
+                removed.append(name)
     return removed
 
 

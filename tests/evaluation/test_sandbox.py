@@ -272,28 +272,43 @@ _UNISOLATED_DRIVER = textwrap.dedent("""\
         sandbox.run_tests([sandbox.SandboxJob(t.PROMPT + t.RIGHT, "add", t.TEST)])
         print(json.dumps({"refused": False}))
     except sandbox.SandboxUnavailableError as e:
-        names = list(t.FALSE_PASS)
-        jobs = [sandbox.SandboxJob(t.PROMPT + t.FALSE_PASS[n][0], "add", t.FALSE_PASS[n][1], t.PROMPT) for n in names]
-        jobs.append(sandbox.SandboxJob(t.PROMPT + t.RIGHT, "add", t.TEST, t.PROMPT))
-        res = sandbox.run_tests(jobs, t.LIMITS, workers=8, allow_unisolated=True)
-        print(json.dumps({"refused": str(e), "statuses": {n: [r.status, r.reason] for n, r in zip(names, res)},
-                          "right": [res[-1].status, res[-1].isolation]}))
+        out = {"refused": str(e)}
+        if sys.argv[2] == "tricks":
+            names = list(t.FALSE_PASS)
+            jobs = [sandbox.SandboxJob(t.PROMPT + t.FALSE_PASS[n][0], "add", t.FALSE_PASS[n][1], t.PROMPT)
+                    for n in names]
+            jobs.append(sandbox.SandboxJob(t.PROMPT + t.RIGHT, "add", t.TEST, t.PROMPT))
+            res = sandbox.run_tests(jobs, t.LIMITS, workers=8, allow_unisolated=True)
+            out["statuses"] = {n: r.status for n, r in zip(names, res)}
+            out["right"] = [res[-1].status, res[-1].isolation]
+        print(json.dumps(out))
     """)
+
+
+def _run_unisolated_driver(what: str) -> dict:
+    out = subprocess.run([sys.executable, "-c", _UNISOLATED_DRIVER, str(pathlib.Path(__file__).parent), what],
+                         capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.splitlines()[-1])
+
+
+@pytest.mark.skipif(not sandbox_seccomp.supported(), reason="needs the seccomp filter to take namespaces away")
+def test_refuses_to_run_programs_without_isolation():
+    refused = _run_unisolated_driver("refuse")["refused"]
+    assert "cannot isolate generated programs on this machine, so it will not run them" in refused
+    assert "unshare" in refused  # why: the failing step
+    assert "unprivileged user namespaces" in refused and "eval.sandbox.allow_unisolated=True" in refused  # the fix
 
 
 @pytest.mark.skipif(not sandbox_seccomp.supported(), reason="needs the seccomp filter to take namespaces away")
 @pytest.mark.skipif(os.geteuid() != 0, reason="unisolated programs run as the evaluator's own user unless it is "
                                                "root; the hostile programs are run so only as root")
-def test_refuses_without_isolation_and_scores_unisolated_only_on_request():
-    out = subprocess.run([sys.executable, "-c", _UNISOLATED_DRIVER, str(pathlib.Path(__file__).parent)],
-                         capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
-    assert out.returncode == 0, out.stderr
-    got = json.loads(out.stdout.splitlines()[-1])
-    assert "cannot isolate generated programs" in got["refused"] and "allow_unisolated=True" in got["refused"]
-    assert "unprivileged user namespaces" in got["refused"]
+def test_unisolated_on_request_still_sees_through_every_trick():
+    got = _run_unisolated_driver("tricks")
     assert got["right"] == ["passed", "none+seccomp"]
     # The verdict protocol does not depend on isolation: no trick passes unisolated either.
-    assert {n: s for n, (s, _) in got["statuses"].items() if s not in ("failed", "timeout")} == {}
+    assert {n: s for n, s in got["statuses"].items() if s not in ("failed", "timeout")} == {}
+    assert len(got["statuses"]) == 28
 
 
 def _python_for(uid: int) -> str | None:
