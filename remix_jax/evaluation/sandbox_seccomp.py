@@ -48,12 +48,6 @@ def supported() -> bool:
     return os.uname().machine in _ARCH
 
 
-def denied_calls() -> list[str]:
-    """Names of the denied system calls on this machine (clone with CLONE_NEW* flags and clone3 also fail)."""
-    extra = [n for n, _ in _X86_ONLY] if os.uname().machine == "x86_64" else []
-    return [n for n, *_ in _DENIED] + extra
-
-
 def program() -> bytes:
     """The filter as packed ``struct sock_filter`` entries for this machine's architecture."""
     arch, col, clone, clone3 = _ARCH[os.uname().machine]

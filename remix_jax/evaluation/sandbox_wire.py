@@ -1,7 +1,7 @@
 """What crosses between the judge (trusted test code) and a sandboxed program: plain data in length-prefixed JSON.
 
 Standard library only: the launcher imports this file by path, and runs its text as the program's server
-(``python -I -S -c <this file> ENTRY_POINT [--guard]``) inside the sandbox.
+(``python -I -S -u -c <this file> ENTRY_POINT [--guard]``) inside the sandbox.
 
 Frames: 4-byte big-endian length + JSON, at most ``MAX_FRAME`` bytes. Values are encoded by ``encode`` and
 rebuilt by ``decode``, which accepts only exact built-in types (None, bool, int, float, complex, str, bytes,

@@ -311,6 +311,45 @@ def test_unisolated_on_request_still_sees_through_every_trick():
     assert len(got["statuses"]) == 28
 
 
+_SECCOMP_PROBE = textwrap.dedent("""\
+    import ctypes, json, os, threading
+    from remix_jax.evaluation import sandbox_seccomp
+    libc = ctypes.CDLL(None, use_errno=True)
+    err = lambda ret: 0 if ret == 0 else ctypes.get_errno()
+    pid = os.fork()
+    if pid == 0:
+        os._exit(err(libc.ptrace(0, 0, 0, 0)))  # PTRACE_TRACEME works without the filter
+    before = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    sandbox_seccomp.install()
+    out = {"ptrace_traceme": err(libc.ptrace(0, 0, 0, 0)), "unshare_user": err(libc.unshare(0x10000000)),
+           "clone3": err(libc.syscall(435, 0, 0)), "bpf": err(libc.syscall(321 if os.uname().machine == "x86_64"
+                                                                             else 280, 0, 0, 0)),
+           "getppid": err(0 if os.getppid() > 0 else 1), "before": before}
+    pid = os.fork()
+    if pid == 0:
+        os._exit(7)
+    out["fork"] = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    t = threading.Thread(target=lambda: None)
+    t.start()
+    t.join()
+    print(json.dumps(out))
+    """)
+
+
+@pytest.mark.skipif(not sandbox_seccomp.supported(), reason="no seccomp filter for this architecture")
+def test_seccomp_filter():
+    """Denied calls fail with EPERM (clone3 with ENOSYS, so that the C library falls back to clone); fork
+    and threads keep working."""
+    import errno
+
+    out = subprocess.run([sys.executable, "-c", _SECCOMP_PROBE], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == {"ptrace_traceme": errno.EPERM, "unshare_user": errno.EPERM,
+                                      "clone3": errno.ENOSYS, "bpf": errno.EPERM, "getppid": 0, "before": 0,
+                                      "fork": 7}
+
+
 def _python_for(uid: int) -> str | None:
     for cand in ("/usr/local/bin/python3", "/usr/bin/python3"):
         if os.path.exists(cand) and subprocess.run(["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
