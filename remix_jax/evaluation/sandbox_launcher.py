@@ -357,7 +357,7 @@ class Judge:
 
 
 def _on_alarm(signum, frame):
-    raise wire.ProgramTimeout("the test did not finish before the deadline")
+    raise wire.ProgramTimeout("deadline reached in the test")
 
 
 def describe(e: BaseException) -> str:
@@ -399,8 +399,8 @@ def judge(box: Box, secret: dict, deadline: float) -> tuple[str, str]:
         exec(call, ns)
         signal.setitimer(signal.ITIMER_REAL, 0)
         return "passed", f"the test returned normally after {j.calls} call(s)"
-    except wire.ProgramTimeout as e:
-        return "timeout", f"{e} ({j.calls} call(s) made)"
+    except wire.ProgramTimeout as e:  # the alarm or a wait for the program, whichever came first
+        return "timeout", f"the test did not finish within {box.cfg['limits']['timeout_s']} s ({e}; {j.calls} call(s))"
     except ProgramLoadError as e:
         return "failed", f"the program failed to load: {str(e).strip().splitlines()[-1][:500]}"
     except wire.ProgramEnded as e:
