@@ -214,7 +214,6 @@ def train(config, workdir: str, *, eval_fn: Callable[[int, TrainState], dict] | 
         eval_fn = make_eval_fn(bundle)
     tx, schedules = opt_lib.make_optimizer(optimizer_config(config))
     state, state_sh = shard_state(bundle, tx, mesh, copy_base=not own_bundle)
-    rng = jax.random.key(config.seed)
     ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=t_cfg.max_checkpoints)
     if ckpt.latest_step() is not None:
         state, data_state, meta = ckpt.restore(state)
@@ -234,7 +233,8 @@ def train(config, workdir: str, *, eval_fn: Callable[[int, TrainState], dict] | 
                        ("positions", jnp.int32))}
     step_fn = make_train_step(bundle.model.apply, tx, objective_config(config), schedules,
                               grad_accum_steps=t_cfg.grad_accum_steps)
-    rng = jax.device_put(rng, mesh_lib.replicated(mesh))
+    # Made inside jit: device_put cannot place a key array on devices of other processes.
+    rng = jax.jit(lambda: jax.random.key(config.seed), out_shardings=mesh_lib.replicated(mesh))()
     compiled = compile_train_step(step_fn, state, state_sh, bsh, abstract_batch, rng, log=log_fn)
 
     writer = metrics_lib.MetricWriter(workdir)
