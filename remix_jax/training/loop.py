@@ -98,7 +98,7 @@ def build_loader(config, bundle: ModelBundle):
         from remix_jax.training.synthetic import SyntheticLoader
 
         return SyntheticLoader(d.batch_size // pc, d.max_length, bundle.model_cfg.vocab_size, seed=d.seed,
-                               process_index=pi)
+                               process_index=pi, process_count=pc)
     from remix_jax.data import build_train_loader
 
     if bundle.tokenizer is None:
