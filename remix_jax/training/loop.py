@@ -140,9 +140,9 @@ def shard_state(bundle: ModelBundle, tx, mesh, copy_base: bool = True) -> tuple[
     base = _placed_copy(bundle.base, base_sh) if copy_base else jax.device_put(bundle.base, base_sh)
     trainable = _placed_copy(bundle.trainable, tr_sh)
     rep = mesh_lib.replicated(mesh)
-    # The optimizer state follows its parameters (optax.tree_map_params); counters are replicated.
+    # The optimizer state follows its parameters; counters are replicated.
     opt_state = jax.jit(tx.init)(trainable)
-    opt_sh = _opt_state_shardings(tx, opt_state, tr_sh, rep)
+    opt_sh = _opt_state_shardings(opt_state, tr_sh, rep)
     opt_state = jax.device_put(opt_state, opt_sh)
     state = TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), rep), base=base, trainable=trainable,
                        opt_state=opt_state)
@@ -150,14 +150,19 @@ def shard_state(bundle: ModelBundle, tx, mesh, copy_base: bool = True) -> tuple[
     return state, shardings
 
 
-def _opt_state_shardings(tx, opt_state, param_shardings, rep):
-    import optax
+def _opt_state_shardings(opt_state, param_shardings, rep):
+    """Each moment sharded like its parameter (the one whose key path ends the moment's), counters replicated.
 
-    try:
-        return optax.tree_map_params(tx, lambda _, s: s, opt_state, param_shardings,
-                                     transform_non_params=lambda _: rep)
-    except Exception:  # unusual optimizer structure: replicate everything
-        return jax.tree.map(lambda _: rep, opt_state)
+    optax.tree_map_params cannot see through the group labels of ``optimizer.make_optimizer``.
+    """
+    params = {jax.tree_util.keystr(p): s for p, s in jax.tree_util.tree_flatten_with_path(param_shardings)[0]}
+
+    def sharding(path, leaf):
+        key = jax.tree_util.keystr(path)
+        owners = [k for k in params if key.endswith(k)]
+        return logical_lib.fit_sharding(params[max(owners, key=len)], leaf.shape) if owners else rep
+
+    return jax.tree_util.tree_map_with_path(sharding, opt_state)
 
 
 def _gather_to_host(tree):
