@@ -3,6 +3,10 @@
 A checkpoint at step s holds: the trainable adapters and routers, the optimizer state and the step
 ("state", sharded arrays), the data loader position ("data", JSON) and run metadata including the run's
 routing key ("meta", JSON). The frozen base is never saved: it is reloaded from the model path.
+
+Several processes write one checkpoint together: each its shards of the arrays, process 0 the JSON items.
+Each process reads its own shard of the data, so "data" holds every process's loader position
+("loader_per_process", gathered at save) besides process 0's ("loader").
 """
 
 from __future__ import annotations
@@ -36,9 +40,12 @@ class Checkpointer:
     def save(self, state: TrainState, data_state: Any, meta: dict) -> None:
         """Start saving at ``state.step`` (returns before the write finishes)."""
         step = int(jax.device_get(state.step))
+        data = {"loader": data_state}
+        if jax.process_count() > 1:
+            data["loader_per_process"] = _gather_json(data_state)
         self.manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(checkpointed_part(state)),
-            data=ocp.args.JsonSave({"loader": data_state}),
+            data=ocp.args.JsonSave(data),
             meta=ocp.args.JsonSave(meta)))
 
     def restore(self, state: TrainState, step: int | None = None) -> tuple[TrainState, Any, dict]:
@@ -55,7 +62,12 @@ class Checkpointer:
             checkpointed_part(state))
         out = self.manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore(), meta=ocp.args.JsonRestore()))
-        return with_checkpointed_part(state, out["state"]), out["data"]["loader"], out["meta"]
+        data = out["data"]
+        per_process = data.get("loader_per_process")
+        # Another process count: process 0's position, which the loader accepts or refuses (set_state).
+        same_job = per_process is not None and len(per_process) == jax.process_count()
+        loader = per_process[jax.process_index()] if same_job else data["loader"]
+        return with_checkpointed_part(state, out["state"]), loader, out["meta"]
 
     def wait(self) -> None:
         self.manager.wait_until_finished()
@@ -63,6 +75,18 @@ class Checkpointer:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def _gather_json(value: Any) -> list:
+    """``value`` of every process, by process index (a collective: every process calls it)."""
+    from jax.experimental import multihost_utils
+
+    raw = np.frombuffer(json.dumps(value).encode(), np.uint8)
+    sizes = multihost_utils.process_allgather(np.array([raw.size], np.int32)).reshape(-1)
+    padded = np.zeros(int(sizes.max()), np.uint8)
+    padded[:raw.size] = raw
+    rows = multihost_utils.process_allgather(padded)
+    return [json.loads(bytes(row[:n])) for row, n in zip(rows, sizes, strict=True)]
 
 
 def flatten_tree(tree: Any, prefix: str = "") -> dict[str, np.ndarray]:

@@ -98,7 +98,7 @@ def build_loader(config, bundle: ModelBundle):
         from remix_jax.training.synthetic import SyntheticLoader
 
         return SyntheticLoader(d.batch_size // pc, d.max_length, bundle.model_cfg.vocab_size, seed=d.seed,
-                               process_index=pi)
+                               process_index=pi, process_count=pc)
     from remix_jax.data import build_train_loader
 
     if bundle.tokenizer is None:
@@ -140,9 +140,9 @@ def shard_state(bundle: ModelBundle, tx, mesh, copy_base: bool = True) -> tuple[
     base = _placed_copy(bundle.base, base_sh) if copy_base else jax.device_put(bundle.base, base_sh)
     trainable = _placed_copy(bundle.trainable, tr_sh)
     rep = mesh_lib.replicated(mesh)
-    # The optimizer state follows its parameters (optax.tree_map_params); counters are replicated.
+    # The optimizer state follows its parameters; counters are replicated.
     opt_state = jax.jit(tx.init)(trainable)
-    opt_sh = _opt_state_shardings(tx, opt_state, tr_sh, rep)
+    opt_sh = _opt_state_shardings(opt_state, tr_sh, rep)
     opt_state = jax.device_put(opt_state, opt_sh)
     state = TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), rep), base=base, trainable=trainable,
                        opt_state=opt_state)
@@ -150,14 +150,19 @@ def shard_state(bundle: ModelBundle, tx, mesh, copy_base: bool = True) -> tuple[
     return state, shardings
 
 
-def _opt_state_shardings(tx, opt_state, param_shardings, rep):
-    import optax
+def _opt_state_shardings(opt_state, param_shardings, rep):
+    """Each moment sharded like its parameter (the one whose key path ends the moment's), counters replicated.
 
-    try:
-        return optax.tree_map_params(tx, lambda _, s: s, opt_state, param_shardings,
-                                     transform_non_params=lambda _: rep)
-    except Exception:  # unusual optimizer structure: replicate everything
-        return jax.tree.map(lambda _: rep, opt_state)
+    optax.tree_map_params cannot see through the group labels of ``optimizer.make_optimizer``.
+    """
+    params = {jax.tree_util.keystr(p): s for p, s in jax.tree_util.tree_flatten_with_path(param_shardings)[0]}
+
+    def sharding(path, leaf):
+        key = jax.tree_util.keystr(path)
+        owners = [k for k in params if key.endswith(k)]
+        return logical_lib.fit_sharding(params[max(owners, key=len)], leaf.shape) if owners else rep
+
+    return jax.tree_util.tree_map_with_path(sharding, opt_state)
 
 
 def _gather_to_host(tree):
@@ -214,7 +219,6 @@ def train(config, workdir: str, *, eval_fn: Callable[[int, TrainState], dict] | 
         eval_fn = make_eval_fn(bundle)
     tx, schedules = opt_lib.make_optimizer(optimizer_config(config))
     state, state_sh = shard_state(bundle, tx, mesh, copy_base=not own_bundle)
-    rng = jax.random.key(config.seed)
     ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=t_cfg.max_checkpoints)
     if ckpt.latest_step() is not None:
         state, data_state, meta = ckpt.restore(state)
@@ -234,7 +238,8 @@ def train(config, workdir: str, *, eval_fn: Callable[[int, TrainState], dict] | 
                        ("positions", jnp.int32))}
     step_fn = make_train_step(bundle.model.apply, tx, objective_config(config), schedules,
                               grad_accum_steps=t_cfg.grad_accum_steps)
-    rng = jax.device_put(rng, mesh_lib.replicated(mesh))
+    # Made inside jit: device_put cannot place a key array on devices of other processes.
+    rng = jax.jit(lambda: jax.random.key(config.seed), out_shardings=mesh_lib.replicated(mesh))()
     compiled = compile_train_step(step_fn, state, state_sh, bsh, abstract_batch, rng, log=log_fn)
 
     writer = metrics_lib.MetricWriter(workdir)

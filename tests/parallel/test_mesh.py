@@ -59,3 +59,35 @@ def test_distributed_initialises_once(monkeypatch):
     assert mesh_lib.maybe_initialize_distributed(env, initialize=fake) is True
     assert mesh_lib.maybe_initialize_distributed(env, initialize=fake) is True  # main, then the loop
     assert calls == [{"coordinator_address": "10.0.0.1:1234", "num_processes": 2, "process_id": 1}]
+
+
+def test_optimizer_moments_are_sharded_like_their_parameters():
+    if len(jax.devices()) < 8:
+        pytest.skip("needs 8 (fake) devices")
+    from remix_jax.adapters import AdapterConfig, build_model, init_adapter_variables
+    from remix_jax.training import loop
+    from remix_jax.training import optimizer as opt_lib
+
+    mesh = mesh_lib.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    model = build_model(named_config("tiny"), AdapterConfig(method="remix", num_experts=4, top_k=2, rank=4))
+    variables = jax.eval_shape(lambda: init_adapter_variables(model, jax.random.key(0)))
+    trainable = {k: variables[k] for k in loop.TRAINABLE}
+    specs = llama.logical_axes(model)
+    param_sh = {k: logical.tree_shardings(v, specs[k], mesh) for k, v in trainable.items()}
+    tx, _ = opt_lib.make_optimizer(opt_lib.OptimizerConfig())
+    rep = mesh_lib.replicated(mesh)
+    opt_sh = loop._opt_state_shardings(jax.eval_shape(tx.init, trainable), param_sh, rep)
+    params = {jax.tree_util.keystr(p): s for p, s in jax.tree_util.tree_flatten_with_path(param_sh)[0]}
+    moments, others = {}, []
+    for path, s in jax.tree_util.tree_flatten_with_path(opt_sh)[0]:
+        key = jax.tree_util.keystr(path)
+        for moment in (".mu", ".nu"):
+            if moment in key:
+                moments[key] = (key[key.index(moment) + 3:], s)
+        if ".mu" not in key and ".nu" not in key:
+            others.append(s)
+    assert len(moments) == 2 * len(params) == 14  # mu and nu of 6 LoRA factors and 1 router, 2 blocks stacked
+    for key, (owner, s) in moments.items():
+        assert s == params[owner], key
+    assert any(s.spec != P() for _, s in moments.values())
+    assert others and all(s == rep for s in others)  # step counts
