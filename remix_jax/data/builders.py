@@ -249,7 +249,8 @@ def instruction_config(
     """A config for ``InstructionJsonl``: which fields hold prompt / input / response / system text.
 
     The stored fields are always ``prompt``, ``input``, ``response``, ``system``. ``name`` names the prepared
-    dataset folder; change it when the field names or files change.
+    dataset folder; a copy prepared with other field names or files is not reused (``prepare`` prepares the
+    data again).
     """
     files = (("train", train_file),) + ((("test", test_file),) if test_file else ())
     return FilesConfig(
