@@ -195,11 +195,13 @@ def adapter_description(config, bundle: ModelBundle) -> dict:
 def train(config, workdir: str, *, eval_fn: Callable[[int, TrainState], dict] | None = None,
           make_eval_fn: Callable[[ModelBundle], Callable[[int, TrainState], dict] | None] | None = None,
           bundle: ModelBundle | None = None, loader=None, mesh=None, stop_after: int | None = None,
-          log_fn: Callable[[str], None] = print) -> dict:
+          log_fn: Callable[[str], None] = print, clock: Callable[[], float] = time.perf_counter) -> dict:
     """Run (or resume) training in ``workdir``. Returns {"step", "metrics" (last logged row), "export"}.
 
+    Resuming starts from the newest intact checkpoint (damaged ones are moved aside: see
+    ``checkpointing``) and drops the metrics rows the interrupted run logged after it (``metrics``).
     stop_after: end after this many steps of this invocation (as if the process were killed), without
-    the final save/export; used to test resumption.
+    the final save/export; used to test resumption. clock: the time source of the step rates (tests).
     """
     mesh_lib.maybe_initialize_distributed()
     if "eval" in config:  # the evaluation section belongs to the caller's eval_fn (remix_jax.main)
@@ -220,8 +222,9 @@ def train(config, workdir: str, *, eval_fn: Callable[[int, TrainState], dict] | 
     tx, schedules = opt_lib.make_optimizer(optimizer_config(config))
     state, state_sh = shard_state(bundle, tx, mesh, copy_base=not own_bundle)
     ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=t_cfg.max_checkpoints)
-    if ckpt.latest_step() is not None:
-        state, data_state, meta = ckpt.restore(state)
+    restored = ckpt.restore_newest_intact(state, log_fn=log_fn)
+    if restored is not None:
+        state, data_state, meta = restored
         loader.set_state(data_state)
         for key, want in (("seed", config.seed), ("method", config.adapter.method)):
             if meta.get(key) != want:
@@ -242,14 +245,17 @@ def train(config, workdir: str, *, eval_fn: Callable[[int, TrainState], dict] | 
     rng = jax.jit(lambda: jax.random.key(config.seed), out_shardings=mesh_lib.replicated(mesh))()
     compiled = compile_train_step(step_fn, state, state_sh, bsh, abstract_batch, rng, log=log_fn)
 
-    writer = metrics_lib.MetricWriter(workdir)
-    progress = metrics_lib.Progress(total, start, enabled=t_cfg.progress)
+    writer = metrics_lib.MetricWriter(workdir, resume_step=start)
+    if writer.dropped:
+        log_fn(f"{writer.path}: dropped {writer.dropped} rows logged after step {start} by the interrupted run")
+    timer = metrics_lib.StepTimer(clock)  # evaluation and checkpoint saving run paused: not step time
+    progress = metrics_lib.Progress(total, start, enabled=t_cfg.progress, timer=timer)
     meta = {"seed": config.seed, "method": config.adapter.method,
             "rng_key_data": np.asarray(jax.random.key_data(jax.random.key(config.seed))).tolist()}
     pending: list[tuple[int, dict]] = []
     last_row: dict = {}
     last_saved = ckpt.latest_step()
-    tokens_since, t_last = 0.0, time.perf_counter()
+    tokens_since, t_last = 0.0, timer.elapsed()
     step = start
     try:
         while step < total:
@@ -275,19 +281,21 @@ def train(config, workdir: str, *, eval_fn: Callable[[int, TrainState], dict] | 
                             if last_saved is not None else
                             f"non-finite training loss at step {s} (loss={row['loss']}, grad_norm="
                             f"{row['grad_norm']}); stopped, no checkpoint had been saved")
-                now = time.perf_counter()
+                now = timer.elapsed()
                 dt = max(now - t_last, 1e-9)
                 row = dict(fetched[-1][1])
                 row["tokens_per_s"] = tokens_since / dt
                 row["steps_per_s"] = len(fetched) / dt
                 tokens_since, t_last = 0.0, now
                 if is_eval:
-                    row.update({f"eval/{k}": float(v) for k, v in eval_fn(step, state).items()})
+                    with timer.paused():
+                        row.update({f"eval/{k}": float(v) for k, v in eval_fn(step, state).items()})
                 writer.write(step, row)
                 last_row = {"step": step, **row}
                 progress.update(step, {"loss": row["loss"], "tok/s": row["tokens_per_s"]})
                 if is_ckpt:
-                    ckpt.save(state, loader.get_state(), meta)
+                    with timer.paused():
+                        ckpt.save(state, loader.get_state(), meta)
                     last_saved = step
         if last_saved != total:
             ckpt.save(state, loader.get_state(), meta)
