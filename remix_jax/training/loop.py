@@ -156,8 +156,8 @@ def _opt_state_shardings(tx, opt_state, param_shardings, rep):
     try:
         return optax.tree_map_params(tx, lambda _, s: s, opt_state, param_shardings,
                                      transform_non_params=lambda _: rep)
-    except Exception:  # unusual optimizer structure: replicate everything
-        return jax.tree.map(lambda _: rep, opt_state)
+    except Exception:  # multi_transform's labels cannot take tree_map_params' placeholder: match leaf paths
+        return logical_lib.shardings_like_params(opt_state, param_shardings, rep)
 
 
 def _gather_to_host(tree):
