@@ -198,8 +198,7 @@ def abstract_train_state(config, mesh):
 
 
 def prepare_config(config):
-    """A copy of ``config`` for a TPU: no eval section, dtypes "auto" -> bfloat16, validated for ``n`` devices
-    (the data section is only read for its shapes: data.batch_size rows of data.max_length tokens)."""
+    """A copy of ``config`` for a TPU: without its eval section, model dtypes "auto" -> bfloat16."""
     from remix_jax.main import split_config
 
     config, _ = split_config(copy.deepcopy(config))

@@ -10,7 +10,8 @@ accumulation. Mesh: pure FSDP over the slice (data=1, fsdp=all chips, tensor=1):
 their optimizer state are split over every chip, and so are the batch rows.
 
 Writes OUT.jsonl (one report per cell, as ``--json_out`` writes it, plus the command) and OUT.md (the table).
-Each cell takes 2-4 minutes of one core and 5-10 GiB of host memory: ``--jobs`` runs several at once.
+Each cell takes 2-4 minutes of one core and about 1 GiB of host memory: ``--jobs`` runs several at once;
+``--render=A.jsonl,B.jsonl`` writes OUT.jsonl / OUT.md from the cells of earlier (partial) runs.
 """
 
 from __future__ import annotations
@@ -90,14 +91,32 @@ def table(reports: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def write(out: str, reports: list[dict]) -> None:
+    """OUT.jsonl: the reports in full (shardings included), one line per cell; OUT.md: the table."""
+    with open(out + ".jsonl", "w") as f:
+        for r in reports:
+            f.write(json.dumps(r) + "\n")
+    with open(out + ".md", "w") as f:
+        f.write(table(reports) + "\n")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default=os.path.join(ROOT, "docs", "bench_data", "tpu_memory"))
     p.add_argument("--slices", default=",".join(SLICES))
     p.add_argument("--methods", default=",".join(METHODS))
-    p.add_argument("--jobs", type=int, default=1, help="cells compiled at once (each takes one core, 5-10 GiB)")
+    p.add_argument("--jobs", type=int, default=1, help="cells compiled at once (each takes one core, ~1 GiB)")
+    p.add_argument("--render", default="", help="comma-separated .jsonl files of earlier runs: write OUT.jsonl and "
+                   "OUT.md from their cells instead of compiling")
     a = p.parse_args()
     sys.path.insert(0, ROOT)
+    if a.render:
+        reports = [json.loads(line) for path in a.render.split(",") for line in open(path) if line.strip()]
+        order = {(t, m): i for i, (m, t) in enumerate((m, t) for m in METHODS for t in SLICES)}
+        reports.sort(key=lambda r: order.get((r["topology"], r["cell_method"]), len(order)))
+        write(a.out, reports)
+        print(table(reports))
+        return
     cells = [(t, m) for m in a.methods.split(",") for t in a.slices.split(",")]
 
     done: dict[tuple[str, str], dict] = {}
@@ -109,12 +128,7 @@ def main() -> None:
         print(f"{topology:<9} {method:<9} {cell_text(r)} (compiled in {r['compile_s']:.0f} s)", flush=True)
         with lock:  # rewrite both files after every cell, in the cells' order
             done[cell] = r
-            reports = [done[c] for c in cells if c in done]
-            with open(a.out + ".jsonl", "w") as f:  # the reports in full (shardings included), one line per cell
-                for x in reports:
-                    f.write(json.dumps(x) + "\n")
-            with open(a.out + ".md", "w") as f:
-                f.write(table(reports) + "\n")
+            write(a.out, [done[c] for c in cells if c in done])
 
     with concurrent.futures.ThreadPoolExecutor(a.jobs) as pool:
         list(pool.map(one, cells))

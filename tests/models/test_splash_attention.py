@@ -31,6 +31,7 @@ def reference(q, k, v, seg):
     return xla_attention(q, k, v, attention_mask(pos, seg, pos, seg))
 
 
+@pytest.mark.slow
 def test_outputs_match_xla_attention():
     q, k, v, seg = inputs(256)
     out = tpu_attention.splash_attention(q, k, v, seg, interpret=True)
@@ -39,6 +40,7 @@ def test_outputs_match_xla_attention():
     np.testing.assert_allclose(np.asarray(out)[real], np.asarray(ref)[real], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_gradients_match_xla_attention():
     q, k, v, seg = inputs(128)
     w = (seg != 0).astype(jnp.float32)[:, :, None, None]  # the loss reads real tokens only

@@ -43,6 +43,7 @@ def splash_report():
 
 
 @needs_libtpu
+@pytest.mark.slow
 def test_splash_kernel_and_no_score_matrix(splash_report):
     r = splash_report
     assert r["attention"] == "splash" and r["dtype"] == "bfloat16" and r["chips"] == 4
@@ -55,6 +56,7 @@ def test_splash_kernel_and_no_score_matrix(splash_report):
 
 
 @needs_libtpu
+@pytest.mark.slow
 def test_xla_attention_has_the_score_matrix():
     r = tpu_compile.compile_for_topology(smoke_config("xla"), "v5e:2x2", hlo=True)
     assert r["attention"] == "xla"
@@ -63,6 +65,7 @@ def test_xla_attention_has_the_score_matrix():
 
 
 @needs_libtpu
+@pytest.mark.slow
 def test_memory_report_is_consistent(splash_report):
     m = splash_report["memory"]
     assert m["total"] == m["argument"] + m["output"] - m["alias"] + m["temp"]
@@ -73,6 +76,7 @@ def test_memory_report_is_consistent(splash_report):
 
 
 @needs_libtpu
+@pytest.mark.slow
 def test_state_shardings_on_the_topology(splash_report):
     rows = {r["name"]: r for part in ("base", "trainable") for r in splash_report["shardings"][part]}
     assert rows["['layers']['attn']['q_proj']['kernel']"]["spec"] == "(None, 'fsdp', 'tensor')"
@@ -129,6 +133,7 @@ def test_compiler_out_of_memory_message():
 
 
 @needs_libtpu
+@pytest.mark.slow
 def test_a_step_that_does_not_fit_says_so():
     c = smoke_config("xla")
     c.data.batch_size, c.data.max_length = 2048, 2048  # ~280 GiB of attention temporaries per chip
