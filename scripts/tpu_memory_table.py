@@ -11,7 +11,7 @@ their optimizer state are split over every chip, and so are the batch rows.
 
 Writes OUT.jsonl (one report per cell, as ``--json_out`` writes it, plus the command) and OUT.md (the table).
 Each cell takes 2-4 minutes of one core and about 1 GiB of host memory: ``--jobs`` runs several at once;
-``--render=A.jsonl,B.jsonl`` writes OUT.jsonl / OUT.md from the cells of earlier (partial) runs.
+``--render=A.jsonl,B.TOPOLOGY.METHOD.json`` writes OUT.jsonl / OUT.md from the cells of earlier (partial) runs.
 """
 
 from __future__ import annotations
@@ -91,6 +91,19 @@ def table(reports: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def read_reports(path: str) -> list[dict]:
+    """The cells of OUT.jsonl, or the one cell of an OUT.TOPOLOGY.METHOD.json that remix_jax.compile wrote for a
+    run stopped before it collected it (its command is rebuilt)."""
+    with open(path) as f:
+        reports = [json.loads(line) for line in f if line.strip()]
+    for r in reports:
+        if "cell_method" not in r:
+            topology, method = path.rsplit(".", 3)[1:3]
+            assert topology == r["topology"], path
+            r.update(cell_method=method, command=" ".join(["python"] + command(topology, method, "")[1:-1]))
+    return reports
+
+
 def write(out: str, reports: list[dict]) -> None:
     """OUT.jsonl: the reports in full (shardings included), one line per cell; OUT.md: the table."""
     with open(out + ".jsonl", "w") as f:
@@ -111,7 +124,8 @@ def main() -> None:
     a = p.parse_args()
     sys.path.insert(0, ROOT)
     if a.render:
-        reports = [json.loads(line) for path in a.render.split(",") for line in open(path) if line.strip()]
+        cells = {(r["topology"], r["cell_method"]): r for path in a.render.split(",") for r in read_reports(path)}
+        reports = list(cells.values())  # a cell given twice: the later file's
         order = {(t, m): i for i, (m, t) in enumerate((m, t) for m in METHODS for t in SLICES)}
         reports.sort(key=lambda r: order.get((r["topology"], r["cell_method"]), len(order)))
         write(a.out, reports)
