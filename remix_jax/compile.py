@@ -268,7 +268,8 @@ def _attention_impl(model_cfg, seq_len: int, mesh) -> str:
 
 
 def out_of_memory(message: str) -> dict | None:
-    """{"used_bytes", "limit_bytes", "message"} from the TPU compiler's out-of-HBM error, else None."""
+    """{"used_bytes", "limit_bytes", "message"} from the TPU compiler's out-of-HBM error, else None; used_bytes is
+    what the compiler says the step needs (libtpu 0.0.42: its temporaries), limit_bytes the HBM it offers."""
     if "RESOURCE_EXHAUSTED" not in message and "ran out of memory" not in message.lower():
         return None
     unit = {"": 1, "K": 2 ** 10, "M": 2 ** 20, "G": 2 ** 30, "T": 2 ** 40}
@@ -338,8 +339,9 @@ def format_report(r: dict) -> str:
                                             f"{_gib(m['total'] - cap).strip()} over the chip's {_gib(cap).strip()}")
     else:
         o = r["compiler_oom"]
-        used = f"{_gib(o['used_bytes']).strip()} of {_gib(o['limit_bytes']).strip()}" if o["used_bytes"] else "?"
-        verdict = (f"DOES NOT FIT: the TPU compiler ran out of HBM (used {used} usable per chip; capacity "
+        used = (f"{_gib(o['used_bytes']).strip()} needed, {_gib(o['limit_bytes']).strip()} usable"
+                if o["used_bytes"] else "see its message")
+        verdict = (f"DOES NOT FIT: the TPU compiler ran out of HBM ({used} per chip; capacity "
                    f"{_gib(cap).strip()}): {o['message']}")
     lines.append(f"-- {verdict}; compiled in {r['compile_s']:.1f} s")
     return "\n".join(lines)
@@ -371,7 +373,11 @@ def main(argv):
     if _FLAGS["json_out"].value:
         with open(_FLAGS["json_out"].value, "a") as f:
             f.write(json.dumps(report) + "\n")
-    sys.exit(0 if report["fits"] else 1)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # libtpu's static destructors can abort at interpreter exit on a host without a TPU, turning the exit status
+    # into a crash's: leave without them, the report being written.
+    os._exit(0 if report["fits"] else 1)
 
 
 def _quiet_host() -> None:

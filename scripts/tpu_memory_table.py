@@ -74,7 +74,8 @@ def cell_text(r: dict) -> str:
         return f"{used:.1f} / {cap:.0f} GiB, {'fits' if r['fits'] else '**does not fit**'}"
     o = r["compiler_oom"]
     need = f"{o['used_bytes'] / GIB:.1f}" if o.get("used_bytes") else "?"
-    return f"needs {need} GiB > {o['limit_bytes'] / GIB if o.get('limit_bytes') else cap:.2f} usable, **does not fit**"
+    usable = o["limit_bytes"] / GIB if o.get("limit_bytes") else cap
+    return f"temporaries {need} GiB > {usable:.2f} usable, **does not fit**"
 
 
 def table(reports: list[dict]) -> str:
