@@ -43,7 +43,8 @@ class ModelConfig:
     dtype: str = "float32"
     # "xla": einsum attention with an explicit mask (any mask, any backend).
     # "cudnn": jax.nn.dot_product_attention(implementation="cudnn") (GPU flash attention).
-    # "auto": cudnn on GPU when the mask allows it, else xla.
+    # "splash": the Pallas splash-attention kernel (TPU flash attention; models/tpu_attention.py).
+    # "auto": cudnn on GPU, splash on TPU (sequence length a multiple of 128), else xla.
     attention_impl: str = "xla"
     # Rematerialisation of each block in the backward pass: "none", "full", "dots",
     # "dots_no_batch", "save_qkv_ffn" (see llama.REMAT_POLICIES).
@@ -62,8 +63,8 @@ class ModelConfig:
                   "num_kv_heads", "head_dim"):
             if getattr(self, k) < 1:
                 raise ModelLoadError(f"model config field {k}={getattr(self, k)} must be >= 1")
-        if self.attention_impl not in ("xla", "cudnn", "auto"):
-            raise ModelLoadError(f"attention_impl={self.attention_impl!r}: expected xla, cudnn or auto")
+        if self.attention_impl not in ("xla", "cudnn", "splash", "auto"):
+            raise ModelLoadError(f"attention_impl={self.attention_impl!r}: expected xla, cudnn, splash or auto")
         if not isinstance(self.scan_unroll, int) or self.scan_unroll < 1:
             raise ModelLoadError(f"scan_unroll={self.scan_unroll!r}: expected an integer >= 1")
 

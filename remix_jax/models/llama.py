@@ -35,6 +35,7 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
 from remix_jax.models.config import ModelConfig, rope_inv_freq
+from remix_jax.parallel.logical import constrain, target_platform
 
 Array = jax.Array
 
@@ -43,6 +44,12 @@ FUSED = "fused"  # collection of inference-only concatenated kernels (``fuse_pro
 # Inference-only collection seen whole by every layer (not sliced by the layer loop): arrays stacked over layers
 # that a kernel indexes by the layer's number itself (``Decoder.broadcast_stacked``).
 STACKED = "stacked"
+
+# Logical axis names of the activations (parallel/logical.py maps them to the mesh; no-ops without a mesh).
+BTD = ("activation_batch", "activation_length", "activation_embed")
+BTHD = ("activation_batch", "activation_length", "activation_heads", "activation_kv")
+BTKD = ("activation_batch", "activation_length", "activation_kv_heads", "activation_kv")
+BTF = ("activation_batch", "activation_length", "activation_mlp")
 
 REMAT_POLICIES = {
     "none": None,
@@ -233,7 +240,7 @@ class MLP(nn.Module):
         gate, up, down = self.projections()
         kw = dict(deterministic=deterministic, token_mask=token_mask)
         g, u = self.gate_up(x, gate, up, kw, row_scale)
-        h = checkpoint_name(nn.silu(g) * u, "ffn_hidden")
+        h = checkpoint_name(constrain(nn.silu(g) * u, BTF), "ffn_hidden")
         return add_residual(residual, self.down_product(h, down, kw))
 
     def down_product(self, h: Array, down, kw: dict) -> Array:
@@ -265,13 +272,23 @@ def attention_mask(q_pos, q_seg, k_pos, k_seg) -> Array:
     return (same & causal)[:, None]
 
 
-def resolve_attention_impl(cfg: ModelConfig, cached: bool) -> str:
-    """The attention kernel of a forward pass: cuDNN flash attention ("cudnn": without a cache, chosen by
-    "auto" on GPUs) or XLA's ("xla": always with a KV cache)."""
+def resolve_attention_impl(cfg: ModelConfig, cached: bool, seq_len: int | None = None) -> str:
+    """The attention kernel of a forward pass of ``seq_len`` tokens: XLA's ("xla": always with a KV cache),
+    cuDNN flash attention ("cudnn", chosen by "auto" on GPUs) or the Pallas splash kernel ("splash", chosen by
+    "auto" on TPUs when ``seq_len`` is a multiple of 128). The platform is that of the mesh the step is compiled
+    for (``parallel.logical.target_platform``), so a TPU step compiled on a CPU host gets the TPU kernel."""
+    if cached:
+        return "xla"
     impl = cfg.attention_impl
     if impl == "auto":
-        impl = "cudnn" if (jax.default_backend() == "gpu" and not cached) else "xla"
-    return "xla" if cached else impl
+        platform = target_platform()
+        if platform == "gpu":
+            impl = "cudnn"
+        elif platform == "tpu" and seq_len is not None and seq_len % 128 == 0:
+            impl = "splash"
+        else:
+            impl = "xla"
+    return impl
 
 
 def xla_attention(q, k, v, mask, heads_first: bool = False) -> Array:
@@ -312,7 +329,7 @@ class Attention(nn.Module):
                  deterministic: bool = True, token_mask=None, row_scale=None):
         """cache: None (training, prefill-free scoring) or the whole KV cache {"kv": [L, 2, B, KV, S, hd]};
         this layer writes its new keys/values at [layer, :, cache_index] in place and attends over its slice.
-        mask: [B, 1, T, S] for XLA attention, None for cuDNN flash attention (``resolve_attention_impl``).
+        mask: [B, 1, T, S] for XLA attention, None for the flash kernels (cuDNN, splash: ``resolve_attention_impl``).
         row_scale: x is the un-normalised block input and row_scale its RMSNorm factor (fold_norms).
         Returns (output [B, T, d], the updated cache or None)."""
         cfg = self.config
@@ -328,13 +345,13 @@ class Attention(nn.Module):
                                row_scale=row_scale)
         if fused is None:
             q, k, v = (checkpoint_name(m(x, **kw), "qkv") for m in qkv_mods)
-            q = apply_rope(q.reshape(b, t, h, hd), rope)
-            k = apply_rope(k.reshape(b, t, kvh, hd), rope)
+            q = apply_rope(constrain(q.reshape(b, t, h, hd), BTHD), rope)
+            k = apply_rope(constrain(k.reshape(b, t, kvh, hd), BTKD), rope)
         else:  # inference: one matmul for q, k, v and one rotation for q and k together
             q, k, v = fused
             qk = apply_rope(jnp.concatenate([q, k], axis=-1).reshape(b, t, h + kvh, hd), rope)
             q, k = qk[:, :, :h], qk[:, :, h:]
-        v = v.reshape(b, t, kvh, hd)
+        v = constrain(v.reshape(b, t, kvh, hd), BTKD)
 
         new_cache = None
         if cache is not None:
@@ -348,7 +365,12 @@ class Attention(nn.Module):
             size = (1, 1) + kv.shape[2:]
             k, v = (jax.lax.dynamic_slice(kv, (layer, i, 0, 0, 0, 0), size)[0, 0].astype(dt) for i in (0, 1))
 
-        if mask is None:
+        impl = resolve_attention_impl(cfg, cached=cache is not None, seq_len=t)
+        if impl == "splash":  # TPU flash attention: causal within each packed segment, no [B, H, T, T] scores
+            from remix_jax.models.tpu_attention import splash_attention
+
+            out = splash_attention(q, k, v, segment_ids)
+        elif impl == "cudnn":
             # Flash attention: causal, keys restricted to each row's non-padding prefix. Valid for
             # right-padded single-segment rows (training batches without packing).
             lengths = jnp.sum(segment_ids != 0, axis=-1).astype(jnp.int32)
@@ -357,7 +379,7 @@ class Attention(nn.Module):
                 implementation="cudnn")
         else:
             out = xla_attention(q, k, v, mask, heads_first=cache is not None)
-        out = checkpoint_name(out, "attn_out").reshape(b, t, h * hd)
+        out = checkpoint_name(constrain(out, BTHD), "attn_out").reshape(b, t, h * hd)
         o = fused_product(self, out, "o_kernel", mk(cfg.hidden_size, ("heads", "embed"), name="o_proj"), kw)
         return o, new_cache
 
@@ -378,6 +400,7 @@ class Block(nn.Module):
         positions of its own slice in place instead of the loop slicing out and restacking every layer's
         cache at each step."""
         x, cache, layer = carry
+        x = constrain(x, BTD)
         cfg = self.config
         dt, pdt = _dt(cfg.dtype), _dt(cfg.param_dtype)
         token_mask = segment_ids != 0
@@ -440,7 +463,7 @@ class Decoder(nn.Module):
         embed = nn.Embed(
             cfg.vocab_size, cfg.hidden_size, dtype=dt, param_dtype=pdt, name="embed",
             embedding_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), ("vocab", "embed")))
-        x = embed(tokens)
+        x = constrain(embed(tokens), BTD)
         if cache is not None:
             idx = cache["index"]
             key_pos = jax.lax.dynamic_update_slice(cache["pos"], positions.astype(jnp.int32), (0, idx))
@@ -449,11 +472,11 @@ class Decoder(nn.Module):
         else:
             idx, key_pos, key_seg, kv = 0, positions, segment_ids, None
         rope = rope_tables(cfg, positions)
-        mask = (None if resolve_attention_impl(cfg, cached=cache is not None) == "cudnn"
-                else attention_mask(positions, segment_ids, key_pos, key_seg))
+        impl = resolve_attention_impl(cfg, cached=cache is not None, seq_len=tokens.shape[1])
+        mask = None if impl in ("cudnn", "splash") else attention_mask(positions, segment_ids, key_pos, key_seg)
         (x, new_kv, _), _ = self._layers(deterministic)(
             (x, kv, jnp.zeros((), jnp.int32)), segment_ids, mask, idx, rope)
-        h = RMSNorm(cfg.rms_norm_eps, dt, pdt, name="final_norm")(x)
+        h = RMSNorm(cfg.rms_norm_eps, dt, pdt, name="final_norm")(constrain(x, BTD))
         new_cache = None
         if cache is not None:
             new_cache = {**new_kv, "pos": key_pos, "seg": key_seg,

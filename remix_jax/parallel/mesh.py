@@ -1,6 +1,7 @@
 """Device mesh with axes (data, fsdp, tensor) built from the config, and multi-host start-up.
 
-Axis sizes come from ``config.mesh``; one size may be -1 ("all remaining devices"). The mesh uses
+Axis sizes come from ``config.mesh``; one size may be -1 ("all remaining devices"). Devices of several TPU
+slices (multi-slice) get a hybrid mesh: data parallel across slices, fsdp and tensor inside each. The mesh uses
 ``AxisType.Auto`` axes, which linen's logical sharding annotations require (``jax.make_mesh`` defaults to
 Explicit axes in recent jax).
 """
@@ -43,13 +44,41 @@ def resolve_axis_sizes(sizes: Mapping[str, int], num_devices: int) -> tuple[int,
 
 
 def make_mesh(sizes: Mapping[str, int], devices: Sequence | None = None) -> Mesh:
-    """A Mesh over ``devices`` (default: all) with Auto axes (data, fsdp, tensor)."""
+    """A Mesh over ``devices`` (default: all) with Auto axes (data, fsdp, tensor); devices of several TPU slices
+    get ``make_multislice_mesh``."""
     devices = list(devices) if devices is not None else jax.devices()
+    if num_slices(devices) > 1:
+        return make_multislice_mesh(sizes, devices)
     shape = resolve_axis_sizes(sizes, len(devices))
     auto = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
     if devices == jax.devices():
         return jax.make_mesh(shape, MESH_AXES, axis_types=auto)
+    if devices[0].platform == "tpu":  # e.g. a topology compiled for ahead of time: place axes on the torus
+        return jax.make_mesh(shape, MESH_AXES, axis_types=auto, devices=devices)
     return Mesh(np.asarray(devices).reshape(shape), MESH_AXES, axis_types=auto)
+
+
+def num_slices(devices: Sequence) -> int:
+    """The number of TPU slices that ``devices`` span (1 for devices without a ``slice_index``)."""
+    return len({getattr(d, "slice_index", 0) for d in devices})
+
+
+def make_multislice_mesh(sizes: Mapping[str, int], devices: Sequence) -> Mesh:
+    """A (data, fsdp, tensor) Mesh over the devices of several TPU slices: the slices are data-parallel replicas
+    of each other (the only axis that crosses the slower data-center network, DCN, once per step for the
+    gradient's all-reduce), fsdp and tensor stay inside a slice (ICI). ``sizes`` are the whole mesh's, as for
+    ``make_mesh``; ``data`` must be a multiple of the number of slices."""
+    n = num_slices(devices)
+    data, fsdp, tensor = resolve_axis_sizes(sizes, len(devices))
+    if data % n:
+        raise ValueError(f"config.mesh: data={data} must be a multiple of the {n} slices (data parallelism is the "
+                         f"only axis across slices; fsdp={fsdp} and tensor={tensor} stay inside a slice)")
+    from jax.experimental import mesh_utils
+
+    tpu_v5e = devices[0].device_kind in ("TPU v5 lite", "TPU v5e")  # as jax.make_mesh: split v5e's axes
+    grid = mesh_utils.create_hybrid_device_mesh((data // n, fsdp, tensor), (n, 1, 1), devices,
+                                                allow_split_physical_axes=tpu_v5e)
+    return Mesh(grid, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

@@ -142,27 +142,12 @@ def shard_state(bundle: ModelBundle, tx, mesh, copy_base: bool = True) -> tuple[
     rep = mesh_lib.replicated(mesh)
     # The optimizer state follows its parameters; counters are replicated.
     opt_state = jax.jit(tx.init)(trainable)
-    opt_sh = _opt_state_shardings(opt_state, tr_sh, rep)
+    opt_sh = logical_lib.shardings_like_params(opt_state, tr_sh, rep)
     opt_state = jax.device_put(opt_state, opt_sh)
     state = TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), rep), base=base, trainable=trainable,
                        opt_state=opt_state)
     shardings = TrainState(step=rep, base=base_sh, trainable=tr_sh, opt_state=opt_sh)
     return state, shardings
-
-
-def _opt_state_shardings(opt_state, param_shardings, rep):
-    """Each moment sharded like its parameter (the one whose key path ends the moment's), counters replicated.
-
-    optax.tree_map_params cannot see through the group labels of ``optimizer.make_optimizer``.
-    """
-    params = {jax.tree_util.keystr(p): s for p, s in jax.tree_util.tree_flatten_with_path(param_shardings)[0]}
-
-    def sharding(path, leaf):
-        key = jax.tree_util.keystr(path)
-        owners = [k for k in params if key.endswith(k)]
-        return logical_lib.fit_sharding(params[max(owners, key=len)], leaf.shape) if owners else rep
-
-    return jax.tree_util.tree_map_with_path(sharding, opt_state)
 
 
 def _gather_to_host(tree):

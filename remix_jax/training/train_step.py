@@ -5,10 +5,11 @@ an ordinary input. Gradient accumulation is a ``lax.scan`` over micro-batches in
 optimizer update per step; the accumulated gradient is the mean of the micro-batch gradients). The
 step's routing key is ``fold_in(rng, state.step)``, so a resumed run draws the same routing samples as an
 uninterrupted one. ``compile_train_step`` jits with explicit shardings and a donated state and compiles
-ahead of time, so the memory analysis is known before step 1. Gradients come from
-``objective.remix_value_and_grad``: ``jax.value_and_grad`` of the objective with all M routing samples
-vmapped, or, with ``ObjectiveConfig.sample_chunk`` c > 0, M / c chunks of c samples in two passes (one
-extra forward pass, activation memory of c samples), nested inside the accumulation scan.
+ahead of time, so the memory analysis is known before step 1; it traces the step inside
+``parallel.logical.activation_sharding(mesh)``, so the decoder's activations follow the logical-axis rules.
+Gradients come from ``objective.remix_value_and_grad``: ``jax.value_and_grad`` of the objective with all M
+routing samples vmapped, or, with ``ObjectiveConfig.sample_chunk`` c > 0, M / c chunks of c samples in two
+passes (one extra forward pass, activation memory of c samples), nested inside the accumulation scan.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from remix_jax.parallel.logical import activation_sharding
 from remix_jax.training.objective import ObjectiveConfig, remix_value_and_grad
 from remix_jax.training.train_state import TrainState
 
@@ -101,7 +103,9 @@ def compile_train_step(step: Callable, state: TrainState, state_shardings, batch
                      out_shardings=(state_shardings, rep), donate_argnums=(0,))
     abstract_state = jax.tree.map(
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, state_shardings)
-    compiled = jitted.lower(abstract_state, abstract_batch, rng).compile()
+    with activation_sharding(batch_shardings.mesh):  # activations on the mesh by the logical rules
+        lowered = jitted.lower(abstract_state, abstract_batch, rng)
+    compiled = lowered.compile()
     if log is not None:
         log(memory_report(compiled))
     return compiled

@@ -76,7 +76,7 @@ def test_optimizer_moments_are_sharded_like_their_parameters():
     param_sh = {k: logical.tree_shardings(v, specs[k], mesh) for k, v in trainable.items()}
     tx, _ = opt_lib.make_optimizer(opt_lib.OptimizerConfig())
     rep = mesh_lib.replicated(mesh)
-    opt_sh = loop._opt_state_shardings(jax.eval_shape(tx.init, trainable), param_sh, rep)
+    opt_sh = logical.shardings_like_params(jax.eval_shape(tx.init, trainable), param_sh, rep)
     params = {jax.tree_util.keystr(p): s for p, s in jax.tree_util.tree_flatten_with_path(param_sh)[0]}
     moments, others = {}, []
     for path, s in jax.tree_util.tree_flatten_with_path(opt_sh)[0]:
