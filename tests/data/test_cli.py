@@ -19,7 +19,7 @@ def test_marked_shows_prompt_in_brackets(tokenizer):
 def test_inspect_report(data_dir, tfds_dir, built, tokenizer):
     cfg = gsm8k_config(data_dir, tfds_dir, max_length=256)
     report = inspect(cfg, tokenizer, show=2, split="test")
-    assert report.count("-- example") == 2 and "== source gsm8k: 1319 examples" in report
+    assert report.count("-- example") == 2 and "== source gsm8k: 250 examples" in report
     src = data.open_sources(cfg, split="test")[0]
     lengths = np.array(
         [
@@ -38,7 +38,7 @@ def test_command_line(data_dir, tfds_dir, built, smollm2_gguf, tmp_path):
         "import ml_collections\nfrom remix_jax.data import default_data_config, source_config\n"
         "def get_config():\n    c = ml_collections.ConfigDict()\n    c.data = default_data_config()\n"
         f"    c.data.sources.arc = source_config('llm_adapters/arc_challenge',\n"
-        f"        manual_dir={str(data_dir / 'llm-adapters')!r})\n    return c\n"
+        f"        manual_dir={str(data_dir / 'llm_adapters')!r})\n    return c\n"
     )
     out = subprocess.run(
         [
@@ -59,6 +59,6 @@ def test_command_line(data_dir, tfds_dir, built, smollm2_gguf, tmp_path):
         timeout=120,
     )
     assert out.returncode == 0, out.stderr[-2000:]
-    assert "== source arc: 1172 examples" in out.stdout
+    assert "== source arc: 206 examples" in out.stdout
     assert "<|im_start|>assistant\n]]the correct answer is answer" in out.stdout
     assert "over max_length=64:" in out.stdout
