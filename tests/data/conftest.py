@@ -50,25 +50,47 @@ def tfds_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("tfds")
 
 
+# CodeAlpaca-format rows written by hand (the upstream CodeAlpaca data is CC BY-NC 4.0 and is not in the
+# repository): code_alpaca_2k.json's layout, a JSON list of {instruction, input, output}, with an empty
+# input, a missing input key, multi-line code and non-ASCII text.
+CODE_ALPACA_ROWS = [
+    {"instruction": "Write a Python function that returns the square of a number.", "input": "",
+     "output": "def square(x):\n    return x * x"},
+    {"instruction": "Reverse the given string.", "input": "string = \"héllo wörld\"",
+     "output": "reversed_string = string[::-1]"},
+    {"instruction": "Write a SQL query that selects every column of the table 'users'.", "input": "",
+     "output": "SELECT * FROM users;"},
+    {"instruction": "Explain what the following code prints.", "input": "for i in range(3):\n    print(i)",
+     "output": "It prints 0, 1 and 2, one per line."},
+    {"instruction": "Create an empty list named items.", "output": "items = []"},
+]
+
+
 @pytest.fixture(scope="session")
-def built(tfds_dir, data_dir, humaneval_file):
-    """The project builders prepared once from the real files: name -> builder."""
+def code_alpaca_dir(tmp_path_factory):
+    """A manual_dir for ``code_alpaca/2k`` holding CODE_ALPACA_ROWS as code_alpaca_2k.json."""
+    d = tmp_path_factory.mktemp("code_alpaca")
+    (d / "code_alpaca_2k.json").write_text(json.dumps(CODE_ALPACA_ROWS, indent=4), encoding="utf-8")
+    return d
+
+
+@pytest.fixture(scope="session")
+def built(tfds_dir, data_dir, code_alpaca_dir, humaneval_file):
+    """The project builders prepared once from the committed excerpts: name -> builder."""
     from remix_jax.data import builders
 
     return {
         "gsm8k": builders.prepare("gsm8k", data_dir=tfds_dir, manual_dir=data_dir / "gsm8k"),
         "llm_adapters/arc_challenge": builders.prepare(
-            "llm_adapters/arc_challenge", data_dir=tfds_dir, manual_dir=data_dir / "llm-adapters"
+            "llm_adapters/arc_challenge", data_dir=tfds_dir, manual_dir=data_dir / "llm_adapters"
         ),
-        "code_alpaca/2k": builders.prepare(
-            "code_alpaca/2k", data_dir=tfds_dir, manual_dir=data_dir / "codealpaca"
-        ),
+        "code_alpaca/2k": builders.prepare("code_alpaca/2k", data_dir=tfds_dir, manual_dir=code_alpaca_dir),
         "humaneval": builders.prepare("humaneval", data_dir=tfds_dir, files={"test": humaneval_file}),
     }
 
 
 def gsm8k_config(data_dir, tfds_dir, **overrides):
-    """A data config over the real GSM8K train split."""
+    """A data config over the GSM8K train excerpt (the first 300 rows of the real file)."""
     from remix_jax.data import default_data_config, source_config
 
     cfg = default_data_config()

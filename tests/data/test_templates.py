@@ -46,7 +46,7 @@ def test_mask_real_smollm2_tokenizer(smollm2_tokenizer, data_dir, template):
     import json
 
     tok = smollm2_tokenizer
-    rows = json.loads((data_dir / "llm-adapters" / "ARC-Challenge" / "test.json").read_text())[:10]
+    rows = json.loads((data_dir / "llm_adapters" / "ARC-Challenge" / "test.json").read_text())[:10]
     for row in rows:
         _check_masks(tok, formats.alpaca(row, "t"), template)
 

@@ -74,7 +74,7 @@ TASKS = ["ARC-Challenge", "ARC-Easy", "boolq", "openbookqa"]
 
 @pytest.mark.parametrize("task", TASKS)
 def test_multiple_choice_real_rows(data_dir, task):
-    rows = json.load(open(data_dir / "llm-adapters" / task / "test.json", encoding="utf-8"))
+    rows = json.load(open(data_dir / "llm_adapters" / task / "test.json", encoding="utf-8"))
     for row in rows:
         labels = multiple_choice.option_labels(row)
         assert row["answer"] in labels
@@ -86,7 +86,7 @@ def test_multiple_choice_real_rows(data_dir, task):
 
 
 def test_multiple_choice_option_parsing_hand_example(data_dir):
-    row = json.load(open(data_dir / "llm-adapters" / "ARC-Challenge" / "test.json", encoding="utf-8"))[0]
+    row = json.load(open(data_dir / "llm_adapters" / "ARC-Challenge" / "test.json", encoding="utf-8"))[0]
     assert multiple_choice.option_texts(row) == [
         "Planetary density will decrease.", "Planetary years will become longer.",
         "Planetary days will become shorter.", "Planetary gravity will become stronger."]
@@ -139,8 +139,8 @@ def test_continuation_logprob_matches_manual_sum():
 
 
 def test_multiple_choice_few_shot_prompt(data_dir):
-    train = json.load(open(data_dir / "llm-adapters" / "ARC-Challenge" / "train.json", encoding="utf-8"))
-    test_row = json.load(open(data_dir / "llm-adapters" / "ARC-Challenge" / "test.json", encoding="utf-8"))[0]
+    train = json.load(open(data_dir / "llm_adapters" / "ARC-Challenge" / "train.json", encoding="utf-8"))
+    test_row = json.load(open(data_dir / "llm_adapters" / "ARC-Challenge" / "test.json", encoding="utf-8"))[0]
     shots = prompts.multiple_choice_shots(train, prompts.PAPER_SHOTS["arc_c"])
     text = prompts.multiple_choice_prompt(test_row, shots)
     assert text.count("### Instruction:") == 6 and text.count("the correct answer is answer") == 5

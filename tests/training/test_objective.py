@@ -45,7 +45,7 @@ def test_sequence_losses_match_numpy_reference():
 
 @pytest.fixture(scope="module")
 def remix_setup(remix_bundle, batch, perturb):
-    """Jitted pieces shared by the gradient tests (each compiled once)."""
+    """Jitted pieces common to the gradient tests (each compiled once)."""
     bundle = remix_bundle
     tr = perturb(bundle.trainable)
     cfg = ObjectiveConfig(num_samples=3, baseline="rloo", sampling_router=True)
