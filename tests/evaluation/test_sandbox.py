@@ -11,6 +11,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import tempfile
 import textwrap
 
 import pytest
@@ -360,18 +361,37 @@ def _python_for(uid: int) -> str | None:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="re-running as an unprivileged user needs root (setpriv)")
-def test_attack_suite_as_unprivileged_user(tmp_path):
+def test_attack_suite_as_unprivileged_user():
     """The whole attack suite again as uid 65534: unprivileged user namespaces give the same isolation."""
     if shutil.which("setpriv") is None:
         pytest.skip("setpriv (util-linux) is not installed")
     python = _python_for(65534)
     if python is None:
         pytest.skip("no system python3 that uid 65534 can run")
-    os.chmod(tmp_path, 0o777)
-    script = REPO / "tests" / "evaluation" / "test_sandbox_attacks.py"
-    out = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", python, str(script)],
-                         capture_output=True, text=True, timeout=600, cwd=tmp_path,
-                         env={"PATH": "/usr/bin:/bin", "TMPDIR": str(tmp_path)})
+    # The clone under test and pytest's tmp_path may sit in folders only root can enter (mode 0700), so the
+    # script and the package run from a copy in a folder of their own under /tmp that uid 65534 can read.
+    base = tempfile.mkdtemp(prefix="remix-sandbox-uid-", dir="/tmp")
+    try:
+        os.chmod(base, 0o755)
+        copy = os.path.join(base, "repo")
+        shutil.copytree(REPO / "remix_jax", os.path.join(copy, "remix_jax"),
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        os.makedirs(os.path.join(copy, "tests", "evaluation"))
+        script = os.path.join(copy, "tests", "evaluation", "test_sandbox_attacks.py")
+        shutil.copy(REPO / "tests" / "evaluation" / "test_sandbox_attacks.py", script)
+        for root, dirs, files in os.walk(copy):
+            for name in dirs:
+                os.chmod(os.path.join(root, name), 0o755)
+            for name in files:
+                os.chmod(os.path.join(root, name), 0o644)
+        work = os.path.join(base, "work")
+        os.mkdir(work)
+        os.chmod(work, 0o777)
+        out = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", python, script],
+                             capture_output=True, text=True, timeout=600, cwd=work,
+                             env={"PATH": "/usr/bin:/bin", "TMPDIR": work})
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
     assert out.returncode == 0, out.stderr[-3000:]
     got = json.loads(out.stdout.splitlines()[-1])
     assert got["uid"] == 65534 and got["problems"] == [], got
