@@ -76,7 +76,7 @@ def test_every_missing_path_is_listed_before_the_model_loads(tiny, tmp_path):
     cfg = write_config(tmp_path / "cfg.py", missing / "model", missing / "train.jsonl", missing / "test.jsonl",
                        **{"eval.at_start": False, "eval.gsm8k.shots": 2,
                           "eval.gsm8k.shots_path": str(missing / "shots.jsonl")})
-    r = cli("main", f"--config={cfg}", f"--workdir={tmp_path / 'run'}", timeout=120)
+    r = cli("main", f"--config={cfg}", f"--workdir={tmp_path / 'run'}", timeout=300)
     assert r.returncode == 2, r.stderr[-2000:]
     assert stderr_lines(r) == [
         "error: invalid config:",
@@ -92,7 +92,7 @@ def test_every_missing_path_is_listed_before_the_model_loads(tiny, tmp_path):
     r = cli("main", f"--config={ok}", f"--workdir={tmp_path / 'run'}",
             f"--config.data.tfds_data_dir={tmp_path / 'tfds'}", "--config.data.sources.train.name=gsm8k",
             f"--config.data.sources.train.manual_dir={missing / 'raw'}",
-            timeout=120)
+            timeout=300)
     assert r.returncode == 2
     assert stderr_lines(r) == [f"error: invalid config: data.sources.train.manual_dir: '{missing / 'raw'}' is not a "
                                "folder"]
@@ -116,7 +116,7 @@ def test_unwritable_workdir(tiny, tmp_path):
         workdir = ro / "run"
     else:  # permission bits do not stop root; sysfs refuses new folders (EPERM, or EROFS when mounted read-only)
         workdir = "/sys/remix_jax_test_run"
-    r = cli("main", f"--config={cfg}", f"--workdir={workdir}", timeout=120)
+    r = cli("main", f"--config={cfg}", f"--workdir={workdir}", timeout=300)
     assert r.returncode == 2, r.stderr[-2000:]
     lines = stderr_lines(r)
     assert len(lines) == 2 and lines[0].startswith(f"error: cannot write {workdir}: "), lines

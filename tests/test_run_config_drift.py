@@ -23,7 +23,7 @@ def _env():
     return {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}  # one CPU device: quicker to compile
 
 
-def _main(workdir, *args, timeout=300):
+def _main(workdir, *args, timeout=600):
     return subprocess.run([sys.executable, "-m", "remix_jax.main", f"--workdir={workdir}", *BASE, *args],
                           cwd=REPO, env=_env(), capture_output=True, text=True, timeout=timeout)
 
@@ -124,7 +124,7 @@ def test_continue_with_changes_trains_the_extra_steps(run_copy):
     ("--config.train.num_steps=2", "train.num_steps: 3 -> 2: the run has already trained 3 steps"),
 ])
 def test_unsafe_changes_are_refused_even_with_the_flag(run_copy, override, reason):
-    r = _main(run_copy, override, "--continue_with_changes", timeout=120)
+    r = _main(run_copy, override, "--continue_with_changes", timeout=300)
     assert r.returncode == 2, r.stderr[-3000:]
     assert r.stderr.strip().splitlines() == [
         f"error: {run_copy} (finished at step 3) cannot continue under this config, even with "
@@ -134,7 +134,7 @@ def test_unsafe_changes_are_refused_even_with_the_flag(run_copy, override, reaso
 
 
 def test_finished_run_with_only_new_eval_settings_points_to_evaluate(run_copy):
-    r = _main(run_copy, "--config.eval.heldout.num_batches=2", "--continue_with_changes", timeout=120)
+    r = _main(run_copy, "--config.eval.heldout.num_batches=2", "--continue_with_changes", timeout=300)
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [
         f"error: {run_copy} finished at step 3 and train.num_steps=3 adds no steps: nothing to continue under "
@@ -163,12 +163,12 @@ def test_resumed_run_summary_reads_step_0_from_the_files(tmp_path):
         "main.run(flags.FLAGS.config, flags.FLAGS.workdir)\n"
     )
     first = subprocess.run([sys.executable, "-c", script, f"--workdir={wd}", *args], cwd=REPO, env=_env(),
-                           capture_output=True, text=True, timeout=300)
+                           capture_output=True, text=True, timeout=600)
     assert first.returncode == 3, first.stderr[-3000:]
     assert not (wd / "run_complete.json").exists() and os.listdir(wd / "checkpoints") == ["2"]
     step0 = next(row for row in _rows(wd) if row["step"] == 0)["eval/heldout_loss"]
     second = subprocess.run([sys.executable, "-m", "remix_jax.main", f"--workdir={wd}", *args], cwd=REPO,
-                            env=_env(), capture_output=True, text=True, timeout=300)
+                            env=_env(), capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "resumed from step 2" in second.stdout + second.stderr
     assert "evaluation at step 0" not in second.stdout  # this process did not evaluate the base model

@@ -81,7 +81,7 @@ def env(**extra) -> dict:
     return {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "", "REMIX_DEBUG": "", **extra}
 
 
-def cli(module: str, *args, timeout: int = 300, **env_extra) -> subprocess.CompletedProcess:
+def cli(module: str, *args, timeout: int = 600, **env_extra) -> subprocess.CompletedProcess:
     """``python -m remix_jax.<module> args`` from the repository root (one CPU device)."""
     return subprocess.run([sys.executable, "-m", f"remix_jax.{module}", *map(str, args)], cwd=REPO,
                           env=env(**env_extra), capture_output=True, text=True, timeout=timeout)
