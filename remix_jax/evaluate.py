@@ -1,35 +1,49 @@
 """Evaluation entry point.
 
     python -m remix_jax.evaluate --config=configs/NAME.py[:VARIANT] --workdir=DIR \
-        [--config.eval.tasks=gsm8k,arc_c]
+        [--config.eval.tasks=gsm8k,arc_c] [--eval_name=NAME]
 
 Loads the base model from ``config.model.path`` and attaches the adapters and routers of DIR: the final
 export (DIR/export/adapters.safetensors + adapter_config.json) when it is at least as new as the newest
 checkpoint, else the newest checkpoint (DIR/checkpoints, built with ``config.adapter``). Without either
-the base model is evaluated (and the output says so). Writes DIR/eval/<task>.json (metrics, counts,
-config, commit, adapter source, routing statistics) and DIR/eval/<task>.predictions.jsonl, and prints a
-table. ``config.eval`` is ``remix_jax.evaluation.config.default_eval_config()`` (data paths must be set).
+the base model is evaluated (and the output says so). Every file the evaluation reads is checked before
+the model is loaded. Writes <task>.json (metrics, counts, config, commit, adapter source, routing
+statistics) and <task>.predictions.jsonl, and prints a table and where the files are:
+
+- into DIR/eval/ when DIR is not a training run and DIR/eval/ holds no results yet;
+- else into DIR/evals/<NAME>/ (NAME: --eval_name, default the UTC time, e.g. 20261204-135501), so a
+  training run's own results (DIR/eval/) and earlier evaluations are never overwritten.
+
+``config.eval`` is ``remix_jax.evaluation.config.default_eval_config()`` (data paths must be set).
+Expected failures end in a short message and exit status 2 (``--debug`` shows the traceback).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
 import os
-import sys
+import re
 from typing import Any
 
 from absl import app, flags
-from ml_collections import config_flags
+
+from remix_jax.cli import UserError
 
 _FLAGS: dict = {}  # defined only when run as a program, so other modules and tests may import this one
+TRAINING_RUN_FILES = ("config.json", "run_complete.json", "metrics.jsonl")  # written by remix_jax.main
 
 
 def _define_flags() -> None:
-    _FLAGS["config"] = config_flags.DEFINE_config_file(
-        "config", None, "Config file (configs/NAME.py[:VARIANT]).", lock_config=True)
+    from remix_jax import cli
+
+    _FLAGS["config"] = cli.define_config_flag()
     _FLAGS["workdir"] = flags.DEFINE_string(
-        "workdir", None, "Run folder: adapters are read from it, eval/ is written.")
+        "workdir", None, "Run folder: adapters are read from it; results go to its eval/ or evals/NAME/.")
+    _FLAGS["eval_name"] = flags.DEFINE_string(
+        "eval_name", "", "Write the results to WORKDIR/evals/NAME/ (default for a training run or a folder "
+        "that already holds results: the UTC time).")
 
 
 @dataclasses.dataclass
@@ -66,17 +80,18 @@ def _check_like(loaded: dict, template: dict, where: str) -> dict:
     import jax
     import numpy as np
 
+    from remix_jax.models.config import ModelLoadError
     from remix_jax.training.checkpointing import flatten_tree
 
     want, got = flatten_tree(template), flatten_tree(loaded)
     missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
     if missing or extra:
-        raise ValueError(
+        raise ModelLoadError(
             f"{where}: adapter tensors do not match the model: missing {missing[:5]}, unexpected {extra[:5]}"
         )
     for k in want:
         if want[k].shape != got[k].shape:
-            raise ValueError(
+            raise ModelLoadError(
                 f"{where}: tensor {k} has shape {got[k].shape}, the model expects {want[k].shape}"
             )
     return jax.tree.map(lambda t, x: np.asarray(x, t.dtype), template, loaded)
@@ -101,26 +116,31 @@ def find_adapters(workdir: str) -> tuple[str, Any] | None:
     return None
 
 
-def load_for_eval(config, workdir: str, log=print) -> LoadedModel:
-    """Base model + the newest adapters of ``workdir`` (see the module docstring)."""
+def load_for_eval(config, workdir: str, log=print, require_adapters: bool = False) -> LoadedModel:
+    """Base model + the newest adapters of ``workdir`` (see the module docstring). ``require_adapters``:
+    a workdir without adapters is an error instead of an evaluation of the base model."""
     import jax
 
     from remix_jax.adapters import AdapterConfig, build_model, init_adapter_variables
+    from remix_jax.models.config import ModelLoadError
     from remix_jax.models.llama import Decoder
     from remix_jax.models.loading import load_tokenizer
     from remix_jax.training.loop import load_base_model
 
     ev = eval_section(config)
-    model_cfg, base, tokenizer = load_base_model(config.model)
+    found = find_adapters(workdir)
+    if found is None and require_adapters:
+        raise UserError(f"{workdir}: no adapters (no export/ and no checkpoint in checkpoints/)",
+                        "train the run first, or check the folder")
+    model_cfg, base, tokenizer = load_base_model(config.model)  # a progress bar on a terminal
     if ev.tokenizer:
         tokenizer = load_tokenizer(ev.tokenizer)
     if tokenizer is None:
-        raise ValueError(f"model.path={config.model.path!r} has no tokenizer; set eval.tokenizer")
+        raise UserError(f"model.path={config.model.path!r} has no tokenizer", "set eval.tokenizer")
     if len(tokenizer) > model_cfg.vocab_size:
-        raise ValueError(
+        raise ModelLoadError(
             f"the tokenizer has {len(tokenizer)} tokens but the model's vocabulary has {model_cfg.vocab_size}"
         )
-    found = find_adapters(workdir)
     if found is None:
         log(f"no adapters in {workdir} (no export/ and no checkpoints/): evaluating the base model")
         return LoadedModel(Decoder(model_cfg), {"params": base}, tokenizer, "base model", None)
@@ -155,25 +175,84 @@ def load_for_eval(config, workdir: str, log=print) -> LoadedModel:
             ckpt.close()
         trainable = jax.device_get(state.trainable)
         source = f"checkpoint step {where}"
-    log(f"evaluating {config.model.path} with adapters from {source} (method {adapter_cfg.method})")
+    log(f"model {config.model.path} with adapters from {source} (method {adapter_cfg.method})")
     return LoadedModel(
         model, {"params": base, **trainable}, tokenizer, source, dataclasses.asdict(adapter_cfg)
     )
 
 
-def run(config, workdir: str, log=print, generators: dict | None = None) -> dict[str, dict]:
-    """Evaluate every task of config.eval.tasks; returns task -> metrics (files written under DIR/eval)."""
+def results_dir(workdir: str, name: str = "") -> str:
+    """Where this evaluation's <task>.json files go (see the module docstring); never a folder that already
+    holds results."""
+    if name:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]*", name):
+            raise UserError(f"--eval_name={name!r}: use letters, digits and . _ + - only")
+        out = os.path.join(workdir, "evals", name)
+        if _holds_results(out):
+            raise UserError(f"{out} already holds results", "choose another --eval_name")
+        return out
+    own = os.path.join(workdir, "eval")
+    if not _holds_results(own) and not any(os.path.exists(os.path.join(workdir, f)) for f in TRAINING_RUN_FILES):
+        return own
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%d-%H%M%S")
+    out, n = os.path.join(workdir, "evals", stamp), 1
+    while os.path.exists(out):
+        n += 1
+        out = os.path.join(workdir, "evals", f"{stamp}-{n}")
+    return out
+
+
+def _holds_results(folder: str) -> bool:
+    return os.path.isdir(folder) and any(f.endswith(".json") for f in os.listdir(folder))
+
+
+def check_config(config) -> list[str]:
+    """Every problem of ``config`` that evaluation meets, before any model is loaded: the eval section and
+    every file it names, and model.path. Raises one ConfigError listing them; returns the task names."""
+    from remix_jax.config import ConfigError, model_path_problems, problem_lines
+    from remix_jax.evaluation.config import EvalConfigError, validate_eval_config
+
+    problems, tasks = model_path_problems(config.model.path), []
+    try:
+        tasks = validate_eval_config(eval_section(config))
+    except EvalConfigError as e:
+        problems += problem_lines(e)
+    if problems:
+        raise ConfigError.from_problems(problems)
+    return tasks
+
+
+def _config_drift(config, workdir: str) -> list[str]:
+    """model.* / adapter.* keys where ``config`` differs from the training run's config.json."""
+    from remix_jax import rundir
+
+    recorded = rundir.recorded_config(workdir)
+    if recorded is None:
+        return []
+    now = rundir.config_dict(config)
+    return [f"{k}: {json.dumps(a)} -> {json.dumps(b)}" for k, a, b in rundir.diff(
+        {s: recorded.get(s, {}) for s in ("model", "adapter")}, {s: now.get(s, {}) for s in ("model", "adapter")})
+        if not k.startswith(("model.dtype", "model.param_dtype", "model.remat", "model.scan_unroll"))]
+
+
+def run(config, workdir: str, log=print, generators: dict | None = None, name: str = "",
+        progress: bool = False) -> dict[str, dict]:
+    """Evaluate every task of config.eval.tasks; returns task -> metrics (files written under
+    ``results_dir(workdir, name)``, which the log names)."""
     import copy
 
     from remix_jax.config import resolve_dtypes
     from remix_jax.evaluation import evaluator, results
-    from remix_jax.evaluation.config import validate_eval_config
 
     config = copy.deepcopy(config)
     with config.unlocked():
         resolve_dtypes(config)  # model.dtype / param_dtype "auto"
     ev = eval_section(config)
-    tasks = validate_eval_config(ev)
+    tasks = check_config(config)
+    out_dir = results_dir(workdir, name)
+    os.makedirs(out_dir, exist_ok=True)  # fails now, before the model is loaded, when it cannot be written
+    for line in _config_drift(config, workdir):
+        log(f"warning: the run in {workdir} was trained with another setting: {line}")
     loaded = load_for_eval(config, workdir, log)
     runner = evaluator.ModelRunner(
         loaded.model,
@@ -183,6 +262,7 @@ def run(config, workdir: str, log=print, generators: dict | None = None) -> dict
         routing_stats=ev.routing_stats,
         seed=ev.seed,
         remix_kernels=str(ev.get("remix_kernels", "auto")),
+        progress=progress,
     )
     out = {}
     for task in tasks:
@@ -194,34 +274,32 @@ def run(config, workdir: str, log=print, generators: dict | None = None) -> dict
             "routing_stats": res.routing_stats,
         }
         path = results.write_task_results(
-            workdir, task, res.metrics, res.predictions, config=config, extra=extra
+            out_dir, task, res.metrics, res.predictions, config=config, extra=extra, subdir=""
         )
         scalars = {k: v for k, v in res.metrics.items() if not isinstance(v, dict)}
         log(f"{task}: {json.dumps(scalars)} -> {path}")
         out[task] = res.metrics
     log(results.format_table(out, columns=["accuracy", "num_correct", "num_examples"]))
+    log(f"results written to {out_dir}")
     return out
 
 
 def main(argv):
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     config, workdir = _FLAGS["config"].value, _FLAGS["workdir"].value
     if config is None:
         raise app.UsageError("--config=configs/NAME.py[:VARIANT] is required")
     if not workdir:
         raise app.UsageError("--workdir=DIR is required")
-    from remix_jax.data import DataError
-    from remix_jax.evaluation.config import EvalConfigError
-    from remix_jax.models.config import ModelLoadError
-
-    try:
-        run(config, workdir)
-    except (EvalConfigError, ModelLoadError, DataError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    progress = bool(config.train.progress) if "train" in config else True
+    if not progress:
+        os.environ["REMIX_PROGRESS"] = "0"  # model loading too (remix_jax/progress.py)
+    run(config, workdir, name=_FLAGS["eval_name"].value, progress=progress)
 
 
 if __name__ == "__main__":
+    from remix_jax import cli
+
     _define_flags()
-    app.run(main)
+    cli.run(main)

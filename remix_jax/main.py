@@ -4,8 +4,14 @@
 
 The config file's ``get_config(variant)`` returns a ConfigDict (see remix_jax/config.py for the schema);
 it is locked, so overriding a key that does not exist fails. The config is validated before any model is
-loaded or compiled. Rerunning the same command resumes from the newest checkpoint in DIR; a run that has
-finished (DIR/run_complete.json exists) is not trained again, its summary is printed from its files.
+loaded or compiled, every file and folder it names included (data, evaluation files, the model), also those
+read only at the end of training. DIR/config.json records the config (remix_jax/rundir.py). Rerunning the
+same command resumes from the newest checkpoint in DIR; a run that has finished (DIR/run_complete.json
+exists) is not trained again, its summary is printed from its files. Rerunning with a different config is
+refused, listing the differing keys, unless ``--continue_with_changes`` is given: then e.g. a larger
+``train.num_steps`` trains the extra steps (the learning-rate schedule then spans the new total), while
+changes of the model, adapters, method, seed or data are still refused (see remix_jax/rundir.py).
+Expected failures end in a short message and exit status 2 (``--debug`` shows the traceback; remix_jax/cli.py).
 
 Evaluation (the optional ``config.eval`` section, ``eval_config()`` below): when ``eval.tasks`` names tasks
 or ``eval.heldout.num_batches > 0``, the run is evaluated
@@ -20,7 +26,8 @@ Each evaluation scores every task of ``eval.tasks`` with ``remix_jax.evaluation.
 writes DIR/eval/<task>.json (+ predictions; "heldout_loss" is added to each task's metrics) and
 DIR/eval/heldout.json; earlier ones go to DIR/eval_history/step_<N>/eval/. Every evaluation also appends
 "eval/<task>/accuracy" and "eval/heldout_loss" to DIR/metrics.jsonl. DIR/run_complete.json ({"step",
-"wall_s"}) is written last.
+"wall_s"}) is written last. The summary's before/after numbers are read back from these files, so a resumed
+run reports the step-0 evaluation of its first process too.
 
 ``model.dtype`` / ``model.param_dtype`` may be "auto": bfloat16 on a GPU or TPU backend, float32 on CPU.
 """
@@ -30,23 +37,27 @@ from __future__ import annotations
 import copy
 import json
 import os
-import sys
 import time
 from typing import Any
 
 from absl import app, flags
-from ml_collections import config_flags
+
+from remix_jax.rundir import RUN_COMPLETE, format_summary
 
 _FLAGS: dict = {}  # defined only when run as a program, so config files may import this module
 
 
 def _define_flags() -> None:
-    _FLAGS["config"] = config_flags.DEFINE_config_file(
-        "config", None, "Config file (configs/NAME.py[:VARIANT]).", lock_config=True)
+    from remix_jax import cli
+
+    _FLAGS["config"] = cli.define_config_flag()
     _FLAGS["workdir"] = flags.DEFINE_string(
         "workdir", None, "Output folder: checkpoints, metrics.jsonl, eval/, export/.")
+    _FLAGS["continue_with_changes"] = flags.DEFINE_bool(
+        "continue_with_changes", False,
+        "Continue the run of --workdir under a config that differs from its config.json (e.g. a larger "
+        "train.num_steps); changes of the model, adapters, method, seed or data are refused even so.")
 
-RUN_COMPLETE = "run_complete.json"
 HELDOUT = "heldout"
 
 
@@ -94,22 +105,53 @@ def heldout_batches(ev) -> int:
 
 
 def validate_eval(ev, train_cfg) -> list[str]:
-    """Task names to run (raises EvalConfigError / ConfigError naming the key)."""
-    from remix_jax.config import ConfigError
-    from remix_jax.evaluation.config import validate_eval_config
+    """Task names to run; raises ConfigError listing every problem of the section, missing files included."""
+    from remix_jax.config import ConfigError, problem_lines, source_path_problems
+    from remix_jax.evaluation.config import EvalConfigError, validate_eval_config
 
-    tasks = validate_eval_config(ev) if str(ev.tasks).strip() else []
+    problems, tasks = [], []
+    if str(ev.tasks).strip():
+        try:
+            tasks = validate_eval_config(ev)
+        except EvalConfigError as e:
+            problems += problem_lines(e)
     n = heldout_batches(ev)
     if n < 0:
-        raise ConfigError(f"invalid config:\n  eval.heldout.num_batches={n}: must be >= 0")
+        problems.append(f"eval.heldout.num_batches={n}: must be >= 0")
     if n and not ev.heldout.source.name:
-        raise ConfigError("invalid config:\n  eval.heldout.source.name: missing (e.g. 'file' with a path)")
-    if tasks and train_cfg.model.path.startswith("random:") and not ev.tokenizer:
-        raise ConfigError(f"invalid config:\n  eval.tokenizer: model.path={train_cfg.model.path!r} has no "
-                          "tokenizer; set eval.tokenizer to score tasks")
+        problems.append("eval.heldout.source.name: missing (e.g. 'file' with a path)")
+    elif n > 0 and ev.heldout.source.name != "synthetic":
+        problems += source_path_problems("eval.heldout.source", ev.heldout.source,
+                                         train_cfg.data.get("tfds_data_dir", ""))
+    if str(ev.tasks).strip() and train_cfg.model.path.startswith("random:") and not ev.tokenizer:
+        problems.append(f"eval.tokenizer: model.path={train_cfg.model.path!r} has no tokenizer; set "
+                        "eval.tokenizer to score tasks")
     if n and train_cfg.data.get("synthetic", False) and ev.heldout.source.name != "synthetic":
-        raise ConfigError("invalid config:\n  eval.heldout: data.synthetic=True trains without a tokenizer; "
-                          "set eval.heldout.source.name='synthetic' for a held-out synthetic loss")
+        problems.append("eval.heldout: data.synthetic=True trains without a tokenizer; set "
+                        "eval.heldout.source.name='synthetic' for a held-out synthetic loss")
+    if problems:
+        raise ConfigError.from_problems(problems)
+    return tasks
+
+
+def check_config(train_cfg, ev, num_devices: int | None) -> list[str]:
+    """Validate the whole run config before any model is loaded: one ConfigError listing every problem of
+    the training and eval sections (unknown keys, bad values, every missing file or folder with its key).
+    Returns the eval task names."""
+    from remix_jax.config import ConfigError, problem_lines, validate_config
+
+    problems, tasks = [], []
+    try:
+        validate_config(train_cfg, num_devices=num_devices)
+    except ConfigError as e:
+        problems += problem_lines(e)
+    if ev is not None:
+        try:
+            tasks = validate_eval(ev, train_cfg)
+        except ConfigError as e:
+            problems += problem_lines(e)
+    if problems:
+        raise ConfigError.from_problems(problems)
     return tasks
 
 
@@ -182,6 +224,7 @@ class RunEvaluator:
 
         self.config, self.train_cfg, self.ev, self.workdir, self.log = config, train_cfg, ev, workdir, log
         self.bundle = bundle
+        self.progress = bool(train_cfg.train.get("progress", True))
         self.total = int(train_cfg.train.num_steps)
         self.tasks = validate_eval(ev, train_cfg)
         self.tokenizer = load_tokenizer(ev.tokenizer) if ev.tokenizer else bundle.tokenizer
@@ -233,7 +276,8 @@ class RunEvaluator:
             runner = evaluator.ModelRunner(self.bundle.model, variables, self.tokenizer,
                                            batch_size=int(self.ev.batch_size),
                                            routing_stats=bool(self.ev.routing_stats), seed=int(self.ev.seed),
-                                           remix_kernels=str(self.ev.get("remix_kernels", "auto")))
+                                           remix_kernels=str(self.ev.get("remix_kernels", "auto")),
+                                           progress=self.progress)
             for task in self.tasks:
                 res = evaluator.run_task(task, runner, self.ev)
                 metrics = dict(res.metrics)
@@ -263,33 +307,35 @@ def _has_checkpoint(workdir: str) -> bool:
 # ------------------------------------------------------------------------------------------ run
 
 
-def run(config, workdir: str, log=print) -> dict:
-    """Validate, train (resuming), evaluate, write run_complete.json. Returns
-    {"step", "metrics" (last logged row), "export", "eval": {step: scalars}, "complete": bool,
-    "wall_s", "skipped": True when the run had already finished}."""
+def run(config, workdir: str, log=print, continue_with_changes: bool = False) -> dict:
+    """Check the config against DIR's record, validate it, train (resuming), evaluate, write
+    run_complete.json. Returns {"step", "metrics" (last logged row), "export", "eval": {step: scalars},
+    "complete": bool, "wall_s", "skipped": True when the run had already finished}. Raises
+    rundir.RunConfigError for a config that differs from DIR/config.json (see remix_jax/rundir.py)."""
     import jax
 
-    from remix_jax.config import resolve_dtypes, validate_config
+    from remix_jax import rundir
+    from remix_jax.config import resolve_dtypes
     from remix_jax.parallel.mesh import maybe_initialize_distributed
     from remix_jax.training import metrics as metrics_lib
     from remix_jax.training.loop import train
 
     maybe_initialize_distributed()
-    done_path = os.path.join(workdir, RUN_COMPLETE)
-    if os.path.exists(done_path):
-        return finished_summary(workdir)
     t0 = time.time()
+    auto = [f"model.{k}" for k in ("dtype", "param_dtype") if config.model[k] == "auto"]
     config = copy.deepcopy(config)
     with config.unlocked():
         resolve_dtypes(config)
+    plan = rundir.plan_rerun(workdir, rundir.config_dict(config), continue_with_changes, auto_keys=auto)
+    if plan.summary_only:
+        return rundir.finished_summary(workdir)
     train_cfg, ev = split_config(config)
-    validate_config(train_cfg, num_devices=len(jax.devices()))
-    if ev is not None:
-        validate_eval(ev, train_cfg)
-    os.makedirs(workdir, exist_ok=True)
+    check_config(train_cfg, ev, num_devices=len(jax.devices()))
+    for note in plan.notes:
+        log(note)
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2))
+        rundir.check_writable(workdir)
+        rundir.apply_plan(workdir, config.to_json_best_effort(indent=2), plan)
 
     evaluator_box: list[RunEvaluator] = []
 
@@ -308,8 +354,11 @@ def run(config, workdir: str, log=print) -> dict:
     summary = train(train_cfg, workdir, make_eval_fn=make_eval_fn, log_fn=log)
     summary.pop("state", None)
     wall = time.time() - t0
-    summary["eval"] = evaluator_box[0].history if evaluator_box else {}
+    # From the run's files, not from this process's memory: a resumed run keeps its step-0 evaluation.
+    summary["eval"] = rundir.evaluations(workdir) if jax.process_index() == 0 else (
+        evaluator_box[0].history if evaluator_box else {})
     if jax.process_index() == 0:
+        done_path = os.path.join(workdir, RUN_COMPLETE)
         tmp = done_path + ".tmp"
         with open(tmp, "w") as f:
             json.dump({"step": int(summary["step"]), "wall_s": wall}, f)
@@ -318,79 +367,10 @@ def run(config, workdir: str, log=print) -> dict:
     return summary
 
 
-def finished_summary(workdir: str) -> dict:
-    """The summary of a finished run, read from its files (no model is loaded)."""
-    from remix_jax.training.metrics import read_metrics
-
-    with open(os.path.join(workdir, RUN_COMPLETE)) as f:
-        done = json.load(f)
-    rows = read_metrics(workdir) if os.path.exists(os.path.join(workdir, "metrics.jsonl")) else []
-    train_rows = [r for r in rows if "loss" in r]
-    evals: dict[int, dict] = {}
-    for r in rows:
-        e = {k[len("eval/"):]: v for k, v in r.items() if k.startswith("eval/")}
-        if e:
-            evals.setdefault(int(r["step"]), {}).update(e)
-    export = os.path.join(workdir, "export")
-    return {"step": done["step"], "metrics": train_rows[-1] if train_rows else {},
-            "export": export if os.path.isdir(export) else None, "eval": evals, "complete": True,
-            "wall_s": done.get("wall_s"), "skipped": True, "workdir": workdir}
-
-
-def _fmt_list(values) -> str:
-    return "[" + ", ".join(f"{v:.2f}" for v in values) + "]"
-
-
-def format_summary(summary: dict) -> str:
-    """The human-readable end-of-run report: loss and accuracy before/after, routing ESS per block,
-    where the outputs are."""
-    lines = ["", "== run summary " + "=" * 60]
-    wd = summary.get("workdir", "")
-    if summary.get("skipped"):
-        lines.append(f"already finished ({os.path.join(wd, RUN_COMPLETE)}): not trained again")
-    m = summary.get("metrics") or {}
-    evals = {int(k): v for k, v in (summary.get("eval") or {}).items()}
-    first = evals.get(0, {})
-    last = evals.get(int(summary["step"]), {})
-    lines.append(f"steps: {summary['step']}" + (f", wall time {summary['wall_s']:.0f} s"
-                                                 if summary.get("wall_s") is not None else ""))
-    if "loss" in m:
-        lines.append(f"training loss (last logged step {m.get('step', summary['step'])}): {m['loss']:.4f}")
-    if "heldout_loss" in first or "heldout_loss" in last:
-        b, a = first.get("heldout_loss"), last.get("heldout_loss")
-        lines.append("held-out loss: before " + (f"{b:.4f}" if b is not None else "-")
-                     + " -> after " + (f"{a:.4f}" if a is not None else "-"))
-    for key in sorted({k for e in (first, last) for k in e if k.endswith("/accuracy")}):
-        b, a = first.get(key), last.get(key)
-        lines.append(f"{key.split('/')[0]} accuracy: before "
-                     + (f"{100 * b:.2f}%" if b is not None else "-")
-                     + " -> after " + (f"{100 * a:.2f}%" if a is not None else "-"))
-    for key, name in (("routing/ess_softmax_per_block", "softmax over all n"),
-                      ("routing/ess_applied_per_block", "applied weights")):
-        if isinstance(m.get(key), list):
-            lines.append(f"routing ESS per block ({name}, last logged step): {_fmt_list(m[key])}")
-    for key in sorted(k for k in last if k.endswith("/ess_applied")):
-        lines.append(f"routing ESS of the weights applied on {key.split('/')[0]} (mean over blocks, "
-                     f"top-k inference): {last[key]:.2f}")
-    outputs = [("metrics", "metrics.jsonl"), ("evaluation", "eval"), ("adapters", "export"),
-               ("checkpoints", "checkpoints"), ("finished marker", RUN_COMPLETE)]
-    lines.append("outputs:")
-    for label, rel in outputs:
-        p = os.path.join(wd, rel)
-        if os.path.exists(p):
-            lines.append(f"  {label:<16} {p}")
-    return "\n".join(lines)
-
-
 def main(argv):
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     from absl import logging
-
-    from remix_jax.config import ConfigError
-    from remix_jax.data import DataError
-    from remix_jax.evaluation.config import EvalConfigError
-    from remix_jax.models.config import ModelLoadError
 
     if not flags.FLAGS["verbosity"].present:  # keep checkpointing's per-file INFO lines out of the console
         logging.set_verbosity(logging.WARNING)
@@ -399,14 +379,9 @@ def main(argv):
         raise app.UsageError("--config=configs/NAME.py[:VARIANT] is required")
     if not workdir:
         raise app.UsageError("--workdir=DIR is required")
-    try:
-        summary = run(config, workdir)
-    except (ConfigError, EvalConfigError) as e:
-        print(str(e), file=sys.stderr)
-        sys.exit(2)
-    except (DataError, ModelLoadError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    if not config.train.progress:
+        os.environ["REMIX_PROGRESS"] = "0"  # model loading and evaluation bars too (remix_jax/progress.py)
+    summary = run(config, workdir, continue_with_changes=_FLAGS["continue_with_changes"].value)
     print(format_summary(summary), flush=True)
     last = {k: v for k, v in summary.get("metrics", {}).items() if not isinstance(v, list)}
     print(json.dumps({"step": summary["step"], "export": summary.get("export"), "last": last,
@@ -415,5 +390,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    from remix_jax import cli
+
     _define_flags()
-    app.run(main)
+    cli.run(main)

@@ -300,12 +300,16 @@ def run_one(run: Run, runner: Sequence[str], echo: bool = True,
     """Run one training subprocess, streaming its output to WORKDIR/log.txt. Returns (ok, reason).
     ``env``: variables set for the subprocess on top of this process's environment."""
     wd = pathlib.Path(run.workdir)
-    wd.mkdir(parents=True, exist_ok=True)
     argv = run.command(runner)
     if argv[0] == "python":  # run with this interpreter (the active environment)
         argv = [sys.executable, *argv[1:]]
-    (wd / "command.txt").write_text(shlex.join(argv) + "\n")
-    with open(wd / "log.txt", "a", encoding="utf-8") as log:
+    try:
+        wd.mkdir(parents=True, exist_ok=True)
+        (wd / "command.txt").write_text(shlex.join(argv) + "\n")
+        log = open(wd / "log.txt", "a", encoding="utf-8")
+    except OSError as e:  # a read-only or full disk: this run fails, the others still get their turn
+        return False, f"cannot write {e.filename or wd}: {e.strerror}"
+    with log:
         log.write(f"$ {shlex.join(argv)}\n")
         log.flush()
         try:
@@ -480,6 +484,15 @@ def select(runs: Sequence[Run], only: str | None) -> list[Run]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The command line; expected failures (a bad sweep file, a folder that cannot be written) end in a short
+    message and exit status 2 (remix_jax/cli.py; --debug shows the traceback)."""
+    from remix_jax import cli
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    return cli.guard(lambda: _main(argv), argv)
+
+
+def _main(argv: Sequence[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m remix_jax.sweep", description=__doc__.split("\n")[0])
     p.add_argument("--sweep", required=True, action="append",
                    help="a sweep definition file (experiments/NAME.py); repeat (or comma-separate) for several")
@@ -495,17 +508,21 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="comma-separated GPU ids the concurrent runs are spread over (CUDA_VISIBLE_DEVICES)")
     p.add_argument("--no_dedup", action="store_true", help="train identical runs of several sweeps separately")
     p.add_argument("--quiet", action="store_true", help="do not echo the runs' output here")
+    p.add_argument("--debug", action="store_true", help="show the traceback of expected failures (also REMIX_DEBUG=1)")
+
+    def usage_error(message: str):  # two lines, not argparse's whole usage text
+        from remix_jax import cli
+
+        cli.print_error(message, f"{p.prog} --help lists the options")
+        sys.exit(2)
+
+    p.error = usage_error
     args = p.parse_args(argv)
     files = [f for arg in args.sweep for f in arg.split(",") if f]
     if len(files) > 1 and (args.workdir_root or args.out_dir):
-        print("error: --workdir_root / --out_dir apply to a single --sweep", file=sys.stderr)
-        return 2
-    try:
-        sweeps = [load_sweep(f, workdir_root=args.workdir_root, out_dir=args.out_dir) for f in files]
-        envs = device_envs(args.parallel, [d for d in args.devices.split(",") if d])
-    except SweepError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise SweepError("--workdir_root / --out_dir apply to a single --sweep")
+    sweeps = [load_sweep(f, workdir_root=args.workdir_root, out_dir=args.out_dir) for f in files]
+    envs = device_envs(args.parallel, [d for d in args.devices.split(",") if d])
     selected = {sw.path: select(sw.runs, args.only) for sw in sweeps}
     for sw in sweeps:
         print(f"sweep {sw.name}: {len(selected[sw.path])} of {len(sw.runs)} runs selected, workdirs under "

@@ -7,6 +7,7 @@ import csv
 import json
 import os
 import pathlib
+import shlex
 import subprocess
 import sys
 import textwrap
@@ -113,10 +114,10 @@ def test_second_invocation_skips_finished_runs(finished_sweep):
         sweep_lib.run_one = orig
     assert rc == 0 and calls == []
     assert {p: (wd / p).read_bytes() for p in before} == before
-    # the entry point itself does not retrain a finished run either
+    # the entry point itself does not retrain a finished run either (its own command: the same config)
     env = {**os.environ, "XLA_FLAGS": ""}
-    r = subprocess.run([sys.executable, "-m", "remix_jax.main", f"--config={REPO / 'configs' / 'smoke.py'}",
-                        f"--workdir={wd}"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(shlex.split((wd / "command.txt").read_text()), cwd=REPO, env=env, capture_output=True,
+                       text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "already finished" in r.stdout and json.loads(r.stdout.strip().splitlines()[-1])["skipped"]
     assert {p: (wd / p).read_bytes() for p in before} == before

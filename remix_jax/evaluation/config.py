@@ -114,6 +114,7 @@ def validate_eval_config(eval_cfg) -> list[str]:
         )
     if "{prompt}" not in eval_cfg.plain_format:
         errors.append("eval.plain_format: has no {prompt} field")
+    errors += missing_paths(eval_cfg, names)
     for t in names:
         s = eval_cfg[t]
         if not s.path:
@@ -142,6 +143,22 @@ def validate_eval_config(eval_cfg) -> list[str]:
     if errors:
         raise EvalConfigError("invalid eval config:\n  " + "\n  ".join(errors))
     return names
+
+
+def missing_paths(eval_cfg, names: list[str]) -> list[str]:
+    """"key: 'path' does not exist" for every file the tasks ``names`` read (their evaluation file, the
+    shots' file when shots > 0) and for eval.tokenizer; checked before any model is loaded."""
+    import os
+
+    keys = []
+    if eval_cfg.get("tokenizer"):
+        keys.append(("eval.tokenizer", eval_cfg.tokenizer))
+    for t in names:
+        s = eval_cfg[t]
+        keys.append((f"eval.{t}.path", s.path))
+        if t != "humaneval" and s.shots > 0:
+            keys.append((f"eval.{t}.shots_path", s.shots_path))
+    return [f"{key}: {str(path)!r} does not exist" for key, path in keys if path and not os.path.exists(path)]
 
 
 def humaneval_ks(h) -> list[int]:

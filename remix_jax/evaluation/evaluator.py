@@ -10,6 +10,9 @@ tasks the statistics come from one teacher-forced pass over prompt + generated t
 with the collection immutable, so nothing slows them down).
 
 Tests can pass any callable as the generator of a task (a fake returning canonical solutions, say).
+
+With ``ModelRunner(progress=True)`` each task shows a progress bar on a terminal (remix_jax/progress.py): questions
+scored (multiple choice), prompts generated (GSM8K, HumanEval), with their rate and ETA.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from remix_jax import progress as progress_lib
 from remix_jax.evaluation import gsm8k, humaneval, multiple_choice, prompts, sandbox
 from remix_jax.evaluation.config import MC_TASKS, humaneval_ks
 from remix_jax.evaluation.generation import GenerationConfig, bucket_size, generate_text
@@ -112,6 +116,7 @@ class ModelRunner:
 
     variables: {"params": ...} plus adapter collections ("adapter", "router"). ``routing_stats``: collect
     statistics in scoring passes (only when the model has a router). ``remix_kernels``: GenerationConfig's.
+    ``progress``: progress bars on a terminal; ``task`` (set by ``run_task``) names them.
     """
 
     def __init__(
@@ -123,8 +128,11 @@ class ModelRunner:
         routing_stats: bool = True,
         seed: int = 0,
         remix_kernels: str = "auto",
+        progress: bool = False,
     ):
         self.model, self.variables, self.tokenizer = model, variables, tokenizer
+        self.progress = progress
+        self.task = ""
         self.batch_size = batch_size
         self.remix_kernels = remix_kernels
         self.with_stats = routing_stats and _has_routing(variables, model)
@@ -139,25 +147,31 @@ class ModelRunner:
     ) -> list[str]:
         """Completions of ``texts``, run shortest-first (fewer prompt buckets, less padding)."""
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        out = generate_text(
-            self.model,
-            self.variables,
-            self.tokenizer,
-            [texts[i] for i in order],
-            dataclasses.replace(gen, max_batch=self.batch_size, remix_kernels=self.remix_kernels),
-            stop_strings,
-            rng=rng,
-        )
+        with self._bar(len(texts), "prompt", "generating") as bar:
+            out = generate_text(
+                self.model,
+                self.variables,
+                self.tokenizer,
+                [texts[i] for i in order],
+                dataclasses.replace(gen, max_batch=self.batch_size, remix_kernels=self.remix_kernels),
+                stop_strings,
+                rng=rng,
+                progress=bar.update,
+            )
         result = [""] * len(texts)
         for i, text in zip(order, out, strict=True):
             result[i] = text
         return result
 
-    def _score(self, rows: Sequence[tuple[list[int], list[int]]]) -> tuple[np.ndarray, np.ndarray]:
+    def _bar(self, total: float, unit: str, what: str):
+        return progress_lib.bar(total, f"{self.task or 'evaluation'}: {what}", unit, self.progress)
+
+    def _score(self, rows: Sequence[tuple[list[int], list[int]]], bar=None,
+               per_row: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
         """rows: (context ids, continuation ids) -> (summed log-probs [N], continuation lengths [N]).
 
         Batches of ``batch_size`` rows, left-padded to a power-of-two length (shortest-first order), so
-        the continuation of every row ends in the last column.
+        the continuation of every row ends in the last column. ``bar`` advances ``per_row`` a row.
         """
         n = len(rows)
         sums, counts = np.zeros(n), np.zeros(n, np.int64)
@@ -195,17 +209,26 @@ class ModelRunner:
             ll = np.asarray(ll)
             for j, i in enumerate(idx):
                 sums[i], counts[i] = ll[j], len(rows[i][1])
+            if bar is not None:
+                bar.update(len(idx) * per_row)
         return sums, counts
 
-    def loglik(self, contexts: Sequence[str], continuations: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Summed log-probability of each continuation after its context, and its token count."""
+    def loglik(self, contexts: Sequence[str], continuations: Sequence[str],
+               questions: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Summed log-probability of each continuation after its context, and its token count.
+        ``questions``: how many questions the rows belong to (the progress bar counts those); by default the
+        runs of equal consecutive contexts (the options of one multiple-choice question share theirs)."""
         rows = []
         for c, x in zip(contexts, continuations, strict=True):
             ctx, cont = self.encode(c), self.encode(x)
             if not ctx or not cont:
                 raise ValueError(f"empty context or continuation: {c[-40:]!r} / {x!r}")
             rows.append((ctx, cont))
-        return self._score(rows)
+        if questions is None:
+            questions = sum(i == 0 or contexts[i] != contexts[i - 1] for i in range(len(contexts)))
+        total = questions or len(rows)
+        with self._bar(total, "question", "scoring") as bar:
+            return self._score(rows, bar, total / max(len(rows), 1))
 
     def record_routing(self, prompts_: Sequence[str], completions: Sequence[str]) -> None:
         """One teacher-forced pass over prompt + completion to collect routing statistics."""
@@ -439,6 +462,7 @@ def run_humaneval(runner: ModelRunner, eval_cfg, generator: Generator | None = N
 
 
 def run_task(task: str, runner: ModelRunner, eval_cfg, generator: Generator | None = None) -> TaskResult:
+    runner.task = task
     if task == "gsm8k":
         return run_gsm8k(runner, eval_cfg, generator)
     if task == "humaneval":

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -200,11 +200,12 @@ def on_one_device(variables) -> bool:
 
 
 def generate(model: Decoder, variables: dict, prompts: Sequence[Sequence[int]], config: GenerationConfig,
-             rng: Array | None = None) -> GenerationOutput:
+             rng: Array | None = None, progress: Callable[[int], None] | None = None) -> GenerationOutput:
     """Generate continuations of token-id prompts (each a non-empty list of ids).
 
     Prompts are grouped into chunks of ``config.max_batch`` in the given order, each left-padded to a
     power-of-two length and batch. Returns new tokens per prompt, cut before the first stop token.
+    ``progress(n)`` is called after each chunk with its number of prompts (e.g. a progress bar's update).
     """
     if rng is None:
         rng = jax.random.key(0)
@@ -249,6 +250,8 @@ def generate(model: Decoder, variables: dict, prompts: Sequence[Sequence[int]], 
             tokens_out.append(row[:cut])
             lps_out.append(lps[i, :cut].tolist())
             stopped_out.append(bool(stopped[i]))
+        if progress is not None:
+            progress(len(chunk))
     return GenerationOutput(tokens_out, lps_out, stopped_out)
 
 
@@ -265,14 +268,15 @@ def truncate_at_stop_strings(text: str, stop_strings: Sequence[str]) -> str:
 
 def generate_text(model: Decoder, variables: dict, tokenizer: Any, prompts: Sequence[str],
                   config: GenerationConfig, stop_strings: Sequence[str] = (), chat: bool = False,
-                  rng: Array | None = None) -> list[str]:
+                  rng: Array | None = None, progress: Callable[[int], None] | None = None) -> list[str]:
     """Generate completions of text prompts; returns decoded new text cut at ``stop_strings``.
 
-    With ``chat`` each prompt becomes one user turn in the tokenizer's chat template.
+    With ``chat`` each prompt becomes one user turn in the tokenizer's chat template. ``progress``: as
+    ``generate``'s.
     """
     from remix_jax.models.tokenizer import encode_prompt
 
     ids = [encode_prompt(tokenizer, p, chat=chat) for p in prompts]
-    out = generate(model, variables, ids, config, rng)
+    out = generate(model, variables, ids, config, rng, progress=progress)
     texts = [tokenizer.decode(t, skip_special_tokens=True) for t in out.tokens]
     return [truncate_at_stop_strings(t, stop_strings) for t in texts]

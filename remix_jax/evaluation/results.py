@@ -37,14 +37,15 @@ def _jsonable(config) -> object:
 
 def write_task_results(workdir: str | os.PathLike, task: str, metrics: Mapping,
                        predictions: Iterable[Mapping], config=None,
-                       extra: Mapping | None = None) -> pathlib.Path:
+                       extra: Mapping | None = None, subdir: str = "eval") -> pathlib.Path:
     """Write DIR/eval/<task>.json and DIR/eval/<task>.predictions.jsonl; returns the json path.
 
     metrics: e.g. {"accuracy": 0.5, "num_correct": 1, "num_examples": 2}; predictions: one dict per example.
+    ``subdir``: the folder under DIR ("" writes into DIR itself).
     """
     if not task or "/" in task or task.startswith("."):
         raise ValueError(f"bad task name {task!r}")
-    out = pathlib.Path(workdir) / "eval"
+    out = pathlib.Path(workdir) / subdir
     out.mkdir(parents=True, exist_ok=True)
     pred_path = out / f"{task}.predictions.jsonl"
     n = 0
@@ -69,9 +70,9 @@ def write_task_results(workdir: str | os.PathLike, task: str, metrics: Mapping,
     return path
 
 
-def read_task_results(workdir: str | os.PathLike) -> dict[str, dict]:
-    """task -> record of every DIR/eval/<task>.json."""
-    out = pathlib.Path(workdir) / "eval"
+def read_task_results(workdir: str | os.PathLike, subdir: str = "eval") -> dict[str, dict]:
+    """task -> record of every DIR/eval/<task>.json (DIR/<subdir>/<task>.json)."""
+    out = pathlib.Path(workdir) / subdir
     return {p.stem: json.loads(p.read_text(encoding="utf-8")) for p in sorted(out.glob("*.json"))}
 
 

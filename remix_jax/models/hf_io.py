@@ -112,7 +112,8 @@ def _tensor_names(file: pathlib.Path) -> list[str]:
         raise ModelLoadError(f"{file}: cannot read safetensors header ({e}); the file may be truncated") from e
 
 
-def _load_tensors(files: dict[str, pathlib.Path]) -> dict[str, np.ndarray]:
+def _load_tensors(files: dict[str, pathlib.Path], on_tensor=None) -> dict[str, np.ndarray]:
+    """Read the named tensors; ``on_tensor(done, total)`` after each (a progress bar)."""
     from safetensors import safe_open
 
     by_file: dict[pathlib.Path, list[str]] = {}
@@ -124,6 +125,8 @@ def _load_tensors(files: dict[str, pathlib.Path]) -> dict[str, np.ndarray]:
             with safe_open(str(f), framework="numpy") as h:
                 for n in names:
                     out[n] = h.get_tensor(n)
+                    if on_tensor is not None:
+                        on_tensor(len(out), len(files))
         except ModelLoadError:
             raise
         except Exception as e:
@@ -173,8 +176,9 @@ def params_from_hf_tensors(cfg: ModelConfig, tensors: dict[str, np.ndarray], sou
     return params
 
 
-def load_hf_checkpoint(path: str | os.PathLike, **config_overrides) -> tuple[ModelConfig, dict]:
-    """(ModelConfig, params) from a Hugging Face model directory; params are numpy arrays in param_dtype."""
+def load_hf_checkpoint(path: str | os.PathLike, on_tensor=None, **config_overrides) -> tuple[ModelConfig, dict]:
+    """(ModelConfig, params) from a Hugging Face model directory; params are numpy arrays in param_dtype.
+    ``on_tensor(done, total)`` is called after each tensor is read (tensors read so far, tensors to read)."""
     path = pathlib.Path(path)
     if not path.exists():
         raise ModelLoadError(f"{path}: no such model directory")
@@ -186,7 +190,7 @@ def load_hf_checkpoint(path: str | os.PathLike, **config_overrides) -> tuple[Mod
     names = {n: f for n, f in files.items() if n in expected_shapes(cfg) or n == "lm_head.weight"}
     if cfg.tie_embeddings:
         names.pop("lm_head.weight", None)
-    tensors = _load_tensors(names)
+    tensors = _load_tensors(names, on_tensor)
     return cfg, params_from_hf_tensors(cfg, tensors, source=str(path))
 
 

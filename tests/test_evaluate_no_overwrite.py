@@ -1,0 +1,79 @@
+"""``python -m remix_jax.evaluate`` never overwrites results: on a training run (or a folder that already holds
+results) it writes to WORKDIR/evals/<name>/ and says where; the run's own eval/ is left byte for byte."""
+
+import json
+import os
+import re
+import runpy
+
+import pytest
+from tiny_run import cli, make_tiny_hf, stderr_lines, write_config, write_gsm8k
+
+from remix_jax import evaluate
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """A finished 1-step run evaluated on GSM8K (2 questions) at its end: RUN/eval/gsm8k.json."""
+    d = tmp_path_factory.mktemp("evalrun")
+    model = make_tiny_hf(d / "model")
+    cfg = write_config(d / "cfg.py", model, write_gsm8k(d / "train.jsonl"), write_gsm8k(d / "test.jsonl", 4),
+                       **{"eval.heldout.num_batches": 0, "train.num_steps": 1, "eval.at_start": False})
+    r = cli("main", f"--config={cfg}", f"--workdir={d / 'run'}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    return {"run": d / "run", "cfg": cfg, "model": model, "test": d / "test.jsonl"}
+
+
+def _snapshot(folder):
+    return {name: (folder / name).read_bytes() for name in sorted(os.listdir(folder))}
+
+
+def test_evaluate_on_a_training_run_writes_a_new_folder(trained_run):
+    run, cfg = trained_run["run"], trained_run["cfg"]
+    own = _snapshot(run / "eval")
+    assert set(own) == {"gsm8k.json", "gsm8k.predictions.jsonl"}
+    r = cli("evaluate", f"--config={cfg}", f"--workdir={run}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    (name,) = os.listdir(run / "evals")
+    assert re.fullmatch(r"\d{8}-\d{6}", name)
+    out = run / "evals" / name
+    assert f"results written to {out}" in r.stdout
+    assert _snapshot(run / "eval") == own  # the run's results are untouched
+    rec = json.loads((out / "gsm8k.json").read_text())
+    assert rec["adapters"] == f"export {run / 'export'}" and rec["metrics"]["num_examples"] == 2
+    # the same greedy evaluation of the same adapters: the same predictions as the run's own
+    assert (out / "gsm8k.predictions.jsonl").read_bytes() == own["gsm8k.predictions.jsonl"]
+
+
+def test_named_evaluations_are_never_overwritten(trained_run):
+    run, cfg = trained_run["run"], trained_run["cfg"]
+    config = runpy.run_path(str(cfg))["get_config"]()
+    logs = []
+    config.eval.limit = 1
+    config.adapter.alpha = 9.0  # not what the run trained with: the export's own configuration is used, and named
+    evaluate.run(config, str(run), log=logs.append, name="limit1")
+    assert f"warning: the run in {run} was trained with another setting: adapter.alpha: 8.0 -> 9.0" in logs
+    assert any(line.startswith(f"model {trained_run['model']} with adapters from export ") for line in logs)
+    out = run / "evals" / "limit1"
+    assert json.loads((out / "gsm8k.json").read_text())["metrics"]["num_examples"] == 1
+    assert logs[-1] == f"results written to {out}"
+    before = _snapshot(out)
+    r = cli("evaluate", f"--config={cfg}", f"--workdir={run}", "--eval_name=limit1")
+    assert (r.returncode, stderr_lines(r)) == (2, [f"error: {out} already holds results",
+                                                   "hint: choose another --eval_name"])
+    assert _snapshot(out) == before
+
+
+def test_a_fresh_folder_gets_eval_then_evals(trained_run, tmp_path):
+    """A folder that is no training run and holds no results: WORKDIR/eval/ as before; the next evaluation of
+    the same folder goes to WORKDIR/evals/<time>/."""
+    config = runpy.run_path(str(trained_run["cfg"]))["get_config"]()
+    config.eval.limit = 1
+    evaluate.run(config, str(tmp_path), log=lambda _: None)
+    first = _snapshot(tmp_path / "eval")
+    assert set(first) == {"gsm8k.json", "gsm8k.predictions.jsonl"}
+    logs = []
+    evaluate.run(config, str(tmp_path), log=logs.append)
+    (name,) = os.listdir(tmp_path / "evals")
+    assert logs[-1] == f"results written to {tmp_path / 'evals' / name}"
+    assert _snapshot(tmp_path / "eval") == first

@@ -1,0 +1,76 @@
+"""``python -m remix_jax.generate --run=WORKDIR``: the run's base model with its trained adapters, routed as in
+evaluation, gives exactly the evaluator's greedy generation for the same prompt; from the export or, without
+one, from the newest checkpoint."""
+
+import shutil
+
+import jax
+import pytest
+from tiny_run import cli, make_tiny_hf, stderr_lines, write_config, write_gsm8k
+
+PROMPT = "What is 3 plus 4?"
+NEW_TOKENS = 12
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    d = tmp_path_factory.mktemp("gen")
+    model = make_tiny_hf(d / "model")
+    cfg = write_config(d / "cfg.py", model, write_gsm8k(d / "train.jsonl"), write_gsm8k(d / "test.jsonl", 4),
+                       **{"eval.tasks": "", "eval.heldout.num_batches": 0, "train.num_steps": 4})
+    r = cli("main", f"--config={cfg}", f"--workdir={d / 'run'}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    return {"run": d / "run", "model": model}
+
+
+def _evaluator_greedy(workdir, prompt):
+    """The evaluator's generation (ModelRunner.generate with the task runners' decoding settings)."""
+    from remix_jax import generate
+    from remix_jax.evaluate import load_for_eval
+    from remix_jax.evaluation import evaluator
+
+    loaded = load_for_eval(generate.run_config(str(workdir)), str(workdir), log=lambda _: None)
+    runner = evaluator.ModelRunner(loaded.model, loaded.variables, loaded.tokenizer, batch_size=4)
+    gen = evaluator._gen_config(NEW_TOKENS, loaded.tokenizer)
+    (text,) = runner.generate([prompt], gen, [], jax.random.key(0))
+    return text, loaded.source
+
+
+def _generate(*args):
+    r = cli("generate", f"--prompt={PROMPT}", f"--max_new_tokens={NEW_TOKENS}", *args)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.endswith("\n")
+    return r.stdout[:-1], r.stderr
+
+
+def test_generate_from_a_run_equals_the_evaluator(trained_run):
+    run = trained_run["run"]
+    text, err = _generate(f"--run={run}")
+    expected, source = _evaluator_greedy(run, PROMPT)
+    assert source == f"export {run / 'export'}"
+    assert text == expected and len(text) > 0
+    assert f"with adapters from export {run / 'export'} (method remix)" in err
+    base, _ = _generate(f"--model={trained_run['model']}")
+    assert base != text  # the adapters change what the model writes
+
+
+def test_generate_from_the_newest_checkpoint(trained_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run["run"], run)
+    shutil.rmtree(run / "export")  # as in an unfinished run
+    text, err = _generate(f"--run={run}")
+    expected, source = _evaluator_greedy(run, PROMPT)
+    assert source == "checkpoint step 4" and "with adapters from checkpoint step 4" in err
+    assert text == expected
+    # the export holds the same final adapters as the step-4 checkpoint
+    assert text == _generate(f"--run={trained_run['run']}")[0]
+
+
+def test_a_run_without_adapters_is_an_error(trained_run, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(trained_run["run"] / "config.json", run / "config.json")
+    r = cli("generate", "--prompt=hi", f"--run={run}")
+    assert (r.returncode, stderr_lines(r)) == (2, [
+        f"error: {run}: no adapters (no export/ and no checkpoint in checkpoints/)",
+        "hint: train the run first, or check the folder"])

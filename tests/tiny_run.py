@@ -1,0 +1,91 @@
+"""Helpers for tests that run the entry points on a tiny model: a Hugging Face directory with random weights and a
+byte-level tokenizer, small GSM8K-style data files, config files, and the command lines as subprocesses."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+ADAPTER = dict(method="remix", num_experts=4, top_k=2, rank=4, alpha=8.0)
+
+
+def byte_tokenizer():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    tok = Tokenizer(models.BPE({c: i for i, c in enumerate(alphabet)}, []))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+
+
+def make_tiny_hf(d: pathlib.Path) -> pathlib.Path:
+    """random:tiny's shape (vocabulary 272 >= the byte tokenizer's 257) saved as a Hugging Face directory."""
+    import jax
+
+    from remix_jax.models.config import named_config
+    from remix_jax.models.hf_io import save_hf_checkpoint
+    from remix_jax.models.llama import Decoder, init_params
+
+    d.mkdir(parents=True, exist_ok=True)
+    cfg = named_config("tiny", vocab_size=272)
+    params = init_params(Decoder(cfg), jax.random.key(0))["params"]
+    save_hf_checkpoint(d, cfg, jax.tree.map(lambda x: x * 3.0 if x.ndim >= 2 else x, params))
+    byte_tokenizer().save_pretrained(str(d))
+    return d
+
+
+def write_gsm8k(path: pathlib.Path, n: int = 12) -> pathlib.Path:
+    """``n`` GSM8K-format rows (question, answer ending in "#### <number>")."""
+    rows = [{"question": f"What is {i} plus {i + 1}?", "answer": f"{i} + {i + 1} = {2 * i + 1}\n#### {2 * i + 1}"}
+            for i in range(n)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def write_config(path: pathlib.Path, model_dir, train_file, eval_file, **extra) -> pathlib.Path:
+    """A config file: ReMix (ADAPTER) on ``model_dir``, trained on ``train_file`` (GSM8K format, 64-token rows,
+    batch 4), scored on GSM8K ``eval_file`` (2 questions, 0 shots, 4 new tokens) with a held-out loss on it.
+    ``extra``: more ``c.KEY = VALUE`` lines as {"train.num_steps": 3}."""
+    lines = [
+        "from remix_jax.config import default_config",
+        "from remix_jax.data import source_config",
+        "from remix_jax.main import eval_config",
+        "",
+        "",
+        "def get_config():",
+        "    c = default_config()",
+        f"    c.model.path = {str(model_dir)!r}",
+        *(f"    c.adapter.{k} = {v!r}" for k, v in ADAPTER.items()),
+        f"    c.data.sources = {{'train': source_config('file', path={str(train_file)!r}, fmt='gsm8k')}}",
+        "    c.data.max_length, c.data.batch_size, c.mesh.data = 64, 4, 1",
+        "    c.train.num_steps, c.train.log_every, c.train.checkpoint_every, c.train.progress = 3, 1, 0, False",
+        "    c.optimizer.adapter_lr, c.optimizer.router_lr = 0.05, 0.05",
+        "    c.eval = eval_config()",
+        "    c.eval.tasks, c.eval.limit, c.eval.batch_size = 'gsm8k', 2, 4",
+        f"    c.eval.gsm8k.path = {str(eval_file)!r}",
+        "    c.eval.gsm8k.shots, c.eval.gsm8k.max_new_tokens = 0, 4",
+        f"    c.eval.heldout.source = source_config('file', path={str(eval_file)!r}, fmt='gsm8k')",
+        "    c.eval.heldout.num_batches = 1",
+        *(f"    c.{k} = {v!r}" for k, v in extra.items()),
+        "    return c",
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def env(**extra) -> dict:
+    return {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "", "REMIX_DEBUG": "", **extra}
+
+
+def cli(module: str, *args, timeout: int = 600, **env_extra) -> subprocess.CompletedProcess:
+    """``python -m remix_jax.<module> args`` from the repository root (one CPU device)."""
+    return subprocess.run([sys.executable, "-m", f"remix_jax.{module}", *map(str, args)], cwd=REPO,
+                          env=env(**env_extra), capture_output=True, text=True, timeout=timeout)
+
+
+def stderr_lines(r: subprocess.CompletedProcess) -> list[str]:
+    return r.stderr.strip().splitlines()
