@@ -11,6 +11,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from remix_jax.adapters.moe import resolve_compute
+
 METHODS = ("lora", "rslora", "dora", "remix", "mixlora", "hydralora", "softmax_dense", "uniform_random")
 # Methods without a router: one LoRA per projection.
 SINGLE_METHODS = ("lora", "rslora", "dora")
@@ -100,6 +102,12 @@ class AdapterConfig:
     @property
     def selects_top_k(self) -> bool:
         return self.method in TOP_K_METHODS
+
+    @property
+    def dense_experts(self) -> bool:
+        """Whether the mixtures compute every expert for every token (expert_compute "dense", or "auto" where it
+        resolves to dense, ``moe.resolve_compute``)."""
+        return resolve_compute(self.expert_compute) == "dense"
 
     def lora_scale(self) -> float:
         """Per-expert LoRA scale: alpha/r ("lora") or alpha/sqrt(r) ("rslora"); 1 for remix/uniform
