@@ -136,7 +136,7 @@ def remix_ffn_fused(x: Array, mats: Mapping[str, Array], cfg: AdapterConfig, dty
     scaled where it is read (no scaled copy of the whole product), and the top-k weights are derived twice by
     two formulas of the same rank (``sampler.ascending_rank``), so that each can fuse into the kernel that
     weights the hidden states it scales (what XLA does on an H200 at batch 16; at batch 1 it computes both in one
-    small kernel of their own, docs/notes/benchmarks-log.md run J).
+    small kernel of their own, docs/notes/benchmarks-log.md generation run J).
     """
     dtype = jnp.dtype(dtype)
     n, r = cfg.num_experts, cfg.rank

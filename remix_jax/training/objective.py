@@ -33,8 +33,9 @@ d model width, F FFN width, q/kv the query/key-value widths, n*r the experts' st
                     output, its adapter's delta (same width) and x@A
     none            everything, including attention internals          (not bounded by the above)
 
-(estimates from these counts, not measurements; measured peaks are in docs/benchmarks.md, e.g. LoRA on the 8B
-shape: 28.9 GiB with save_proj_out, the configs' default, against 36.0 with dots_no_batch, at 1.4% more tokens/s).
+(estimates from these counts, not measurements; measured peaks are in docs/performance.md, and per remat policy in
+docs/notes/benchmarks-log.md, training run D: LoRA on the 8B shape 28.9 GiB with save_proj_out, the configs'
+default, against 36.0 with dots_no_batch, at 1.4% more tokens/s).
 With dots_no_batch the FFN dominates: the base outputs
 (2F + d per layer) and, as large again, the adapters' full-width deltas; M=4 on the Llama-3-8B shape
 needs about 78 GiB of activations plus 15 GiB of bf16 weights, and M=8 (157 GiB) needs
