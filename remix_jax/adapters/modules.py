@@ -81,7 +81,7 @@ def route_site(module: nn.Module, x: Array, token_mask: Array | None, determinis
     if cfg.has_router_weights:
         rdt = jnp.dtype(cfg.router_dtype)
         w = router_weight(module, cfg, x.shape[-1], in_axis)
-        # ReMix's router learns only through the estimator, never through the LoRA path (docs/method.md §2.3).
+        # ReMix's router learns only through the estimator, never through the LoRA path (docs/method.md §2.1).
         xr = jax.lax.stop_gradient(x) if cfg.method == "remix" else x
         logits = jnp.einsum("...d,dn->...n", xr.astype(rdt), w.astype(rdt)).astype(jnp.float32)
     samples = cfg.method == "uniform_random" or (
