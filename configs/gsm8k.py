@@ -1,4 +1,4 @@
-"""GSM8K finetuning, one variant per method (method.md section 6: the paper's Table 1 GSM8K column).
+"""GSM8K finetuning, one variant per method (docs/method.md §6: the paper's Table 1 GSM8K column).
 
 Paper setting: Llama 3 8B (pass its Hugging Face directory), n=8 experts, GSM8K train (7,473 examples),
 evaluation on GSM8K test with 4-shot prompts. The raw files are ``train.jsonl`` / ``test.jsonl`` of

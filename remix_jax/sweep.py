@@ -17,7 +17,8 @@ A sweep definition is a Python file exposing ``get_sweep()``, which returns a di
                         second list axis), labels are extra columns for the report (e.g. {"k": 2}); a
                         "config" starting with ":" replaces only the variant of the sweep's config file.
     seeds           [0, 1, 2]                  one run per seed per grid point (override key ``KEYS.seed``)
-    workdir_root    optional; default <sweep file without .py>/runs
+    workdir_root    optional; default <results dir>/runs, the results dir being results/NAME beside the
+                    sweep file (experiments/main_table.py: experiments/results/main_table/runs)
     runner          optional argv prefix; default ["python", "-m", "remix_jax.main"] (mode "local" runs a
                     leading "python" with the current interpreter)
     name            optional; default the file name without .py
@@ -42,9 +43,10 @@ and variant with all overrides applied give the same resolved config, seed inclu
 later ones' workdirs become symbolic links to the first's, so e.g. the k sweep's k=2 point and the main
 table's ReMix row are one run. Each sweep is then aggregated on its own.
 A run is finished when WORKDIR/run_complete.json exists; finished runs are skipped, so re-invoking a sweep
-resumes it. Mode "commands" writes one shell command per unfinished run to <sweep dir>/commands.sh for a
-cluster or TPU-pod scheduler. Both modes then aggregate every run's outputs into <sweep dir>/results.csv,
-results.md and PNG plots (``--report_only`` does only that).
+resumes it. Mode "commands" writes one shell command per unfinished run to <results dir>/commands.sh for a
+cluster or TPU-pod scheduler. Both modes then aggregate every run's outputs into <results dir>/results.csv,
+results.md and PNG plots (``--report_only`` does only that). The sweep definitions stay apart from what they
+produce: experiments/NAME.py writes only under experiments/results/NAME/.
 
 Multi-host (TPU pods, multi-node GPU): run the SAME command on every worker of the slice, e.g.
 ``gcloud compute tpus tpu-vm ssh POD --worker=all --command="cd remix-jax && <line of commands.sh>"``;
@@ -280,7 +282,7 @@ def load_sweep(path: str | os.PathLike, workdir_root: str | None = None, out_dir
     definition = module.get_sweep()
     if not isinstance(definition, Mapping):
         raise SweepError(f"{path}: get_sweep() must return a dict, got {type(definition).__name__}")
-    out = pathlib.Path(out_dir) if out_dir else path.with_suffix("")
+    out = pathlib.Path(out_dir) if out_dir else results_dir(path)
     root = workdir_root or definition.get("workdir_root") or str(out / "runs")
     runner = definition.get("runner") or DEFAULT_RUNNER
     if isinstance(runner, str):
@@ -289,6 +291,12 @@ def load_sweep(path: str | os.PathLike, workdir_root: str | None = None, out_dir
     return Sweep(name=definition.get("name", path.stem), path=str(path), out_dir=str(out),
                  workdir_root=str(root), config=definition["config"], runner=tuple(runner), runs=tuple(runs),
                  report=dict(definition.get("report") or {}))
+
+
+def results_dir(sweep_file: str | os.PathLike) -> pathlib.Path:
+    """Where a sweep's outputs go by default: results/NAME beside the sweep file NAME.py."""
+    path = pathlib.Path(sweep_file)
+    return path.parent / "results" / path.stem
 
 
 def is_complete(workdir: str | os.PathLike) -> bool:
@@ -502,7 +510,8 @@ def _main(argv: Sequence[str]) -> int:
     p.add_argument("--report_only", action="store_true", help="only aggregate the runs' outputs")
     p.add_argument("--workdir_root", default=None, help="override the sweep's workdir_root (one sweep only)")
     p.add_argument("--out_dir", default=None,
-                   help="where results and plots go (default: next to the sweep; one sweep only)")
+                   help="where results and plots go (default: results/NAME beside the sweep file; one sweep "
+                        "only)")
     p.add_argument("--parallel", type=int, default=1, help="runs at once in local mode")
     p.add_argument("--devices", default="",
                    help="comma-separated GPU ids the concurrent runs are spread over (CUDA_VISIBLE_DEVICES)")

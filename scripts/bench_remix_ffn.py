@@ -1,4 +1,4 @@
-"""Time of ReMix's fused inference FFN (``adapters.modules.remix_ffn_fused``) per layer while decoding, and of
+"""Time of ReMix's fused inference FFN (``inference.remix_ffn.remix_ffn_fused``) per layer while decoding, and of
 the frozen SwiGLU FFN for scale.
 
 A decode step's FFNs in isolation: ``--layers`` layers of stacked random matrices of the SmolLM2-135M FFN
@@ -26,7 +26,7 @@ import jax.numpy as jnp
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from remix_jax.adapters.config import AdapterConfig  # noqa: E402
-from remix_jax.adapters.modules import remix_block_matrices, remix_ffn_fused  # noqa: E402
+from remix_jax.inference.remix_ffn import remix_block_matrices, remix_ffn_fused  # noqa: E402
 from remix_jax.models.llama import inference_layout, inference_product, rms_inverse  # noqa: E402
 
 

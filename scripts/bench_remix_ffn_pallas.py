@@ -1,5 +1,5 @@
-"""ReMix's FFN while decoding with its routed halves as Pallas kernels (``adapters.remix_kernels``) against
-XLA's form (``modules.remix_ffn_fused``) and the frozen FFN, microseconds per layer.
+"""ReMix's FFN while decoding with its routed halves as Pallas kernels (``inference.remix_kernels``) against
+XLA's form (``remix_ffn.remix_ffn_fused``) and the frozen FFN, microseconds per layer.
 
 As ``scripts/bench_remix_ffn.py`` (30 layers of the SmolLM2-135M FFN, stacked, bf16, norms folded, ReMix n 8,
 k 2, r 8 on gate/up/down), but every form runs in the same ``lax.fori_loop`` of two layers per iteration and
@@ -30,7 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_remix_ffn import layer_ffn, stacked_mats, time_layers  # noqa: E402
 
 from remix_jax.adapters.config import AdapterConfig  # noqa: E402
-from remix_jax.adapters.remix_kernels import RoutedLayout, down_product, routed_back, routed_front  # noqa: E402
+from remix_jax.inference.remix_kernels import RoutedLayout, down_product, routed_back, routed_front  # noqa: E402
 from remix_jax.models.llama import inference_product  # noqa: E402
 
 EPS = 1e-5

@@ -142,7 +142,8 @@ def decode_step_hlo(model, cfg, batch: int, cache_len: int, fuse: bool = True, f
                              is_leaf=lambda x: hasattr(x, "value") and hasattr(x, "names"))
     variables = {c: v for c, v in variables.items() if c != "routing_stats"}
     if fuse:
-        from remix_jax.adapters.modules import adapter_config_of, foldable_norms, fuse_remix_inference
+        from remix_jax.adapters.modules import adapter_config_of
+        from remix_jax.inference.variables import foldable_norms, fuse_remix_inference
 
         acfg = adapter_config_of(model)
         fold = fold_norms and foldable_norms(acfg)

@@ -3,7 +3,7 @@ collapsed onto at most two experts.
 
     python scripts/theorem1_mc.py [--n=8] [--d=1024] [--sigma=1.0] [--eps=0.01] [--num_samples=100000]
 
-Setting (method.md section 5): a router P (n x d) with i.i.d. N(0, sigma^2) entries, an input x in {-1, +1}^d
+Setting (docs/method.md §5): a router P (n x d) with i.i.d. N(0, sigma^2) entries, an input x in {-1, +1}^d
 (Rademacher), logits z = P x, routing weights q = softmax(z). The paper's example (n = 8, d = 1024,
 sigma = 1) states that at most two experts carry weight with probability >= 84.19%.
 

@@ -1,8 +1,10 @@
 """remix_jax.reporting: reading run outputs (both eval record layouts), curves, aggregation by hand,
 formatting, and clear errors on malformed files."""
 
+import csv
 import json
 import math
+import pathlib
 
 import pytest
 
@@ -107,3 +109,35 @@ def test_line_and_bar_plots_are_written_and_empty_data_is_refused(tmp_path):
     assert not reporting.plot_line(rows, {"x": "k", "y": "arc_c/accuracy"}, missing)
     assert not reporting.plot_bar(rows, {"x": "variant", "y": "arc_c/accuracy"}, missing)
     assert not missing.exists()
+
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+COMMITTED = sorted(p.parent.name for p in (REPO / "experiments" / "results").glob("*/results.csv"))
+
+
+def test_every_committed_result_belongs_to_a_sweep_definition():
+    assert COMMITTED  # the small-scale results of experiments/README.md
+    assert all((REPO / "experiments" / f"{name}.py").is_file() for name in COMMITTED)
+    assert not [p for p in (REPO / "experiments").iterdir() if p.is_dir() and p.name not in ("results", "__pycache__")]
+
+
+@pytest.mark.parametrize("name", COMMITTED)
+def test_committed_results_are_read_back_from_their_runs(name, monkeypatch):
+    """experiments/NAME.py aggregates experiments/results/NAME/runs/*: each committed results.csv row is what
+    its run's files give at the default location (status, accuracy, held-out loss, final ESS)."""
+    from remix_jax.sweep import load_sweep
+
+    monkeypatch.chdir(REPO)
+    sweep = load_sweep(pathlib.Path("experiments") / f"{name}.py")
+    assert sweep.out_dir == str(pathlib.Path("experiments") / "results" / name)
+    with open(REPO / sweep.out_dir / "results.csv", newline="", encoding="utf-8") as f:
+        committed = {row["name"]: row for row in csv.DictReader(f)}
+    runs = {run.name: run for run in sweep.runs}
+    assert set(committed) <= set(runs)
+    for run_name, row in committed.items():
+        got = reporting.collect_run(runs[run_name])
+        assert got["status"] == row["status"] == "complete", run_name
+        assert got["workdir"] == row["workdir"] == str(pathlib.Path(sweep.workdir_root) / run_name)
+        for key in ("gsm8k/accuracy", "heldout_loss", "routing/ess_softmax_final"):
+            if row.get(key):
+                assert got[key] == float(row[key]), (run_name, key)

@@ -98,13 +98,18 @@ def _calls(tmp_path):
 EXPECTED_NAMES = [f"{v}__top_k={k}__seed={s}" for v in ("remix", "lora") for k in (1, 2) for s in (0, 1)]
 
 
+def results_of(sweep_file: pathlib.Path) -> pathlib.Path:
+    """Where a sweep's outputs go by default: DIR/NAME.py -> DIR/results/NAME (runs, tables, plots)."""
+    return sweep_file.parent / "results" / sweep_file.stem
+
+
 def test_expansion_names_and_commands(sweep_file):
     sw = sweep_lib.load_sweep(sweep_file)
     assert [r.name for r in sw.runs] == EXPECTED_NAMES
-    assert sw.out_dir == str(sweep_file.with_suffix(""))
+    assert sw.out_dir == str(results_of(sweep_file))
     run = sw.runs[6]  # lora, k=2, seed=0
     assert run.config == "configs/fake.py:lora"
-    assert run.workdir == str(sweep_file.with_suffix("") / "runs" / run.name)
+    assert run.workdir == str(results_of(sweep_file) / "runs" / run.name)
     assert run.params == {"variant": "lora", "family": "lora", "adapter.top_k": 2, "seed": 0}
     cmd = run.command(sw.runner)
     assert cmd[2:] == ["--config=configs/fake.py:lora", f"--workdir={run.workdir}",
@@ -140,7 +145,7 @@ def test_bad_sweep_file_names_the_file(tmp_path):
 
 
 def test_run_skip_fail_and_aggregate(sweep_file, tmp_path, capsys):
-    out = sweep_file.with_suffix("")
+    out = results_of(sweep_file)
     assert sweep_lib.main([f"--sweep={sweep_file}", "--dry_run"]) == 0
     assert _calls(tmp_path) == [] and not (out / "runs").exists()
 
@@ -206,7 +211,10 @@ def _assert_png(path: pathlib.Path):
 def test_only_filter_runs_subset(sweep_file, tmp_path):
     assert sweep_lib.main([f"--sweep={sweep_file}", "--quiet", "--only=^remix__top_k=1"]) == 0
     assert _calls(tmp_path) == EXPECTED_NAMES[:2]
-    wd = sweep_file.with_suffix("") / "runs" / EXPECTED_NAMES[0]
+    # the definition's folder holds the definition and results/ only: outputs never mix with definitions
+    assert sorted(p.name for p in sweep_file.parent.iterdir() if p.name != "__pycache__") == ["results", "toy.py"]
+    assert sorted(p.name for p in (sweep_file.parent / "results").iterdir()) == ["toy"]
+    wd = results_of(sweep_file) / "runs" / EXPECTED_NAMES[0]
     done = json.loads((wd / "run_complete.json").read_text())
     assert done["step"] == 30
 
@@ -247,7 +255,7 @@ def test_parallel_runs_spread_over_devices(sweep_file, tmp_path, monkeypatch):
         peak = max(peak, live)
     assert 2 <= peak <= 3
     # every finished run is complete and aggregated as in the sequential mode
-    with open(sweep_file.with_suffix("") / "results.csv") as f:
+    with open(results_of(sweep_file) / "results.csv") as f:
         done = [r for r in csv.DictReader(f) if r["status"] == "complete"]
     assert len(done) == 7
 
@@ -263,11 +271,11 @@ def test_identical_runs_of_two_sweeps_train_once(sweep_file, tmp_path):
     calls = _calls(tmp_path)
     # other.py's top_k=2 seed 0 is toy.py's remix top_k=2 seed 0 (same config spec and overrides): trained once
     assert sorted(calls) == sorted([n for n in EXPECTED_NAMES if n.startswith("remix")] + ["top_k=3__seed=0"])
-    link = other.with_suffix("") / "runs" / "top_k=2__seed=0"
+    link = results_of(other) / "runs" / "top_k=2__seed=0"
     assert link.is_symlink()
-    assert link.resolve() == (sweep_file.with_suffix("") / "runs" / "remix__top_k=2__seed=2").parent.resolve() / \
+    assert link.resolve() == (results_of(sweep_file) / "runs" / "remix__top_k=2__seed=2").parent.resolve() / \
         "remix__top_k=2__seed=0"
-    with open(other.with_suffix("") / "results.csv") as f:
+    with open(results_of(other) / "results.csv") as f:
         rows = {r["name"]: r for r in csv.DictReader(f)}
     assert rows["top_k=2__seed=0"]["status"] == "complete"
     assert float(rows["top_k=2__seed=0"]["gsm8k/accuracy"]) == pytest.approx(0.4)

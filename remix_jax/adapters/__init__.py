@@ -1,13 +1,13 @@
-"""Adapters on the frozen decoder: LoRA / rsLoRA / DoRA and the mixture-of-LoRAs layer."""
+"""Adapters on the frozen decoder: LoRA / rsLoRA / DoRA and the mixture-of-LoRAs layer (training and scoring;
+the inference-only speed paths are in ``remix_jax.inference``)."""
 
 from remix_jax.adapters.config import AdapterConfig, AdapterConfigError, validate_adapter_config
 from remix_jax.adapters.modules import (
     AdaptedMLP,
     AdaptedProjection,
     build_model,
-    cast_factors_for_inference,
     init_adapter_variables,
 )
 
 __all__ = ["AdapterConfig", "AdapterConfigError", "AdaptedMLP", "AdaptedProjection", "build_model",
-           "cast_factors_for_inference", "init_adapter_variables", "validate_adapter_config"]
+           "init_adapter_variables", "validate_adapter_config"]

@@ -11,6 +11,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from remix_jax.adapters.moe import resolve_compute
+
 METHODS = ("lora", "rslora", "dora", "remix", "mixlora", "hydralora", "softmax_dense", "uniform_random")
 # Methods without a router: one LoRA per projection.
 SINGLE_METHODS = ("lora", "rslora", "dora")
@@ -33,7 +35,7 @@ class AdapterConfigError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class AdapterConfig:
-    """How adapters attach to the frozen decoder (method.md sections 1, 2 and 4).
+    """How adapters attach to the frozen decoder (docs/method.md §1, §2 and §4).
 
     method: lora | rslora | dora | remix | mixlora | hydralora | softmax_dense | uniform_random.
     targets: projection names, or the shorthands "all", "attn", "ffn" (normalised to a sorted-by-model
@@ -51,7 +53,7 @@ class AdapterConfig:
     load_balance_coef: coefficient of MixLoRA's Switch-style loss (already applied in "aux_loss").
     router_dtype: dtype of router weights and logits (float32).
     router_init_std: std of the router's normal init; None means 0.1 / sqrt(d_in) so that the initial
-        logits have std ~0.1 whatever the width (near-uniform q: no collapse at birth, method.md §5).
+        logits have std ~0.1 whatever the width (near-uniform q: no collapse at birth, docs/method.md §5).
     expert_compute: "auto" | "dense" | "gather" (see remix_jax/adapters/moe.py and docs/routing.md).
     """
 
@@ -100,6 +102,12 @@ class AdapterConfig:
     @property
     def selects_top_k(self) -> bool:
         return self.method in TOP_K_METHODS
+
+    @property
+    def dense_experts(self) -> bool:
+        """Whether the mixtures compute every expert for every token (expert_compute "dense", or "auto" where it
+        resolves to dense, ``moe.resolve_compute``)."""
+        return resolve_compute(self.expert_compute) == "dense"
 
     def lora_scale(self) -> float:
         """Per-expert LoRA scale: alpha/r ("lora") or alpha/sqrt(r) ("rslora"); 1 for remix/uniform

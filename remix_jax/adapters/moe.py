@@ -1,4 +1,4 @@
-"""The mixture-of-LoRAs product sum_i pi_i x A_i B_i (method.md §1), in two formulations.
+"""The mixture-of-LoRAs product sum_i pi_i x A_i B_i (docs/method.md §1), in two formulations.
 
 Experts are stacked: A [n, d_in, r], B [n, r, d_out].
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import ml_collections
 
-from remix_jax.adapters.remix_kernels import MODES as REMIX_KERNEL_MODES
 from remix_jax.data.templates import DEFAULT_PLAIN_FORMAT
+from remix_jax.inference.remix_kernels import MODES as REMIX_KERNEL_MODES
 
 MC_TASKS = ("arc_c", "arc_e", "boolq", "obqa")
 TASKS = ("gsm8k", *MC_TASKS, "humaneval")

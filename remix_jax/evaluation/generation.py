@@ -25,9 +25,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from remix_jax.adapters import remix_kernels
-from remix_jax.adapters.modules import (
-    adapter_config_of,
+from remix_jax.adapters.modules import adapter_config_of
+from remix_jax.inference import remix_kernels
+from remix_jax.inference.variables import (
     cast_factors_for_inference,
     foldable_norms,
     fuse_remix_inference,

@@ -52,7 +52,7 @@ class ModelConfig:
     # Layers per iteration of the scanned layer loop (lax.scan's unroll): 1 = a rolled loop (fastest compile),
     # num_layers = fully unrolled: training steps 10-15% faster on an H200 for 1B/8B LoRA (most likely no stacked
     # buffers of saved activations to fill and copy out per layer) and faster decoding at batch 1 (loop control),
-    # at 5-10x the compile time and more peak memory (docs/benchmarks.md, run G).
+    # at 5-10x the compile time and more peak memory (docs/notes/benchmarks-log.md, training and generation runs G).
     scan_unroll: int = 1
 
     def __post_init__(self):

@@ -1,4 +1,4 @@
-"""Routing diagnostics (method.md §5), computed in the forward pass, and the reader of their collection.
+"""Routing diagnostics (docs/method.md §5), computed in the forward pass, and the reader of their collection.
 
 Per routing site and block, over the valid (non-padding) tokens:
     ess_applied       mean ESS of the weights actually applied (exactly k for remix)

@@ -1,4 +1,4 @@
-"""The RLOO (REINFORCE leave-one-out) surrogate for the ReMix router (method.md section 3).
+"""The RLOO (REINFORCE leave-one-out) surrogate for the ReMix router (docs/method.md §3).
 
 For each sequence b we draw M whole-model routing selections J_1..J_M and observe their losses L[b, m].
 The router gradient is G_P = 1/(M-1) * sum_m (L_m - Lbar) * grad log Q(J_m): REINFORCE with the

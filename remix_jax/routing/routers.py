@@ -1,4 +1,4 @@
-"""Routing rules: how each method turns router logits into the weights pi of method.md §1.
+"""Routing rules: how each method turns router logits into the weights pi of docs/method.md §1.
 
 Every rule maps logits z [..., n] (float32) to a RouterOutput:
     experts  [..., k] int32   the experts that get weight (dense rules: all n, k = n)
@@ -90,7 +90,7 @@ def route(method: str, logits: Array | None, *, n: int, k: int, omega: float, ke
 
 
 def load_balancing_loss(probs: Array, experts: Array, token_mask: Array | None = None) -> Array:
-    """Switch-style loss n * sum_i f_i * Pbar_i over the valid tokens (method.md §4).
+    """Switch-style loss n * sum_i f_i * Pbar_i over the valid tokens (docs/method.md §4).
 
     probs [..., n] (softmax over all experts), experts [..., k] (selected), token_mask [...] bool.
     f_i = fraction of valid tokens whose selection contains i; Pbar_i = mean router probability of i.

@@ -1,4 +1,4 @@
-"""Selecting k of n experts: Gumbel-top-k sampling, its exact log-probability, and top-k (method.md §2).
+"""Selecting k of n experts: Gumbel-top-k sampling, its exact log-probability, and top-k (docs/method.md §2.2-2.4).
 
 Sampling k distinct experts in order from q = softmax(z) without replacement (Plackett-Luce) equals adding
 i.i.d. Gumbel(0, 1) noise to z and taking the top-k indices in order.

@@ -1,16 +1,18 @@
-"""The training objective: per-sequence response-token cross-entropy, plus the router's RLOO surrogate.
+"""The training objective of every method: per-sequence response-token cross-entropy, plus the terms a method's
+router adds (ReMix's RLOO surrogate, MixLoRA's load-balancing loss).
 
-For ``remix`` the forward pass is vmapped over M routing keys with every parameter broadcast
-(in_axes None), so the M samples share the frozen weights and run as one large batched computation.
+The forward pass is vmapped over M routing keys with every parameter broadcast (in_axes None), so the M
+samples share the frozen weights and run as one large batched computation (M = 1 for every method but ReMix:
+LoRA/rsLoRA/DoRA, MixLoRA, HydraLoRA, ... run one pass and get the first term, plus MixLoRA's aux_loss).
 Per sequence s and sample m, L[s, m] is the mean cross-entropy over the response tokens of s; the
 objective is
 
     mean_s mean_m L[s, m] + rloo_surrogate(L, logQ) + aux_loss_weight * sum_blocks(aux_loss)
 
-The adapters receive ordinary backprop of the first term (each sample's selection held fixed); the
-router receives the RLOO estimator through the second (method.md section 3). A packed row holds several
-sequences (segment ids 1, 2, ...): losses and log Q are summed per (row, segment) slot, and slots without
-response tokens are ignored.
+(the surrogate only when ``ObjectiveConfig.sampling_router``, i.e. ReMix). The adapters receive ordinary
+backprop of the first term (each sample's selection held fixed); ReMix's router receives the RLOO estimator
+through the second (docs/method.md §3). A packed row holds several sequences (segment ids 1, 2, ...): losses
+and log Q are summed per (row, segment) slot, and slots without response tokens are ignored.
 
 Memory of the M samples. The cross-entropy is chunked (``loss_chunk_tokens``, losses.py): each step of
 the chunk loop multiplies [M * B * C, d] hidden states by the frozen [d, V] head, with
@@ -31,8 +33,9 @@ d model width, F FFN width, q/kv the query/key-value widths, n*r the experts' st
                     output, its adapter's delta (same width) and x@A
     none            everything, including attention internals          (not bounded by the above)
 
-(estimates from these counts, not measurements; measured peaks are in docs/benchmarks.md, e.g. LoRA on the 8B
-shape: 28.9 GiB with save_proj_out, the configs' default, against 36.0 with dots_no_batch, at 1.4% more tokens/s).
+(estimates from these counts, not measurements; measured peaks are in docs/performance.md, and per remat policy in
+docs/notes/benchmarks-log.md, training run D: LoRA on the 8B shape 28.9 GiB with save_proj_out, the configs'
+default, against 36.0 with dots_no_batch, at 1.4% more tokens/s).
 With dots_no_batch the FFN dominates: the base outputs
 (2F + d per layer) and, as large again, the adapters' full-width deltas; M=4 on the Llama-3-8B shape
 needs about 78 GiB of activations plus 15 GiB of bf16 weights, and M=8 (157 GiB) needs
@@ -41,7 +44,7 @@ scores are never saved under these policies (cuDNN flash attention keeps none; t
 dots are not "no batch" dots), but the XLA path's per-layer backward transiently holds float32
 [M, B, H, T, T] scores. The per-sequence losses, log Q and routing statistics are O(M * B * T).
 
-Sample chunking (``sample_chunk`` c > 0, c divides M; ``remix_value_and_grad``). All of the above is
+Sample chunking (``sample_chunk`` c > 0, c divides M; ``objective_value_and_grad``). All of the above is
 per sample and multiplies by M. With c > 0 only c samples are in flight: the step costs one extra
 forward pass and holds the activations of c samples instead of M (M=8, save_qkv_ffn, c=2: about
 14 GiB instead of 56 GiB on the Llama-3-8B shape, by the table above). The RLOO coefficient of a
@@ -81,8 +84,8 @@ from remix_jax.training.losses import (
     token_cross_entropy,
 )
 
-__all__ = ["DIAGNOSTIC_STATS", "ObjectiveConfig", "loss_chunk_len", "per_sequence_sums", "remix_objective",
-           "remix_value_and_grad", "sequence_losses", "token_cross_entropy"]
+__all__ = ["DIAGNOSTIC_STATS", "ObjectiveConfig", "loss_chunk_len", "per_sequence_sums", "adapter_objective",
+           "objective_value_and_grad", "sequence_losses", "token_cross_entropy"]
 
 Array = jax.Array
 
@@ -102,8 +105,8 @@ class ObjectiveConfig:
         batch rows: each chunk covers max(1, loss_chunk_tokens // (M * B)) positions. Live loss memory is
         about 2 x loss_chunk_tokens x V float32 (per device: divided by the data-parallel degree).
         0 materialises the full [M, B, T, V] logits (the reference; fine for small vocabularies).
-    sample_chunk: 0 vmaps all M samples at once (``remix_objective``); c > 0 (c divides M) makes
-        ``remix_value_and_grad`` process them c at a time in two passes (one extra forward pass; peak
+    sample_chunk: 0 vmaps all M samples at once (``adapter_objective``); c > 0 (c divides M) makes
+        ``objective_value_and_grad`` process them c at a time in two passes (one extra forward pass; peak
         activation memory of c samples instead of M). Same gradients and metrics up to float rounding.
     """
 
@@ -194,15 +197,15 @@ def _objective_from_samples(losses: Array, log_q: Array, valid: Array, stats: di
     return total, metrics
 
 
-def remix_objective(apply_fn: Callable, trainable: dict, base: Any, batch: dict, key: Array,
+def adapter_objective(apply_fn: Callable, trainable: dict, base: Any, batch: dict, key: Array,
                     cfg: ObjectiveConfig) -> tuple[Array, dict]:
-    """(total objective scalar, metrics) for one batch, all M samples vmapped at once.
+    """(total objective scalar, metrics) for one batch of any method, all M samples vmapped at once.
 
     apply_fn: ``model.apply``; trainable: {"adapter": ..., "router": ...}; base: frozen "params" tree;
     batch: tokens / loss_mask / segment_ids / positions, each [B, T]; key: this step's routing key.
     Metrics (scalars): loss (mean task loss), surrogate, aux_loss, num_sequences, routing/* diagnostics
     averaged over blocks and samples, and routing/<stat>_per_block [L].
-    ``cfg.sample_chunk`` is ignored here (``remix_value_and_grad`` honours it).
+    ``cfg.sample_chunk`` is ignored here (``objective_value_and_grad`` honours it).
     """
     cfg = dataclasses.replace(cfg, sample_chunk=0)  # all M in flight (sizes the cross-entropy chunks)
     keys = jax.random.split(key, cfg.num_samples)
@@ -212,12 +215,12 @@ def remix_objective(apply_fn: Callable, trainable: dict, base: Any, batch: dict,
     return _objective_from_samples(losses, log_q, valid, stats, cfg)
 
 
-def remix_value_and_grad(apply_fn: Callable, trainable: dict, base: Any, batch: dict, key: Array,
+def objective_value_and_grad(apply_fn: Callable, trainable: dict, base: Any, batch: dict, key: Array,
                          cfg: ObjectiveConfig) -> tuple[tuple[Array, dict], Any]:
-    """((total, metrics), grads w.r.t. ``trainable``): what ``jax.value_and_grad(remix_objective,
+    """((total, metrics), grads w.r.t. ``trainable``): what ``jax.value_and_grad(adapter_objective,
     has_aux=True)`` returns, with the M samples processed ``cfg.sample_chunk`` at a time when it is > 0.
 
-    sample_chunk 0: exactly ``jax.value_and_grad`` of ``remix_objective``. sample_chunk c > 0 (c | M):
+    sample_chunk 0: exactly ``jax.value_and_grad`` of ``adapter_objective``. sample_chunk c > 0 (c | M):
       pass 1, forward only: ``lax.map`` over the M / c chunks of keys = split(key, M) (chunk j holds
         keys[j*c:(j+1)*c]) gives losses / log_q / valid [M, B, T] and the routing stats [M, ...]; the
         value and every metric come from these through the same reduction as the unchunked objective,
@@ -229,7 +232,7 @@ def remix_value_and_grad(apply_fn: Callable, trainable: dict, base: Any, batch: 
         whose sum over chunks is the objective, term by term.
     """
     if not cfg.sample_chunk:
-        fn = functools.partial(remix_objective, apply_fn, cfg=cfg)
+        fn = functools.partial(adapter_objective, apply_fn, cfg=cfg)
         return jax.value_and_grad(fn, has_aux=True)(trainable, base, batch, key)
     m, c = cfg.num_samples, cfg.sample_chunk
     keys = jax.random.split(key, m)

@@ -7,7 +7,7 @@ step's routing key is ``fold_in(rng, state.step)``, so a resumed run draws the s
 uninterrupted one. ``compile_train_step`` jits with explicit shardings and a donated state and compiles
 ahead of time, so the memory analysis is known before step 1; it traces the step inside
 ``parallel.logical.activation_sharding(mesh)``, so the decoder's activations follow the logical-axis rules.
-Gradients come from ``objective.remix_value_and_grad``: ``jax.value_and_grad`` of the objective with all M
+Gradients come from ``objective.objective_value_and_grad``: ``jax.value_and_grad`` of the objective with all M
 routing samples vmapped, or, with ``ObjectiveConfig.sample_chunk`` c > 0, M / c chunks of c samples in two
 passes (one extra forward pass, activation memory of c samples), nested inside the accumulation scan.
 """
@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import optax
 
 from remix_jax.parallel.logical import activation_sharding
-from remix_jax.training.objective import ObjectiveConfig, remix_value_and_grad
+from remix_jax.training.objective import ObjectiveConfig, objective_value_and_grad
 from remix_jax.training.train_state import TrainState
 
 Array = jax.Array
@@ -48,9 +48,9 @@ def make_train_step(apply_fn: Callable, tx: optax.GradientTransformation, obj_cf
     batch: dict of [B, T] arrays (tokens, loss_mask, segment_ids, positions); rng: the run's key.
     metrics: scalar arrays (loss, surrogate, grad_norm, lr/adapter, lr/router, tokens, routing/...).
     """
-    # (trainable, base, batch, key) -> ((total, metrics), grads): jax.value_and_grad of remix_objective
+    # (trainable, base, batch, key) -> ((total, metrics), grads): jax.value_and_grad of adapter_objective
     # when obj_cfg.sample_chunk is 0, else the two-pass chunked computation (objective.py).
-    grad_fn = functools.partial(remix_value_and_grad, apply_fn, cfg=obj_cfg)
+    grad_fn = functools.partial(objective_value_and_grad, apply_fn, cfg=obj_cfg)
 
     def step(state: TrainState, batch: dict, rng: Array):
         key = jax.random.fold_in(rng, state.step)

@@ -7,7 +7,7 @@ import numpy as np
 from remix_jax.adapters import AdapterConfig, build_model, init_adapter_variables
 from remix_jax.models.config import named_config
 from remix_jax.models.llama import Decoder, init_params
-from remix_jax.training.objective import ObjectiveConfig, remix_objective
+from remix_jax.training.objective import ObjectiveConfig, adapter_objective
 
 
 def _objective_grad(remat: str):
@@ -25,7 +25,7 @@ def _objective_grad(remat: str):
              "positions": jnp.broadcast_to(jnp.arange(t), (b, t))}
     obj = ObjectiveConfig(num_samples=4, sampling_router=True)
     fn = jax.jit(jax.value_and_grad(
-        lambda tr: remix_objective(model.apply, tr, base, batch, jax.random.key(2), obj)[0]))
+        lambda tr: adapter_objective(model.apply, tr, base, batch, jax.random.key(2), obj)[0]))
     temp = fn.lower(trainable).compile().memory_analysis().temp_size_in_bytes
     return fn(trainable), temp
 

@@ -122,7 +122,8 @@ def test_generation_unroll_changes_nothing(params):
 def test_remix_precomputed_block_matrices(targets, params):
     """fuse_remix_inference: ReMix's FFN from four precomputed matrices (frozen kernels, the experts' A and B
     and the router joined) gives the same logits as the per-step path, which builds nothing in advance."""
-    from remix_jax.adapters.modules import adapter_config_of, fuse_remix_inference
+    from remix_jax.adapters.modules import adapter_config_of
+    from remix_jax.inference.variables import fuse_remix_inference
 
     model, variables = adapted("remix", targets, params)
     fused = fuse_remix_inference(fuse_projections(variables), adapter_config_of(model), CFG.dtype)
@@ -152,7 +153,7 @@ def test_remix_precomputed_block_matrices(targets, params):
 def test_router_parts_hold_the_router_to_16_bits():
     """bf16 hi + lo parts of a float32 router: their sum is the weight to ~2^-16 relative, and the logits of a
     bf16 input (exact in float32) computed from them match the float32 logits that closely."""
-    from remix_jax.adapters.modules import router_parts
+    from remix_jax.inference.remix_ffn import router_parts
 
     w = jax.random.normal(jax.random.key(0), (64, 8), jnp.float32)
     hi, lo = router_parts(w, jnp.bfloat16)
@@ -181,7 +182,8 @@ def _random_norm_scales(params):
 def test_folded_norms_same_logits(method, targets, params):
     """Decoder(fold_norms=True) with the norms' scales folded into the fused kernels (and into ReMix's
     precomputed FFN matrices, router included) gives the logits of the unfolded model."""
-    from remix_jax.adapters.modules import adapter_config_of, foldable_norms, fuse_remix_inference
+    from remix_jax.adapters.modules import adapter_config_of
+    from remix_jax.inference.variables import foldable_norms, fuse_remix_inference
 
     params = _random_norm_scales(params)
     if method is None:
@@ -203,7 +205,8 @@ def test_folded_norms_same_logits(method, targets, params):
 
 
 def test_fold_norms_only_where_no_adapter_reads_a_norm(params):
-    from remix_jax.adapters.modules import adapter_config_of, foldable_norms
+    from remix_jax.adapters.modules import adapter_config_of
+    from remix_jax.inference.variables import foldable_norms
 
     for method, targets in [("lora", "all"), ("lora", ("gate_proj",)), ("mixlora", "ffn"), ("remix", "attn")]:
         model, _ = adapted(method, targets, params)

@@ -19,7 +19,7 @@ from remix_jax.routing.routers import dense_softmax_route, load_balancing_loss, 
 def test_effective_support_size_known_values():
     np.testing.assert_allclose(float(effective_support_size(jnp.ones(8) / 8)), 8.0, rtol=1e-6)
     np.testing.assert_allclose(float(effective_support_size(jnp.eye(8)[3])), 1.0, rtol=1e-6)
-    paper = jnp.array([0.933, 0.022, 0.015, 0.010, 0.007, 0.005, 0.005, 0.003])  # method.md §5
+    paper = jnp.array([0.933, 0.022, 0.015, 0.010, 0.007, 0.005, 0.005, 0.003])  # docs/method.md §5
     np.testing.assert_allclose(float(effective_support_size(paper)), 1.15, atol=0.005)
     np.testing.assert_allclose(float(effective_support_size(jnp.array([0.5, -0.5, 0.0]))), 2.0, rtol=1e-6)
 

@@ -14,7 +14,7 @@ from remix_jax.training.losses import (
     sequence_losses_from_ce,
     token_cross_entropy,
 )
-from remix_jax.training.objective import ObjectiveConfig, loss_chunk_len, remix_objective
+from remix_jax.training.objective import ObjectiveConfig, adapter_objective, loss_chunk_len
 
 B, T, D, V, M = 3, 13, 16, 50, 3
 
@@ -149,7 +149,7 @@ def _packed_batch(batch: dict) -> dict:
 def objective_grad(remix_bundle):
     bundle = remix_bundle
     return jax.jit(jax.value_and_grad(
-        lambda tr, b, k, c: remix_objective(bundle.model.apply, tr, bundle.base, b, k, c), has_aux=True),
+        lambda tr, b, k, c: adapter_objective(bundle.model.apply, tr, bundle.base, b, k, c), has_aux=True),
         static_argnums=3)
 
 
@@ -202,7 +202,7 @@ def test_chunked_objective_memory_is_far_below_full_logits():
 
     def temp_bytes(chunk_tokens):
         cfg = ObjectiveConfig(num_samples=m, sampling_router=True, loss_chunk_tokens=chunk_tokens)
-        fn = jax.value_and_grad(lambda tr, base, bt, k: remix_objective(model.apply, tr, base, bt, k, cfg),
+        fn = jax.value_and_grad(lambda tr, base, bt, k: adapter_objective(model.apply, tr, base, bt, k, cfg),
                                 has_aux=True)
         compiled = jax.jit(fn).lower(trainable, variables["params"], batch, key).compile()
         return compiled.memory_analysis().temp_size_in_bytes

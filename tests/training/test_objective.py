@@ -8,8 +8,8 @@ import pytest
 from remix_jax.routing.diagnostics import collect_routing_stats
 from remix_jax.training.objective import (
     ObjectiveConfig,
+    adapter_objective,
     per_sequence_sums,
-    remix_objective,
     sequence_losses,
     token_cross_entropy,
 )
@@ -63,7 +63,7 @@ def remix_setup(remix_bundle, batch, perturb):
 
     fns = dict(
         objective_grad=jax.jit(jax.grad(
-            lambda t, k, c: remix_objective(bundle.model.apply, t, bundle.base, batch, k, c), has_aux=True),
+            lambda t, k, c: adapter_objective(bundle.model.apply, t, bundle.base, batch, k, c), has_aux=True),
             static_argnums=2),
         single=jax.jit(single),
         adapter_grad=jax.jit(jax.grad(lambda a, k: single({**tr, "adapter": a}, k)[0])),

@@ -14,7 +14,7 @@ from remix_jax.config import ConfigError, validate_config
 from remix_jax.main import split_config
 from remix_jax.parallel import mesh as mesh_lib
 from remix_jax.training import loop
-from remix_jax.training.objective import ObjectiveConfig, remix_value_and_grad
+from remix_jax.training.objective import ObjectiveConfig, objective_value_and_grad
 from remix_jax.training.synthetic import SyntheticLoader
 from remix_jax.training.train_step import compile_train_step, make_train_step
 
@@ -48,7 +48,7 @@ def setup(remix_bundle, perturb):
 
     @functools.partial(jax.jit, static_argnums=0)
     def both(chunk):
-        return {baseline: remix_value_and_grad(
+        return {baseline: objective_value_and_grad(
             remix_bundle.model.apply, tr, remix_bundle.base, batch, key,
             ObjectiveConfig(num_samples=M, baseline=baseline, sampling_router=True, sample_chunk=chunk))
             for baseline in ("rloo", "none")}
@@ -156,7 +156,7 @@ def test_chunked_aux_loss_term_matches(make_config, perturb):
     """A learned router with a load-balancing loss (mixlora, M=1): the aux term of the chunked objective."""
     bundle = loop.build_model_bundle(make_config("mixlora", num_samples=1))
     batch, tr = packed_batch(), perturb(bundle.trainable, seed=3)
-    fn = jax.jit(lambda c: remix_value_and_grad(bundle.model.apply, tr, bundle.base, batch, jax.random.key(1),
+    fn = jax.jit(lambda c: objective_value_and_grad(bundle.model.apply, tr, bundle.base, batch, jax.random.key(1),
                                                 ObjectiveConfig(num_samples=1, sample_chunk=c)), static_argnums=0)
     (total0, metrics0), grads0 = jax.device_get(fn(0))
     (total, metrics), grads = jax.device_get(fn(1))

@@ -1,5 +1,5 @@
-"""ReMix's decode kernels (adapters.remix_kernels, in Pallas's interpreter here) against XLA's form of the same
-FFN (modules.remix_ffn_fused), alone and inside generation."""
+"""ReMix's decode kernels (inference.remix_kernels, in Pallas's interpreter here) against XLA's form of the same
+FFN (remix_ffn.remix_ffn_fused), alone and inside generation."""
 
 import functools
 
@@ -8,9 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from remix_jax.adapters import AdapterConfig, build_model, init_adapter_variables, remix_kernels
-from remix_jax.adapters.modules import remix_block_matrices, remix_ffn_fused, routed_layout
+from remix_jax.adapters import AdapterConfig, build_model, init_adapter_variables
 from remix_jax.evaluation.generation import GenerationConfig, generate
+from remix_jax.inference import remix_kernels
+from remix_jax.inference.remix_ffn import remix_block_matrices, remix_ffn_fused, routed_layout
 from remix_jax.models.config import named_config
 from remix_jax.models.llama import STACKED, Decoder, inference_layout, inference_product, init_params, rms_inverse
 
@@ -146,7 +147,7 @@ def test_generation_with_kernels_equals_xla_form():
 
 
 def test_decode_step_takes_the_kernels():
-    from remix_jax.adapters.modules import fuse_remix_inference
+    from remix_jax.inference.variables import fuse_remix_inference
     from remix_jax.models.llama import fuse_projections, init_cache
 
     model, variables = tiny_remix("float32")

@@ -6,7 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from remix_jax.adapters import AdapterConfig, build_model, cast_factors_for_inference, init_adapter_variables
+from remix_jax.adapters import AdapterConfig, build_model, init_adapter_variables
+from remix_jax.inference.variables import cast_factors_for_inference
 from remix_jax.models.config import named_config
 from remix_jax.models.llama import Decoder, init_params
 

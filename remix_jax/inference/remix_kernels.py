@@ -1,11 +1,12 @@
 """ReMix's routed FFN halves while decoding, as two Pallas (Triton) kernels for GPUs.
 
-``modules.remix_ffn_fused`` runs a block's FFN as y = x [W_gate | W_up | A_all | router parts] (one matmul), the
-top-k weighting of the experts' hidden states, their B products, the SwiGLU, the down matmul
+``remix_ffn.remix_ffn_fused`` runs a block's FFN as y = x [W_gate | W_up | A_all | router parts] (one matmul),
+the top-k weighting of the experts' hidden states, their B products, the SwiGLU, the down matmul
 y2 = hidden [W_down | A_all of down], the weighting of down's hidden state and its B product; the block then
 adds the residual. With XLA each elementwise step between two matmuls is a kernel of its own and each B slice is
-copied out of the layers' stack before its matmul (docs/benchmarks.md, runs H-K). Here the two routed halves are
-one kernel each, as many kernels per layer as the frozen FFN's (its SwiGLU and its residual add):
+copied out of the layers' stack before its matmul (docs/notes/benchmarks-log.md, generation runs
+H-K). Here the two routed
+halves are one kernel each, as many kernels per layer as the frozen FFN's (its SwiGLU and its residual add):
 
     routed_front: hidden = silu(g) * u,  g = round(s y_gate) + round((round(s y_A_gate) * pi) B_gate),  u alike
     routed_back:  out = round(x + round(y2_down + round((y2_A * pi) B_down)))
@@ -22,7 +23,7 @@ than the product); 9 to 16, all tokens in each program and the B products by ``t
 handed to ``routed_back`` as partial sums over its inner dimension (``down_partials``), which it adds itself: at
 16 tokens XLA splits that product and would add the parts in a kernel of its own. Generation uses the kernels for
 calls of at most ``MAX_TOKENS`` tokens (decode steps of batches up to 16); prefill and larger batches keep XLA's
-form (``GenerationConfig.remix_kernels``; measurements in docs/benchmarks.md runs L and M).
+form (``GenerationConfig.remix_kernels``; measurements in docs/notes/benchmarks-log.md generation runs L and M).
 """
 
 from __future__ import annotations
@@ -235,7 +236,8 @@ class Tiling:
 def down_partials(hidden: Array, w: Array, splits: int, dtype) -> Array:
     """The down product hidden [m, K] times w [N, K] ([out, in]) as ``splits`` float32 partial sums over K
     [splits, m, N], for ``routed_back`` to add. At 16 tokens XLA splits this product over K itself and adds the
-    parts in a kernel of its own, which the frozen FFN folds into its residual add (docs/benchmarks.md run M)."""
+    parts in a kernel of its own, which the frozen FFN folds into its residual add (docs/notes/benchmarks-log.md
+    generation run M)."""
     m, k = hidden.shape
     if splits < 1 or k % splits or w.shape[1] != k:
         raise ValueError(f"down_partials: {splits} partial sums of hidden {hidden.shape} times w {w.shape}")
@@ -254,9 +256,10 @@ def down_product(hidden: Array, w: Array, dtype, splits: int | None = None) -> A
 
 
 def tiling(m: int) -> Tiling:
-    """The tiling for a call of m tokens, measured on an H200 (docs/benchmarks.md run M): up to 8 tokens one token
-    per program and the B products multiplied and summed (a tensor-core tile would be mostly padding); 9 to 16
-    tokens all of them in each program, B by ``tl.dot`` over 64 (front) or 32 (back) columns, 8 warps."""
+    """The tiling for a call of m tokens, measured on an H200 (docs/notes/benchmarks-log.md generation run M): up to 8
+    tokens one token per program and the B products multiplied and summed (a tensor-core tile would be mostly
+    padding); 9 to 16 tokens all of them in each program, B by ``tl.dot`` over 64 (front) or 32 (back) columns,
+    8 warps."""
     return Tiling(1, 16, 16, 4, False) if m <= 8 else Tiling(16, 64, 32, 8, True, splits=8)
 
 
