@@ -36,21 +36,23 @@ class RunParts:
     source: str  # "export DIR" or "checkpoint step N"
 
 
-def _model_section(path: str, run_config: Mapping[str, Any] | None):
-    import ml_collections
-
-    section = dict(run_config.get("model", {})) if run_config else {}
-    section.update(path=path, dtype="float32", param_dtype="float32", remat="none", attention_impl="xla",
-                   scan_unroll=1)
-    section.setdefault("init_seed", 0)
-    return ml_collections.ConfigDict(section)
-
-
 def load_base(path: str, run_config: Mapping[str, Any] | None = None) -> tuple[Any, dict, Any]:
-    """(ModelConfig, float32 params, tokenizer or None) of a model path (HF dir, .gguf, random:SHAPE)."""
-    from remix_jax.training.loop import load_base_model
+    """(ModelConfig, float32 params, tokenizer or None) of a model path: a Hugging Face directory (its tokenizer
+    when it has tokenizer.json), a .gguf file, or random:SHAPE (the run's model.init_seed)."""
+    if path.startswith("random:"):
+        import ml_collections
 
-    return load_base_model(_model_section(path, run_config))
+        from remix_jax.training.loop import load_base_model
+
+        seed = (run_config or {}).get("model", {}).get("init_seed", 0)
+        section = dict(path=path, dtype="float32", param_dtype="float32", remat="none", attention_impl="xla",
+                       scan_unroll=1, init_seed=seed)
+        return load_base_model(ml_collections.ConfigDict(section))
+    from remix_jax.models.loading import load_model, load_tokenizer
+
+    cfg, params = load_model(path, dtype="float32", param_dtype="float32")
+    has_tokenizer = not os.path.isdir(path) or os.path.exists(os.path.join(path, "tokenizer.json"))
+    return cfg, params, load_tokenizer(path) if has_tokenizer else None
 
 
 def _unflatten(flat: Mapping[str, np.ndarray], group: str) -> dict:

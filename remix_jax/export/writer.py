@@ -41,6 +41,8 @@ def write_atomically(out: str | os.PathLike, write: Callable[[pathlib.Path], Non
         os.umask(umask)
         os.chmod(tmp, 0o777 & ~umask)
         write(tmp)
+        for f in tmp.rglob("*"):  # some writers create 0600 files; an export is for sharing
+            os.chmod(f, (0o777 if f.is_dir() else 0o666) & ~umask)
         if out.exists():
             out.rmdir()
         os.replace(tmp, out)

@@ -11,13 +11,13 @@ import jax
 import numpy as np
 import pytest
 
-from remix_jax.config import default_config  # noqa: E402
-from remix_jax.export.runs import RunLoadError, load_run  # noqa: E402
-from remix_jax.export.writer import ExportError, export_run, write_atomically  # noqa: E402
-from remix_jax.training import checkpointing  # noqa: E402
-from remix_jax.training import optimizer as opt_lib  # noqa: E402
-from remix_jax.training.loop import optimizer_config  # noqa: E402
-from remix_jax.training.train_state import create_train_state  # noqa: E402
+from remix_jax.config import default_config
+from remix_jax.export.runs import RunLoadError, load_run
+from remix_jax.export.writer import ExportError, export_run, write_atomically
+from remix_jax.training import checkpointing
+from remix_jax.training import optimizer as opt_lib
+from remix_jax.training.loop import optimizer_config
+from remix_jax.training.train_state import create_train_state
 from tests.export.helpers import adapted, our_logits, random_trainable, torch_logits, transformers
 
 FFN = ("gate_proj", "up_proj", "down_proj")
@@ -113,7 +113,7 @@ def test_refusals_leave_nothing_behind(lora_run, tmp_path):
 def _cli(*args):
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     return subprocess.run([sys.executable, "-m", "remix_jax.export", *args], capture_output=True, text=True,
-                          env=env, timeout=300)
+                          env=env, timeout=900)
 
 
 def test_cli(lora_run, tmp_path):

@@ -9,11 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from remix_jax.export import modeling_remix_mixture as remote  # noqa: E402  (PyTorch)
-from remix_jax.export.mixture import save_mixture  # noqa: E402
-from remix_jax.routing import sampler  # noqa: E402
-from remix_jax.routing.routers import route  # noqa: E402
-from remix_jax.training.checkpointing import flatten_tree  # noqa: E402
+from remix_jax.export import modeling_remix_mixture as remote  # PyTorch
+from remix_jax.export.mixture import save_mixture
+from remix_jax.routing import sampler
+from remix_jax.routing.routers import route
+from remix_jax.training.checkpointing import flatten_tree
 from tests.export.helpers import TOKENS, adapted, our_logits, random_trainable, torch, torch_logits, transformers
 
 FFN = ("gate_proj", "up_proj", "down_proj")
