@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from remix_jax.export import modeling_remix_mixture as remote  # PyTorch
+from remix_jax.export import modeling_remix_mixture as remote  # PyTorch (torch: a test extra)
 from remix_jax.export.mixture import save_mixture
 from remix_jax.routing import sampler
 from remix_jax.routing.routers import route
