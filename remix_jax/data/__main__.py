@@ -14,6 +14,12 @@ tokenizer.json: the tokenizer training uses); the command asks for one only when
 
 Fetches the pinned upstream files into DATA/<name>/ (the builders' manual_dir layout), checks their sha256
 and prints each dataset's licence (``download.py``).
+
+    python -m remix_jax.data --carve=DATA/gsm8k/train.jsonl --num_val=500 [--carve_seed=0] --out=DIR
+
+Holds ``--num_val`` rows of a training file out as DIR/validation.jsonl, the rest as DIR/train.jsonl, with
+DIR/carve.json recording the source's sha256 and the held-out rows (``carve.py``): the validation split on
+which learning rates are chosen, never the test set.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 import remix_jax.data as data
+from remix_jax.data import carve as carve_lib
 from remix_jax.data import download as download_lib
 from remix_jax.data import templates
 
@@ -44,7 +51,10 @@ def _define_flags() -> None:
         "stats_limit", 0, "Tokenize at most this many examples per source (0 = all).")
     _FLAGS["download"] = flags.DEFINE_list(
         "download", [], f"Datasets to download instead: any of {','.join(download_lib.DATASETS)}.")
-    _FLAGS["out"] = flags.DEFINE_string("out", "", "Folder the downloaded datasets go to (with --download).")
+    _FLAGS["out"] = flags.DEFINE_string("out", "", "Output folder (with --download or --carve).")
+    _FLAGS["carve"] = flags.DEFINE_string("carve", "", "A training file to carve a validation split from.")
+    _FLAGS["num_val"] = flags.DEFINE_integer("num_val", 500, "Rows held out as validation (with --carve).")
+    _FLAGS["carve_seed"] = flags.DEFINE_integer("carve_seed", 0, "Seed of the held-out draw (with --carve).")
     _FLAGS["base_url"] = flags.DEFINE_string(
         "base_url", download_lib.DEFAULT_BASE_URL, "Server holding {repo}/{commit}/{path} (a mirror).")
 
@@ -140,8 +150,24 @@ def run_download(names, out: str, base_url: str) -> None:
         sys.exit(1)
 
 
+def run_carve(src: str, out: str, num_val: int, seed: int) -> None:
+    """``--carve``: one line on stderr and exit status 1 on a bad file or an occupied folder."""
+    if not out:
+        raise app.UsageError("--carve needs --out=DIR (the folder the two splits go to)")
+    try:
+        m = carve_lib.carve(src, out, num_val, seed)
+    except carve_lib.CarveError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    print(f"{out}: {m['num_train']} training rows in {carve_lib.TRAIN}, {m['num_validation']} in "
+          f"{carve_lib.VALIDATION} (seed {seed}; source sha256 {m['source']['sha256'][:12]})")
+
+
 def main(argv):
     del argv
+    if _FLAGS["carve"].value:
+        return run_carve(_FLAGS["carve"].value, _FLAGS["out"].value, _FLAGS["num_val"].value,
+                         _FLAGS["carve_seed"].value)
     if _FLAGS["download"].value:
         return run_download(_FLAGS["download"].value, _FLAGS["out"].value, _FLAGS["base_url"].value)
     cfg = _FLAGS["config"].value
