@@ -67,6 +67,19 @@ def multitask_data() -> dict:
     return out
 
 
+def validation_data() -> dict:
+    """Data-path overrides that train on a carve of GSM8K train and measure the held-out loss on its validation
+    rows, from $REMIX_GSM8K_VAL_DIR (a folder written by ``python -m remix_jax.data --carve``): the split on
+    which learning rates are chosen. No test-set scoring."""
+    d = os.environ.get("REMIX_GSM8K_VAL_DIR", "")
+    if not d:
+        raise RuntimeError("set REMIX_GSM8K_VAL_DIR to a folder written by python -m remix_jax.data --carve="
+                           "GSM8K/train.jsonl --num_val=500 --out=DIR")
+    return {"data.sources.gsm8k.name": "file", "data.sources.gsm8k.path": os.path.join(d, "train.jsonl"),
+            "data.sources.gsm8k.format": "gsm8k", "eval.tasks": "",
+            "eval.heldout.source.format": "gsm8k", KEYS.heldout_path: os.path.join(d, "validation.jsonl")}
+
+
 def small_scale() -> dict:
     """Overrides of every small-scale GSM8K run: the model, the data paths, and no evaluation before
     training (the base model's score is measured once, docs/results.md); the schedule is the task config's
