@@ -209,8 +209,8 @@ def _holds_results(folder: str) -> bool:
 def check_config(config) -> list[str]:
     """Every problem of ``config`` that evaluation meets, before any model is loaded: the eval section and
     every file it names, and model.path. Raises one ConfigError listing them; returns the task names."""
-    from remix_jax.config import ConfigError, model_path_problems, problem_lines
     from remix_jax.evaluation.config import EvalConfigError, validate_eval_config
+    from remix_jax.run_config import ConfigError, model_path_problems, problem_lines
 
     problems, tasks = model_path_problems(config.model.path), []
     try:
@@ -241,8 +241,8 @@ def run(config, workdir: str, log=print, generators: dict | None = None, name: s
     ``results_dir(workdir, name)``, which the log names)."""
     import copy
 
-    from remix_jax.config import resolve_dtypes
     from remix_jax.evaluation import evaluator, results
+    from remix_jax.run_config import resolve_dtypes
 
     config = copy.deepcopy(config)
     with config.unlocked():

@@ -100,8 +100,8 @@ def run_finetuned(workdir: str, prompt: str, max_new_tokens: int = 64, chat: boo
                   temperature: float = 0.0, top_p: float = 1.0, seed: int = 0, dtype: str | None = None,
                   log=print) -> str:
     """The decoded completion of ``prompt`` by the run in ``workdir`` (base model + its newest adapters)."""
-    from remix_jax.config import model_path_problems
     from remix_jax.evaluate import load_for_eval
+    from remix_jax.run_config import model_path_problems
 
     config = run_config(workdir, dtype)
     problems = model_path_problems(config.model.path)

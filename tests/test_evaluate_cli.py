@@ -12,11 +12,11 @@ import pytest
 
 from remix_jax import evaluate
 from remix_jax.adapters import AdapterConfig, build_model, init_adapter_variables
-from remix_jax.config import default_config
 from remix_jax.evaluation.config import default_eval_config
 from remix_jax.models.config import named_config
 from remix_jax.models.hf_io import save_hf_checkpoint
 from remix_jax.models.llama import Decoder, init_params
+from remix_jax.run_config import default_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -151,7 +151,7 @@ def test_mismatched_export_is_refused(model_dir, data_dir, tmp_path):
 def test_command_line(model_dir, data_dir, tmp_path):
     cfg_file = tmp_path / "cfg.py"
     cfg_file.write_text(
-        "from remix_jax.config import default_config\n"
+        "from remix_jax.run_config import default_config\n"
         "from remix_jax.evaluation.config import default_eval_config\n\n\n"
         "def get_config():\n"
         "    c = default_config()\n"

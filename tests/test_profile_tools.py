@@ -56,7 +56,7 @@ def test_profile_calls_attributes_kernels_to_jax_ops():
 
 
 def test_bench_train_overrides():
-    from remix_jax.config import default_config
+    from remix_jax.run_config import default_config
 
     c = default_config()
     bt.apply_override(c, "train.loss_chunk_tokens", "4096")

@@ -51,9 +51,8 @@ def write_config(path: pathlib.Path, model_dir, train_file, eval_file, **extra) 
     batch 4), scored on GSM8K ``eval_file`` (2 questions, 0 shots, 4 new tokens) with a held-out loss on it.
     ``extra``: more ``c.KEY = VALUE`` lines as {"train.num_steps": 3}."""
     lines = [
-        "from remix_jax.config import default_config",
         "from remix_jax.data import source_config",
-        "from remix_jax.main import eval_config",
+        "from remix_jax.run_config import default_config, eval_config",
         "",
         "",
         "def get_config():",
