@@ -51,3 +51,9 @@ def test_function_level_relative_and_package_imports_make_edges(tmp_path):
 @pytest.mark.parametrize("module", sorted(ig.ENTRY_POINTS))
 def test_entry_points_exist(module):
     assert module in ig.package_modules(), f"{module}: no such module (tests/import_graph.py ENTRY_POINTS)"
+
+
+def test_no_module_imports_an_entry_point():
+    """Entry points sit on top: library code lives in library modules, which the programs import."""
+    bad = {m: sorted(edges & ig.ENTRY_POINTS) for m, edges in ig.graph().items() if edges & ig.ENTRY_POINTS}
+    assert bad == {}, f"modules importing entry points: {bad}"
