@@ -132,8 +132,8 @@ def topology_devices(target: Target, num_slices: int = 1) -> list:
 def read_model_config(model_section):
     """The ModelConfig of ``model.path`` (random:SHAPE, a Hugging Face directory or a .gguf file) without its
     weights, with the section's dtype / remat / attention / unroll settings."""
-    from remix_jax.models.config import named_config
     from remix_jax.models.loading import model_format
+    from remix_jax.models.model_config import named_config
 
     overrides = dict(dtype=model_section.dtype, param_dtype=model_section.param_dtype, remat=model_section.remat,
                      attention_impl=model_section.attention_impl,
@@ -358,7 +358,7 @@ def _define_flags() -> None:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from remix_jax.models.config import ModelLoadError
+    from remix_jax.models.model_config import ModelLoadError
     from remix_jax.run_config import ConfigError
 
     config, topology = _FLAGS["config"].value, _FLAGS["topology"].value

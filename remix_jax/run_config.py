@@ -11,7 +11,7 @@ The optional ``config.eval`` section of a training run is ``eval_config()``: wha
 
 Model paths: a Hugging Face checkpoint directory or a GGUF file, or ``random:SHAPE`` for a randomly
 initialised model of a named shape (``random:tiny``, ``random:smollm2-135m``, ... see
-``remix_jax.models.config.NAMED_SHAPES``), which needs no files.
+``remix_jax.models.model_config.NAMED_SHAPES``), which needs no files.
 """
 from __future__ import annotations
 
@@ -86,7 +86,7 @@ def default_config() -> ml_collections.ConfigDict:
 
 def adapter_defaults() -> ml_collections.ConfigDict:
     """config.adapter: the fields of remix_jax.adapters.AdapterConfig with their defaults."""
-    from remix_jax.adapters.config import AdapterConfig
+    from remix_jax.adapters.adapter_config import AdapterConfig
 
     d = {f.name: getattr(AdapterConfig(), f.name) for f in dataclasses.fields(AdapterConfig)}
     d["router_init_std"] = ml_collections.FieldReference(d["router_init_std"], field_type=float)
@@ -135,7 +135,7 @@ def _check_model_path(path: str, errors: list[str]) -> None:
     if not path:
         errors.append("model.path: missing (a Hugging Face directory, a .gguf file, or random:SHAPE)")
     elif path.startswith("random:"):
-        from remix_jax.models.config import NAMED_SHAPES
+        from remix_jax.models.model_config import NAMED_SHAPES
         if path[len("random:"):] not in NAMED_SHAPES:
             errors.append(f"model.path: unknown random shape {path!r}; known: "
                           + ", ".join(f"random:{s}" for s in sorted(NAMED_SHAPES)))
@@ -190,7 +190,7 @@ def _check_data_paths(d: Any, errors: list[str]) -> None:
 
 
 def _check_adapter(adapter: Any, errors: list[str]) -> None:
-    from remix_jax.adapters.config import AdapterConfig, AdapterConfigError
+    from remix_jax.adapters.adapter_config import AdapterConfig, AdapterConfigError
 
     try:
         AdapterConfig.from_dict(dict(adapter))

@@ -13,9 +13,9 @@ import pytest
 from remix_jax import evaluate
 from remix_jax.adapters import AdapterConfig, build_model, init_adapter_variables
 from remix_jax.evaluation.config import default_eval_config
-from remix_jax.models.config import named_config
 from remix_jax.models.hf_io import save_hf_checkpoint
 from remix_jax.models.llama import Decoder, init_params
+from remix_jax.models.model_config import named_config
 from remix_jax.run_config import default_config
 from remix_jax.training import trained_model
 

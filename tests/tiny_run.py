@@ -26,9 +26,9 @@ def make_tiny_hf(d: pathlib.Path) -> pathlib.Path:
     """random:tiny's shape (vocabulary 272 >= the byte tokenizer's 257) saved as a Hugging Face directory."""
     import jax
 
-    from remix_jax.models.config import named_config
     from remix_jax.models.hf_io import save_hf_checkpoint
     from remix_jax.models.llama import Decoder, init_params
+    from remix_jax.models.model_config import named_config
 
     d.mkdir(parents=True, exist_ok=True)
     cfg = named_config("tiny", vocab_size=272)

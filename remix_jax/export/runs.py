@@ -15,7 +15,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from remix_jax.adapters.config import AdapterConfig
+from remix_jax.adapters.adapter_config import AdapterConfig
 from remix_jax.training.trained_model import TRAINABLE
 
 

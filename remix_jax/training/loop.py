@@ -61,7 +61,7 @@ class ModelBundle:
 def load_base_model(model_section) -> tuple[Any, Any, Any]:
     """(ModelConfig, base params, tokenizer or None) for ``model.path`` (HF dir, .gguf, or random:SHAPE)."""
     from remix_jax.models import llama
-    from remix_jax.models.config import named_config
+    from remix_jax.models.model_config import named_config
 
     overrides = dict(dtype=model_section.dtype, param_dtype=model_section.param_dtype,
                      remat=model_section.remat, attention_impl=model_section.attention_impl,
@@ -168,7 +168,7 @@ def adapter_description(config, bundle: ModelBundle) -> dict:
     """JSON description written next to the exported adapters."""
     import json
 
-    from remix_jax.models.config import config_to_json
+    from remix_jax.models.model_config import config_to_json
 
     return {"adapter": dataclasses.asdict(bundle.adapter_cfg) if dataclasses.is_dataclass(bundle.adapter_cfg)
             else dict(bundle.adapter_cfg),

@@ -102,9 +102,9 @@ def load_trained_model(config, workdir: str, log=print, require_adapters: bool =
     tokenizer of ``config.eval.tokenizer`` where set, else the model's own. ``require_adapters``: a workdir
     without adapters is an error instead of the base model alone."""
     from remix_jax.adapters import AdapterConfig, build_model, init_adapter_variables
-    from remix_jax.models.config import ModelLoadError
     from remix_jax.models.llama import Decoder
     from remix_jax.models.loading import load_tokenizer
+    from remix_jax.models.model_config import ModelLoadError
     from remix_jax.training.loop import load_base_model
 
     found = find_adapters(workdir)
