@@ -16,8 +16,8 @@ no adapters, so the base model is evaluated. Add ``--config.eval.limit=N`` for a
 
 import os
 
-from remix_jax.config import default_config
 from remix_jax.evaluation.config import default_eval_config
+from remix_jax.run_config import default_config
 
 
 def get_config(data_dir: str = ""):

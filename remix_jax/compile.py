@@ -132,8 +132,8 @@ def topology_devices(target: Target, num_slices: int = 1) -> list:
 def read_model_config(model_section):
     """The ModelConfig of ``model.path`` (random:SHAPE, a Hugging Face directory or a .gguf file) without its
     weights, with the section's dtype / remat / attention / unroll settings."""
-    from remix_jax.models.config import named_config
     from remix_jax.models.loading import model_format
+    from remix_jax.models.model_config import named_config
 
     overrides = dict(dtype=model_section.dtype, param_dtype=model_section.param_dtype, remat=model_section.remat,
                      attention_impl=model_section.attention_impl,
@@ -199,7 +199,7 @@ def abstract_train_state(config, mesh):
 
 def prepare_config(config):
     """A copy of ``config`` for a TPU: without its eval section, model dtypes "auto" -> bfloat16."""
-    from remix_jax.main import split_config
+    from remix_jax.run_config import split_config
 
     config, _ = split_config(copy.deepcopy(config))
     with config.unlocked():
@@ -213,8 +213,8 @@ def compile_for_topology(config, topology: str, num_slices: int = 1, hlo: bool =
     """Compile ``config``'s train step for ``num_slices`` slices of ``topology``; returns the report (a dict:
     topology, mesh, model, batch, memory in bytes per chip, capacity, fits, compile_s, shardings; "hlo" the
     compiled HLO text when asked). Raises ConfigError for a config that does not validate on that many chips."""
-    from remix_jax.config import validate_config
     from remix_jax.parallel import mesh as mesh_lib
+    from remix_jax.run_config import validate_config
     from remix_jax.training.train_step import compile_train_step
 
     target = parse_topology(topology)
@@ -358,8 +358,8 @@ def _define_flags() -> None:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from remix_jax.config import ConfigError
-    from remix_jax.models.config import ModelLoadError
+    from remix_jax.models.model_config import ModelLoadError
+    from remix_jax.run_config import ConfigError
 
     config, topology = _FLAGS["config"].value, _FLAGS["topology"].value
     if config is None or not topology:

@@ -100,15 +100,15 @@ def run_finetuned(workdir: str, prompt: str, max_new_tokens: int = 64, chat: boo
                   temperature: float = 0.0, top_p: float = 1.0, seed: int = 0, dtype: str | None = None,
                   log=print) -> str:
     """The decoded completion of ``prompt`` by the run in ``workdir`` (base model + its newest adapters)."""
-    from remix_jax.config import model_path_problems
-    from remix_jax.evaluate import load_for_eval
+    from remix_jax.run_config import model_path_problems
+    from remix_jax.training.trained_model import load_trained_model
 
     config = run_config(workdir, dtype)
     problems = model_path_problems(config.model.path)
     if problems:
         raise UserError(f"{os.path.join(workdir, 'config.json')}: {problems[0]}",
                         "the run's base model must be where it was during training")
-    loaded = load_for_eval(config, workdir, log=log, require_adapters=True)
+    loaded = load_trained_model(config, workdir, log=log, require_adapters=True)
     return _complete(loaded.model, loaded.variables, loaded.tokenizer, prompt, max_new_tokens, chat,
                      temperature, top_p, seed)
 

@@ -83,7 +83,7 @@ DEFAULT_RUNNER = ("python", "-m", "remix_jax.main")
 
 @dataclasses.dataclass(frozen=True)
 class _Keys:
-    """Override keys of the run config schema (remix_jax.config.default_config) used by sweeps."""
+    """Override keys of the run config schema (remix_jax.run_config.default_config) used by sweeps."""
 
     seed: str = "seed"
     model_path: str = "model.path"

@@ -15,8 +15,8 @@ import time
 import jax
 import jax.numpy as jnp
 
-from remix_jax.models.config import named_config
 from remix_jax.models.llama import Decoder, init_params
+from remix_jax.models.model_config import named_config
 
 
 def _peak_bytes() -> int | None:

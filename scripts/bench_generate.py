@@ -30,8 +30,8 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from remix_jax.evaluation.generation import GenerationConfig, generate  # noqa: E402
-from remix_jax.models.config import named_config  # noqa: E402
 from remix_jax.models.llama import Decoder, init_params  # noqa: E402
+from remix_jax.models.model_config import named_config  # noqa: E402
 
 PROMPT_LEN = 43
 GSM8K_PROMPT = (

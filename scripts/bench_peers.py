@@ -23,7 +23,7 @@ ALL = ("q_proj", "k_proj", "v_proj", "o_proj") + FFN
 
 
 def _hf_model(shape: str, torch, transformers):
-    from remix_jax.models.config import named_config, to_hf_config_dict
+    from remix_jax.models.model_config import named_config, to_hf_config_dict
 
     cfg_dict = to_hf_config_dict(named_config(shape))
     cfg_dict.pop("architectures", None)

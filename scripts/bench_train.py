@@ -60,7 +60,7 @@ def measure_matmul_tflops() -> float:
 
 
 def build_config(a, run: dict):
-    from remix_jax.config import default_config
+    from remix_jax.run_config import default_config
 
     c = default_config()
     c.model.path = f"random:{a.shape}"

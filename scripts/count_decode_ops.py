@@ -32,8 +32,8 @@ import jax.numpy as jnp
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from remix_jax.models.config import named_config  # noqa: E402
 from remix_jax.models.llama import Decoder, fuse_projections, init_cache, lm_logits  # noqa: E402
+from remix_jax.models.model_config import named_config  # noqa: E402
 
 # Instructions that launch no work of their own.
 FREE_OPS = {"parameter", "constant", "get-tuple-element", "tuple", "bitcast", "while", "conditional", "call",

@@ -97,8 +97,8 @@ def test_every_missing_path_is_listed_before_the_model_loads(tiny, tmp_path):
     assert stderr_lines(r) == [f"error: invalid config: data.sources.train.manual_dir: '{missing / 'raw'}' is not a "
                                "folder"]
     (tmp_path / "tfds" / "gsm8k").mkdir(parents=True)  # "prepared": the raw folder is not needed
-    from remix_jax.config import source_path_problems
     from remix_jax.data import source_config
+    from remix_jax.run_config import source_path_problems
 
     src = source_config("gsm8k", manual_dir=str(missing / "raw"))
     assert source_path_problems("data.sources.g", src, str(tmp_path / "tfds")) == []

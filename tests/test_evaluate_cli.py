@@ -12,11 +12,12 @@ import pytest
 
 from remix_jax import evaluate
 from remix_jax.adapters import AdapterConfig, build_model, init_adapter_variables
-from remix_jax.config import default_config
 from remix_jax.evaluation.config import default_eval_config
-from remix_jax.models.config import named_config
 from remix_jax.models.hf_io import save_hf_checkpoint
 from remix_jax.models.llama import Decoder, init_params
+from remix_jax.models.model_config import named_config
+from remix_jax.run_config import default_config
+from remix_jax.training import trained_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -96,7 +97,7 @@ def test_exported_adapters_with_routing_stats(model_dir, data_dir, tmp_path):
     trained = _trained_adapters(model_dir)
     export_adapters(str(tmp_path / "export"), trained, {"adapter": ADAPTER, "train": {"num_steps": 10}})
     config = make_config(model_dir, data_dir)
-    loaded = evaluate.load_for_eval(config, str(tmp_path), log=lambda _: None)
+    loaded = trained_model.load_trained_model(config, str(tmp_path), log=lambda _: None)
     assert loaded.source.startswith("export")
     for g in ("adapter", "router"):
         jax.tree.map(np.testing.assert_array_equal, loaded.variables[g], trained[g])
@@ -123,8 +124,8 @@ def test_newest_checkpoint_is_loaded(model_dir, data_dir, tmp_path):
     ckpt = checkpointing.Checkpointer(str(tmp_path / "checkpoints"), async_save=False)
     ckpt.save(state, {"pos": 0}, {"seed": 0})
     ckpt.close()
-    assert evaluate.find_adapters(str(tmp_path)) == ("checkpoint", 7)
-    loaded = evaluate.load_for_eval(config, str(tmp_path), log=lambda _: None)
+    assert trained_model.find_adapters(str(tmp_path)) == ("checkpoint", 7)
+    loaded = trained_model.load_trained_model(config, str(tmp_path), log=lambda _: None)
     assert loaded.source == "checkpoint step 7"
     for g in ("adapter", "router"):
         jax.tree.map(np.testing.assert_allclose, loaded.variables[g], trained[g])
@@ -132,11 +133,11 @@ def test_newest_checkpoint_is_loaded(model_dir, data_dir, tmp_path):
     checkpointing.export_adapters(
         str(tmp_path / "export"), trained, {"adapter": ADAPTER, "train": {"num_steps": 5}}
     )
-    assert evaluate.find_adapters(str(tmp_path)) == ("checkpoint", 7)
+    assert trained_model.find_adapters(str(tmp_path)) == ("checkpoint", 7)
     checkpointing.export_adapters(
         str(tmp_path / "export"), trained, {"adapter": ADAPTER, "train": {"num_steps": 7}}
     )
-    assert evaluate.find_adapters(str(tmp_path))[0] == "export"
+    assert trained_model.find_adapters(str(tmp_path))[0] == "export"
 
 
 def test_mismatched_export_is_refused(model_dir, data_dir, tmp_path):
@@ -145,13 +146,13 @@ def test_mismatched_export_is_refused(model_dir, data_dir, tmp_path):
     trained = _trained_adapters(model_dir)
     export_adapters(str(tmp_path / "export"), trained, {"adapter": {**ADAPTER, "rank": 2}, "train": {}})
     with pytest.raises(ValueError, match="shape"):
-        evaluate.load_for_eval(make_config(model_dir, data_dir), str(tmp_path), log=lambda _: None)
+        trained_model.load_trained_model(make_config(model_dir, data_dir), str(tmp_path), log=lambda _: None)
 
 
 def test_command_line(model_dir, data_dir, tmp_path):
     cfg_file = tmp_path / "cfg.py"
     cfg_file.write_text(
-        "from remix_jax.config import default_config\n"
+        "from remix_jax.run_config import default_config\n"
         "from remix_jax.evaluation.config import default_eval_config\n\n\n"
         "def get_config():\n"
         "    c = default_config()\n"

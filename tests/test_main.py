@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from remix_jax.config import ConfigError, default_config, validate_config
+from remix_jax.run_config import ConfigError, default_config, validate_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

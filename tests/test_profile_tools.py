@@ -56,7 +56,7 @@ def test_profile_calls_attributes_kernels_to_jax_ops():
 
 
 def test_bench_train_overrides():
-    from remix_jax.config import default_config
+    from remix_jax.run_config import default_config
 
     c = default_config()
     bt.apply_override(c, "train.loss_chunk_tokens", "4096")
@@ -76,7 +76,7 @@ def test_bench_remix_ffn_forms():
     B equal to it, with nonzero B different, and one CPU run of main."""
     import numpy as np
 
-    from remix_jax.adapters.config import AdapterConfig
+    from remix_jax.adapters.adapter_config import AdapterConfig
 
     bf = _load("bench_remix_ffn")
     cfg = AdapterConfig(num_experts=4, top_k=2, rank=2)

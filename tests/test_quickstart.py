@@ -27,9 +27,8 @@ def _inside(path: str, dist: str) -> bool:
 
 
 def test_config_validates_and_uses_package_files(config, smollm2_gguf):
-    from remix_jax.config import resolve_dtypes, validate_config
     from remix_jax.evaluation.config import validate_eval_config
-    from remix_jax.main import split_config
+    from remix_jax.run_config import resolve_dtypes, split_config, validate_config
 
     with config.unlocked():
         resolve_dtypes(config)

@@ -152,7 +152,7 @@ def test_resumed_run_summary_reads_step_0_from_the_files(tmp_path):
         "import functools, sys\n"
         "from absl import flags\n"
         "from remix_jax import main\n"
-        "from remix_jax.training import loop\n"
+        "from remix_jax.training import loop, run\n"
         "main._define_flags()\n"
         "flags.FLAGS(sys.argv)\n"
         "train = loop.train\n"
@@ -160,7 +160,7 @@ def test_resumed_run_summary_reads_step_0_from_the_files(tmp_path):
         "    train(*a, stop_after=2, **kw)\n"
         "    raise SystemExit(3)\n"
         "loop.train = killed\n"
-        "main.run(flags.FLAGS.config, flags.FLAGS.workdir)\n"
+        "run.run(flags.FLAGS.config, flags.FLAGS.workdir)\n"
     )
     first = subprocess.run([sys.executable, "-c", script, f"--workdir={wd}", *args], cwd=REPO, env=_env(),
                            capture_output=True, text=True, timeout=600)

@@ -138,8 +138,7 @@ def _parse_run(run):
 @pytest.mark.parametrize("name", sorted(p.stem for p in (REPO / "experiments").glob("*.py")
                                         if p.stem != "common"))
 def test_experiment_sweeps_match_the_config_schema(name, monkeypatch):
-    from remix_jax.config import validate_config
-    from remix_jax.main import split_config
+    from remix_jax.run_config import split_config, validate_config
 
     monkeypatch.chdir(REPO)
     sweep = sweep_lib.load_sweep(REPO / "experiments" / f"{name}.py", workdir_root="/nonexistent")

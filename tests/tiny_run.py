@@ -26,9 +26,9 @@ def make_tiny_hf(d: pathlib.Path) -> pathlib.Path:
     """random:tiny's shape (vocabulary 272 >= the byte tokenizer's 257) saved as a Hugging Face directory."""
     import jax
 
-    from remix_jax.models.config import named_config
     from remix_jax.models.hf_io import save_hf_checkpoint
     from remix_jax.models.llama import Decoder, init_params
+    from remix_jax.models.model_config import named_config
 
     d.mkdir(parents=True, exist_ok=True)
     cfg = named_config("tiny", vocab_size=272)
@@ -51,9 +51,8 @@ def write_config(path: pathlib.Path, model_dir, train_file, eval_file, **extra) 
     batch 4), scored on GSM8K ``eval_file`` (2 questions, 0 shots, 4 new tokens) with a held-out loss on it.
     ``extra``: more ``c.KEY = VALUE`` lines as {"train.num_steps": 3}."""
     lines = [
-        "from remix_jax.config import default_config",
         "from remix_jax.data import source_config",
-        "from remix_jax.main import eval_config",
+        "from remix_jax.run_config import default_config, eval_config",
         "",
         "",
         "def get_config():",

@@ -33,7 +33,7 @@ from jax.ad_checkpoint import checkpoint_name
 
 from remix_jax.adapters import lora as lora_math
 from remix_jax.adapters import moe
-from remix_jax.adapters.config import FFN_PROJECTIONS, AdapterConfig, validate_adapter_config
+from remix_jax.adapters.adapter_config import FFN_PROJECTIONS, AdapterConfig, validate_adapter_config
 from remix_jax.inference.remix_ffn import precomputed_ffn, remix_inference_front
 from remix_jax.models.llama import MLP, PROJ_OUT, Decoder, Projection, add_residual, fused_products
 from remix_jax.routing.diagnostics import routing_diagnostics

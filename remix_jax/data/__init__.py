@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from remix_jax.data.config import default_data_config, source_config
+from remix_jax.data.data_config import default_data_config, source_config
 from remix_jax.data.formats import Example
 from remix_jax.data.loader import TrainLoader
 from remix_jax.data.readers import ExampleSource, open_source

@@ -80,7 +80,7 @@ def config_tokenizer(cfg, flag: str = ""):
     if not model_path or model_path.startswith("random:"):
         why = f"model.path={model_path!r} holds no tokenizer" if model_path else "the config names no model"
         raise app.UsageError(f"no tokenizer: {why}; pass --tokenizer or set config.data.tokenizer")
-    from remix_jax.models.config import ModelLoadError
+    from remix_jax.models.model_config import ModelLoadError
 
     try:
         return load_tokenizer(model_path)

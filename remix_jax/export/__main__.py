@@ -35,11 +35,11 @@ def _define_flags() -> None:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    from remix_jax.adapters.config import AdapterConfigError
+    from remix_jax.adapters.adapter_config import AdapterConfigError
     from remix_jax.export.peft_io import PeftFormatError
     from remix_jax.export.runs import RunLoadError
     from remix_jax.export.writer import ExportError, export_base, export_run
-    from remix_jax.models.config import ModelLoadError
+    from remix_jax.models.model_config import ModelLoadError
 
     if FLAGS.run is None and (FLAGS.format != "hf" or FLAGS.model is None):
         raise app.UsageError("--run=WORKDIR is required (or --model=PATH with --format=hf)")

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from remix_jax.adapters.config import ATTN_PROJECTIONS, FFN_PROJECTIONS
+from remix_jax.adapters.adapter_config import ATTN_PROJECTIONS, FFN_PROJECTIONS
 
 GROUP = {**{name: "attn" for name in ATTN_PROJECTIONS}, **{name: "mlp" for name in FFN_PROJECTIONS}}
 HF_PARENT = {"attn": "self_attn", "mlp": "mlp"}

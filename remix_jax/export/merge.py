@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from remix_jax.adapters import lora as lora_math
-from remix_jax.adapters.config import SINGLE_METHODS, AdapterConfig
+from remix_jax.adapters.adapter_config import SINGLE_METHODS, AdapterConfig
 from remix_jax.export import layout
 
 

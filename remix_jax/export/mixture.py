@@ -23,10 +23,10 @@ from typing import Any
 
 import numpy as np
 
-from remix_jax.adapters.config import AdapterConfig
+from remix_jax.adapters.adapter_config import AdapterConfig
 from remix_jax.export import layout
-from remix_jax.models.config import ModelConfig, to_hf_config_dict
 from remix_jax.models.hf_io import hf_tensors_from_params
+from remix_jax.models.model_config import ModelConfig, to_hf_config_dict
 
 MODELING_FILE = "modeling_remix_mixture.py"
 FORMAT_VERSION = 1

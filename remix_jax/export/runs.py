@@ -2,8 +2,9 @@
 
 The adapters come from WORKDIR/export (``training.checkpointing.export_adapters``) when it is at least as new as
 the newest checkpoint, else from the newest checkpoint in WORKDIR/checkpoints (restored with the run's
-WORKDIR/config.json), the same choice ``remix_jax.evaluate`` makes. The base is loaded in float32 so that merged
-weights and converted magnitudes are computed exactly; the export's dtype is chosen when it is written.
+WORKDIR/config.json), the same choice ``remix_jax.evaluate`` makes (``training.trained_model``). The base is
+loaded in float32 so that merged weights and converted magnitudes are computed exactly; the export's dtype is
+chosen when it is written.
 """
 
 from __future__ import annotations
@@ -14,11 +15,8 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
-
-from remix_jax.adapters.config import AdapterConfig
-
-TRAINABLE = ("adapter", "router")
+from remix_jax.adapters.adapter_config import AdapterConfig
+from remix_jax.training.trained_model import TRAINABLE
 
 
 class RunLoadError(ValueError):
@@ -55,43 +53,13 @@ def load_base(path: str, run_config: Mapping[str, Any] | None = None) -> tuple[A
     return cfg, params, load_tokenizer(path) if has_tokenizer else None
 
 
-def _unflatten(flat: Mapping[str, np.ndarray], group: str) -> dict:
-    out: dict = {}
-    for name, arr in flat.items():
-        parts = name.split("/")
-        if parts[0] != group:
-            continue
-        node = out
-        for p in parts[1:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = arr
-    return out
-
-
-def _like(loaded: dict, template: dict, where: str) -> dict:
-    """``loaded`` with exactly the names and shapes of ``template`` (RunLoadError otherwise), as float32 numpy."""
-    import jax
-
-    from remix_jax.training.checkpointing import flatten_tree
-
-    want, got = flatten_tree(template), flatten_tree(loaded)
-    missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
-    if missing or extra:
-        raise RunLoadError(f"{where}: the tensors do not match the adapter config: missing {missing[:3]}, "
-                           f"unexpected {extra[:3]}")
-    for k in want:
-        if want[k].shape != got[k].shape:
-            raise RunLoadError(f"{where}: tensor {k} has shape {got[k].shape}, the adapter config implies "
-                               f"{want[k].shape}")
-    return jax.tree.map(lambda t, x: np.asarray(x, t.dtype), template, loaded)
-
-
 def load_run(workdir: str, model_path: str | None = None) -> RunParts:
     """The parts of the run in ``workdir``; ``model_path`` overrides the base model's path the run recorded."""
     import jax
+    import ml_collections
 
     from remix_jax.adapters import build_model, init_adapter_variables
-    from remix_jax.evaluate import find_adapters
+    from remix_jax.training import trained_model
 
     if not os.path.isdir(workdir):
         raise RunLoadError(f"{workdir}: no such run folder")
@@ -103,7 +71,7 @@ def load_run(workdir: str, model_path: str | None = None) -> RunParts:
                 run_config = json.load(f)
         except json.JSONDecodeError as e:
             raise RunLoadError(f"{cfg_file}: not valid JSON ({e})") from e
-    found = find_adapters(workdir)
+    found = trained_model.find_adapters(workdir)
     if found is None:
         raise RunLoadError(f"{workdir}: no adapters (neither export/adapters.safetensors nor checkpoints/)")
     kind, where = found
@@ -126,28 +94,11 @@ def load_run(workdir: str, model_path: str | None = None) -> RunParts:
     template = {g: template.get(g, {}) for g in TRAINABLE}
     if kind == "export":
         st = os.path.join(where, "adapters.safetensors")
-        trainable = {g: _like(_unflatten(flat, g), template[g], st) for g in TRAINABLE}
+        trainable = {g: trained_model.match_template(trained_model.unflatten(flat, g), template[g], st, RunLoadError)
+                     for g in TRAINABLE}
         source = f"export {where}"
     else:
-        trainable = _restore_checkpoint(workdir, where, template, run_config)
+        trainable = trained_model.restore_checkpoint_trainable(workdir, where, template,
+                                                               ml_collections.ConfigDict(dict(run_config)))
         source = f"checkpoint step {where}"
     return RunParts(model_cfg, base, adapter_cfg, trainable, tokenizer, path, source)
-
-
-def _restore_checkpoint(workdir: str, step: int, template: dict, run_config: Mapping[str, Any]) -> dict:
-    import jax
-    import ml_collections
-
-    from remix_jax.training import checkpointing
-    from remix_jax.training import optimizer as opt_lib
-    from remix_jax.training.loop import optimizer_config
-    from remix_jax.training.train_state import create_train_state
-
-    tx, _ = opt_lib.make_optimizer(optimizer_config(ml_collections.ConfigDict(dict(run_config))))
-    state = create_train_state(None, template, tx)
-    ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
-    try:
-        state, _, _ = ckpt.restore(state, step=step)
-    finally:
-        ckpt.close()
-    return jax.tree.map(np.asarray, jax.device_get(state.trainable))

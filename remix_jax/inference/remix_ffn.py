@@ -36,7 +36,7 @@ from remix_jax.models.llama import FUSED, STACKED, add_residual, inference_produ
 from remix_jax.routing.routers import remix_inference_weights
 
 if TYPE_CHECKING:  # for annotations only: adapters import this module
-    from remix_jax.adapters.config import AdapterConfig
+    from remix_jax.adapters.adapter_config import AdapterConfig
 
 Array = jax.Array
 

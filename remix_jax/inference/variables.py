@@ -23,7 +23,7 @@ from remix_jax.inference.remix_ffn import FFN_PROJECTIONS, remix_block_matrices,
 from remix_jax.models.llama import FUSED, STACKED, inference_layout
 
 if TYPE_CHECKING:  # for annotations only: adapters import this package
-    from remix_jax.adapters.config import AdapterConfig
+    from remix_jax.adapters.adapter_config import AdapterConfig
 
 
 def remix_precomputed_ffn(cfg: AdapterConfig | None) -> bool:

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from remix_jax.models.config import ModelConfig, ModelLoadError, rope_inv_freq
+from remix_jax.models.model_config import ModelConfig, ModelLoadError, rope_inv_freq
 
 SUPPORTED_GGUF_ARCHS = ("llama", "qwen2")
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from remix_jax.models.config import ModelConfig, ModelLoadError, from_hf_config, to_hf_config_dict
+from remix_jax.models.model_config import ModelConfig, ModelLoadError, from_hf_config, to_hf_config_dict
 
 _LAYER_KEYS = {
     # ours (under params/layers)          HF suffix under model.layers.{i}.     transpose
@@ -66,7 +66,7 @@ def _read_config(path: pathlib.Path, **overrides) -> ModelConfig:
     except json.JSONDecodeError as e:
         raise ModelLoadError(f"{cfg_file}: not valid JSON ({e})") from e
     model_type = raw.get("model_type")
-    from remix_jax.models.config import SUPPORTED_MODEL_TYPES
+    from remix_jax.models.model_config import SUPPORTED_MODEL_TYPES
 
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise ModelLoadError(f"{cfg_file}: unsupported architecture model_type={model_type!r} "

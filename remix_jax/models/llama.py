@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
-from remix_jax.models.config import ModelConfig, rope_inv_freq
+from remix_jax.models.model_config import ModelConfig, rope_inv_freq
 from remix_jax.parallel.logical import constrain, target_platform
 
 Array = jax.Array

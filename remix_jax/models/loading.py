@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 
 from remix_jax import progress as progress_lib
-from remix_jax.models.config import ModelConfig, ModelLoadError
+from remix_jax.models.model_config import ModelConfig, ModelLoadError
 from remix_jax.models.tokenizer import load_tokenizer
 
 __all__ = ["load_model", "load_tokenizer", "model_format"]

@@ -26,9 +26,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from remix_jax.config import validate_config
 from remix_jax.parallel import logical as logical_lib
 from remix_jax.parallel import mesh as mesh_lib
+from remix_jax.run_config import split_config, validate_config
 from remix_jax.training import checkpointing
 from remix_jax.training import metrics as metrics_lib
 from remix_jax.training import optimizer as opt_lib
@@ -61,7 +61,7 @@ class ModelBundle:
 def load_base_model(model_section) -> tuple[Any, Any, Any]:
     """(ModelConfig, base params, tokenizer or None) for ``model.path`` (HF dir, .gguf, or random:SHAPE)."""
     from remix_jax.models import llama
-    from remix_jax.models.config import named_config
+    from remix_jax.models.model_config import named_config
 
     overrides = dict(dtype=model_section.dtype, param_dtype=model_section.param_dtype,
                      remat=model_section.remat, attention_impl=model_section.attention_impl,
@@ -168,7 +168,7 @@ def adapter_description(config, bundle: ModelBundle) -> dict:
     """JSON description written next to the exported adapters."""
     import json
 
-    from remix_jax.models.config import config_to_json
+    from remix_jax.models.model_config import config_to_json
 
     return {"adapter": dataclasses.asdict(bundle.adapter_cfg) if dataclasses.is_dataclass(bundle.adapter_cfg)
             else dict(bundle.adapter_cfg),
@@ -189,9 +189,7 @@ def train(config, workdir: str, *, eval_fn: Callable[[int, TrainState], dict] | 
     the final save/export; used to test resumption. clock: the time source of the step rates (tests).
     """
     mesh_lib.maybe_initialize_distributed()
-    if "eval" in config:  # the evaluation section belongs to the caller's eval_fn (remix_jax.main)
-        from remix_jax.main import split_config
-
+    if "eval" in config:  # the evaluation section belongs to the caller's eval_fn (training.run)
         config, _ = split_config(config)
     validate_config(config, num_devices=len(jax.devices()) if mesh is None else mesh.size)
     os.makedirs(workdir, exist_ok=True)

@@ -10,8 +10,8 @@ import pytest
 
 from remix_jax.adapters import AdapterConfig, build_model, init_adapter_variables
 from remix_jax.adapters.modules import AdaptedMLP, AdaptedProjection
-from remix_jax.models.config import named_config
 from remix_jax.models.llama import Decoder, init_params
+from remix_jax.models.model_config import named_config
 from remix_jax.routing import collect_routing_stats
 from remix_jax.routing.routers import RouterOutput, mixlora_route
 

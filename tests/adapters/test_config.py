@@ -3,7 +3,7 @@
 import pytest
 
 from remix_jax.adapters import AdapterConfig, AdapterConfigError, build_model, validate_adapter_config
-from remix_jax.models.config import named_config
+from remix_jax.models.model_config import named_config
 
 TINY = named_config("tiny")
 

@@ -14,8 +14,8 @@ import pytest
 
 from remix_jax.adapters import AdapterConfig, build_model, init_adapter_variables
 from remix_jax.evaluation.generation import GenerationConfig, generate
-from remix_jax.models.config import named_config
 from remix_jax.models.llama import Decoder, init_params
+from remix_jax.models.model_config import named_config
 
 TOKENS = jax.random.randint(jax.random.key(1), (2, 8), 0, 256)
 SEGMENTS = jnp.array([[1] * 8, [1] * 5 + [0] * 3], jnp.int32)

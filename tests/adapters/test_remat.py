@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from remix_jax.adapters import AdapterConfig, build_model, init_adapter_variables
-from remix_jax.models.config import named_config
 from remix_jax.models.llama import Decoder, init_params
+from remix_jax.models.model_config import named_config
 from remix_jax.training.objective import ObjectiveConfig, adapter_objective
 
 

@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import pytest
 
 from remix_jax.adapters import AdapterConfig, build_model
-from remix_jax.adapters.config import LEARNED_ROUTER_METHODS, METHODS
-from remix_jax.models.config import named_config
+from remix_jax.adapters.adapter_config import LEARNED_ROUTER_METHODS, METHODS
+from remix_jax.models.model_config import named_config
 
 TINY = named_config("tiny")  # d 64, F 128, 4 heads (q 64), 2 kv heads (k/v 32), 2 layers, vocab 256
 L, D, F, V = TINY.num_layers, TINY.hidden_size, TINY.intermediate_size, TINY.vocab_size

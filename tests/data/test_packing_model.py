@@ -6,8 +6,8 @@ import jax
 import numpy as np
 
 import remix_jax.data as data
-from remix_jax.models.config import named_config
 from remix_jax.models.llama import Decoder, init_params
+from remix_jax.models.model_config import named_config
 from tests.data.conftest import gsm8k_config
 
 

@@ -15,8 +15,8 @@ from remix_jax.evaluation.generation import (
     sample_token,
     truncate_at_stop_strings,
 )
-from remix_jax.models.config import named_config
 from remix_jax.models.llama import Decoder, Projection, init_params
+from remix_jax.models.model_config import named_config
 
 PROMPTS = [[5, 17, 33], [9, 2, 250, 7, 7, 1, 80], list(range(40, 52)), [3] * 16, [101]]
 MAX_NEW = 10

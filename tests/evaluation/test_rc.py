@@ -17,8 +17,8 @@ from remix_jax.data.formats import arc_rc
 from remix_jax.data.sources import DataError
 from remix_jax.evaluation import evaluator, multiple_choice
 from remix_jax.evaluation.config import EvalConfigError, default_eval_config, validate_eval_config
-from remix_jax.models.config import named_config
 from remix_jax.models.llama import Decoder, init_params
+from remix_jax.models.model_config import named_config
 
 ARC_E = "arc_easy"
 

@@ -11,9 +11,9 @@ import jax
 import numpy as np
 import pytest
 
-from remix_jax.config import default_config
 from remix_jax.export.runs import RunLoadError, load_run
 from remix_jax.export.writer import ExportError, export_run, write_atomically
+from remix_jax.run_config import default_config
 from remix_jax.training import checkpointing
 from remix_jax.training import optimizer as opt_lib
 from remix_jax.training.loop import optimizer_config

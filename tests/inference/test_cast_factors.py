@@ -8,8 +8,8 @@ import pytest
 
 from remix_jax.adapters import AdapterConfig, build_model, init_adapter_variables
 from remix_jax.inference.variables import cast_factors_for_inference
-from remix_jax.models.config import named_config
 from remix_jax.models.llama import Decoder, init_params
+from remix_jax.models.model_config import named_config
 
 METHODS = {
     "lora": dict(method="lora", rank=4),

@@ -55,6 +55,6 @@ def test_package_imports_only_what_sits_below_it(package):
 def test_type_checking_imports_are_not_counted(tmp_path):
     f = tmp_path / "m.py"
     f.write_text("from typing import TYPE_CHECKING\nimport remix_jax.models.llama\n"
-                 "if TYPE_CHECKING:\n    from remix_jax.adapters.config import AdapterConfig\n"
+                 "if TYPE_CHECKING:\n    from remix_jax.adapters.adapter_config import AdapterConfig\n"
                  "def g():\n    from remix_jax.training import objective\n")
     assert runtime_imports(f) == {"models", "training"}  # a function-level import counts: it runs

@@ -12,8 +12,8 @@ from remix_jax.adapters import AdapterConfig, build_model, init_adapter_variable
 from remix_jax.evaluation.generation import GenerationConfig, generate
 from remix_jax.inference import remix_kernels
 from remix_jax.inference.remix_ffn import remix_block_matrices, remix_ffn_fused, routed_layout
-from remix_jax.models.config import named_config
 from remix_jax.models.llama import STACKED, Decoder, inference_layout, inference_product, init_params, rms_inverse
+from remix_jax.models.model_config import named_config
 
 D, F, LAYERS, EPS = 64, 96, 3, 1e-5
 

@@ -12,8 +12,8 @@ import pytest
 
 from remix_jax.adapters import AdapterConfig, build_model, init_adapter_variables
 from remix_jax.evaluation.generation import GenerationConfig, generate
-from remix_jax.models.config import named_config
 from remix_jax.models.llama import FUSED, Decoder, fuse_projections, init_params
+from remix_jax.models.model_config import named_config
 
 CFG = dataclasses.replace(named_config("tiny", dtype="float32", param_dtype="float32"), attention_bias=True)
 TOKENS = jax.random.randint(jax.random.key(1), (2, 7), 1, CFG.vocab_size)

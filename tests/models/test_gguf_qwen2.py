@@ -23,9 +23,9 @@ gguf = pytest.importorskip("gguf")
 
 from gguf import GGMLQuantizationType as QT  # noqa: E402
 
-from remix_jax.models.config import ModelConfig, ModelLoadError  # noqa: E402
 from remix_jax.models.gguf_io import gguf_config, load_gguf  # noqa: E402
 from remix_jax.models.llama import Decoder  # noqa: E402
+from remix_jax.models.model_config import ModelConfig, ModelLoadError  # noqa: E402
 
 D, F, HEADS, KV_HEADS, HEAD_DIM, VOCAB, LAYERS = 256, 512, 4, 2, 64, 320, 3
 FFN_DOWN_TYPES = (QT.Q6_K, QT.Q4_K, QT.Q5_K)  # Q4_K and Q6_K as in the real file, Q5_K besides

@@ -10,10 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from remix_jax.models.config import ModelConfig, ModelLoadError, named_config, rope_inv_freq
 from remix_jax.models.gguf_io import load_gguf, unpermute_rows
 from remix_jax.models.llama import Decoder, init_params
 from remix_jax.models.loading import load_model, model_format
+from remix_jax.models.model_config import ModelConfig, ModelLoadError, named_config, rope_inv_freq
 from remix_jax.models.tokenizer import encode_prompt, load_tokenizer, stop_token_ids
 
 # ---------------------------------------------------------------------------------------------------

@@ -11,9 +11,9 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from remix_jax.models.config import ModelLoadError  # noqa: E402
 from remix_jax.models.hf_io import load_hf_checkpoint, save_hf_checkpoint  # noqa: E402
 from remix_jax.models.llama import Decoder, init_cache  # noqa: E402
+from remix_jax.models.model_config import ModelLoadError  # noqa: E402
 
 COMMON = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, rms_norm_eps=1e-5)

@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from remix_jax.models.config import ModelLoadError, named_config
 from remix_jax.models.llama import Decoder, init_cache, init_params
+from remix_jax.models.model_config import ModelLoadError, named_config
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from remix_jax.models import tpu_attention
-from remix_jax.models.config import named_config
 from remix_jax.models.llama import attention_mask, positions_from_segments, resolve_attention_impl, xla_attention
+from remix_jax.models.model_config import named_config
 
 
 def inputs(t: int):

@@ -5,7 +5,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from remix_jax.models import llama
-from remix_jax.models.config import named_config
+from remix_jax.models.model_config import named_config
 from remix_jax.parallel import logical
 from remix_jax.parallel import mesh as mesh_lib
 

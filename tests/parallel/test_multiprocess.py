@@ -128,8 +128,8 @@ def _model_dir(path: pathlib.Path) -> pathlib.Path:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    from remix_jax.models.config import named_config, to_hf_config_dict
     from remix_jax.models.hf_io import expected_shapes
+    from remix_jax.models.model_config import named_config, to_hf_config_dict
 
     cfg = named_config("tiny", vocab_size=272)
     rng = np.random.default_rng(0)

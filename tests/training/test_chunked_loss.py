@@ -187,7 +187,7 @@ def test_chunked_objective_memory_is_far_below_full_logits():
     One float32 logits tensor [M, B, T, V] is 256 MiB; the unchunked objective keeps several of them.
     """
     from remix_jax.adapters import AdapterConfig, build_model
-    from remix_jax.models.config import named_config
+    from remix_jax.models.model_config import named_config
 
     m, b, t, v = 4, 2, 256, 32768
     model = build_model(named_config("tiny", vocab_size=v),

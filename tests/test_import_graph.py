@@ -1,0 +1,59 @@
+"""No import cycle among remix_jax's modules, and configs import no entry point (tests/import_graph.py reads the
+imports from the source, function-level ones included)."""
+
+import pathlib
+
+import pytest
+
+from tests import import_graph as ig
+
+
+def test_no_import_cycle():
+    assert ig.cycles(ig.graph()) == []
+
+
+def test_configs_import_no_entry_point():
+    bad = {}
+    for path in sorted((ig.REPO / "configs").glob("*.py")):
+        hits = {n for n in ig.imported_names(path, f"configs.{path.stem}", False)
+                if n in ig.ENTRY_POINTS or n.startswith("remix_jax.main.")}
+        if hits:
+            bad[path.name] = sorted(hits)
+    assert bad == {}, f"config files import entry points: {bad}"
+
+
+def test_cycles_are_found():
+    g = {"a": {"b"}, "b": {"c"}, "c": {"a", "d"}, "d": set(), "e": {"e"}, "f": {"g"}, "g": {"h"}, "h": {"f"}}
+    assert ig.cycles(g) == [["a", "b", "c"], ["e"], ["f", "g", "h"]]
+    assert ig.cycles({"a": {"b"}, "b": {"c"}, "c": set()}) == []
+
+
+def _write(root: pathlib.Path, rel: str, text: str) -> None:
+    path = root / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def test_function_level_relative_and_package_imports_make_edges(tmp_path):
+    _write(tmp_path, "pkg/__init__.py", "")
+    _write(tmp_path, "pkg/sub/__init__.py", "from pkg.sub import inner\n")
+    _write(tmp_path, "pkg/sub/inner.py", "def f():\n    from pkg import top\n")
+    _write(tmp_path, "pkg/top.py", "from typing import TYPE_CHECKING\nfrom .sub.inner import f\n"
+                                   "if TYPE_CHECKING:\n    from pkg import other\n")
+    _write(tmp_path, "pkg/other.py", "import pkg.top\n")
+    g = ig.graph(tmp_path, "pkg")
+    assert g == {"pkg": set(), "pkg.sub": {"pkg.sub.inner"}, "pkg.sub.inner": {"pkg.top"},
+                 "pkg.top": {"pkg.sub", "pkg.sub.inner"}, "pkg.other": {"pkg.top"}}
+    # top -> sub.inner (a function-level import) -> top; the TYPE_CHECKING import other -> top is no cycle
+    assert ig.cycles(g) == [["pkg.sub", "pkg.sub.inner", "pkg.top"]]
+
+
+@pytest.mark.parametrize("module", sorted(ig.ENTRY_POINTS))
+def test_entry_points_exist(module):
+    assert module in ig.package_modules(), f"{module}: no such module (tests/import_graph.py ENTRY_POINTS)"
+
+
+def test_no_module_imports_an_entry_point():
+    """Entry points sit on top: library code lives in library modules, which the programs import."""
+    bad = {m: sorted(edges & ig.ENTRY_POINTS) for m, edges in ig.graph().items() if edges & ig.ENTRY_POINTS}
+    assert bad == {}, f"modules importing entry points: {bad}"
