@@ -1,6 +1,8 @@
 """The training loop: build everything from the config, resume, run the compiled step, log, save, export.
 
-``train(config, workdir)`` is what ``python -m remix_jax.main`` calls. Pieces a caller may replace:
+``train(config, workdir)`` is what ``python -m remix_jax.main`` calls (through ``training.run``), in named steps:
+``setup``, ``resume``, ``compile_step``, ``StepLoop.run`` (the steps and their logging, evaluation and checkpoint
+hooks), ``StepLoop.finish`` (last save, final evaluation, export). Pieces a caller may replace:
 ``eval_fn(step, state) -> {name: float}`` called every ``train.eval_every`` steps and at the end (or
 ``make_eval_fn(bundle) -> eval_fn | None``, called once the model is built and before the first step,
 while ``bundle.base`` and ``bundle.trainable`` still hold the initial weights); ``bundle`` and ``loader``
@@ -177,23 +179,31 @@ def adapter_description(config, bundle: ModelBundle) -> dict:
                       "num_steps": config.train.num_steps, "seed": config.seed}}
 
 
-def train(config, workdir: str, *, eval_fn: Callable[[int, TrainState], dict] | None = None,
-          make_eval_fn: Callable[[ModelBundle], Callable[[int, TrainState], dict] | None] | None = None,
-          bundle: ModelBundle | None = None, loader=None, mesh=None, stop_after: int | None = None,
-          log_fn: Callable[[str], None] = print, clock: Callable[[], float] = time.perf_counter) -> dict:
-    """Run (or resume) training in ``workdir``. Returns {"step", "metrics" (last logged row), "export"}.
+@dataclasses.dataclass
+class TrainSetup:
+    """Everything ``setup`` builds from the config; ``state`` is replaced by each step (the step donates it)."""
 
-    Resuming starts from the newest intact checkpoint (damaged ones are moved aside: see
-    ``checkpointing``) and drops the metrics rows the interrupted run logged after it (``metrics``).
-    stop_after: end after this many steps of this invocation (as if the process were killed), without
-    the final save/export; used to test resumption. clock: the time source of the step rates (tests).
-    """
+    config: Any  # the training config (without its eval section)
+    mesh: Any
+    bundle: ModelBundle
+    loader: Any  # the per-process batch iterator (get_state / set_state for checkpoints)
+    eval_fn: Callable[[int, TrainState], dict] | None
+    tx: Any  # the optax optimizer
+    schedules: Any  # its learning-rate schedules (logged by the step)
+    state: TrainState
+    shardings: TrainState  # the sharding of every leaf of ``state``
+    ckpt: checkpointing.Checkpointer
+
+
+def setup(config, workdir: str, *, eval_fn=None, make_eval_fn=None, bundle: ModelBundle | None = None,
+          loader=None, mesh=None) -> TrainSetup:
+    """Validate the config and build the mesh, model, data, evaluation hook, optimizer, the sharded initial
+    state and the checkpointer of ``workdir`` (see ``train`` for the arguments)."""
     mesh_lib.maybe_initialize_distributed()
     if "eval" in config:  # the evaluation section belongs to the caller's eval_fn (training.run)
         config, _ = split_config(config)
     validate_config(config, num_devices=len(jax.devices()) if mesh is None else mesh.size)
     os.makedirs(workdir, exist_ok=True)
-    t_cfg = config.train
     mesh = mesh or mesh_lib.make_mesh(dict(config.mesh))
     own_bundle = bundle is None  # a caller's bundle must survive the donated steps: copy its base
     bundle = bundle or build_model_bundle(config)
@@ -204,97 +214,168 @@ def train(config, workdir: str, *, eval_fn: Callable[[int, TrainState], dict] | 
         eval_fn = make_eval_fn(bundle)
     tx, schedules = opt_lib.make_optimizer(optimizer_config(config))
     state, state_sh = shard_state(bundle, tx, mesh, copy_base=not own_bundle)
-    ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=t_cfg.max_checkpoints)
-    restored = ckpt.restore_newest_intact(state, log_fn=log_fn)
-    if restored is not None:
-        state, data_state, meta = restored
-        loader.set_state(data_state)
-        for key, want in (("seed", config.seed), ("method", config.adapter.method)):
-            if meta.get(key) != want:
-                raise ValueError(f"{ckpt.directory}: checkpoint was written with {key}={meta.get(key)!r}, "
-                                 f"the config has {key}={want!r}; use a fresh workdir")
-        log_fn(f"resumed from step {int(state.step)} in {ckpt.directory}")
-    start = int(jax.device_get(state.step))
-    total = int(t_cfg.num_steps)
+    ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                      max_to_keep=config.train.max_checkpoints)
+    return TrainSetup(config, mesh, bundle, loader, eval_fn, tx, schedules, state, state_sh, ckpt)
 
-    bsh = mesh_lib.batch_sharding(mesh)
+
+def resume(s: TrainSetup, log_fn: Callable[[str], None] = print) -> int:
+    """Restore the newest intact checkpoint into ``s`` (state and data position), if any; the step to start at.
+    A checkpoint of another seed or method is refused."""
+    restored = s.ckpt.restore_newest_intact(s.state, log_fn=log_fn)
+    if restored is not None:
+        s.state, data_state, meta = restored
+        s.loader.set_state(data_state)
+        for key, want in (("seed", s.config.seed), ("method", s.config.adapter.method)):
+            if meta.get(key) != want:
+                raise ValueError(f"{s.ckpt.directory}: checkpoint was written with {key}={meta.get(key)!r}, "
+                                 f"the config has {key}={want!r}; use a fresh workdir")
+        log_fn(f"resumed from step {int(s.state.step)} in {s.ckpt.directory}")
+    return int(jax.device_get(s.state.step))
+
+
+def compile_step(s: TrainSetup, log_fn: Callable[[str], None] = print) -> tuple[Callable, Any, Any]:
+    """(the compiled train step (state, batch, rng) -> (state, metrics), the replicated rng key, the batch
+    sharding)."""
+    config = s.config
+    bsh = mesh_lib.batch_sharding(s.mesh)
     gbs, seq = config.data.batch_size, config.data.max_length
     abstract_batch = {k: jax.ShapeDtypeStruct((gbs, seq), dt, sharding=bsh) for k, dt in
                       (("tokens", jnp.int32), ("loss_mask", jnp.float32), ("segment_ids", jnp.int32),
                        ("positions", jnp.int32))}
-    step_fn = make_train_step(bundle.model.apply, tx, objective_config(config), schedules,
-                              grad_accum_steps=t_cfg.grad_accum_steps)
+    step_fn = make_train_step(s.bundle.model.apply, s.tx, objective_config(config), s.schedules,
+                              grad_accum_steps=config.train.grad_accum_steps)
     # Made inside jit: device_put cannot place a key array on devices of other processes.
-    rng = jax.jit(lambda: jax.random.key(config.seed), out_shardings=mesh_lib.replicated(mesh))()
-    compiled = compile_train_step(step_fn, state, state_sh, bsh, abstract_batch, rng, log=log_fn)
+    rng = jax.jit(lambda: jax.random.key(config.seed), out_shardings=mesh_lib.replicated(s.mesh))()
+    compiled = compile_train_step(step_fn, s.state, s.shardings, bsh, abstract_batch, rng, log=log_fn)
+    return compiled, rng, bsh
 
-    writer = metrics_lib.MetricWriter(workdir, resume_step=start)
-    if writer.dropped:
-        log_fn(f"{writer.path}: dropped {writer.dropped} rows logged after step {start} by the interrupted run")
-    timer = metrics_lib.StepTimer(clock)  # evaluation and checkpoint saving run paused: not step time
-    progress = metrics_lib.Progress(total, start, enabled=t_cfg.progress, timer=timer)
-    meta = {"seed": config.seed, "method": config.adapter.method,
-            "rng_key_data": np.asarray(jax.random.key_data(jax.random.key(config.seed))).tolist()}
-    pending: list[tuple[int, dict]] = []
-    last_row: dict = {}
-    last_saved = ckpt.latest_step()
-    tokens_since, t_last = 0.0, timer.elapsed()
-    step = start
-    try:
-        while step < total:
-            if stop_after is not None and step - start >= stop_after:
-                ckpt.wait()
-                return {"step": step, "metrics": last_row, "export": None}
-            batch = global_batch(next(loader), bsh)
-            state, m = compiled(state, batch, rng)
-            step += 1
-            pending.append((step, m))
-            is_ckpt = t_cfg.checkpoint_every and step % t_cfg.checkpoint_every == 0
-            is_eval = t_cfg.eval_every and eval_fn is not None and step % t_cfg.eval_every == 0
-            if step % t_cfg.log_every == 0 or is_ckpt or is_eval or step == total:
-                fetched = [(s, metrics_lib.to_python(jax.device_get(mm))) for s, mm in pending]
-                pending = []
-                for s, row in fetched:
-                    tokens_since += row["tokens"]
-                    if not (math.isfinite(row["loss"]) and math.isfinite(row["grad_norm"])):
-                        raise TrainingDivergedError(
-                            f"non-finite training loss at step {s} (loss={row['loss']}, grad_norm="
-                            f"{row['grad_norm']}); stopped without saving. The last good checkpoint is "
-                            f"step {last_saved} in {ckpt.directory}"
-                            if last_saved is not None else
-                            f"non-finite training loss at step {s} (loss={row['loss']}, grad_norm="
-                            f"{row['grad_norm']}); stopped, no checkpoint had been saved")
-                now = timer.elapsed()
-                dt = max(now - t_last, 1e-9)
-                row = dict(fetched[-1][1])
-                row["tokens_per_s"] = tokens_since / dt
-                row["steps_per_s"] = len(fetched) / dt
-                tokens_since, t_last = 0.0, now
-                if is_eval:
-                    with timer.paused():
-                        row.update({f"eval/{k}": float(v) for k, v in eval_fn(step, state).items()})
-                writer.write(step, row)
-                last_row = {"step": step, **row}
-                progress.update(step, {"loss": row["loss"], "tok/s": row["tokens_per_s"]})
-                if is_ckpt:
-                    with timer.paused():
-                        ckpt.save(state, loader.get_state(), meta)
-                    last_saved = step
-        if last_saved != total:
-            ckpt.save(state, loader.get_state(), meta)
-        ckpt.wait()
+
+class StepLoop:
+    """The step loop and its hooks. Step metrics stay on device until a log, checkpoint or evaluation step (or the
+    last), where they are fetched together, checked finite, written with the step rates to metrics.jsonl, and
+    then the evaluation and the checkpoint run (both outside the timed step time)."""
+
+    def __init__(self, s: TrainSetup, workdir: str, start: int, batch_sharding, clock: Callable[[], float],
+                 log_fn: Callable[[str], None]):
+        self.s, self.batch_sharding = s, batch_sharding
+        self.step, self.total = start, int(s.config.train.num_steps)
+        self.writer = metrics_lib.MetricWriter(workdir, resume_step=start)
+        if self.writer.dropped:
+            log_fn(f"{self.writer.path}: dropped {self.writer.dropped} rows logged after step {start} by the "
+                   "interrupted run")
+        self.timer = metrics_lib.StepTimer(clock)  # evaluation and checkpoint saving run paused: not step time
+        self.progress = metrics_lib.Progress(self.total, start, enabled=s.config.train.progress, timer=self.timer)
+        seed = s.config.seed
+        self.meta = {"seed": seed, "method": s.config.adapter.method,
+                     "rng_key_data": np.asarray(jax.random.key_data(jax.random.key(seed))).tolist()}
+        self.pending: list[tuple[int, dict]] = []  # (step, metrics still on device)
+        self.last_row: dict = {}
+        self.last_saved = s.ckpt.latest_step()
+        self.tokens_since, self.t_last = 0.0, self.timer.elapsed()
+
+    def run(self, compiled, rng, stop_after: int | None = None) -> bool:
+        """Run steps up to train.num_steps (True), or stop after ``stop_after`` steps of this call (False)."""
+        s, t = self.s, self.s.config.train
+        start = self.step
+        while self.step < self.total:
+            if stop_after is not None and self.step - start >= stop_after:
+                return False
+            batch = global_batch(next(s.loader), self.batch_sharding)
+            s.state, m = compiled(s.state, batch, rng)
+            self.step += 1
+            self.pending.append((self.step, m))
+            is_ckpt = t.checkpoint_every and self.step % t.checkpoint_every == 0
+            is_eval = t.eval_every and s.eval_fn is not None and self.step % t.eval_every == 0
+            if self.step % t.log_every == 0 or is_ckpt or is_eval or self.step == self.total:
+                self.log(evaluate=is_eval, save=is_ckpt)
+        return True
+
+    def fetch(self) -> list[tuple[int, dict]]:
+        """The pending steps' metrics on the host; raises TrainingDivergedError at a non-finite loss."""
+        fetched = [(step, metrics_lib.to_python(jax.device_get(m))) for step, m in self.pending]
+        self.pending = []
+        for step, row in fetched:
+            self.tokens_since += row["tokens"]
+            if not (math.isfinite(row["loss"]) and math.isfinite(row["grad_norm"])):
+                raise TrainingDivergedError(self._diverged(step, row))
+        return fetched
+
+    def _diverged(self, step: int, row: dict) -> str:
+        head = (f"non-finite training loss at step {step} (loss={row['loss']}, grad_norm={row['grad_norm']}); "
+                "stopped")
+        if self.last_saved is None:
+            return f"{head}, no checkpoint had been saved"
+        return f"{head} without saving. The last good checkpoint is step {self.last_saved} in {self.s.ckpt.directory}"
+
+    def log(self, evaluate: bool = False, save: bool = False) -> None:
+        """The logging hook: the newest step's row with the rates since the last log (and the evaluation's
+        scalars, prefixed "eval/") to metrics.jsonl and the progress bar; then the checkpoint when ``save``."""
+        s = self.s
+        fetched = self.fetch()
+        now = self.timer.elapsed()
+        dt = max(now - self.t_last, 1e-9)
+        row = dict(fetched[-1][1])
+        row["tokens_per_s"] = self.tokens_since / dt
+        row["steps_per_s"] = len(fetched) / dt
+        self.tokens_since, self.t_last = 0.0, now
+        if evaluate:
+            with self.timer.paused():
+                row.update({f"eval/{k}": float(v) for k, v in s.eval_fn(self.step, s.state).items()})
+        self.writer.write(self.step, row)
+        self.last_row = {"step": self.step, **row}
+        self.progress.update(self.step, {"loss": row["loss"], "tok/s": row["tokens_per_s"]})
+        if save:
+            with self.timer.paused():
+                s.ckpt.save(s.state, s.loader.get_state(), self.meta)
+            self.last_saved = self.step
+
+    def finish(self, workdir: str) -> dict:
+        """The end of training: the last checkpoint, the final evaluation (unless the last step had one) and the
+        export of the adapters. Returns train's summary."""
+        s, t = self.s, self.s.config.train
+        if self.last_saved != self.total:
+            s.ckpt.save(s.state, s.loader.get_state(), self.meta)
+        s.ckpt.wait()
         export = None
-        if eval_fn is not None and not (t_cfg.eval_every and total % t_cfg.eval_every == 0):
-            final = {f"eval/{k}": float(v) for k, v in eval_fn(total, state).items()}
-            writer.write(total, final)
-            last_row.update(final)
-        if t_cfg.export:
-            trainable = _gather_to_host(state.trainable)  # collective: every process takes part
+        if s.eval_fn is not None and not (t.eval_every and self.total % t.eval_every == 0):
+            final = {f"eval/{k}": float(v) for k, v in s.eval_fn(self.total, s.state).items()}
+            self.writer.write(self.total, final)
+            self.last_row.update(final)
+        if t.export:
+            trainable = _gather_to_host(s.state.trainable)  # collective: every process takes part
             if jax.process_index() == 0:
                 export = checkpointing.export_adapters(os.path.join(workdir, "export"), trainable,
-                                                       adapter_description(config, bundle))
-        return {"step": step, "metrics": last_row, "export": export, "state": state}
+                                                       adapter_description(s.config, s.bundle))
+        return {"step": self.step, "metrics": self.last_row, "export": export, "state": s.state}
+
+    def close(self) -> None:
+        self.progress.close()
+        self.writer.close()
+
+
+def train(config, workdir: str, *, eval_fn: Callable[[int, TrainState], dict] | None = None,
+          make_eval_fn: Callable[[ModelBundle], Callable[[int, TrainState], dict] | None] | None = None,
+          bundle: ModelBundle | None = None, loader=None, mesh=None, stop_after: int | None = None,
+          log_fn: Callable[[str], None] = print, clock: Callable[[], float] = time.perf_counter) -> dict:
+    """Run (or resume) training in ``workdir``. Returns {"step", "metrics" (last logged row), "export"}.
+
+    In order: ``setup`` (validate, build the model, data and sharded state), ``resume`` (the newest intact
+    checkpoint: damaged ones are moved aside, see ``checkpointing``, and the metrics rows the interrupted run
+    logged after it are dropped, see ``metrics``), ``compile_step``, the step loop (``StepLoop.run`` with its
+    logging, evaluation and checkpoint hooks) and ``StepLoop.finish`` (last save, final evaluation, export).
+    stop_after: end after this many steps of this invocation (as if the process were killed), without
+    the final save/export; used to test resumption. clock: the time source of the step rates (tests).
+    """
+    s = setup(config, workdir, eval_fn=eval_fn, make_eval_fn=make_eval_fn, bundle=bundle, loader=loader, mesh=mesh)
+    start = resume(s, log_fn)
+    compiled, rng, batch_sharding = compile_step(s, log_fn)
+    steps = StepLoop(s, workdir, start, batch_sharding, clock, log_fn)
+    try:
+        if not steps.run(compiled, rng, stop_after):
+            s.ckpt.wait()
+            return {"step": steps.step, "metrics": steps.last_row, "export": None}
+        return steps.finish(workdir)
     finally:
-        progress.close()
-        writer.close()
-        ckpt.close()
+        steps.close()
+        s.ckpt.close()

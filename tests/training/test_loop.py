@@ -84,3 +84,16 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, make_config, lo
     assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(restored.trainable))
     rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
     assert [r["step"] for r in rows] == [1]  # the NaN step was never logged as a good one
+
+
+def test_nan_loss_before_any_checkpoint_says_none_was_saved(tmp_path, make_config, lora_bundle):
+    config = make_config("lora", num_samples=1, num_steps=5, checkpoint_every=0, log_every=1)
+    config.optimizer.adapter_lr = 1e30
+    config.optimizer.grad_clip_norm = 0.0
+    config.optimizer.warmup_steps = 0
+    with pytest.raises(loop.TrainingDivergedError) as e:
+        _train(config, tmp_path, lora_bundle)
+    assert str(e.value).startswith("non-finite training loss at step 2 (loss=")
+    assert str(e.value).endswith("); stopped, no checkpoint had been saved")
+    assert not os.listdir(tmp_path / "checkpoints")
+    assert [json.loads(line)["step"] for line in open(tmp_path / "metrics.jsonl")] == [1]
