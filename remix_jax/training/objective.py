@@ -91,8 +91,8 @@ from remix_jax.training.losses import (
 )
 
 __all__ = ["DIAGNOSTIC_STATS", "ObjectiveConfig", "loss_chunk_len", "per_sequence_sums", "adapter_objective",
-           "objective_value_and_grad", "router_surrogate", "sequence_losses", "suffix_losses_from_ce",
-           "token_cross_entropy"]
+           "objective_value_and_grad", "router_surrogate", "routing_samples", "sequence_losses",
+           "suffix_losses_from_ce", "token_cross_entropy"]
 
 Array = jax.Array
 
@@ -184,6 +184,14 @@ def _sample_fn(apply_fn: Callable, trainable: dict, base: Any, batch: dict, cfg:
     return one_sample
 
 
+def routing_samples(apply_fn: Callable, trainable: dict, base: Any, batch: dict, keys: Array,
+                    cfg: ObjectiveConfig) -> tuple:
+    """The forward passes of the routing samples keys [M] (vmapped, parameters broadcast): (loss, log_q, valid
+    [M, B, T], stats, credit), each as ``_sample_fn`` returns it with a leading [M]; what the objective and its
+    surrogate (``router_surrogate``) are computed from."""
+    return jax.vmap(_sample_fn(apply_fn, trainable, base, batch, cfg))(keys)
+
+
 def _credit_rows(losses: Array, log_q: Array, valid: Array, credit: tuple,
                  cfg: ObjectiveConfig) -> tuple[Array, Array, Array | None]:
     """The surrogate's rows: (returns [N, M], log_q [N, M], weights [N] or None) from the M samples' per-slot
@@ -252,9 +260,8 @@ def adapter_objective(apply_fn: Callable, trainable: dict, base: Any, batch: dic
     """
     cfg = dataclasses.replace(cfg, sample_chunk=0)  # all M in flight (sizes the cross-entropy chunks)
     keys = jax.random.split(key, cfg.num_samples)
-    one_sample = _sample_fn(apply_fn, trainable, base, batch, cfg)
     # Parameters are closed over (broadcast); only the routing key is mapped.
-    losses, log_q, valid, stats, credit = jax.vmap(one_sample)(keys)  # [M, B, T] each
+    losses, log_q, valid, stats, credit = routing_samples(apply_fn, trainable, base, batch, keys, cfg)
     return _objective_from_samples(losses, log_q, valid, stats, credit, cfg)
 
 
