@@ -59,6 +59,10 @@ def default_config() -> ml_collections.ConfigDict:
         grad_accum_steps=1,
         num_samples=4,  # M routing samples per sequence (remix); 1 for every other method
         baseline="rloo",  # rloo | none (plain REINFORCE ablation)
+        # remix: what each routing decision's advantage is computed from. sequence = the sequence's loss (the
+        # paper's estimator); causal = the loss from that token to the end of its sequence, the only part its
+        # routing can change (unbiased, lower variance; docs/method.md §3.1). The adapters' gradient is the same.
+        credit="sequence",
         # remix: routing samples per chunk. 0 = all M at once (one vmapped forward+backward); c > 0 (c divides
         # num_samples) = c at a time: same gradients and metrics, activation memory of c samples instead of M,
         # at the cost of one extra forward pass per step (training/objective.py).
@@ -211,6 +215,8 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
         _check_data_paths(config.data, errors)
     if t.baseline not in ("rloo", "none"):
         errors.append(f"train.baseline: {t.baseline!r} is not rloo or none")
+    if t.credit not in ("sequence", "causal"):
+        errors.append(f"train.credit: {t.credit!r} is not sequence or causal")
     if a.method in SAMPLING_METHODS:
         need = 2 if t.baseline == "rloo" else 1
         if t.num_samples < need:

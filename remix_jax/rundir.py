@@ -9,8 +9,8 @@ WORKDIR/config.json is the config the run trains under (model dtypes resolved). 
   ``train.num_steps`` may grow (a finished run trains the extra steps; the learning-rate schedule, a function
   of ``train.num_steps``, then spans the new total), and settings that change neither what was trained nor
   the data stream may change (optimizer, logging, checkpointing, evaluation, mesh, dtypes, memory knobs).
-  Changes of the base model, the adapters, the method (``train.num_samples`` / ``baseline``), the seed or the
-  data are refused even then, with the reason (``UNSAFE``): start a new WORKDIR for those. Before the first
+  Changes of the base model, the adapters, the method (``train.num_samples`` / ``baseline`` / ``credit``), the
+  seed or the data are refused even then, with the reason (``UNSAFE``): start a new WORKDIR for those. Before the first
   checkpoint nothing has been trained, and any change is accepted with the flag.
 
 Accepted changes are recorded: the replaced config is kept as WORKDIR/config.<N>.json (N = 1, 2, ... in
@@ -43,6 +43,7 @@ UNSAFE = (
     ("adapter.", "the checkpoint holds adapters of the old adapter configuration"),
     ("train.num_samples", "it is part of the method's training objective (M routing samples)"),
     ("train.baseline", "it is part of the method's training objective (the RLOO baseline)"),
+    ("train.credit", "it is part of the method's training objective (the router's credit assignment)"),
     ("data.", "the checkpoint's data position refers to the old data stream"),
 )
 CONTINUABLE = ("adapter.expert_compute", "data.tfds_data_dir")

@@ -27,6 +27,8 @@ ALL_PROJECTIONS = ATTN_PROJECTIONS + FFN_PROJECTIONS
 TARGET_SHORTHANDS = {"all": ALL_PROJECTIONS, "attn": ATTN_PROJECTIONS, "ffn": FFN_PROJECTIONS}
 
 MAX_EXPERTS = 30  # selected subsets are encoded as int32 bit masks in the diagnostics
+# The constant weight of a selected expert (remix, uniform_random): alpha/(k r), alpha/sqrt(k r), 2/(k r).
+OMEGAS = ("lora", "rslora", "paper")
 
 
 class AdapterConfigError(ValueError):
@@ -43,9 +45,10 @@ class AdapterConfig:
     num_experts (n) and top_k (k): forced to 1 for lora/rslora/dora; ignored by the dense routers
         (hydralora, softmax_dense) except for validation.
     rank (r), alpha: LoRA rank and scale numerator.
-    omega: "lora" or "rslora" scaling. remix/uniform_random weight each selected expert by alpha/(k*r)
-        ("lora") or alpha/sqrt(k*r) ("rslora"); every other method scales each expert's LoRA by alpha/r
-        or alpha/sqrt(r) (the method "rslora" always uses alpha/sqrt(r)).
+    omega: "lora", "rslora" or "paper" scaling. remix/uniform_random weight each selected expert by
+        alpha/(k*r) ("lora"), alpha/sqrt(k*r) ("rslora") or 2/(k*r) ("paper": the paper's constant, whatever
+        alpha); every other method scales each expert's LoRA by alpha/r or alpha/sqrt(r) (the method "rslora"
+        always uses alpha/sqrt(r)) and does not accept "paper".
     router_scope: "block" (one router per block reading the FFN input, shared by the block's adapted FFN
         projections; adapted attention projections get their own router) or "projection".
     sample_at_inference: remix ablation: sample (instead of top-k) when deterministic=True.
@@ -119,8 +122,10 @@ class AdapterConfig:
         return self.alpha / self.rank
 
     def omega_value(self) -> float:
-        """remix/uniform_random weight of each selected expert: alpha/(k*r) or alpha/sqrt(k*r)."""
+        """remix/uniform_random weight of each selected expert: alpha/(k*r), alpha/sqrt(k*r) or 2/(k*r)."""
         kr = self.top_k * self.rank
+        if self.omega == "paper":
+            return 2.0 / kr
         return self.alpha / kr if self.omega == "lora" else self.alpha / math.sqrt(kr)
 
 
@@ -170,8 +175,10 @@ def _check(c: AdapterConfig) -> None:
         bad("top_k", f"k={c.top_k} exceeds num_experts n={c.num_experts}")
     if not isinstance(c.alpha, (int, float)) or not c.alpha > 0:
         bad("alpha", f"{c.alpha!r} must be a positive number")
-    if c.omega not in ("lora", "rslora"):
-        bad("omega", f"{c.omega!r}: expected 'lora' or 'rslora'")
+    if c.omega not in OMEGAS:
+        bad("omega", f"{c.omega!r}: expected one of {', '.join(map(repr, OMEGAS))}")
+    if c.omega == "paper" and c.method not in ("remix", "uniform_random"):
+        bad("omega", f"'paper' (2/(k r)) is the constant weight of remix and uniform_random, not of {c.method!r}")
     if c.router_scope not in ("block", "projection"):
         bad("router_scope", f"{c.router_scope!r}: expected 'block' or 'projection'")
     if c.mixlora_form not in ("additive", "expert_ffn"):

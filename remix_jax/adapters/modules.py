@@ -92,7 +92,8 @@ def route_site(module: nn.Module, x: Array, token_mask: Array | None, determinis
         log_prob = jnp.where(mask, out.log_prob, 0.0) if cfg.method == "remix" else jnp.zeros(batch_shape)
         aux = (cfg.load_balance_coef * load_balancing_loss(out.probs, out.experts, mask)
                if cfg.method == "mixlora" else jnp.zeros((), jnp.float32))
-        diag = routing_diagnostics(out.experts, out.weights, out.probs, mask, dense=not cfg.selects_top_k)
+        diag = routing_diagnostics(out.experts, out.weights, out.probs, mask, dense=not cfg.selects_top_k,
+                                   logits=logits)
         stats = {"log_prob": log_prob.astype(jnp.float32), "aux_loss": aux.astype(jnp.float32), **diag}
         for name, value in stats.items():
             module.put_variable("routing_stats", name, value)

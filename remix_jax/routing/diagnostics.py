@@ -6,6 +6,8 @@ Per routing site and block, over the valid (non-padding) tokens:
     entropy           mean router entropy H(q) in nats
     load [n]          fraction of tokens selecting each expert (dense routers: mean weight of each expert)
     distinct_subsets  number of distinct selected expert subsets in the batch
+    logit_std         mean over tokens of the standard deviation of the router's n logits (the scale that
+                      makes q peaked or flat; 0 for rules without logits)
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import jax.numpy as jnp
 
 Array = jax.Array
 
-STAT_KEYS = ("log_prob", "aux_loss", "ess_applied", "ess_softmax", "entropy", "load", "distinct_subsets")
+STAT_KEYS = ("log_prob", "aux_loss", "ess_applied", "ess_softmax", "entropy", "load", "distinct_subsets",
+             "logit_std")
 
 
 def effective_support_size(pi: Array) -> Array:
@@ -60,12 +63,22 @@ def distinct_subsets(experts: Array, mask: Array) -> Array:
     return jnp.sum(new).astype(jnp.float32)
 
 
-def routing_diagnostics(experts: Array, weights: Array, probs: Array, mask: Array, dense: bool) -> dict:
-    """Diagnostics of one routing site (no gradient). experts/weights [B, T, k], probs [B, T, n], mask [B, T].
+def logit_scale(logits: Array | None, mask: Array) -> Array:
+    """Mean over the valid tokens of std_i z_i, the spread of one token's n router logits: logits [..., n] (None:
+    a rule without logits, 0), mask [...] -> float. softmax is shift-invariant: this is the scale that matters."""
+    if logits is None:
+        return jnp.zeros((), jnp.float32)
+    return masked_mean(jnp.std(logits.astype(jnp.float32), axis=-1), mask)
+
+
+def routing_diagnostics(experts: Array, weights: Array, probs: Array, mask: Array, dense: bool,
+                        logits: Array | None = None) -> dict:
+    """Diagnostics of one routing site (no gradient). experts/weights [B, T, k], probs [B, T, n], mask [B, T],
+    logits [B, T, n] (None for rules without a learned router).
 
     dense: the router weighs all experts (load is then the mean weight, one distinct subset).
     """
-    experts, weights, probs = jax.lax.stop_gradient((experts, weights, probs))
+    experts, weights, probs, logits = jax.lax.stop_gradient((experts, weights, probs, logits))
     n = probs.shape[-1]
     pi = dense_weights(experts, weights, n)
     if dense:
@@ -78,7 +91,8 @@ def routing_diagnostics(experts: Array, weights: Array, probs: Array, mask: Arra
             "ess_softmax": masked_mean(effective_support_size(probs), mask),
             "entropy": masked_mean(entropy(probs), mask),
             "load": load.astype(jnp.float32),
-            "distinct_subsets": subsets}
+            "distinct_subsets": subsets,
+            "logit_std": logit_scale(logits, mask)}
 
 
 def _sites(tree: Any, path: tuple = ()) -> list[tuple[tuple, dict]]:
@@ -98,7 +112,8 @@ def collect_routing_stats(variables: Any) -> dict[str, Array]:
     variables: the mutated variables returned by ``model.apply(..., mutable=["routing_stats"])`` (or the
     collection itself). Returns {} when nothing routed, else:
         log_prob [L, B, T] (sum over sites), aux_loss [L] (sum over sites), and the mean over sites of
-        ess_applied [L], ess_softmax [L], entropy [L], load [L, n], distinct_subsets [L].
+        ess_applied [L], ess_softmax [L], entropy [L], load [L, n], distinct_subsets [L], logit_std [L]
+    (a key that some site lacks is left out).
     """
     if hasattr(variables, "items") and "routing_stats" in variables:
         variables = variables["routing_stats"]
@@ -107,6 +122,8 @@ def collect_routing_stats(variables: Any) -> dict[str, Array]:
         return {}
     out = {}
     for key in STAT_KEYS:
+        if not all(key in site for _, site in sites):
+            continue
         vals = [site[key] for _, site in sites]
         total = vals[0]
         for v in vals[1:]:

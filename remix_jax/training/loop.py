@@ -112,6 +112,7 @@ def build_loader(config, bundle: ModelBundle):
 
 def objective_config(config) -> ObjectiveConfig:
     return ObjectiveConfig(num_samples=int(config.train.num_samples), baseline=config.train.baseline,
+                           credit=config.train.get("credit", "sequence"),
                            sampling_router=config.adapter.method == "remix", aux_loss_weight=1.0,
                            sample_chunk=int(config.train.get("sample_chunk", 0)),
                            loss_chunk_tokens=int(config.train.get("loss_chunk_tokens", 8192)))

@@ -190,6 +190,34 @@ def sequence_losses_from_ce(ce: Array, loss_mask: Array, segment_ids: Array) -> 
     return jnp.where(valid, num / jnp.maximum(den, 1.0), 0.0), valid
 
 
+def suffix_losses_from_ce(ce: Array, loss_mask: Array, segment_ids: Array) -> Array:
+    """The causal credit of every routed position (docs/method.md §3.1): suffix [B, T] float32,
+
+        suffix[b, p] = sum over q >= p in the same run of segment ids as p of u[b, q],
+        u[b, q] = ce[b, q + 1] * mask[b, q + 1] / n(b, seg[b, q + 1])   (u[b, T - 1] = 0),
+
+    u[b, q] the share, in its sequence's loss (``sequence_losses_from_ce``: the mean over the n response
+    tokens of its (row, segment) slot), of the token that position q predicts. The routing of position p
+    changes the hidden states of positions p, p + 1, ... of its own segment only (causal attention within a
+    packed segment), so suffix[b, p] is every part of the loss it can change; at the first position of a
+    segment it is that sequence's whole loss. ce / loss_mask / segment_ids [B, T] as for
+    ``sequence_losses_from_ce``. Two cumulative sums over T (no [T, T] array): the reverse cumulative sum of u,
+    minus its value just past the end of p's segment.
+    """
+    seg = segment_ids.astype(jnp.int32)
+    mask = loss_mask.astype(jnp.float32) * (seg > 0)
+    counts = per_sequence_sums(mask, seg)  # [B, T]: slot s - 1 holds segment s
+    n_tok = jnp.take_along_axis(counts, jnp.maximum(seg - 1, 0), axis=1)  # each token's slot count
+    v = jnp.where(mask > 0, ce.astype(jnp.float32) * mask / jnp.maximum(n_tok, 1.0), 0.0)
+    u = jnp.pad(v[:, 1:], ((0, 0), (0, 1)))  # u[q] = v[q + 1]: the loss position q's hidden state predicts
+    t = u.shape[1]
+    rev = jnp.pad(jnp.cumsum(u[:, ::-1], axis=1)[:, ::-1], ((0, 0), (0, 1)))  # [B, T + 1]: sum_{q >= p} u[q]
+    idx = jnp.arange(t, dtype=jnp.int32)
+    last = jnp.concatenate([seg[:, 1:] != seg[:, :-1], jnp.ones_like(seg[:, :1], bool)], axis=1)
+    end = jax.lax.cummin(jnp.where(last, idx, t), axis=1, reverse=True)  # last position of p's run
+    return rev[:, :t] - jnp.take_along_axis(rev, end + 1, axis=1)
+
+
 def sequence_losses(logits: Array, tokens: Array, loss_mask: Array,
                     segment_ids: Array) -> tuple[Array, Array]:
     """``sequence_losses_from_ce`` of ``token_cross_entropy(logits [B, T, V], tokens)``."""

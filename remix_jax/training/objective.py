@@ -12,7 +12,10 @@ objective is
 (the surrogate only when ``ObjectiveConfig.sampling_router``, i.e. ReMix). The adapters receive ordinary
 backprop of the first term (each sample's selection held fixed); ReMix's router receives the RLOO estimator
 through the second (docs/method.md §3). A packed row holds several sequences (segment ids 1, 2, ...): losses
-and log Q are summed per (row, segment) slot, and slots without response tokens are ignored.
+and log Q are summed per (row, segment) slot, and slots without response tokens are ignored. With
+``credit="causal"`` (docs/method.md §3.1) the surrogate's rows are the routed positions instead: the
+routing of position p in every block is credited with the loss from p to the end of its sequence
+(``losses.suffix_losses_from_ce``), the leave-one-out baseline taken over the M samples' suffixes at p.
 
 Memory of the M samples. The cross-entropy is chunked (``loss_chunk_tokens``, losses.py): each step of
 the chunk loop multiplies [M * B * C, d] hidden states by the frozen [d, V] head, with
@@ -58,6 +61,8 @@ keys = split(key, M) (chunk j: keys[j*c:(j+1)*c], the same routing samples as th
            sum_{m in chunk} [ sum_s w_s (L[s, m] + adv[s, m] log Q[s, m]) / (M num_seq)
                               + aux_loss_weight * sum_blocks(aux_loss[m]) / M ],
        with adv constant; the shares sum to the objective, so their gradients sum to its gradient.
+       With causal credit s runs over the positions (w_s = 1), adv[s, m] is the advantage of position s's
+       suffix loss and log Q[s, m] the log-probability of its routing.
 
 Gradients and metrics equal the unchunked ones up to float rounding (same keys, same selections). The
 cross-entropy chunks are sized for c samples in flight (``loss_chunk_len``).
@@ -75,21 +80,23 @@ import jax.numpy as jnp
 
 from remix_jax.models.llama import lm_logits
 from remix_jax.routing.diagnostics import collect_routing_stats
-from remix_jax.routing.rloo import reinforce_advantages, rloo_surrogate
+from remix_jax.routing.rloo import CREDITS, reinforce_advantages, rloo_surrogate
 from remix_jax.training.losses import (
     chunked_token_cross_entropy,
     per_sequence_sums,
     sequence_losses,
     sequence_losses_from_ce,
+    suffix_losses_from_ce,
     token_cross_entropy,
 )
 
 __all__ = ["DIAGNOSTIC_STATS", "ObjectiveConfig", "loss_chunk_len", "per_sequence_sums", "adapter_objective",
-           "objective_value_and_grad", "sequence_losses", "token_cross_entropy"]
+           "objective_value_and_grad", "router_surrogate", "routing_samples", "sequence_losses",
+           "suffix_losses_from_ce", "token_cross_entropy"]
 
 Array = jax.Array
 
-DIAGNOSTIC_STATS = ("ess_applied", "ess_softmax", "entropy", "distinct_subsets")
+DIAGNOSTIC_STATS = ("ess_applied", "ess_softmax", "entropy", "distinct_subsets", "logit_std")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,6 +105,9 @@ class ObjectiveConfig:
 
     num_samples: M routing samples per sequence (>= 2 for the RLOO baseline; 1 for learned routers).
     baseline: "rloo" (leave-one-out) or "none" (plain REINFORCE ablation).
+    credit: "sequence" (the paper's estimator: every routing decision of a sequence gets the advantage of the
+        sequence's loss) or "causal" (the routing of position p gets the advantage of the loss from p to the
+        end of its sequence; unbiased, docs/method.md §3.1). The adapters' gradient is the same for both.
     sampling_router: True when the router is trained by the estimator (remix), else log Q is ignored.
     aux_loss_weight: multiplies the routers' auxiliary loss (mixlora load balancing). The adapters
         already scale it by AdapterConfig.load_balance_coef, so 1.0 adds it as emitted; 0.0 drops it.
@@ -112,6 +122,7 @@ class ObjectiveConfig:
 
     num_samples: int = 1
     baseline: str = "rloo"
+    credit: str = "sequence"
     sampling_router: bool = False
     aux_loss_weight: float = 1.0
     loss_chunk_tokens: int = 8192
@@ -120,6 +131,8 @@ class ObjectiveConfig:
     def __post_init__(self):
         if self.num_samples < 1:
             raise ValueError(f"ObjectiveConfig.num_samples={self.num_samples}: must be >= 1")
+        if self.credit not in CREDITS:
+            raise ValueError(f"ObjectiveConfig.credit={self.credit!r}: expected one of {CREDITS}")
         if self.loss_chunk_tokens < 0:
             raise ValueError(f"ObjectiveConfig.loss_chunk_tokens={self.loss_chunk_tokens}: must be >= 0 "
                              "(0 materialises the full logits)")
@@ -139,8 +152,12 @@ def loss_chunk_len(cfg: ObjectiveConfig, batch_size: int, seq_len: int) -> int:
 
 
 def _sample_fn(apply_fn: Callable, trainable: dict, base: Any, batch: dict, cfg: ObjectiveConfig) -> Callable:
-    """The forward pass of one routing sample: key -> (loss [B, T], log_q [B, T], valid [B, T], stats),
-    stats as ``collect_routing_stats`` returns them. Meant to be vmapped over routing keys."""
+    """The forward pass of one routing sample: key -> (loss [B, T], log_q [B, T], valid [B, T], stats, credit).
+
+    loss / log_q / valid per (row, segment) slot; stats as ``collect_routing_stats`` returns them; credit the
+    rows of the router's surrogate: for cfg.credit "sequence" (), for "causal" (suffix [B, T], token_log_q
+    [B, T]): each position's suffix loss and the log-probability of its routing summed over blocks (0 at
+    padding). Meant to be vmapped over routing keys."""
     tokens, seg = batch["tokens"], batch["segment_ids"]
     chunk_len = loss_chunk_len(cfg, *tokens.shape)
 
@@ -156,17 +173,51 @@ def _sample_fn(apply_fn: Callable, trainable: dict, base: Any, batch: dict, cfg:
         stats = collect_routing_stats(mut)
         if cfg.sampling_router and "log_prob" in stats:
             per_token = jnp.sum(stats["log_prob"].astype(jnp.float32), axis=0)  # [B, T]: sum over blocks
-            log_q = per_sequence_sums(per_token, seg)
         else:
-            log_q = jnp.zeros_like(loss)
-        return loss, log_q, valid, stats
+            per_token = jnp.zeros_like(loss)
+        log_q = per_sequence_sums(per_token, seg)
+        credit = ()
+        if cfg.sampling_router and cfg.credit == "causal":
+            credit = (suffix_losses_from_ce(ce, batch["loss_mask"], seg), per_token)
+        return loss, log_q, valid, stats, credit
 
     return one_sample
 
 
-def _objective_from_samples(losses: Array, log_q: Array, valid: Array, stats: dict,
+def routing_samples(apply_fn: Callable, trainable: dict, base: Any, batch: dict, keys: Array,
+                    cfg: ObjectiveConfig) -> tuple:
+    """The forward passes of the routing samples keys [M] (vmapped, parameters broadcast): (loss, log_q, valid
+    [M, B, T], stats, credit), each as ``_sample_fn`` returns it with a leading [M]; what the objective and its
+    surrogate (``router_surrogate``) are computed from."""
+    return jax.vmap(_sample_fn(apply_fn, trainable, base, batch, cfg))(keys)
+
+
+def _credit_rows(losses: Array, log_q: Array, valid: Array, credit: tuple,
+                 cfg: ObjectiveConfig) -> tuple[Array, Array, Array | None]:
+    """The surrogate's rows: (returns [N, M], log_q [N, M], weights [N] or None) from the M samples' per-slot
+    losses / log_q / valid [M, B, T] (sequence credit: N = B*T slots, weighted by validity) or their credit
+    (causal: N = B*T positions, suffix losses and token log Q, no weights: padding has log Q 0 and suffix 0)."""
+    m = cfg.num_samples
+    if cfg.credit == "causal":
+        suffix, token_log_q = credit
+        return suffix.reshape(m, -1).T, token_log_q.reshape(m, -1).T, None
+    return losses.reshape(m, -1).T, log_q.reshape(m, -1).T, valid[0].reshape(-1).astype(jnp.float32)
+
+
+def router_surrogate(losses: Array, log_q: Array, valid: Array, credit: tuple, cfg: ObjectiveConfig) -> Array:
+    """The router's surrogate, (3.3) (cfg.credit "sequence") or (3.6) ("causal"), from the M samples' per-slot
+    losses / log_q / valid [M, B, T] and credit (``_sample_fn``'s, leading [M]); divided by the number of
+    sequences either way. Only its gradient through log_q (sequence) or credit's token log Q (causal) means
+    anything."""
+    returns, credit_log_q, weights = _credit_rows(losses, log_q, valid, credit, cfg)
+    num_seq = jnp.maximum(jnp.sum(valid[0].astype(jnp.float32)), 1.0)
+    return rloo_surrogate(returns, credit_log_q, cfg.baseline, weights, num_seq)
+
+
+def _objective_from_samples(losses: Array, log_q: Array, valid: Array, stats: dict, credit: tuple,
                             cfg: ObjectiveConfig) -> tuple[Array, dict]:
-    """(total, metrics) from the M samples' losses / log_q / valid [M, B, T] and stats (leading [M])."""
+    """(total, metrics) from the M samples' losses / log_q / valid [M, B, T], stats (leading [M]) and credit
+    (``_sample_fn``'s, leading [M])."""
     m = cfg.num_samples
     w = valid[0].reshape(-1).astype(jnp.float32)  # [B*T]; validity does not depend on the sample
     l_sm = losses.reshape(m, -1).T  # [B*T, M]
@@ -176,7 +227,7 @@ def _objective_from_samples(losses: Array, log_q: Array, valid: Array, stats: di
     total = task_loss
     metrics = {"loss": task_loss, "num_sequences": jnp.sum(w)}
     if cfg.sampling_router:
-        surrogate = rloo_surrogate(l_sm, q_sm, cfg.baseline, w)
+        surrogate = router_surrogate(losses, log_q, valid, credit, cfg)
         total = total + surrogate
         metrics["surrogate"] = surrogate
         metrics["routing/log_q"] = jnp.sum(jnp.mean(q_sm, axis=-1) * w) / num_seq
@@ -209,10 +260,9 @@ def adapter_objective(apply_fn: Callable, trainable: dict, base: Any, batch: dic
     """
     cfg = dataclasses.replace(cfg, sample_chunk=0)  # all M in flight (sizes the cross-entropy chunks)
     keys = jax.random.split(key, cfg.num_samples)
-    one_sample = _sample_fn(apply_fn, trainable, base, batch, cfg)
     # Parameters are closed over (broadcast); only the routing key is mapped.
-    losses, log_q, valid, stats = jax.vmap(one_sample)(keys)  # [M, B, T] each
-    return _objective_from_samples(losses, log_q, valid, stats, cfg)
+    losses, log_q, valid, stats, credit = routing_samples(apply_fn, trainable, base, batch, keys, cfg)
+    return _objective_from_samples(losses, log_q, valid, stats, credit, cfg)
 
 
 def objective_value_and_grad(apply_fn: Callable, trainable: dict, base: Any, batch: dict, key: Array,
@@ -243,22 +293,26 @@ def objective_value_and_grad(apply_fn: Callable, trainable: dict, base: Any, bat
 
     # Pass 1: forward only, c samples in flight; nothing here is differentiated.
     fwd = jax.vmap(_sample_fn(apply_fn, trainable, base, batch, cfg))
-    losses, log_q, valid, stats = jax.tree.map(merge, jax.lax.map(fwd, chunk_keys))
-    total, metrics = _objective_from_samples(losses, log_q, valid, stats, cfg)
+    losses, log_q, valid, stats, credit = jax.tree.map(merge, jax.lax.map(fwd, chunk_keys))
+    total, metrics = _objective_from_samples(losses, log_q, valid, stats, credit, cfg)
 
     w = valid[0].reshape(-1).astype(jnp.float32)  # [B*T]
     norm = jnp.maximum(jnp.sum(w), 1.0) * m
     if cfg.sampling_router:
-        adv = reinforce_advantages(losses.reshape(m, -1).T, cfg.baseline).T  # [M, B*T]
+        returns, _, weights = _credit_rows(losses, log_q, valid, credit, cfg)
+        adv = reinforce_advantages(returns, cfg.baseline).T  # [M, N]
+        if weights is not None:
+            adv = adv * weights
     else:
         adv = jnp.zeros((m, w.shape[0]), jnp.float32)
     chunk_adv = adv.reshape(m // c, c, -1)
 
     def chunk_objective(tr, ks, a):
-        lc, qc, _, sc = jax.vmap(_sample_fn(apply_fn, tr, base, batch, cfg))(ks)  # [c, B, T]
+        lc, qc, _, sc, cc = jax.vmap(_sample_fn(apply_fn, tr, base, batch, cfg))(ks)  # [c, B, T]
         part = jnp.sum(lc.reshape(c, -1) * w) / norm
         if cfg.sampling_router:
-            part = part + jnp.sum(a * qc.reshape(c, -1) * w) / norm
+            credit_q = cc[1] if cfg.credit == "causal" else qc  # [c, B, T]: the rows' log Q
+            part = part + jnp.sum(a * credit_q.reshape(c, -1)) / norm
         if "aux_loss" in sc and cfg.aux_loss_weight:
             part = part + cfg.aux_loss_weight * jnp.sum(sc["aux_loss"].astype(jnp.float32)) / m
         return part

@@ -89,7 +89,8 @@ def test_zero_b_gives_base_logits_and_nonzero_b_does_not(kw):
         L, B, T = TINY.num_layers, *TOKENS.shape
         shapes = {k: v.shape for k, v in stats.items()}
         assert shapes == {"log_prob": (L, B, T), "aux_loss": (L,), "ess_applied": (L,), "ess_softmax": (L,),
-                          "entropy": (L,), "load": (L, cfg.num_experts), "distinct_subsets": (L,)}
+                          "entropy": (L,), "load": (L, cfg.num_experts), "distinct_subsets": (L,),
+                          "logit_std": (L,)}
         assert np.all(np.asarray(stats["log_prob"])[:, 1, 5:] == 0.0)  # padding
     else:
         assert stats == {}
@@ -97,15 +98,16 @@ def test_zero_b_gives_base_logits_and_nonzero_b_does_not(kw):
     assert float(jnp.abs(changed - base_logits()).max()) > 1e-3
 
 
-@pytest.mark.parametrize("k", [1, 3])
-def test_remix_with_fixed_selection_equals_rank_kr_lora(k):
+@pytest.mark.parametrize("k,omega", [(1, "lora"), (3, "lora"), (3, "paper")])
+def test_remix_with_fixed_selection_equals_rank_kr_lora(k, omega):
     """Router P = 0 ties all logits, so top-k selects experts 0..k-1 for every token; the model must then
-    equal a plain LoRA of rank k*r whose A/B concatenate those experts' factors (omega = alpha/(k*r))."""
-    cfg = AdapterConfig(method="remix", top_k=k, rank=4, alpha=8.0)
+    equal a plain LoRA of rank k*r whose A/B concatenate those experts' factors (omega = alpha/(k*r); the
+    paper's omega = 2/(k*r) is that LoRA with alpha 2)."""
+    cfg = AdapterConfig(method="remix", top_k=k, rank=4, alpha=8.0, omega=omega)
     model, av = setup(cfg, random_b=True)
     av["router"] = jax.tree.map(jnp.zeros_like, av["router"])
     logits, _ = run(model, av, deterministic=True)
-    lora_cfg = AdapterConfig(method="lora", rank=k * 4, alpha=8.0)
+    lora_cfg = AdapterConfig(method="lora", rank=k * 4, alpha=8.0 if omega == "lora" else 2.0)
     lora_model = build_model(TINY, lora_cfg)
 
     def concat(node):  # a [L, n, d, r] -> [L, d, k*r]; b [L, n, r, f] -> [L, k*r, f]

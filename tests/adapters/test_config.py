@@ -16,6 +16,7 @@ TINY = named_config("tiny")
     (dict(targets=("gate_proj", "qproj")), "targets"),
     (dict(targets=()), "targets"),
     (dict(omega="sqrt"), "omega"),
+    (dict(method="mixlora", omega="paper"), "omega"),
     (dict(router_scope="layer"), "router_scope"),
     (dict(method="mixlora", mixlora_form="expert_ffn", router_scope="projection"), "mixlora_form"),
     (dict(expert_compute="sparse"), "expert_compute"),
@@ -42,4 +43,8 @@ def test_normalisation():
     assert len(AdapterConfig(targets="all").targets) == 7
     c = AdapterConfig(method="remix", top_k=2, rank=8, alpha=16.0)
     assert c.omega_value() == 1.0 and c.replace(omega="rslora").omega_value() == 4.0
+    # the paper's 2/(k r), whatever alpha: 2/16 with k=2, r=8 (8x smaller than alpha/(k r) at alpha 16)
+    assert c.replace(omega="paper").omega_value() == 0.125
+    assert c.replace(omega="paper", alpha=4.0, top_k=1, rank=4).omega_value() == 0.5
+    assert AdapterConfig(method="uniform_random", top_k=4, rank=2, omega="paper").omega_value() == 0.25
     assert AdapterConfig(method="rslora", rank=4, alpha=8.0).lora_scale() == 4.0

@@ -24,7 +24,7 @@ PROJ = {"q_proj": ("attn", D, Q, "embed", "heads"), "k_proj": ("attn", D, KV, "e
 F32 = "float32"
 # routing_stats of one site for the init batch [1, 8] (routing/diagnostics.py)
 STATS = {"log_prob": (1, 8), "aux_loss": (), "ess_applied": (), "ess_softmax": (), "entropy": (), "load": (N,),
-         "distinct_subsets": ()}
+         "distinct_subsets": (), "logit_std": ()}
 
 
 def base_tree() -> dict:

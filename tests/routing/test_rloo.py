@@ -91,6 +91,11 @@ def test_surrogate_gradient_formula():
     g2 = jax.grad(lambda q: rloo_surrogate(l2, q, weights=jnp.array([1.0, 0.0])))(jnp.zeros((2, 4)))
     np.testing.assert_allclose(np.asarray(g2)[0], np.asarray(gq)[0], rtol=1e-6)
     np.testing.assert_array_equal(np.asarray(g2)[1], 0.0)
+    # An explicit denominator replaces sum(weights) (causal credit: a sum over positions per sequence).
+    g3 = jax.grad(lambda q: rloo_surrogate(l2, q, weights=jnp.array([1.0, 0.0]), denominator=4.0))(jnp.zeros((2, 4)))
+    np.testing.assert_allclose(np.asarray(g3), np.asarray(g2) / 4, rtol=1e-6)
+    g4 = jax.grad(lambda q: rloo_surrogate(l2, q))(jnp.zeros((2, 4)))
+    np.testing.assert_allclose(np.asarray(g4)[0], np.asarray(gq)[0] / 2, rtol=1e-6)  # unweighted: mean over rows
 
 
 def test_enumeration_is_a_distribution():

@@ -11,6 +11,7 @@ from remix_jax.routing.diagnostics import (
     effective_support_size,
     entropy,
     expert_load,
+    logit_scale,
     routing_diagnostics,
 )
 from remix_jax.routing.routers import dense_softmax_route, load_balancing_loss, mixlora_route, remix_route
@@ -87,4 +88,22 @@ def test_collect_routing_stats_sums_log_prob_over_sites():
     np.testing.assert_allclose(np.asarray(out["log_prob"]), 4.0)
     np.testing.assert_allclose(np.asarray(out["aux_loss"]), 4.0)
     np.testing.assert_allclose(np.asarray(out["ess_applied"]), 2.0)
+    assert "logit_std" not in out  # a statistic the sites lack is left out
     assert collect_routing_stats({}) == {}
+
+
+def test_logit_scale_by_hand():
+    """The mean over valid tokens of the population std of each token's n logits; shift-invariant; 0 without
+    logits; reported by the diagnostics and averaged over sites."""
+    logits = jnp.array([[[1.0, 3.0, 1.0, 3.0], [0.0, 0.0, 0.0, 4.0], [9.0, -9.0, 9.0, -9.0]]])  # [1, 3, 4]
+    mask = jnp.array([[True, True, False]])
+    hand = (1.0 + np.sqrt(3.0)) / 2  # std of (1, 3, 1, 3) is 1; of (0, 0, 0, 4) sqrt(3); the third is padding
+    np.testing.assert_allclose(float(logit_scale(logits, mask)), hand, rtol=1e-6)
+    np.testing.assert_allclose(float(logit_scale(logits + 5.0, mask)), hand, rtol=1e-6)
+    assert float(logit_scale(None, mask)) == 0.0
+    out = remix_route(logits, 2, omega=1.0, key=jax.random.key(0))
+    d = routing_diagnostics(out.experts, out.weights, out.probs, mask, dense=False, logits=logits)
+    np.testing.assert_allclose(float(d["logit_std"]), hand, rtol=1e-6)
+    site = lambda v: {**d, "logit_std": jnp.full((2,), v), "log_prob": jnp.zeros((2, 1, 3))}
+    out = collect_routing_stats({"a": site(1.0), "b": site(2.0)})
+    np.testing.assert_allclose(np.asarray(out["logit_std"]), 1.5)

@@ -40,17 +40,20 @@ def packed_batch(rows: int = 8, seq_len: int = 24) -> dict:
 
 @pytest.fixture(scope="module")
 def setup(remix_bundle, perturb):
-    """Value and gradients for both baselines, one jitted function per sample_chunk (static), cached."""
+    """Value and gradients for both baselines and causal credit, one jitted function per sample_chunk (static),
+    cached."""
     batch = packed_batch()
     tr = perturb(remix_bundle.trainable, seed=2)
     key = jax.random.key(13)
 
     @functools.partial(jax.jit, static_argnums=0)
     def both(chunk):
-        return {baseline: objective_value_and_grad(
+        return {name: objective_value_and_grad(
             remix_bundle.model.apply, tr, remix_bundle.base, batch, key,
-            ObjectiveConfig(num_samples=M, baseline=baseline, sampling_router=True, sample_chunk=chunk))
-            for baseline in ("rloo", "none")}
+            ObjectiveConfig(num_samples=M, baseline=baseline, sampling_router=True, sample_chunk=chunk,
+                            credit=credit))
+            for name, baseline, credit in (("rloo", "rloo", "sequence"), ("none", "none", "sequence"),
+                                           ("causal", "rloo", "causal"))}
 
     return functools.cache(lambda chunk: jax.device_get(both(chunk)))
 
@@ -63,7 +66,7 @@ def _assert_tree_close(got, want, rtol, atol_frac, atol=0.0):
         np.testing.assert_allclose(np.asarray(g), w, rtol=rtol, atol=atol, err_msg=jax.tree_util.keystr(path))
 
 
-@pytest.mark.parametrize("baseline", ["rloo", "none"])
+@pytest.mark.parametrize("baseline", ["rloo", "none", "causal"])
 @pytest.mark.parametrize("chunk", [1, 2, 4])
 def test_chunked_equals_unchunked(setup, baseline, chunk):
     (total0, metrics0), grads0 = setup(0)[baseline]
