@@ -15,7 +15,9 @@ files are:
 - else into DIR/evals/<NAME>/ (NAME: --eval_name, default the UTC time, e.g. 20261204-135501), so a
   training run's own results (DIR/eval/) and earlier evaluations are never overwritten.
 
-``config.eval`` is ``remix_jax.evaluation.config.default_eval_config()`` (data paths must be set).
+``config.eval`` is ``remix_jax.evaluation.config.default_eval_config()`` (data paths must be set). Tasks defined as
+data (the built-in piqa, arc_easy, arc_challenge, hellaswag, arc_c_mc, ... and your own through
+``--config.eval.task_files=FILE.yaml``) are described in docs/tasks.md.
 Expected failures end in a short message and exit status 2 (``--debug`` shows the traceback).
 """
 
@@ -151,7 +153,8 @@ def run(config, workdir: str, log=print, generators: dict | None = None, name: s
         scalars = {k: v for k, v in res.metrics.items() if not isinstance(v, dict)}
         log(f"{task}: {json.dumps(scalars)} -> {path}")
         out[task] = res.metrics
-    log(results.format_table(out, columns=["accuracy", "num_correct", "num_examples"]))
+    named = [m for m in ("acc", "acc_norm") if any(m in metrics for metrics in out.values())]
+    log(results.format_table(out, columns=["accuracy", *named, "num_correct", "num_examples"]))
     log(f"results written to {out_dir}")
     return out
 

@@ -6,7 +6,9 @@ Data files are given by the user (no defaults). Each task section has:
                 its shots from other problems of ``path``)
     shots       number of demonstrations (paper: GSM8K 4, ARC-c 5, HumanEval 4)
     max_new_tokens
-Task names: gsm8k, arc_c, arc_e, boolq, obqa, humaneval.
+Task names: gsm8k, arc_c, arc_e, boolq, obqa, humaneval (configured here), the built-in task definitions
+(``builtin_tasks.REGISTRY``: piqa, arc_easy, arc_challenge, hellaswag, arc_c_mc, ...) and the tasks defined by
+``eval.task_files`` / ``eval.task_defs`` (docs/tasks.md).
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from __future__ import annotations
 import ml_collections
 
 from remix_jax.data.templates import DEFAULT_PLAIN_FORMAT
+from remix_jax.evaluation.builtin_tasks import config_specs
+from remix_jax.evaluation.task_spec import TaskSpecError, path_problem
 from remix_jax.inference.remix_kernels import MODES as REMIX_KERNEL_MODES
 
 MC_TASKS = ("arc_c", "arc_e", "boolq", "obqa")
@@ -39,6 +43,8 @@ def default_eval_config() -> ml_collections.ConfigDict:
     plain_format: the prompt template around every demonstration and the query.
     batch_size: prompts per generation call / sequences per scoring forward pass.
     limit: score only the first N examples of each task (0 = all).
+    offset: skip the first N examples of each task (with limit: examples offset .. offset + limit - 1, to split a
+      long evaluation into parts; python -m remix_jax.evaluation.merge joins their results).
     seed: shot selection and sampling seed.
     mc_mode: "loglik" (rank the options by the log-likelihood of their continuations) or "generate" (read
       the label from the generated answer).
@@ -55,6 +61,9 @@ def default_eval_config() -> ml_collections.ConfigDict:
     humaneval.num_samples / temperature / top_p / ks: sampling for pass@k (num_samples 1 + temperature 0 is
       greedy pass@1; ks lists the k reported, each <= num_samples).
     sandbox: limits for each generated program (see remix_jax/evaluation/sandbox.py); workers 0 = one per CPU.
+    task_files: comma-separated YAML / JSON files of task definitions (docs/tasks.md); their tasks may be named in
+      ``tasks`` like the built-in ones.
+    task_defs: task definitions in the config itself: name -> fields (a ConfigDict or dict, same fields).
     """
     c = ml_collections.ConfigDict()
     c.tasks = "gsm8k,arc_c,humaneval"
@@ -62,6 +71,7 @@ def default_eval_config() -> ml_collections.ConfigDict:
     c.plain_format = DEFAULT_PLAIN_FORMAT
     c.batch_size = 64
     c.limit = 0
+    c.offset = 0
     c.seed = 0
     c.mc_mode = "loglik"
     c.mc_style = "label"
@@ -80,17 +90,29 @@ def default_eval_config() -> ml_collections.ConfigDict:
     c.sandbox = ml_collections.ConfigDict(
         dict(timeout_s=10.0, cpu_s=10, memory_bytes=1 << 30, max_processes=16, workers=0)
     )
+    c.task_files = ""
+    c.task_defs = ml_collections.ConfigDict()
     return c
+
+
+def task_specs(eval_cfg) -> dict:
+    """name -> TaskSpec of every defined task (built-in, eval.task_files, eval.task_defs); raises EvalConfigError
+    listing the problems of the definitions."""
+    try:
+        return config_specs(eval_cfg, reserved=TASKS)
+    except TaskSpecError as e:
+        raise EvalConfigError(str(e)) from None
 
 
 def task_names(eval_cfg) -> list[str]:
     """The configured task list (validated)."""
+    known = (*TASKS, *task_specs(eval_cfg))
     names = [t.strip() for t in str(eval_cfg.tasks).split(",") if t.strip()]
     if not names:
-        raise EvalConfigError("eval.tasks: empty; name at least one of " + ", ".join(TASKS))
-    unknown = [t for t in names if t not in TASKS]
+        raise EvalConfigError("eval.tasks: empty; name at least one of " + ", ".join(known))
+    unknown = [t for t in names if t not in known]
     if unknown:
-        raise EvalConfigError(f"eval.tasks: unknown task(s) {unknown}; known: {', '.join(TASKS)}")
+        raise EvalConfigError(f"eval.tasks: unknown task(s) {unknown}; known: {', '.join(known)}")
     if len(set(names)) != len(names):
         raise EvalConfigError(f"eval.tasks: {names} lists a task twice")
     return names
@@ -99,6 +121,7 @@ def task_names(eval_cfg) -> list[str]:
 def validate_eval_config(eval_cfg) -> list[str]:
     """Raise EvalConfigError listing every problem of the tasks that will run; returns the task names."""
     names = task_names(eval_cfg)
+    specs = task_specs(eval_cfg)
     errors = []
     if eval_cfg.mc_mode not in ("loglik", "generate"):
         errors.append(f"eval.mc_mode: {eval_cfg.mc_mode!r} is not 'loglik' or 'generate'")
@@ -108,14 +131,19 @@ def validate_eval_config(eval_cfg) -> list[str]:
         errors.append(f"eval.mc_normalize_unit: {eval_cfg.mc_normalize_unit!r} is not 'token' or 'char'")
     if eval_cfg.get("remix_kernels", "auto") not in REMIX_KERNEL_MODES:
         errors.append(f"eval.remix_kernels: {eval_cfg.remix_kernels!r} is not one of {REMIX_KERNEL_MODES}")
-    if eval_cfg.batch_size < 1 or eval_cfg.limit < 0:
-        errors.append(
-            f"eval.batch_size={eval_cfg.batch_size} must be >= 1 and eval.limit={eval_cfg.limit} >= 0"
-        )
+    if eval_cfg.batch_size < 1 or eval_cfg.limit < 0 or eval_cfg.get("offset", 0) < 0:
+        errors.append(f"eval.batch_size={eval_cfg.batch_size} must be >= 1, eval.limit={eval_cfg.limit} and "
+                      f"eval.offset={eval_cfg.get('offset', 0)} >= 0")
     if "{prompt}" not in eval_cfg.plain_format:
         errors.append("eval.plain_format: has no {prompt} field")
-    errors += missing_paths(eval_cfg, names)
+    errors += missing_paths(eval_cfg, [t for t in names if t in TASKS])
     for t in names:
+        if t not in TASKS:
+            spec = specs[t]
+            errors += [p for p in (path_problem(f"task {t}: data", spec.data),
+                                   spec.num_fewshot and path_problem(f"task {t}: fewshot_data", spec.fewshot_data))
+                       if p]
+            continue
         s = eval_cfg[t]
         if not s.path:
             errors.append(f"eval.{t}.path: missing (the task's evaluation file)")

@@ -1,5 +1,7 @@
-"""Task runners: GSM8K, multiple choice (ARC-c/ARC-e/BoolQ/OBQA) and HumanEval, each returning metrics and
-per-example predictions, plus routing statistics of the scoring forward passes.
+"""Task runners: every task ``eval.tasks`` may name, each returning metrics and per-example predictions, plus
+routing statistics of the scoring forward passes. Multiple-choice and generation tasks are ``TaskSpec``s
+(task_spec.py) scored by mc_runner.py / gen_runner.py: the configurable GSM8K, ARC-c, ARC-e, BoolQ and OBQA
+(``builtin_tasks.legacy_spec``), the built-in definitions and the config's own; HumanEval runs its programs.
 
 A ``ModelRunner`` wraps (model, variables, tokenizer) and offers the three things the tasks need:
 ``generate(prompts, gen_cfg, stop_strings, rng) -> texts``, ``loglik(contexts, continuations) ->
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -27,23 +29,18 @@ import jax.numpy as jnp
 import numpy as np
 
 from remix_jax import progress as progress_lib
-from remix_jax.evaluation import gsm8k, humaneval, multiple_choice, prompts, sandbox
-from remix_jax.evaluation.config import MC_TASKS, humaneval_ks
+from remix_jax.data.sources import DataError
+from remix_jax.evaluation import builtin_tasks, gen_runner, humaneval, mc_runner, sandbox
+from remix_jax.evaluation.config import MC_TASKS, humaneval_ks, task_specs
+from remix_jax.evaluation.gen_runner import Generator, gen_config
 from remix_jax.evaluation.generation import GenerationConfig, bucket_size, generate_text
+from remix_jax.evaluation.results import TaskResult
+from remix_jax.evaluation.task_spec import TaskSpec
 from remix_jax.models.llama import Decoder, lm_logits
 from remix_jax.routing.diagnostics import collect_routing_stats
 
-# Generator: (prompts, generation config, stop strings, rng) -> completions (stop strings already cut).
-Generator = Callable[[Sequence[str], GenerationConfig, Sequence[str], jax.Array], list[str]]
+__all__ = ["Generator", "ModelRunner", "RoutingAccumulator", "TaskResult", "run_task"]
 ROUTING_KEYS = ("ess_applied", "ess_softmax", "entropy", "load", "distinct_subsets")
-
-
-@dataclasses.dataclass
-class TaskResult:
-    task: str
-    metrics: dict
-    predictions: list[dict]
-    routing_stats: dict | None = None
 
 
 class RoutingAccumulator:
@@ -242,8 +239,7 @@ class ModelRunner:
         self.routing = RoutingAccumulator()
         return out
 
-
-# ----------------------------------------------------------------------------------------- data
+# ----------------------------------------------------------------------------------------- tasks
 
 
 def _examples(path: str, fmt: str, limit: int | None) -> list[dict]:
@@ -256,173 +252,33 @@ def _limit(eval_cfg) -> int | None:
     return int(eval_cfg.limit) or None
 
 
-def _gen_config(
-    max_new_tokens: int, tokenizer, temperature: float = 0.0, top_p: float = 1.0
-) -> GenerationConfig:
-    from remix_jax.models.tokenizer import stop_token_ids
-
-    stops = stop_token_ids(tokenizer) if tokenizer is not None else ()
-    pad = (tokenizer.pad_token_id or 0) if tokenizer is not None else 0
-    return GenerationConfig(
-        max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, stop_token_ids=stops, pad_id=pad
-    )
-
-
-# ----------------------------------------------------------------------------------------- tasks
+def run_spec(spec: TaskSpec, runner: ModelRunner, eval_cfg, generator: Generator | None = None) -> TaskResult:
+    """A task defined by ``spec`` (remix_jax/evaluation/task_spec.py), with eval.seed, eval.limit, eval.offset."""
+    seed, limit, offset = int(eval_cfg.seed), _limit(eval_cfg), int(eval_cfg.get("offset", 0))
+    if spec.is_mc:
+        return mc_runner.run(spec, runner, seed, limit, offset)
+    return gen_runner.run(spec, runner, seed, limit, offset, generator)
 
 
 def run_gsm8k(runner: ModelRunner, eval_cfg, generator: Generator | None = None) -> TaskResult:
-    """Few-shot GSM8K (eval.gsm8k.shots demonstrations from eval.gsm8k.shots_path), exact match."""
-    t = eval_cfg.gsm8k
-    examples = _examples(t.path, t.format, _limit(eval_cfg))
-    shots = []
-    if t.shots:
-        train = [
-            {"question": e["prompt"], "answer": e["response"]}
-            for e in _examples(t.shots_path, t.format, None)
-        ]
-        shots = prompts.gsm8k_shots(train, t.shots, eval_cfg.seed)
-    texts = [prompts.gsm8k_prompt(e["prompt"], shots, eval_cfg.plain_format) for e in examples]
-    stop = prompts.stop_sequences(eval_cfg.plain_format)
-    gen = _gen_config(t.max_new_tokens, runner.tokenizer)
-    outputs = (generator or runner.generate)(texts, gen, stop, jax.random.key(eval_cfg.seed))
-    golds = [gsm8k.extract_reference(e["response"]) for e in examples]
-    acc, preds, correct = gsm8k.accuracy(outputs, golds)
-    runner.record_routing(texts, outputs)
-    metrics = {
-        "accuracy": acc,
-        "num_correct": int(sum(correct)),
-        "num_examples": len(examples),
-        "num_no_answer": sum(p is None for p in preds),
-        "shots": int(t.shots),
-    }
-    rows = [
-        {"id": e["id"], "question": e["prompt"], "output": o, "prediction": p, "gold": g, "correct": c}
-        for e, o, p, g, c in zip(examples, outputs, preds, golds, correct, strict=True)
-    ]
-    return TaskResult("gsm8k", metrics, rows, runner.take_routing())
+    """Few-shot GSM8K (eval.gsm8k.shots demonstrations from eval.gsm8k.shots_path), exact match of the final
+    number."""
+    return run_spec(builtin_tasks.legacy_spec("gsm8k", eval_cfg), runner, eval_cfg, generator)
 
 
 def run_multiple_choice(
     task: str, runner: ModelRunner, eval_cfg, generator: Generator | None = None
 ) -> TaskResult:
-    """ARC-c / ARC-e / BoolQ / OBQA (LLM-Adapters rows): eval.mc_mode "loglik" ranks the options by the
-    log-likelihood of their continuations; "generate" reads the label from the generated answer."""
+    """ARC-c / ARC-e / BoolQ / OBQA (eval.<task>): LLM-Adapters rows ranked by the log-likelihood of each option's
+    continuation (eval.mc_mode "loglik", eval.mc_style) or read from a generated answer ("generate"); rows of the
+    ``arc_rc`` format ranked by summed / per-token / per-character log-likelihood (eval.mc_normalize,
+    eval.mc_normalize_unit)."""
     if task not in MC_TASKS:
         raise ValueError(f"{task!r} is not a multiple-choice task ({', '.join(MC_TASKS)})")
-    t = eval_cfg[task]
-    examples = _examples(t.path, t.format, _limit(eval_cfg))
-    if examples and multiple_choice.is_rc(examples[0]):
-        return _run_rc(task, runner, eval_cfg, examples)
-    shots = []
-    if t.shots:
-        train = [
-            {"instruction": e["prompt"], "output": e["response"]}
-            for e in _examples(t.shots_path, t.format, None)
-        ]
-        shots = prompts.multiple_choice_shots(train, t.shots, eval_cfg.seed)
-    rows = [{"instruction": e["prompt"]} for e in examples]
-    texts = [prompts.multiple_choice_prompt(r, shots, eval_cfg.plain_format) for r in rows]
-    golds = [str(e["answer"]).strip().lower() for e in examples]
-    labels = [multiple_choice.option_labels(r) for r in rows]
-    for e, g, labs in zip(examples, golds, labels, strict=True):
-        if g not in labs:
-            raise ValueError(
-                f"{t.path}: example {e['id']}: gold answer {g!r} is not one of its options {labs}"
-            )
-    out_rows: list[dict] = []
-    if eval_cfg.mc_mode == "loglik":
-        contexts, conts = [], []
-        for i, r in enumerate(rows):
-            _, cs = multiple_choice.option_continuations(r, eval_cfg.mc_style)
-            contexts += [texts[i]] * len(cs)
-            conts += cs
-        sums, counts = runner.loglik(contexts, conts)
-        preds = []
-        offsets = np.cumsum([0] + [len(labs) for labs in labels])
-        for i, labs in enumerate(labels):
-            s, c = sums[offsets[i] : offsets[i + 1]], counts[offsets[i] : offsets[i + 1]]
-            best = multiple_choice.rank_options(s, c if eval_cfg.mc_normalize else None)
-            preds.append(labs[best])
-            out_rows.append(
-                {
-                    "id": examples[i]["id"],
-                    "prediction": labs[best],
-                    "gold": golds[i],
-                    "correct": labs[best] == golds[i],
-                    "logliks": [float(x) for x in s],
-                    "num_tokens": [int(x) for x in c],
-                }
-            )
-    else:
-        gen = _gen_config(t.max_new_tokens, runner.tokenizer)
-        outputs = (generator or runner.generate)(
-            texts, gen, prompts.stop_sequences(eval_cfg.plain_format), jax.random.key(eval_cfg.seed)
-        )
-        preds = [multiple_choice.extract_choice(o, labs) for o, labs in zip(outputs, labels, strict=True)]
-        runner.record_routing(texts, outputs)
-        out_rows = [
-            {"id": e["id"], "output": o, "prediction": p, "gold": g, "correct": p == g}
-            for e, o, p, g in zip(examples, outputs, preds, golds, strict=True)
-        ]
-    acc = multiple_choice.accuracy(preds, golds)
-    metrics = {
-        "accuracy": acc,
-        "num_correct": int(sum(p == g for p, g in zip(preds, golds, strict=True))),
-        "num_examples": len(examples),
-        "mode": eval_cfg.mc_mode,
-        "shots": int(t.shots),
-    }
-    if eval_cfg.mc_mode == "generate":
-        metrics["num_no_answer"] = sum(p is None for p in preds)
-    return TaskResult(task, metrics, out_rows, runner.take_routing())
-
-
-def _run_rc(task: str, runner: ModelRunner, eval_cfg, examples: list[dict]) -> TaskResult:
-    """Ranked classification (rows of the ``arc_rc`` format): every option's " {text}" is scored after the
-    prompt (eval.plain_format around it, after eval.<task>.shots demonstrations); the best option by summed
-    log-likelihood, or per token / per character (eval.mc_normalize, eval.mc_normalize_unit) is the answer."""
-    t = eval_cfg[task]
-    if eval_cfg.mc_mode != "loglik":
-        raise ValueError(f"eval.mc_mode={eval_cfg.mc_mode!r}: {t.path} holds ranked-classification rows "
-                         f"(format {t.format!r}), scored by log-likelihood only; set eval.mc_mode='loglik'")
-    shots = []
-    if t.shots:
-        train = _examples(t.shots_path, t.format, None)
-        shots = [(train[i]["prompt"], train[i]["response"])
-                 for i in prompts.pick_shots(len(train), t.shots, eval_cfg.seed)]
-    unit = eval_cfg.get("mc_normalize_unit", "token")
-    contexts, conts, options = [], [], []
-    for e in examples:
-        if not multiple_choice.is_rc(e):
-            raise ValueError(f"{t.path}: example {e['id']} has no 'options' (not a ranked-classification row)")
-        labs, cs = multiple_choice.rc_options(e)
-        if e["answer"] not in labs:
-            raise ValueError(f"{t.path}: example {e['id']}: gold answer {e['answer']!r} is not one of {labs}")
-        contexts += [multiple_choice.rc_context(e["prompt"], shots, eval_cfg.plain_format)] * len(cs)
-        conts += cs
-        options.append((labs, cs))
-    sums, counts = runner.loglik(contexts, conts)
-    preds, out_rows, start = [], [], 0
-    for e, (labs, cs) in zip(examples, options, strict=True):
-        s, c = sums[start : start + len(cs)], counts[start : start + len(cs)]
-        start += len(cs)
-        lengths = multiple_choice.rc_lengths(cs, c, unit)
-        best = labs[multiple_choice.rank_options(s, lengths if eval_cfg.mc_normalize else None)]
-        preds.append(best)
-        out_rows.append({"id": e["id"], "prediction": best, "gold": e["answer"], "correct": best == e["answer"],
-                         "logliks": [float(x) for x in s], "num_tokens": [int(x) for x in c],
-                         "num_chars": [len(x) for x in cs]})
-    golds = [e["answer"] for e in examples]
-    metrics = {
-        "accuracy": multiple_choice.accuracy(preds, golds),
-        "num_correct": int(sum(p == g for p, g in zip(preds, golds, strict=True))),
-        "num_examples": len(examples),
-        "mode": "rc",
-        "normalize": unit if eval_cfg.mc_normalize else "none",
-        "shots": int(t.shots),
-    }
-    return TaskResult(task, metrics, out_rows, runner.take_routing())
+    res = run_spec(builtin_tasks.legacy_spec(task, eval_cfg), runner, eval_cfg, generator)
+    if eval_cfg[task].format == "arc_rc":
+        res.metrics["mode"] = "rc"
+    return res
 
 
 def run_humaneval(runner: ModelRunner, eval_cfg, generator: Generator | None = None) -> TaskResult:
@@ -430,9 +286,12 @@ def run_humaneval(runner: ModelRunner, eval_cfg, generator: Generator | None = N
     problem, each run in the sandbox; pass@k for every k in eval.humaneval.ks."""
     h = eval_cfg.humaneval
     all_problems = humaneval.load_problems(h.path)
-    problems = all_problems[: _limit(eval_cfg)] if _limit(eval_cfg) else all_problems
+    start = int(eval_cfg.get("offset", 0))
+    problems = all_problems[start : start + _limit(eval_cfg) if _limit(eval_cfg) else None]
+    if not problems:
+        raise DataError(f"{h.path}: {len(all_problems)} problems; eval.offset={start} skips them all")
     texts = [humaneval.few_shot_prompt(p, all_problems, h.shots) for p in problems]
-    gen = _gen_config(h.max_new_tokens, runner.tokenizer, h.temperature, h.top_p)
+    gen = gen_config(h.max_new_tokens, runner.tokenizer, h.temperature, h.top_p)
     repeated = [t for t in texts for _ in range(h.num_samples)]
     raw = (generator or runner.generate)(
         repeated, gen, humaneval.STOP_SEQUENCES, jax.random.key(eval_cfg.seed)
@@ -462,9 +321,13 @@ def run_humaneval(runner: ModelRunner, eval_cfg, generator: Generator | None = N
 
 
 def run_task(task: str, runner: ModelRunner, eval_cfg, generator: Generator | None = None) -> TaskResult:
+    """Any task ``eval.tasks`` may name: the configurable ones (eval.<task>), the built-in definitions and the
+    config's own (eval.task_files, eval.task_defs)."""
     runner.task = task
     if task == "gsm8k":
         return run_gsm8k(runner, eval_cfg, generator)
     if task == "humaneval":
         return run_humaneval(runner, eval_cfg, generator)
-    return run_multiple_choice(task, runner, eval_cfg, generator)
+    if task in MC_TASKS:
+        return run_multiple_choice(task, runner, eval_cfg, generator)
+    return run_spec(task_specs(eval_cfg)[task], runner, eval_cfg, generator)

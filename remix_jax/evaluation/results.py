@@ -1,8 +1,9 @@
-"""Evaluation outputs: ``DIR/eval/<task>.json`` (metrics, counts, config, commit), per-example predictions
-``DIR/eval/<task>.predictions.jsonl``, and a results table."""
+"""Evaluation outputs: a task's result (``TaskResult``), ``DIR/eval/<task>.json`` (metrics, counts, config,
+commit), per-example predictions ``DIR/eval/<task>.predictions.jsonl``, and a results table."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import math
@@ -10,6 +11,16 @@ import os
 import pathlib
 import subprocess
 from collections.abc import Iterable, Mapping, Sequence
+
+
+@dataclasses.dataclass
+class TaskResult:
+    """What a task runner returns: metrics (accuracy, counts, ...), one dict per example, routing statistics."""
+
+    task: str
+    metrics: dict
+    predictions: list[dict]
+    routing_stats: dict | None = None
 
 
 def git_commit(repo_dir: str | os.PathLike | None = None) -> dict | None:

