@@ -51,7 +51,8 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from remix_jax.config import SMOLLM2_GGUF, default_config, installed_file  # noqa: E402
+from remix_jax.presets import SMOLLM2_GGUF, installed_file  # noqa: E402
+from remix_jax.run_config import default_config  # noqa: E402
 from remix_jax.training import loop  # noqa: E402
 from remix_jax.training import optimizer as opt_lib  # noqa: E402
 from remix_jax.training.losses import per_sequence_sums  # noqa: E402

@@ -14,7 +14,7 @@ from jax.flatten_util import ravel_pytree
 
 from remix_jax.adapters import AdapterConfig, build_model, init_adapter_variables
 from remix_jax.models import llama
-from remix_jax.models.config import ModelConfig
+from remix_jax.models.model_config import ModelConfig
 from remix_jax.routing import routers
 from remix_jax.routing.diagnostics import collect_routing_stats
 from remix_jax.training.losses import sequence_losses_from_ce
@@ -292,8 +292,8 @@ def test_exact_expectation_matches_exact_gradient(monkeypatch, case):
 
 
 def test_config_key_is_validated_and_reaches_the_objective(make_config):
-    from remix_jax.config import ConfigError, validate_config
     from remix_jax.main import split_config
+    from remix_jax.run_config import ConfigError, validate_config
     from remix_jax.training.loop import objective_config
 
     config, _ = split_config(make_config("remix"))
