@@ -292,8 +292,7 @@ def test_exact_expectation_matches_exact_gradient(monkeypatch, case):
 
 
 def test_config_key_is_validated_and_reaches_the_objective(make_config):
-    from remix_jax.main import split_config
-    from remix_jax.run_config import ConfigError, validate_config
+    from remix_jax.run_config import ConfigError, split_config, validate_config
     from remix_jax.training.loop import objective_config
 
     config, _ = split_config(make_config("remix"))
