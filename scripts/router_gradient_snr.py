@@ -5,7 +5,7 @@ set, the router gradient of the training objective (``training.objective``) unde
 
     reinforce     train.baseline="none": the sequence's loss itself as the advantage (plain REINFORCE)
     rloo          the paper's estimator: leave-one-out advantage of the sequence's loss (docs/method.md (3.2))
-    rloo_causal   train.credit="causal": leave-one-out advantage of the loss from each position on ((3.5))
+    rloo_causal   train.credit="causal": leave-one-out advantage of the loss from each position on ((3.6))
 
 all three from the same M forward passes of each draw (common random numbers: their differences are not noise
 of different samples). Per block l and estimator, with g_d the block's gradient in draw d, gbar their mean and

@@ -56,7 +56,8 @@ class AdapterConfig:
     load_balance_coef: coefficient of MixLoRA's Switch-style loss (already applied in "aux_loss").
     router_dtype: dtype of router weights and logits (float32).
     router_init_std: std of the router's normal init; None means 0.1 / sqrt(d_in) so that the initial
-        logits have std ~0.1 whatever the width (near-uniform q: no collapse at birth, docs/method.md §5).
+        logits have std ~0.1 x RMS(router input) whatever the width (near-uniform q: no collapse at birth,
+        docs/method.md §2.1, §5).
     expert_compute: "auto" | "dense" | "gather" (see remix_jax/adapters/moe.py and docs/routing.md).
     """
 

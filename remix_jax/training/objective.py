@@ -205,7 +205,7 @@ def _credit_rows(losses: Array, log_q: Array, valid: Array, credit: tuple,
 
 
 def router_surrogate(losses: Array, log_q: Array, valid: Array, credit: tuple, cfg: ObjectiveConfig) -> Array:
-    """The router's surrogate, (3.3) (cfg.credit "sequence") or (3.6) ("causal"), from the M samples' per-slot
+    """The router's surrogate, (3.3) (cfg.credit "sequence") or (3.7) ("causal"), from the M samples' per-slot
     losses / log_q / valid [M, B, T] and credit (``_sample_fn``'s, leading [M]); divided by the number of
     sequences either way. Only its gradient through log_q (sequence) or credit's token log Q (causal) means
     anything."""
