@@ -19,6 +19,7 @@ UPPER = {
     "rundir": {"training"},  # the learning-rate schedule of a continued run (training.optimizer)
     "export": LOWER | {"training", "presets"},
     "reporting": set(),
+    "sweep": set(),  # the library modules (its command line, sweep.__main__, is an entry point)
 }
 
 
