@@ -18,7 +18,6 @@ UPPER = {
     "training": LOWER | {"data", "evaluation", "run_config", "rundir"},
     "rundir": {"training"},  # the learning-rate schedule of a continued run (training.optimizer)
     "export": LOWER | {"training", "presets"},
-    "reporting": set(),
     "sweep": set(),  # the library modules (its command line, sweep.__main__, is an entry point)
 }
 

@@ -22,8 +22,8 @@ A sweep definition is a Python file exposing ``get_sweep()``, which returns a di
     runner          optional argv prefix; default ["python", "-m", "remix_jax.main"] (mode "local" runs a
                     leading "python" with the current interpreter)
     name            optional; default the file name without .py
-    report          optional dict for ``remix_jax.reporting.write_report``: {"tables": [...], "plots":
-                    [...]} (see reporting.py); by default a table of every metric.
+    report          optional dict for ``remix_jax.sweep.report.write_report``: {"tables": [...], "plots":
+                    [...]} (see sweep/report.py); by default a table of every metric.
 
 A sweep file may import modules next to it (e.g. ``experiments/common.py`` with shared settings).
 
@@ -56,7 +56,7 @@ bucket path for ``--workdir_root``), and the run counts as finished once run_com
 Config keys used by the experiment files are named once, in ``KEYS``, so a schema change is a one-line fix.
 
 Modules: ``definition`` (loading and expanding a definition, run identity), ``runner`` (running the runs, commands.sh),
-``__main__`` (the command line); ``remix_jax.reporting`` aggregates.
+``__main__`` (the command line); ``results``, ``plots`` and ``report`` aggregate the runs' outputs.
 """
 
 

@@ -84,10 +84,10 @@ def _main(argv: Sequence[str]) -> int:
         else:
             failed = run_local(None, queue_runs, echo=not args.quiet, parallel=len(envs),
                                devices=[d for d in args.devices.split(",") if d], runners=runners)
-    from remix_jax import reporting  # matplotlib only when aggregating
+    from remix_jax.sweep import report  # matplotlib only when aggregating
 
     for sw in sweeps:
-        for path in reporting.write_report(sw, runs=sw.runs):
+        for path in report.write_report(sw, runs=sw.runs):
             print(f"wrote {path}")
     if failed:
         print(f"{len(failed)} run(s) failed:", file=sys.stderr)
