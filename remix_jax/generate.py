@@ -42,7 +42,7 @@ def _define_flags() -> None:
 
 def _generation_config(tokenizer, max_new_tokens: int, temperature: float, top_p: float):
     """The evaluator's decoding settings (evaluation.evaluator._gen_config) for one prompt."""
-    from remix_jax.evaluation.generation import GenerationConfig
+    from remix_jax.inference.generation import GenerationConfig
     from remix_jax.models.tokenizer import stop_token_ids
 
     try:
@@ -57,7 +57,7 @@ def _complete(model, variables: dict, tokenizer, prompt: str, max_new_tokens: in
               temperature: float, top_p: float, seed: int) -> str:
     import jax
 
-    from remix_jax.evaluation.generation import generate
+    from remix_jax.inference.generation import generate
     from remix_jax.models.tokenizer import encode_prompt
 
     gen = _generation_config(tokenizer, max_new_tokens, temperature, top_p)

@@ -70,7 +70,7 @@ def default_config() -> ml_collections.ConfigDict:
         # Logits rows per cross-entropy chunk, counted over the routing samples in flight and the batch rows:
         # the loss holds about 2 x loss_chunk_tokens x vocab float32 values (8192 x 128256: 2 x 3.9 GiB per
         # device). Larger is faster (fewer loss kernels; 8192 is 5% faster than 2048 on a Llama-3.2-1B step,
-        # docs/benchmarks.md), smaller saves memory; 0 materialises the full logits (training/losses.py).
+        # docs/notes/benchmarks-log.md), smaller saves memory; 0 materialises the full logits (training/losses.py).
         loss_chunk_tokens=8192,
         log_every=10,
         checkpoint_every=200,

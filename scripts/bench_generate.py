@@ -29,7 +29,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from remix_jax.evaluation.generation import GenerationConfig, generate  # noqa: E402
+from remix_jax.inference.generation import GenerationConfig, generate  # noqa: E402
 from remix_jax.models.llama import Decoder, init_params  # noqa: E402
 from remix_jax.models.model_config import named_config  # noqa: E402
 

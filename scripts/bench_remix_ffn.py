@@ -27,7 +27,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from remix_jax.adapters.adapter_config import AdapterConfig  # noqa: E402
 from remix_jax.inference.remix_ffn import remix_block_matrices, remix_ffn_fused  # noqa: E402
-from remix_jax.models.llama import inference_layout, inference_product, rms_inverse  # noqa: E402
+from remix_jax.models.fused import inference_layout, inference_product  # noqa: E402
+from remix_jax.models.llama import rms_inverse  # noqa: E402
 
 
 def stacked_mats(layers: int, d: int, f: int, cfg: AdapterConfig, dtype, seed: int = 0) -> dict:

@@ -31,7 +31,7 @@ from bench_remix_ffn import layer_ffn, stacked_mats, time_layers  # noqa: E402
 
 from remix_jax.adapters.adapter_config import AdapterConfig  # noqa: E402
 from remix_jax.inference.remix_kernels import RoutedLayout, down_product, routed_back, routed_front  # noqa: E402
-from remix_jax.models.llama import inference_product  # noqa: E402
+from remix_jax.models.fused import inference_product  # noqa: E402
 
 EPS = 1e-5
 PER_ITER = 2

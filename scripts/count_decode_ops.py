@@ -2,7 +2,7 @@
 
 At batch 1 greedy decoding is launch-bound, so the cost of routing is mostly the number of extra kernels
 per layer. This compiles one decode step (one new token per row against a KV cache, as in
-remix_jax/evaluation/generation.py) for abstract inputs of the given shape (no weights are materialised)
+remix_jax/inference/generation.py) for abstract inputs of the given shape (no weights are materialised)
 and prints one JSON line per (adapter, batch) with the op counts of the optimized HLO:
 
     kernels        instructions outside fused computations that launch work (everything except
@@ -32,7 +32,8 @@ import jax.numpy as jnp
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from remix_jax.models.llama import Decoder, fuse_projections, init_cache, lm_logits  # noqa: E402
+from remix_jax.inference.variables import fuse_projections  # noqa: E402
+from remix_jax.models.llama import Decoder, init_cache, lm_logits  # noqa: E402
 from remix_jax.models.model_config import named_config  # noqa: E402
 
 # Instructions that launch no work of their own.
@@ -142,8 +143,7 @@ def decode_step_hlo(model, cfg, batch: int, cache_len: int, fuse: bool = True, f
                              is_leaf=lambda x: hasattr(x, "value") and hasattr(x, "names"))
     variables = {c: v for c, v in variables.items() if c != "routing_stats"}
     if fuse:
-        from remix_jax.adapters.modules import adapter_config_of
-        from remix_jax.inference.variables import foldable_norms, fuse_remix_inference
+        from remix_jax.inference.variables import adapter_config_of, foldable_norms, fuse_remix_inference
 
         acfg = adapter_config_of(model)
         fold = fold_norms and foldable_norms(acfg)

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from remix_jax.evaluation.generation import GenerationConfig, generate
+from remix_jax.inference.generation import GenerationConfig, generate
 from remix_jax.models.gguf_io import load_gguf
 from remix_jax.models.llama import Decoder
 from remix_jax.models.tokenizer import encode_prompt, load_tokenizer, stop_token_ids

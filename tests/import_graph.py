@@ -9,15 +9,38 @@ that is a module; importing a module first runs the ``__init__`` of each package
 from __future__ import annotations
 
 import ast
+import functools
 import pathlib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 PACKAGE = "remix_jax"
 # The command-line programs (``python -m ...``): they sit on top, and nothing imports them.
 ENTRY_POINTS = frozenset({
-    "remix_jax.main", "remix_jax.evaluate", "remix_jax.generate", "remix_jax.sweep", "remix_jax.compile",
-    "remix_jax.export.__main__", "remix_jax.data.__main__",
+    "remix_jax.main", "remix_jax.evaluate", "remix_jax.generate", "remix_jax.sweep.__main__", "remix_jax.compile",
+    "remix_jax.export.__main__", "remix_jax.data.__main__", "remix_jax.evaluation.merge",
+    "remix_jax.export.lm_eval_tasks", "remix_jax.models.assets",
 })
+
+
+LEAVES = frozenset({"progress", "cli"})  # utilities that import nothing of the package: importable anywhere
+
+
+def room(module: str) -> str:
+    """remix_jax.ROOM.x -> ROOM; a top-level module is its own room (remix_jax.progress -> progress)."""
+    return module.split(".")[1] if "." in module else module
+
+
+def imports_from_above(allowed: dict[str, set[str]]) -> dict[str, list[str]]:
+    """module -> the rooms it imports that ``allowed`` (room -> the rooms it may import besides itself and
+    LEAVES) does not allow, for every module of the rooms of ``allowed`` that has any (entry points excepted: they
+    sit on top)."""
+    out = {}
+    for m, edges in graph().items():
+        if room(m) in allowed and m not in ENTRY_POINTS:
+            extra = {room(e) for e in edges} - allowed[room(m)] - LEAVES - {room(m)}
+            if extra:
+                out[m] = sorted(extra)
+    return out
 
 
 def module_name(path: pathlib.Path, root: pathlib.Path = REPO) -> str:
@@ -61,6 +84,7 @@ def imported_names(path: pathlib.Path, name: str, is_package: bool) -> set[str]:
     return found
 
 
+@functools.cache
 def graph(root: pathlib.Path = REPO, package: str = PACKAGE) -> dict[str, set[str]]:
     """module -> the modules of ``package`` whose code runs when it imports (each import's module and the
     ``__init__`` of every package above it that is not also above the importer, which is running already)."""

@@ -1,5 +1,6 @@
-"""No import cycle among remix_jax's modules, and configs import no entry point (tests/import_graph.py reads the
-imports from the source, function-level ones included)."""
+"""No import cycle among remix_jax's modules, the upper rooms import only what sits below them, nothing imports an
+entry point, and configs import no entry point (tests/import_graph.py reads the imports from the source,
+function-level ones included; tests/inference/test_imports.py checks the lower rooms)."""
 
 import pathlib
 
@@ -7,9 +8,27 @@ import pytest
 
 from tests import import_graph as ig
 
+LOWER = {"parallel", "routing", "models", "inference", "adapters"}
+# room -> the rooms it may import at run time (besides itself and the leaves); docs/architecture.md
+UPPER = {
+    "data": {"models"},
+    "evaluation": LOWER | {"data"},
+    "run_config": LOWER | {"data", "evaluation"},
+    "presets": set(),
+    "training": LOWER | {"data", "evaluation", "run_config", "rundir"},
+    "rundir": {"training"},  # the learning-rate schedule of a continued run (training.optimizer)
+    "export": LOWER | {"training", "presets"},
+    "sweep": set(),  # the library modules (its command line, sweep.__main__, is an entry point)
+}
+
 
 def test_no_import_cycle():
     assert ig.cycles(ig.graph()) == []
+
+
+@pytest.mark.parametrize("name", sorted(UPPER))
+def test_upper_room_imports_only_what_sits_below_it(name):
+    assert ig.imports_from_above({name: UPPER[name]}) == {}, f"remix_jax/{name} imports from above it"
 
 
 def test_configs_import_no_entry_point():

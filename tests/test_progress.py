@@ -83,7 +83,7 @@ def test_model_loading_counts_tensors(model_dir, recorded):
 
 def test_evaluation_counts_questions_and_prompts(model_dir, recorded):
     from remix_jax.evaluation import evaluator
-    from remix_jax.evaluation.generation import GenerationConfig
+    from remix_jax.inference.generation import GenerationConfig
     from remix_jax.models.llama import Decoder
     from remix_jax.models.loading import load_model, load_tokenizer
 

@@ -1,5 +1,5 @@
-"""remix_jax.reporting: reading run outputs (both eval record layouts), curves, aggregation by hand,
-formatting, and clear errors on malformed files."""
+"""remix_jax.sweep.results / plots / report: reading run outputs (both eval record layouts), curves, aggregation by
+hand, formatting, and clear errors on malformed files."""
 
 import csv
 import json
@@ -8,8 +8,7 @@ import pathlib
 
 import pytest
 
-from remix_jax import reporting
-from remix_jax.sweep import Run, expand
+from remix_jax.sweep import Run, expand, plots, report, results
 
 
 def _write_run(wd, acc, loss_rows, complete=True, nested=False):
@@ -31,7 +30,7 @@ ROWS = [{"step": 0, "loss": 3.0, "tokens_per_s": 10.0, "routing/ess_softmax": 3.
 def test_collect_run_reads_the_contract(tmp_path):
     run = Run("a", str(tmp_path / "a"), "c.py", {}, {"variant": "x", "seed": 0})
     _write_run(tmp_path / "a", 0.25, ROWS)
-    row = reporting.collect_run(run)
+    row = results.collect_run(run)
     assert row["status"] == "complete" and row["wall_s"] == 3.5
     # the eval json wins over the eval/ rows of metrics.jsonl
     assert row["gsm8k/accuracy"] == 0.25 and row["gsm8k/heldout_loss"] == 1.25
@@ -41,17 +40,17 @@ def test_collect_run_reads_the_contract(tmp_path):
     # the evaluation package's nested layout ({"metrics": {...}}) reads the same
     run_b = Run("b", str(tmp_path / "b"), "c.py", {}, {"seed": 1})
     _write_run(tmp_path / "b", 0.5, ROWS[:1], complete=False, nested=True)
-    row_b = reporting.collect_run(run_b)
+    row_b = results.collect_run(run_b)
     assert row_b["status"] == "incomplete" and row_b["gsm8k/accuracy"] == 0.5
-    assert reporting.collect_run(Run("c", str(tmp_path / "c"), "c.py", {}, {}))["status"] == "missing"
+    assert results.collect_run(Run("c", str(tmp_path / "c"), "c.py", {}, {}))["status"] == "missing"
 
 
 def test_curves_pick_blocks():
-    assert reporting.curve(ROWS, "routing/ess_softmax", "last") == ([0, 10], [2.0, 1.0])
-    assert reporting.curve(ROWS, "routing/ess_softmax", 0) == ([0, 10], [4.0, 3.0])
-    assert reporting.curve(ROWS, "routing/ess_softmax", "mean") == ([0, 10], [3.0, 2.0])
-    assert reporting.curve(ROWS, "loss") == ([0, 10], [3.0, 2.0])
-    assert reporting.curve(ROWS, "absent") == ([], [])
+    assert results.curve(ROWS, "routing/ess_softmax", "last") == ([0, 10], [2.0, 1.0])
+    assert results.curve(ROWS, "routing/ess_softmax", 0) == ([0, 10], [4.0, 3.0])
+    assert results.curve(ROWS, "routing/ess_softmax", "mean") == ([0, 10], [3.0, 2.0])
+    assert results.curve(ROWS, "loss") == ([0, 10], [3.0, 2.0])
+    assert results.curve(ROWS, "absent") == ([], [])
 
 
 def test_aggregate_mean_std_by_hand():
@@ -60,15 +59,15 @@ def test_aggregate_mean_std_by_hand():
             {"m": "a", "seed": 2, "acc": 0.9, "status": "complete"},
             {"m": "b", "seed": 0, "acc": 0.2, "status": "complete"},
             {"m": "b", "seed": 1, "acc": 0.99, "status": "incomplete"}]
-    ga, gb = reporting.aggregate(rows, ["m"], ["acc"])
+    ga, gb = results.aggregate(rows, ["m"], ["acc"])
     mean = (0.5 + 0.6 + 0.9) / 3
     std = math.sqrt(((0.5 - mean) ** 2 + (0.6 - mean) ** 2 + (0.9 - mean) ** 2) / 2)
     assert ga["num_seeds"] == 3 and ga["acc"][0] == pytest.approx(mean) and ga["acc"][1] == pytest.approx(std)
     assert gb["num_seeds"] == 1 and gb["acc"][0] == 0.2 and math.isnan(gb["acc"][1])
-    assert reporting.format_cell("gsm8k/accuracy", ga["acc"]) == f"{100 * mean:.2f} ± {100 * std:.2f}"
-    assert reporting.format_cell("train/final_loss", (1.23456, 0.5, 2)) == "1.235 ± 0.5"
-    assert reporting.format_cell("x", (math.nan, math.nan, 0)) == "-"
-    table = reporting.markdown_table([ga, gb], ["m"], ["acc"])
+    assert results.format_cell("gsm8k/accuracy", ga["acc"]) == f"{100 * mean:.2f} ± {100 * std:.2f}"
+    assert results.format_cell("train/final_loss", (1.23456, 0.5, 2)) == "1.235 ± 0.5"
+    assert results.format_cell("x", (math.nan, math.nan, 0)) == "-"
+    table = results.markdown_table([ga, gb], ["m"], ["acc"])
     assert table.splitlines()[3] == "| b | 1 | 0.2 |"  # "acc" is not an accuracy column: no percent
 
 
@@ -76,14 +75,14 @@ def test_malformed_files_name_file_and_line(tmp_path):
     wd = tmp_path / "r"
     wd.mkdir()
     (wd / "metrics.jsonl").write_text('{"step": 0}\n{"step": 1,\n{"step": 2}\n')
-    with pytest.raises(reporting.ReportError, match=r"metrics.jsonl:2: not valid JSON"):
-        reporting.read_jsonl(wd / "metrics.jsonl")
+    with pytest.raises(results.ReportError, match=r"metrics.jsonl:2: not valid JSON"):
+        results.read_jsonl(wd / "metrics.jsonl")
     (wd / "metrics.jsonl").write_text('{"step": 0}\n{"step": 1, "lo')  # a run still writing its last line
-    assert reporting.read_jsonl(wd / "metrics.jsonl", allow_partial_last=True) == [{"step": 0}]
+    assert results.read_jsonl(wd / "metrics.jsonl", allow_partial_last=True) == [{"step": 0}]
     (wd / "eval").mkdir()
     (wd / "eval" / "gsm8k.json").write_text("{\n  bad\n}")
-    with pytest.raises(reporting.ReportError, match=r"gsm8k.json:2: not valid JSON"):
-        reporting.eval_metrics(wd)
+    with pytest.raises(results.ReportError, match=r"gsm8k.json:2: not valid JSON"):
+        results.eval_metrics(wd)
 
 
 def test_write_report_rejects_unknown_plot_kind(tmp_path):
@@ -92,8 +91,8 @@ def test_write_report_rejects_unknown_plot_kind(tmp_path):
     runs = expand({"config": "c.py"}, str(tmp_path / "runs"))
     sweep = Sweep("s", "s.py", str(tmp_path / "out"), str(tmp_path / "runs"), "c.py", ("python",),
                   tuple(runs), {"plots": [{"kind": "pie"}]})
-    with pytest.raises(reporting.ReportError, match=r"s.py: report.plots\[0\]: unknown kind 'pie'"):
-        reporting.write_report(sweep)
+    with pytest.raises(results.ReportError, match=r"s.py: report.plots\[0\]: unknown kind 'pie'"):
+        report.write_report(sweep)
 
 
 def test_line_and_bar_plots_are_written_and_empty_data_is_refused(tmp_path):
@@ -101,13 +100,13 @@ def test_line_and_bar_plots_are_written_and_empty_data_is_refused(tmp_path):
     rows = [{"variant": v, "k": k, "seed": s, "gsm8k/accuracy": 0.1 * k + 0.01 * s, "family": v}
             for v in ("a", "b") for k in (1, 2, 4) for s in (0, 1)]
     line, bar = tmp_path / "line.png", tmp_path / "bar.png"
-    assert reporting.plot_line(rows, {"x": "k", "y": "gsm8k/accuracy", "series": "family", "xlog": True}, line)
-    assert reporting.plot_bar(rows, {"x": "variant", "y": "gsm8k/accuracy"}, bar)
+    assert plots.plot_line(rows, {"x": "k", "y": "gsm8k/accuracy", "series": "family", "xlog": True}, line)
+    assert plots.plot_bar(rows, {"x": "variant", "y": "gsm8k/accuracy"}, bar)
     for path in (line, bar):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     missing = tmp_path / "none.png"
-    assert not reporting.plot_line(rows, {"x": "k", "y": "arc_c/accuracy"}, missing)
-    assert not reporting.plot_bar(rows, {"x": "variant", "y": "arc_c/accuracy"}, missing)
+    assert not plots.plot_line(rows, {"x": "k", "y": "arc_c/accuracy"}, missing)
+    assert not plots.plot_bar(rows, {"x": "variant", "y": "arc_c/accuracy"}, missing)
     assert not missing.exists()
 
 
@@ -135,7 +134,7 @@ def test_committed_results_are_read_back_from_their_runs(name, monkeypatch):
     runs = {run.name: run for run in sweep.runs}
     assert set(committed) <= set(runs)
     for run_name, row in committed.items():
-        got = reporting.collect_run(runs[run_name])
+        got = results.collect_run(runs[run_name])
         assert got["status"] == row["status"] == "complete", run_name
         assert got["workdir"] == row["workdir"] == str(pathlib.Path(sweep.workdir_root) / run_name)
         for key in ("gsm8k/accuracy", "heldout_loss", "routing/ess_softmax_final"):

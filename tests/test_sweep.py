@@ -10,6 +10,7 @@ import textwrap
 import pytest
 
 from remix_jax import sweep as sweep_lib
+from remix_jax.sweep.__main__ import main as sweep_main
 
 # A stand-in for `python -m remix_jax.main`: parses the same flags, writes the workdir contract
 # deterministically from its arguments, and fails for one grid point.
@@ -141,16 +142,16 @@ def test_bad_sweep_file_names_the_file(tmp_path):
     bad.write_text("x = 1\n")
     with pytest.raises(sweep_lib.SweepError, match="bad.py: defines no get_sweep"):
         sweep_lib.load_sweep(bad)
-    assert sweep_lib.main([f"--sweep={tmp_path / 'missing.py'}"]) == 2
+    assert sweep_main([f"--sweep={tmp_path / 'missing.py'}"]) == 2
 
 
 def test_run_skip_fail_and_aggregate(sweep_file, tmp_path, capsys):
     out = results_of(sweep_file)
-    assert sweep_lib.main([f"--sweep={sweep_file}", "--dry_run"]) == 0
+    assert sweep_main([f"--sweep={sweep_file}", "--dry_run"]) == 0
     assert _calls(tmp_path) == [] and not (out / "runs").exists()
 
     # first invocation: every run starts; one fails, the others complete; exit status 1
-    assert sweep_lib.main([f"--sweep={sweep_file}", "--quiet"]) == 1
+    assert sweep_main([f"--sweep={sweep_file}", "--quiet"]) == 1
     assert _calls(tmp_path) == EXPECTED_NAMES
     failed = "lora__top_k=2__seed=1"
     assert "exit status 3" in capsys.readouterr().err
@@ -159,11 +160,11 @@ def test_run_skip_fail_and_aggregate(sweep_file, tmp_path, capsys):
     assert "training remix 1 0" in (out / "runs" / EXPECTED_NAMES[0] / "log.txt").read_text()
 
     # second invocation: finished runs are skipped, only the failed one is tried again
-    assert sweep_lib.main([f"--sweep={sweep_file}", "--quiet"]) == 1
+    assert sweep_main([f"--sweep={sweep_file}", "--quiet"]) == 1
     assert _calls(tmp_path) == EXPECTED_NAMES + [failed]
 
     # commands mode: one line per unfinished run, finished ones commented
-    assert sweep_lib.main([f"--sweep={sweep_file}", "--mode=commands"]) == 0
+    assert sweep_main([f"--sweep={sweep_file}", "--mode=commands"]) == 0
     lines = (out / "commands.sh").read_text().splitlines()
     active = [ln for ln in lines if ln and not ln.startswith("#")]
     assert len(active) == 1 and f"--workdir={out / 'runs' / failed}" in active[0]
@@ -193,7 +194,7 @@ def test_run_skip_fail_and_aggregate(sweep_file, tmp_path, capsys):
 
     # report_only re-aggregates without running anything
     (out / "results.md").unlink()
-    assert sweep_lib.main([f"--sweep={sweep_file}", "--report_only"]) == 0
+    assert sweep_main([f"--sweep={sweep_file}", "--report_only"]) == 0
     assert (out / "results.md").exists() and len(_calls(tmp_path)) == 9
 
 
@@ -209,7 +210,7 @@ def _assert_png(path: pathlib.Path):
 
 
 def test_only_filter_runs_subset(sweep_file, tmp_path):
-    assert sweep_lib.main([f"--sweep={sweep_file}", "--quiet", "--only=^remix__top_k=1"]) == 0
+    assert sweep_main([f"--sweep={sweep_file}", "--quiet", "--only=^remix__top_k=1"]) == 0
     assert _calls(tmp_path) == EXPECTED_NAMES[:2]
     # the definition's folder holds the definition and results/ only: outputs never mix with definitions
     assert sorted(p.name for p in sweep_file.parent.iterdir() if p.name != "__pycache__") == ["results", "toy.py"]
@@ -243,7 +244,7 @@ def test_device_envs():
 def test_parallel_runs_spread_over_devices(sweep_file, tmp_path, monkeypatch):
     events = tmp_path / "events.jsonl"
     monkeypatch.setenv("FAKE_EVENTS", str(events))
-    assert sweep_lib.main([f"--sweep={sweep_file}", "--quiet", "--parallel=3", "--devices=0,1"]) == 1  # one fails
+    assert sweep_main([f"--sweep={sweep_file}", "--quiet", "--parallel=3", "--devices=0,1"]) == 1  # one fails
     assert sorted(_calls(tmp_path)) == sorted(EXPECTED_NAMES)
     rows = [json.loads(line) for line in events.read_text().splitlines()]
     starts = [r for r in rows if r[0] == "start"]
@@ -267,7 +268,7 @@ def test_identical_runs_of_two_sweeps_train_once(sweep_file, tmp_path):
     grid_end = text.index('"seeds"')
     other.write_text(text[:grid_start] + '"grid": [{KEYS.top_k: [2, 3]}],\n            ' + text[grid_end:]
                      .replace('"seeds": [0, 1]', '"seeds": [0]'))
-    assert sweep_lib.main([f"--sweep={sweep_file},{other}", "--quiet", "--only=^remix|^top_k"]) == 0
+    assert sweep_main([f"--sweep={sweep_file},{other}", "--quiet", "--only=^remix|^top_k"]) == 0
     calls = _calls(tmp_path)
     # other.py's top_k=2 seed 0 is toy.py's remix top_k=2 seed 0 (same config spec and overrides): trained once
     assert sorted(calls) == sorted([n for n in EXPECTED_NAMES if n.startswith("remix")] + ["top_k=3__seed=0"])
@@ -280,7 +281,7 @@ def test_identical_runs_of_two_sweeps_train_once(sweep_file, tmp_path):
     assert rows["top_k=2__seed=0"]["status"] == "complete"
     assert float(rows["top_k=2__seed=0"]["gsm8k/accuracy"]) == pytest.approx(0.4)
     # a second invocation finds everything finished; --no_dedup would train the duplicate itself
-    assert sweep_lib.main([f"--sweep={sweep_file},{other}", "--quiet", "--only=^remix|^top_k"]) == 0
+    assert sweep_main([f"--sweep={sweep_file},{other}", "--quiet", "--only=^remix|^top_k"]) == 0
     assert len(_calls(tmp_path)) == len(calls)
 
 

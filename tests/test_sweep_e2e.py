@@ -15,6 +15,8 @@ import textwrap
 import pytest
 
 from remix_jax import sweep as sweep_lib
+from remix_jax.sweep import runner as sweep_runner
+from remix_jax.sweep.__main__ import main as sweep_main
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -105,13 +107,13 @@ def test_second_invocation_skips_finished_runs(finished_sweep):
     wd = root / "runs" / "remix__seed=0"
     before = {p: (wd / p).read_bytes() for p in ("metrics.jsonl", "run_complete.json")}
     calls = []
-    orig = sweep_lib.run_one
-    sweep_lib.run_one = lambda *a, **k: calls.append(a) or orig(*a, **k)
+    orig = sweep_runner.run_one
+    sweep_runner.run_one = lambda *a, **k: calls.append(a) or orig(*a, **k)
     try:
-        rc = sweep_lib.main([f"--sweep={path}", "--quiet", f"--out_dir={root / 'out'}",
+        rc = sweep_main([f"--sweep={path}", "--quiet", f"--out_dir={root / 'out'}",
                              f"--workdir_root={root / 'runs'}"])
     finally:
-        sweep_lib.run_one = orig
+        sweep_runner.run_one = orig
     assert rc == 0 and calls == []
     assert {p: (wd / p).read_bytes() for p in before} == before
     # the entry point itself does not retrain a finished run either (its own command: the same config)

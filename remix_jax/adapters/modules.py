@@ -35,7 +35,8 @@ from remix_jax.adapters import lora as lora_math
 from remix_jax.adapters import moe
 from remix_jax.adapters.adapter_config import FFN_PROJECTIONS, AdapterConfig, validate_adapter_config
 from remix_jax.inference.remix_ffn import precomputed_ffn, remix_inference_front
-from remix_jax.models.llama import MLP, PROJ_OUT, Decoder, Projection, add_residual, fused_products
+from remix_jax.models.fused import fused_products
+from remix_jax.models.llama import MLP, PROJ_OUT, Decoder, Projection, add_residual
 from remix_jax.routing.diagnostics import routing_diagnostics
 from remix_jax.routing.routers import RouterOutput, load_balancing_loss, route
 
@@ -252,7 +253,7 @@ class AdaptedMLP(MLP):
 
     def projection_ffn(self, x: Array, gate, up, down, kw: dict, row_scale: Array | None = None) -> Array:
         """down(silu(gate(x)) * up(x)), each projection with its own adapter (or router); the fused kernels of
-        ``fuse_projections`` when present (inference)."""
+        ``inference.variables.fuse_projections`` when present (inference)."""
         g, u = self.gate_up(x, gate, up, kw, row_scale)
         return self.down_product(nn.silu(g) * u, down, kw)
 
@@ -343,9 +344,3 @@ def init_adapter_variables(model: Decoder, rng: Array, tokens_shape: tuple[int, 
         return {c: variables.get(c, {}) for c in ("adapter", "router")}
 
     return nn.meta.unbox(jax.jit(init)(k_params, k_routing))
-
-
-def adapter_config_of(model: Decoder) -> AdapterConfig | None:
-    """The AdapterConfig a model was built with (``build_model``), or None for the plain decoder."""
-    cls = model.mlp_cls
-    return cls.keywords.get("adapter") if isinstance(cls, functools.partial) else None

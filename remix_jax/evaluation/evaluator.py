@@ -33,9 +33,9 @@ from remix_jax.data.sources import DataError
 from remix_jax.evaluation import builtin_tasks, gen_runner, humaneval, mc_runner, sandbox
 from remix_jax.evaluation.config import MC_TASKS, humaneval_ks, task_specs
 from remix_jax.evaluation.gen_runner import Generator, gen_config
-from remix_jax.evaluation.generation import GenerationConfig, bucket_size, generate_text
 from remix_jax.evaluation.results import TaskResult
 from remix_jax.evaluation.task_spec import TaskSpec
+from remix_jax.inference.generation import GenerationConfig, bucket_size, generate_text
 from remix_jax.models.llama import Decoder, lm_logits
 from remix_jax.routing.diagnostics import collect_routing_stats
 

@@ -12,11 +12,11 @@ from collections.abc import Callable, Mapping, Sequence
 import jax
 
 from remix_jax.evaluation import prompts, task_functions
-from remix_jax.evaluation.generation import GenerationConfig
 from remix_jax.evaluation.mc_runner import stderr
 from remix_jax.evaluation.results import TaskResult
 from remix_jax.evaluation.task_data import build_questions
 from remix_jax.evaluation.task_spec import TaskSpec
+from remix_jax.inference.generation import GenerationConfig
 
 # (prompts, generation config, stop strings, rng) -> completions (stop strings already cut).
 Generator = Callable[[Sequence[str], GenerationConfig, Sequence[str], jax.Array], list[str]]

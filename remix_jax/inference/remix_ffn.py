@@ -32,7 +32,8 @@ import jax
 import jax.numpy as jnp
 
 from remix_jax.inference import remix_kernels
-from remix_jax.models.llama import FUSED, STACKED, add_residual, inference_product
+from remix_jax.models.fused import FUSED, STACKED, inference_product
+from remix_jax.models.llama import add_residual
 from remix_jax.routing.routers import remix_inference_weights
 
 if TYPE_CHECKING:  # for annotations only: adapters import this module

@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from remix_jax.models.llama import inference_product
+from remix_jax.models.fused import inference_product
 from remix_jax.routing.sampler import total_order_key
 
 Array = jax.Array

@@ -1,17 +1,20 @@
 """The inference copies of an adapted model's variables, built once per generate call (never at each step).
 
+- ``fuse_projections``: the frozen q/k/v, gate/up, o and down kernels in the "fused" collection (``models.fused``).
 - ``cast_factors_for_inference``: the LoRA factors in the compute dtype.
 - ``fuse_remix_inference``: ReMix's precomputed FFN matrices (``remix_ffn.remix_block_matrices``) of every layer,
   and the stacked B matrices of the decode kernels.
-- ``remix_precomputed_ffn``, ``foldable_norms``, ``remix_kernels_apply``: which of these apply to an adapter
-  config (generation reads them to set up the decoder: ``Decoder.fold_norms``, ``Decoder.broadcast_stacked``).
+- ``adapter_config_of``, ``remix_precomputed_ffn``, ``foldable_norms``, ``remix_kernels_apply``: a decoder's adapter
+  config and which of these apply to it (generation reads them to set up the decoder: ``Decoder.fold_norms``,
+  ``Decoder.broadcast_stacked``).
 
 The variable names read here are the adapters' checkpoint format ("adapter"/.../lora_a, lora_b, magnitude_delta;
-"router"/.../weight, see ``adapters.modules``); nothing is imported from ``remix_jax.adapters``.
+"router"/.../weight, see ``adapters.modules``), and a decoder's adapter config is the ``adapter`` field of its FFN
+class (``adapters.build_model``); nothing is imported from ``remix_jax.adapters``.
 """
-
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
@@ -20,10 +23,18 @@ import jax.numpy as jnp
 
 from remix_jax.inference import remix_kernels
 from remix_jax.inference.remix_ffn import FFN_PROJECTIONS, remix_block_matrices, routed_layout
-from remix_jax.models.llama import FUSED, STACKED, inference_layout
+from remix_jax.models.fused import FUSED, STACKED, inference_layout
 
 if TYPE_CHECKING:  # for annotations only: adapters import this package
     from remix_jax.adapters.adapter_config import AdapterConfig
+    from remix_jax.models.llama import Decoder
+
+
+def adapter_config_of(model: Decoder) -> AdapterConfig | None:
+    """The AdapterConfig a model was built with (``adapters.build_model``: the ``adapter`` field of its FFN class),
+    or None for the plain decoder."""
+    cls = model.mlp_cls
+    return cls.keywords.get("adapter") if isinstance(cls, functools.partial) else None
 
 
 def remix_precomputed_ffn(cfg: AdapterConfig | None) -> bool:
@@ -111,3 +122,43 @@ def cast_factors_for_inference(variables: dict, dtype) -> dict:
                 for k, v in node.items()}
 
     return {**variables, "adapter": walk(dict(variables["adapter"]))}
+
+
+def fuse_projections(variables: dict, dtype=None, fold_norms: bool = False) -> dict:
+    """``variables`` plus a "fused" collection for inference, every matrix in ``inference_layout`` ([L, out, in])
+    and cast to ``dtype`` when given: per layer, the q/k/v kernels concatenated along the output axis
+    (layers/attn/qkv_kernel [L, (H + 2 KV) hd, d], and qkv_bias with attention biases), the gate/up kernels
+    (layers/mlp/gate_up_kernel [L, 2 F, d]), and the o and down kernels (o_kernel [L, d, H hd], down_kernel
+    [L, d, F]).
+
+    The decoder then computes q, k, v (and gate, up) with one matmul each instead of three (two), the
+    same products (each output column is the same dot product), plus each projection's own adapter delta, and
+    reads every kernel in the layout that suits single-token decoding. Projections whose output is not base +
+    delta (DoRA) fall back to their own kernels. Costs memory for a copy of the layer weights while it is alive
+    (one generate call).
+
+    fold_norms: the rows of each fused kernel multiplied by the scale of the RMSNorm before it (input_norm
+    for q/k/v, post_attn_norm for gate/up), for a ``Decoder(fold_norms=True)``; valid only when no adapter
+    adds a delta to q/k/v or gate/up (``foldable_norms``).
+    """
+    layers = variables["params"]["layers"]
+    attn, mlp = layers["attn"], layers["mlp"]
+    cast = (lambda a: a.astype(dtype)) if dtype is not None else (lambda a: a)
+
+    def folded(kernel, norm):  # [L, d, f] * scale [L, d] along d, in float32
+        if not fold_norms:
+            return kernel
+        return layers[norm]["scale"].astype(jnp.float32)[:, :, None] * kernel.astype(jnp.float32)
+
+    def layout(kernel):
+        return inference_layout(cast(kernel))
+
+    names = ("q_proj", "k_proj", "v_proj")
+    qkv = jnp.concatenate([attn[n]["kernel"] for n in names], axis=-1)
+    fused_attn = {"qkv_kernel": layout(folded(qkv, "input_norm")), "o_kernel": layout(attn["o_proj"]["kernel"])}
+    if all("bias" in attn[n] for n in names):
+        fused_attn["qkv_bias"] = cast(jnp.concatenate([attn[n]["bias"] for n in names], axis=-1))
+    gate_up = jnp.concatenate([mlp["gate_proj"]["kernel"], mlp["up_proj"]["kernel"]], axis=-1)
+    fused_mlp = {"gate_up_kernel": layout(folded(gate_up, "post_attn_norm")),
+                 "down_kernel": layout(mlp["down_proj"]["kernel"])}
+    return {**variables, FUSED: {"layers": {"attn": fused_attn, "mlp": fused_mlp}}}

@@ -34,16 +34,13 @@ import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
+from remix_jax.models.fused import STACKED, fused_product, fused_products
 from remix_jax.models.model_config import ModelConfig, rope_inv_freq
 from remix_jax.parallel.logical import constrain, target_platform
 
 Array = jax.Array
 
 PROJ_OUT = "proj_out"  # checkpoint name of every projection's output (see REMAT_POLICIES)
-FUSED = "fused"  # collection of inference-only concatenated kernels (``fuse_projections``)
-# Inference-only collection seen whole by every layer (not sliced by the layer loop): arrays stacked over layers
-# that a kernel indexes by the layer's number itself (``Decoder.broadcast_stacked``).
-STACKED = "stacked"
 
 # Logical axis names of the activations (parallel/logical.py maps them to the mesh; no-ops without a mesh).
 BTD = ("activation_batch", "activation_length", "activation_embed")
@@ -149,61 +146,6 @@ class Projection(nn.Module):
     def __call__(self, x: Array, deterministic: bool = True, token_mask: Array | None = None) -> Array:
         del deterministic, token_mask
         return checkpoint_name(self.base_forward(x), PROJ_OUT)
-
-
-def inference_layout(kernel: Array) -> Array:
-    """A kernel [..., in, out] in the layout of the "fused" collection, [..., out, in] (each output's weights
-    contiguous): a product with a single token (batch-1 decoding) is then a row reduction, which XLA fuses with
-    the multiply into one kernel, where the [in, out] layout gives a column reduction that it splits in two (the
-    full elementwise product written out, then summed). Larger products run as GEMMs in either layout."""
-    return jnp.swapaxes(kernel, -1, -2)
-
-
-def inference_product(x: Array, w: Array, dtype, preferred_element_type=None) -> Array:
-    """x [..., d] times a "fused"-collection matrix w [f, d] (``inference_layout``) -> [..., f], in ``dtype``
-    (accumulated and returned in ``preferred_element_type`` when given)."""
-    return jnp.einsum("...d,fd->...f", x.astype(dtype), w.astype(dtype), preferred_element_type=preferred_element_type)
-
-
-def fused_products(module: nn.Module, x: Array, kernel_name: str, bias_name: str | None, projections, sizes,
-                   kw: dict, with_delta: bool = True, row_scale: Array | None = None) -> list[Array] | None:
-    """The outputs of ``projections`` (all reading x [..., d]) from one matmul with the concatenated kernel
-    of the "fused" collection ([f, d], ``inference_layout``), each plus its own ``delta`` (only the base
-    products when ``with_delta`` is False); None when the collection does not hold ``kernel_name`` or a
-    projection is not ``fusable`` (then the caller applies them one by one). bias_name: the fused bias, when
-    the projections can have one (else None). sizes: output width of each projection, in the concatenation's
-    order. row_scale [..., 1]: the input's RMSNorm factor when the norm's scale is folded into the kernel (x is
-    then the un-normalised input): the product rows are multiplied by it; the fused kernel must then be there
-    and no projection may add a delta (there is no normalised input to give it)."""
-    if not module.has_variable(FUSED, kernel_name) or not all(p.fusable() for p in projections):
-        if row_scale is not None:
-            raise ValueError(f"fold_norms: {module.name} needs the fused {kernel_name} "
-                             "(fuse_projections(fold_norms=True))")
-        return None
-    dt = projections[0].dtype
-    w = module.get_variable(FUSED, kernel_name)
-    if row_scale is None:
-        y = inference_product(x, w, dt)
-    else:
-        y = (inference_product(x, w, dt, jnp.float32) * row_scale).astype(dt)
-    if bias_name is not None and module.has_variable(FUSED, bias_name):
-        y = y + module.get_variable(FUSED, bias_name).astype(dt)
-    outs, start = [], 0
-    for p, size in zip(projections, sizes, strict=True):
-        out = y[..., start:start + size]
-        d = p.delta(x, **kw) if with_delta else None
-        if d is not None and row_scale is not None:
-            raise ValueError(f"{p.name}: an adapter delta cannot read a folded norm's input (fold_norms)")
-        outs.append(out if d is None else out + d.astype(out.dtype))
-        start += size
-    return outs
-
-
-def fused_product(module: nn.Module, x: Array, kernel_name: str, proj, kw: dict) -> Array:
-    """proj(x) with the "fused" collection's copy of its kernel (``kernel_name``, ``inference_layout``) when
-    present and the projection is ``fusable`` (inference), else the projection itself."""
-    fused = fused_products(module, x, kernel_name, None, (proj,), (proj.features,), kw)
-    return fused[0] if fused is not None else proj(x, **kw)
 
 
 def add_residual(residual: Array | None, out: Array) -> Array:
@@ -494,46 +436,6 @@ class Decoder(nn.Module):
 def lm_logits(h: Array, head: Array) -> Array:
     """Logits [..., vocab] in float32 from final hidden states and the [d, vocab] output matrix."""
     return jnp.einsum("...d,dv->...v", h, head.astype(h.dtype), preferred_element_type=jnp.float32)
-
-
-def fuse_projections(variables: dict, dtype=None, fold_norms: bool = False) -> dict:
-    """``variables`` plus a "fused" collection for inference, every matrix in ``inference_layout`` ([L, out, in])
-    and cast to ``dtype`` when given: per layer, the q/k/v kernels concatenated along the output axis
-    (layers/attn/qkv_kernel [L, (H + 2 KV) hd, d], and qkv_bias with attention biases), the gate/up kernels
-    (layers/mlp/gate_up_kernel [L, 2 F, d]), and the o and down kernels (o_kernel [L, d, H hd], down_kernel
-    [L, d, F]).
-
-    The decoder then computes q, k, v (and gate, up) with one matmul each instead of three (two), the
-    same products (each output column is the same dot product), plus each projection's own adapter delta, and
-    reads every kernel in the layout that suits single-token decoding. Projections whose output is not base +
-    delta (DoRA) fall back to their own kernels. Costs memory for a copy of the layer weights while it is alive
-    (one generate call).
-
-    fold_norms: the rows of each fused kernel multiplied by the scale of the RMSNorm before it (input_norm
-    for q/k/v, post_attn_norm for gate/up), for a ``Decoder(fold_norms=True)``; valid only when no adapter
-    adds a delta to q/k/v or gate/up (``adapters.modules.foldable_norms``).
-    """
-    layers = variables["params"]["layers"]
-    attn, mlp = layers["attn"], layers["mlp"]
-    cast = (lambda a: a.astype(dtype)) if dtype is not None else (lambda a: a)
-
-    def folded(kernel, norm):  # [L, d, f] * scale [L, d] along d, in float32
-        if not fold_norms:
-            return kernel
-        return layers[norm]["scale"].astype(jnp.float32)[:, :, None] * kernel.astype(jnp.float32)
-
-    def layout(kernel):
-        return inference_layout(cast(kernel))
-
-    names = ("q_proj", "k_proj", "v_proj")
-    qkv = jnp.concatenate([attn[n]["kernel"] for n in names], axis=-1)
-    fused_attn = {"qkv_kernel": layout(folded(qkv, "input_norm")), "o_kernel": layout(attn["o_proj"]["kernel"])}
-    if all("bias" in attn[n] for n in names):
-        fused_attn["qkv_bias"] = cast(jnp.concatenate([attn[n]["bias"] for n in names], axis=-1))
-    gate_up = jnp.concatenate([mlp["gate_proj"]["kernel"], mlp["up_proj"]["kernel"]], axis=-1)
-    fused_mlp = {"gate_up_kernel": layout(folded(gate_up, "post_attn_norm")),
-                 "down_kernel": layout(mlp["down_proj"]["kernel"])}
-    return {**variables, FUSED: {"layers": {"attn": fused_attn, "mlp": fused_mlp}}}
 
 
 def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype=None) -> dict:

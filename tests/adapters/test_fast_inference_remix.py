@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from remix_jax.adapters import AdapterConfig, build_model, init_adapter_variables
-from remix_jax.evaluation.generation import GenerationConfig, generate
+from remix_jax.inference.generation import GenerationConfig, generate
 from remix_jax.models.llama import Decoder, init_params
 from remix_jax.models.model_config import named_config
 

@@ -1,15 +1,14 @@
-"""Imports flow one way around the inference room: parallel and routing import nothing of the package, models only
-parallel (the logical-axis rules), the inference package only models, routing and parallel (adapters call it), and
-adapters neither training nor evaluation.
-Read from the source (imports under ``if TYPE_CHECKING:`` are for annotations only and are not counted)."""
-
-import ast
-import pathlib
+"""Imports flow one way through the lower rooms: parallel and routing import nothing of the package, models only
+parallel (the logical-axis rules), the inference room (its FFN paths and the decode loop) only models, routing and
+parallel (an adapter config is read through its fields), and adapters only these (never training or evaluation).
+The leaf utilities ``progress`` and ``cli`` import nothing of the package and may be imported anywhere.
+Read from the source by tests/import_graph.py: function-level imports count, ``if TYPE_CHECKING:`` ones do not."""
 
 import pytest
 
-PACKAGE = pathlib.Path(__file__).resolve().parents[2] / "remix_jax"
-# package -> the remix_jax packages it may import at run time
+from tests import import_graph as ig
+
+# room -> the rooms it may import at run time (besides itself and the leaves)
 ALLOWED = {
     "parallel": set(),
     "routing": set(),
@@ -19,42 +18,20 @@ ALLOWED = {
 }
 
 
-def runtime_imports(path: pathlib.Path) -> set[str]:
-    """The remix_jax subpackages (or top-level modules) a file imports, outside ``if TYPE_CHECKING:`` blocks."""
-    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
-    skipped = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.If) and getattr(node.test, "id", getattr(node.test, "attr", None)) == "TYPE_CHECKING":
-            skipped.update(id(n) for stmt in node.body for n in ast.walk(stmt))
-    found = set()
-    for node in ast.walk(tree):
-        if id(node) in skipped:
-            continue
-        names = []
-        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names = [node.module]
-        elif isinstance(node, ast.Import):
-            names = [a.name for a in node.names]
-        for name in names:
-            parts = name.split(".")
-            if parts[0] == "remix_jax" and len(parts) > 1:
-                found.add(parts[1])
-    return found
+@pytest.mark.parametrize("name", sorted(ALLOWED))
+def test_room_imports_only_what_sits_below_it(name):
+    assert ig.imports_from_above({name: ALLOWED[name]}) == {}, f"remix_jax/{name} imports from above it"
 
 
-@pytest.mark.parametrize("package", sorted(ALLOWED))
-def test_package_imports_only_what_sits_below_it(package):
-    bad = {}
-    for path in sorted((PACKAGE / package).glob("*.py")):
-        extra = runtime_imports(path) - ALLOWED[package] - {package}
-        if extra:
-            bad[path.name] = sorted(extra)
-    assert bad == {}, f"remix_jax/{package} imports from above it: {bad}"
+def test_leaves_import_nothing_of_the_package():
+    g = ig.graph()
+    assert {leaf: g[f"remix_jax.{leaf}"] for leaf in sorted(ig.LEAVES)} == {leaf: set() for leaf in sorted(ig.LEAVES)}
 
 
-def test_type_checking_imports_are_not_counted(tmp_path):
-    f = tmp_path / "m.py"
-    f.write_text("from typing import TYPE_CHECKING\nimport remix_jax.models.llama\n"
-                 "if TYPE_CHECKING:\n    from remix_jax.adapters.adapter_config import AdapterConfig\n"
-                 "def g():\n    from remix_jax.training import objective\n")
-    assert runtime_imports(f) == {"models", "training"}  # a function-level import counts: it runs
+def test_package_level_imports_count(tmp_path):
+    """``from remix_jax import progress`` imports the module remix_jax.progress."""
+    (tmp_path / "remix_jax" / "models").mkdir(parents=True)
+    for rel in ("remix_jax/__init__.py", "remix_jax/models/__init__.py", "remix_jax/progress.py"):
+        (tmp_path / rel).write_text("")
+    (tmp_path / "remix_jax" / "models" / "m.py").write_text("from remix_jax import progress as p\n")
+    assert ig.graph(tmp_path)["remix_jax.models.m"] == {"remix_jax.progress"}

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 
 from remix_jax.adapters import AdapterConfig, build_model, init_adapter_variables
-from remix_jax.evaluation.generation import GenerationConfig, generate
 from remix_jax.inference import remix_kernels
+from remix_jax.inference.generation import GenerationConfig, generate
 from remix_jax.inference.remix_ffn import remix_block_matrices, remix_ffn_fused, routed_layout
-from remix_jax.models.llama import STACKED, Decoder, inference_layout, inference_product, init_params, rms_inverse
+from remix_jax.models.fused import STACKED, inference_layout, inference_product
+from remix_jax.models.llama import Decoder, init_params, rms_inverse
 from remix_jax.models.model_config import named_config
 
 D, F, LAYERS, EPS = 64, 96, 3, 1e-5
@@ -147,8 +148,8 @@ def test_generation_with_kernels_equals_xla_form():
 
 
 def test_decode_step_takes_the_kernels():
-    from remix_jax.inference.variables import fuse_remix_inference
-    from remix_jax.models.llama import fuse_projections, init_cache
+    from remix_jax.inference.variables import fuse_projections, fuse_remix_inference
+    from remix_jax.models.llama import init_cache
 
     model, variables = tiny_remix("float32")
     model = model.clone(fold_norms=True, broadcast_stacked=True)
@@ -168,7 +169,7 @@ def test_decode_step_takes_the_kernels():
 def test_kernels_need_variables_on_one_device():
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-    from remix_jax.evaluation.generation import on_one_device
+    from remix_jax.inference.generation import on_one_device
 
     model, variables = tiny_remix("float32")
     assert on_one_device(variables)

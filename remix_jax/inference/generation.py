@@ -25,22 +25,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from remix_jax.adapters.modules import adapter_config_of
 from remix_jax.inference import remix_kernels
 from remix_jax.inference.variables import (
+    adapter_config_of,
     cast_factors_for_inference,
     foldable_norms,
+    fuse_projections,
     fuse_remix_inference,
     remix_precomputed_ffn,
 )
-from remix_jax.models.llama import (
-    Decoder,
-    fuse_projections,
-    init_cache,
-    lm_logits,
-    positions_from_segments,
-    projection_class_fuses,
-)
+from remix_jax.models.llama import Decoder, init_cache, lm_logits, positions_from_segments, projection_class_fuses
 
 Array = jax.Array
 
@@ -54,22 +48,22 @@ class GenerationConfig:
     pad_id: int = 0
     max_batch: int = 64  # rows per compiled call; larger prompt lists run in chunks
     min_prompt_bucket: int = 16
-    # The inference copy of the layer weights while decoding (models.llama.fuse_projections): one matmul for
-    # q/k/v and one for gate/up per layer, every matrix stored [out, in] (single-token products as one row
-    # reduction each: +50% tokens/s at batch 1 on an H200, docs/benchmarks.md run H), for a temporary copy of
-    # the layer weights during the call. False reads the parameters as they are (no extra memory).
+    # The inference copy of the layer weights while decoding (inference.variables.fuse_projections): one matmul
+    # for q/k/v and one for gate/up per layer, every matrix stored [out, in] (single-token products as one row
+    # reduction each: +50% tokens/s at batch 1 on an H200, docs/notes/benchmarks-log.md run H), for a temporary
+    # copy of the layer weights during the call. False reads the parameters as they are (no extra memory).
     fuse_projections: bool = True
     # Layers per iteration of the decoder's layer loop while decoding (model.scan_unroll for this call;
     # 0 keeps the model's own). On an H200 for SmolLM2-135M 2 beats 1 by 12% / 8% at batch 16 / 128 and 3 by 3%
-    # to 7% at batch 16 (docs/benchmarks.md run H), for about a second more compile time per bucket; results
-    # are identical.
+    # to 7% at batch 16 (docs/notes/benchmarks-log.md run H), for about a second more compile time per bucket;
+    # results are identical.
     scan_unroll: int = 2
     # With fused projections: the blocks' RMSNorm scales folded into the fused kernels (Decoder.fold_norms), one
     # elementwise kernel less per norm and decode step; applied only where no adapter reads a norm's output
-    # outside those kernels (adapters.modules.foldable_norms). Same products up to bf16 rounding.
+    # outside those kernels (inference.variables.foldable_norms). Same products up to bf16 rounding.
     fold_norms: bool = True
     # ReMix's routed FFN halves while decoding small batches (at most remix_kernels.MAX_TOKENS tokens per call) as
-    # two Pallas kernels (adapters.remix_kernels): "auto" on CUDA GPUs (compute capability >= 8.0), "xla" never,
+    # two Pallas kernels (inference.remix_kernels): "auto" on CUDA GPUs (compute capability >= 8.0), "xla" never,
     # "pallas" always (Pallas's interpreter off GPUs: slow, for tests). Needs fused projections, folded norms and the
     # variables on one device ("auto" keeps XLA's form for variables spread over several devices).
     remix_kernels: str = "auto"

@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from remix_jax.evaluation import generation
-from remix_jax.evaluation.generation import (
+from remix_jax.inference import generation
+from remix_jax.inference.generation import (
     GenerationConfig,
     bucket_size,
     generate,

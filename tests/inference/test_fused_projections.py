@@ -1,4 +1,4 @@
-"""Inference-time fused projections (models.llama.fuse_projections): one matmul for q/k/v and one for gate/up
+"""Inference-time fused projections (inference.variables.fuse_projections): one matmul for q/k/v and one for gate/up
 gives the same logits as separate projections, for the base model and every adapter method, and the same
 generated tokens; DoRA (not base + delta) falls back to separate matmuls. GenerationConfig.scan_unroll changes
 the compiled loop only."""
@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 
 from remix_jax.adapters import AdapterConfig, build_model, init_adapter_variables
-from remix_jax.evaluation.generation import GenerationConfig, generate
-from remix_jax.models.llama import FUSED, Decoder, fuse_projections, init_params
+from remix_jax.inference.generation import GenerationConfig, generate
+from remix_jax.inference.variables import adapter_config_of, fuse_projections
+from remix_jax.models.fused import FUSED
+from remix_jax.models.llama import Decoder, init_params
 from remix_jax.models.model_config import named_config
 
 CFG = dataclasses.replace(named_config("tiny", dtype="float32", param_dtype="float32"), attention_bias=True)
@@ -122,7 +124,6 @@ def test_generation_unroll_changes_nothing(params):
 def test_remix_precomputed_block_matrices(targets, params):
     """fuse_remix_inference: ReMix's FFN from four precomputed matrices (frozen kernels, the experts' A and B
     and the router joined) gives the same logits as the per-step path, which builds nothing in advance."""
-    from remix_jax.adapters.modules import adapter_config_of
     from remix_jax.inference.variables import fuse_remix_inference
 
     model, variables = adapted("remix", targets, params)
@@ -182,7 +183,6 @@ def _random_norm_scales(params):
 def test_folded_norms_same_logits(method, targets, params):
     """Decoder(fold_norms=True) with the norms' scales folded into the fused kernels (and into ReMix's
     precomputed FFN matrices, router included) gives the logits of the unfolded model."""
-    from remix_jax.adapters.modules import adapter_config_of
     from remix_jax.inference.variables import foldable_norms, fuse_remix_inference
 
     params = _random_norm_scales(params)
@@ -205,7 +205,6 @@ def test_folded_norms_same_logits(method, targets, params):
 
 
 def test_fold_norms_only_where_no_adapter_reads_a_norm(params):
-    from remix_jax.adapters.modules import adapter_config_of
     from remix_jax.inference.variables import foldable_norms
 
     for method, targets in [("lora", "all"), ("lora", ("gate_proj",)), ("mixlora", "ffn"), ("remix", "attn")]:

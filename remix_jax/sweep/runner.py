@@ -1,0 +1,169 @@
+"""Running a sweep's runs: one training subprocess per run (``run_one``, its output in WORKDIR/log.txt), several at
+once over GPUs (``run_local``, ``device_envs``), a run trained once for several sweeps (``link_duplicates``), or a
+commands.sh for a scheduler (``write_commands``). A run is finished when WORKDIR/run_complete.json exists.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import queue
+import shlex
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+
+from remix_jax.sweep.definition import Run, Sweep, SweepError, fingerprint
+
+RUN_COMPLETE = "run_complete.json"
+
+
+def is_complete(workdir: str | os.PathLike) -> bool:
+    return (pathlib.Path(workdir) / RUN_COMPLETE).is_file()
+
+
+def run_one(run: Run, runner: Sequence[str], echo: bool = True,
+            env: Mapping[str, str] | None = None) -> tuple[bool, str]:
+    """Run one training subprocess, streaming its output to WORKDIR/log.txt. Returns (ok, reason).
+    ``env``: variables set for the subprocess on top of this process's environment."""
+    wd = pathlib.Path(run.workdir)
+    argv = run.command(runner)
+    if argv[0] == "python":  # run with this interpreter (the active environment)
+        argv = [sys.executable, *argv[1:]]
+    try:
+        wd.mkdir(parents=True, exist_ok=True)
+        (wd / "command.txt").write_text(shlex.join(argv) + "\n")
+        log = open(wd / "log.txt", "a", encoding="utf-8")
+    except OSError as e:  # a read-only or full disk: this run fails, the others still get their turn
+        return False, f"cannot write {e.filename or wd}: {e.strerror}"
+    with log:
+        log.write(f"$ {shlex.join(argv)}\n")
+        log.flush()
+        try:
+            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                    errors="replace", bufsize=1, env={**os.environ, **(env or {})})
+        except OSError as e:
+            log.write(f"could not start: {e}\n")
+            return False, f"could not start: {e}"
+        for line in proc.stdout:
+            log.write(line)
+            log.flush()
+            if echo:
+                sys.stdout.write(f"[{run.name}] {line}")
+                sys.stdout.flush()
+        rc = proc.wait()
+    if rc != 0:
+        return False, f"exit status {rc} (see {wd / 'log.txt'})"
+    if not is_complete(wd):
+        return False, f"exited 0 but wrote no {RUN_COMPLETE} (see {wd / 'log.txt'})"
+    return True, ""
+
+
+def device_envs(parallel: int, devices: Sequence[str] | None) -> list[dict[str, str]]:
+    """The environment of each of ``parallel`` run slots: with ``devices`` (GPU ids), slot i sees only
+    devices[i % len(devices)] and a 0.9 / (slots on that GPU) share of its memory; else no change."""
+    if parallel < 1:
+        raise SweepError(f"--parallel must be >= 1, got {parallel}")
+    if not devices:
+        return [{} for _ in range(parallel)]
+    per_device = [sum(1 for i in range(parallel) if i % len(devices) == d) for d in range(len(devices))]
+    envs = []
+    for i in range(parallel):
+        d = i % len(devices)
+        env = {"CUDA_VISIBLE_DEVICES": str(devices[d])}
+        if per_device[d] > 1:
+            env["XLA_PYTHON_CLIENT_MEM_FRACTION"] = f"{0.9 / per_device[d]:.3f}"
+        envs.append(env)
+    return envs
+
+
+def run_local(sweep: Sweep | None, runs: Sequence[Run], echo: bool = True, parallel: int = 1,
+              devices: Sequence[str] | None = None, runners: Mapping[str, Sequence[str]] | None = None,
+              ) -> dict[str, str]:
+    """Run every unfinished run, ``parallel`` at a time (in order when 1); returns {name: reason} of the
+    runs that failed. ``runners`` maps a run's workdir to its argv prefix (several sweeps in one queue);
+    otherwise ``sweep.runner`` is used for all."""
+    todo = []
+    for i, run in enumerate(runs):
+        if is_complete(run.workdir):
+            print(f"[{i + 1}/{len(runs)}] {run.name}: finished already, skipped", flush=True)
+        else:
+            todo.append((i, run))
+    failed: dict[str, str] = {}
+    work: queue.Queue = queue.Queue()
+    for item in todo:
+        work.put(item)
+    lock = threading.Lock()
+
+    def worker(env: dict[str, str]) -> None:
+        while True:
+            try:
+                i, run = work.get_nowait()
+            except queue.Empty:
+                return
+            where = f" on GPU {env['CUDA_VISIBLE_DEVICES']}" if "CUDA_VISIBLE_DEVICES" in env else ""
+            print(f"[{i + 1}/{len(runs)}] {run.name}: running{where}", flush=True)
+            t0 = time.time()
+            runner = (runners or {}).get(run.workdir) or sweep.runner
+            ok, reason = run_one(run, runner, echo=echo, env=env)
+            status = f"done in {time.time() - t0:.1f} s" if ok else f"FAILED: {reason}"
+            print(f"[{i + 1}/{len(runs)}] {run.name}: {status}", flush=True)
+            if not ok:
+                with lock:
+                    failed[run.name] = reason
+
+    threads = [threading.Thread(target=worker, args=(env,), daemon=True) for env in device_envs(parallel, devices)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return failed
+
+
+def link_duplicates(runs: Sequence[Run], create: bool = True) -> tuple[list[Run], dict[str, Run]]:
+    """Split ``runs`` into (primaries, {workdir of a duplicate: its primary}). With ``create``, a duplicate
+    whose workdir does not exist yet becomes a relative symbolic link to its primary's workdir (so
+    finished-run checks and reports read the primary's outputs); one that already holds its own files is
+    left alone and kept as a primary."""
+    first: dict[str, Run] = {}
+    primaries, aliases = [], {}
+    for run in runs:
+        fp = fingerprint(run)
+        if fp not in first:
+            first[fp] = run
+            primaries.append(run)
+            continue
+        primary = first[fp]
+        wd = pathlib.Path(run.workdir)
+        if os.path.realpath(wd) == os.path.realpath(primary.workdir):
+            continue
+        if wd.exists() and not wd.is_symlink():
+            primaries.append(run)  # trained on its own before; keep it
+            continue
+        aliases[run.workdir] = primary
+        if create and not wd.is_symlink():
+            wd.parent.mkdir(parents=True, exist_ok=True)
+            pathlib.Path(primary.workdir).mkdir(parents=True, exist_ok=True)
+            wd.symlink_to(os.path.relpath(primary.workdir, wd.parent), target_is_directory=True)
+    return primaries, aliases
+
+
+def write_commands(sweep: Sweep, runs: Sequence[Run]) -> pathlib.Path:
+    """Write <out_dir>/commands.sh: one command per unfinished run (finished ones as comments)."""
+    out = pathlib.Path(sweep.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    lines = [
+        "#!/usr/bin/env bash",
+        f"# Runs of sweep {sweep.name} ({sweep.path}); one command per line, for a scheduler.",
+        "# Multi-host (TPU pod / multi-node): run the same line on every worker, e.g.",
+        '#   gcloud compute tpus tpu-vm ssh POD --worker=all --command="cd remix-jax && LINE"',
+        "# Aggregate afterwards: python -m remix_jax.sweep --sweep=" + sweep.path + " --report_only",
+    ]
+    for run in runs:
+        cmd = shlex.join(run.command(sweep.runner))
+        lines.append(f"# finished: {cmd}" if is_complete(run.workdir) else cmd)
+    path = out / "commands.sh"
+    path.write_text("\n".join(lines) + "\n")
+    return path
