@@ -82,6 +82,25 @@ def diff(old: dict, new: dict) -> list[tuple[str, Any, Any]]:
             if a.get(k, _ABSENT) != b.get(k, _ABSENT)]
 
 
+def schema_defaults() -> dict[str, Any]:
+    """{"dotted.key": default} of the run config schema (run_config.default_config with its eval section)."""
+    from remix_jax import run_config
+
+    c = run_config.default_config()
+    out = flatten(config_dict(c))
+    out.update(flatten(config_dict(run_config.eval_config()), "eval."))
+    return out
+
+
+def added_with_default(old: dict, changes, defaults: dict | None = None) -> list[tuple[str, Any, Any]]:
+    """The changes that remain once keys the record lacks and the new config sets to the schema's default are
+    dropped: such a key was added to the schema after the run started, and its default is the behaviour the
+    run had (a key that differs from its default is still a change)."""
+    defaults = schema_defaults() if defaults is None else defaults
+    return [(k, a, b) for k, a, b in changes
+            if not (a == _ABSENT and k in defaults and b == defaults[k])]
+
+
 def read_json(path: str) -> Any:
     try:
         with open(path) as f:
@@ -173,7 +192,7 @@ def plan_rerun(workdir: str, new: dict, continue_with_changes: bool = False, aut
     done = finished_step(workdir)
     if old is None:
         return Plan(finished=done is not None, step=done)
-    changes = diff(old, new)
+    changes = added_with_default(old, diff(old, new))
     steps = checkpoint_steps(workdir)
     trained = done if done is not None else (steps[-1] if steps else None)
     plan = Plan(finished=done is not None, step=trained, changes=changes)

@@ -16,7 +16,7 @@ UPPER = {
     "run_config": LOWER | {"data", "evaluation"},
     "presets": set(),
     "training": LOWER | {"data", "evaluation", "run_config", "rundir"},
-    "rundir": {"training"},  # the learning-rate schedule of a continued run (training.optimizer)
+    "rundir": {"training", "run_config"},  # a continued run's schedule (training.optimizer); schema defaults
     "export": LOWER | {"training", "presets"},
     "sweep": set(),  # the library modules (its command line, sweep.__main__, is an entry point)
 }
