@@ -16,7 +16,7 @@ no adapters, so the base model is evaluated. Add ``--config.eval.limit=N`` for a
 
 import os
 
-from remix_jax.evaluation.config import default_eval_config
+from remix_jax.evaluation.eval_config import default_eval_config
 from remix_jax.run_config import default_config
 
 

@@ -10,7 +10,7 @@ test (2,376), ARC-Challenge test (1,172), HellaSwag validation (10,042). Another
 first N questions of each task). A workdir with adapters (a training run) is scored with them.
 """
 
-from remix_jax.evaluation.config import default_eval_config
+from remix_jax.evaluation.eval_config import default_eval_config
 from remix_jax.presets import SMOLLM2_GGUF, installed_file
 from remix_jax.run_config import default_config
 

@@ -39,7 +39,7 @@ EXIT_USER_ERROR = 2
 _EXPECTED = (
     ("remix_jax.cli", "UserError"),
     ("remix_jax.run_config", "ConfigError"),
-    ("remix_jax.evaluation.config", "EvalConfigError"),
+    ("remix_jax.evaluation.eval_config", "EvalConfigError"),
     ("remix_jax.data.sources", "DataError"),
     ("remix_jax.models.model_config", "ModelLoadError"),
     ("remix_jax.adapters.adapter_config", "AdapterConfigError"),

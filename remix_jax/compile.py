@@ -260,7 +260,7 @@ def compile_for_topology(config, topology: str, num_slices: int = 1, hlo: bool =
 
 
 def _attention_impl(model_cfg, seq_len: int, mesh) -> str:
-    from remix_jax.models.llama import resolve_attention_impl
+    from remix_jax.models.attention import resolve_attention_impl
     from remix_jax.parallel.logical import activation_sharding
 
     with activation_sharding(mesh):

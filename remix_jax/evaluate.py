@@ -15,7 +15,7 @@ files are:
 - else into DIR/evals/<NAME>/ (NAME: --eval_name, default the UTC time, e.g. 20261204-135501), so a
   training run's own results (DIR/eval/) and earlier evaluations are never overwritten.
 
-``config.eval`` is ``remix_jax.evaluation.config.default_eval_config()`` (data paths must be set). Tasks defined as
+``config.eval`` is ``remix_jax.evaluation.eval_config.default_eval_config()`` (data paths must be set). Tasks defined as
 data (the built-in piqa, arc_easy, arc_challenge, hellaswag, arc_c_mc, ... and your own through
 ``--config.eval.task_files=FILE.yaml``) are described in docs/tasks.md.
 Expected failures end in a short message and exit status 2 (``--debug`` shows the traceback).
@@ -49,7 +49,7 @@ def _define_flags() -> None:
 
 def eval_section(config):
     """config.eval, or the defaults when the config has none."""
-    from remix_jax.evaluation.config import default_eval_config
+    from remix_jax.evaluation.eval_config import default_eval_config
 
     return config.eval if "eval" in config else default_eval_config()
 
@@ -82,7 +82,7 @@ def _holds_results(folder: str) -> bool:
 def check_config(config) -> list[str]:
     """Every problem of ``config`` that evaluation meets, before any model is loaded: the eval section and
     every file it names, and model.path. Raises one ConfigError listing them; returns the task names."""
-    from remix_jax.evaluation.config import EvalConfigError, validate_eval_config
+    from remix_jax.evaluation.eval_config import EvalConfigError, validate_eval_config
     from remix_jax.run_config import ConfigError, model_path_problems, problem_lines
 
     problems, tasks = model_path_problems(config.model.path), []

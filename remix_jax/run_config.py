@@ -295,7 +295,7 @@ def resolve_dtypes(config) -> None:
 
 
 def eval_config() -> ml_collections.ConfigDict:
-    """``config.eval`` for training runs: ``remix_jax.evaluation.config.default_eval_config()`` with no
+    """``config.eval`` for training runs: ``remix_jax.evaluation.eval_config.default_eval_config()`` with no
     tasks, plus
 
     at_start: evaluate before the first step (fresh runs only).
@@ -304,7 +304,7 @@ def eval_config() -> ml_collections.ConfigDict:
       (fewer when the source runs out: it is read once, in order).
     """
     from remix_jax.data import source_config
-    from remix_jax.evaluation.config import default_eval_config
+    from remix_jax.evaluation.eval_config import default_eval_config
 
     e = default_eval_config()
     e.tasks = ""
@@ -336,7 +336,7 @@ def heldout_batches(ev) -> int:
 
 def validate_eval(ev, train_cfg) -> list[str]:
     """Task names to run; raises ConfigError listing every problem of the section, missing files included."""
-    from remix_jax.evaluation.config import EvalConfigError, validate_eval_config
+    from remix_jax.evaluation.eval_config import EvalConfigError, validate_eval_config
 
     problems, tasks = [], []
     if str(ev.tasks).strip():

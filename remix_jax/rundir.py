@@ -17,6 +17,9 @@ Accepted changes are recorded: the replaced config is kept as WORKDIR/config.<N>
 order) and WORKDIR/config_changes.jsonl gets one line {"time", "step", "previous", "changes": {key: [old,
 new]}}. A finished run that is extended keeps its earlier final results: WORKDIR/eval/ and run_complete.json
 move to WORKDIR/eval_history/step_<N>/ (N = its last step) before training resumes.
+
+One module, a little over 400 lines, on purpose: the folder's whole contract (what is recorded, what a rerun may
+change, which evaluations and summary are read back) in one place, each section depending on the ones above it.
 """
 
 from __future__ import annotations

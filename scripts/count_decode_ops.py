@@ -33,7 +33,8 @@ import jax.numpy as jnp
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from remix_jax.inference.variables import fuse_projections  # noqa: E402
-from remix_jax.models.llama import Decoder, init_cache, lm_logits  # noqa: E402
+from remix_jax.models.attention import init_cache  # noqa: E402
+from remix_jax.models.llama import Decoder, lm_logits  # noqa: E402
 from remix_jax.models.model_config import named_config  # noqa: E402
 
 # Instructions that launch no work of their own.

@@ -12,7 +12,7 @@ import pytest
 
 from remix_jax import evaluate
 from remix_jax.adapters import AdapterConfig, build_model, init_adapter_variables
-from remix_jax.evaluation.config import default_eval_config
+from remix_jax.evaluation.eval_config import default_eval_config
 from remix_jax.models.hf_io import save_hf_checkpoint
 from remix_jax.models.llama import Decoder, init_params
 from remix_jax.models.model_config import named_config
@@ -153,7 +153,7 @@ def test_command_line(model_dir, data_dir, tmp_path):
     cfg_file = tmp_path / "cfg.py"
     cfg_file.write_text(
         "from remix_jax.run_config import default_config\n"
-        "from remix_jax.evaluation.config import default_eval_config\n\n\n"
+        "from remix_jax.evaluation.eval_config import default_eval_config\n\n\n"
         "def get_config():\n"
         "    c = default_config()\n"
         f"    c.model.path = {str(model_dir)!r}\n"

@@ -27,7 +27,7 @@ def _inside(path: str, dist: str) -> bool:
 
 
 def test_config_validates_and_uses_package_files(config, smollm2_gguf):
-    from remix_jax.evaluation.config import validate_eval_config
+    from remix_jax.evaluation.eval_config import validate_eval_config
     from remix_jax.run_config import resolve_dtypes, split_config, validate_config
 
     with config.unlocked():

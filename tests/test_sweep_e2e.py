@@ -158,5 +158,5 @@ def test_experiment_sweeps_match_the_config_schema(name, monkeypatch):
                 train_cfg.model[k] = "float32"
         validate_config(train_cfg, check_paths=False)
         if ev is not None and str(ev.tasks).strip():
-            from remix_jax.evaluation.config import task_names
+            from remix_jax.evaluation.eval_config import task_names
             task_names(ev)

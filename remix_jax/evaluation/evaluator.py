@@ -31,7 +31,7 @@ import numpy as np
 from remix_jax import progress as progress_lib
 from remix_jax.data.sources import DataError
 from remix_jax.evaluation import builtin_tasks, gen_runner, humaneval, mc_runner, sandbox
-from remix_jax.evaluation.config import MC_TASKS, humaneval_ks, task_specs
+from remix_jax.evaluation.eval_config import MC_TASKS, humaneval_ks, task_specs
 from remix_jax.evaluation.gen_runner import Generator, gen_config
 from remix_jax.evaluation.results import TaskResult
 from remix_jax.evaluation.task_spec import TaskSpec

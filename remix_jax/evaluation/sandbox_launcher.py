@@ -13,6 +13,10 @@ data, kills init (so every process of the namespace) and writes the verdict with
 which no other process holds.
 Unisolated (explicit opt-in only): the same judge and program, without namespaces; the program runs in a host
 directory with rlimits, seccomp and the Python guard, and the judge, a child subreaper, kills what it leaves.
+
+Longer than 400 lines on purpose: the judge is one standalone script (run by path, standard library only), read and
+audited as one; the namespaces and mounts, the seccomp filter and the wire format are apart (sandbox_isolation.py,
+sandbox_seccomp.py, sandbox_wire.py).
 """
 
 from __future__ import annotations

@@ -34,7 +34,8 @@ from remix_jax.inference.variables import (
     fuse_remix_inference,
     remix_precomputed_ffn,
 )
-from remix_jax.models.llama import Decoder, init_cache, lm_logits, positions_from_segments, projection_class_fuses
+from remix_jax.models.attention import init_cache
+from remix_jax.models.llama import Decoder, lm_logits, positions_from_segments, projection_class_fuses
 
 Array = jax.Array
 

@@ -11,7 +11,7 @@ import pytest
 
 from remix_jax.adapters import AdapterConfig, build_model, init_adapter_variables
 from remix_jax.evaluation import evaluator, gsm8k, humaneval, multiple_choice, prompts
-from remix_jax.evaluation.config import EvalConfigError, default_eval_config, validate_eval_config
+from remix_jax.evaluation.eval_config import EvalConfigError, default_eval_config, validate_eval_config
 from remix_jax.inference.generation import GenerationConfig, generate_text
 from remix_jax.models.llama import Decoder, init_params
 from remix_jax.models.model_config import named_config

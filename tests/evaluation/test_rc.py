@@ -16,7 +16,7 @@ from remix_jax.data import build_eval_examples, source_config
 from remix_jax.data.formats import arc_rc
 from remix_jax.data.sources import DataError
 from remix_jax.evaluation import evaluator, multiple_choice
-from remix_jax.evaluation.config import EvalConfigError, default_eval_config, validate_eval_config
+from remix_jax.evaluation.eval_config import EvalConfigError, default_eval_config, validate_eval_config
 from remix_jax.models.llama import Decoder, init_params
 from remix_jax.models.model_config import named_config
 

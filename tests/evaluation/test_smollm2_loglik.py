@@ -9,7 +9,7 @@ import pytest
 
 from remix_jax.evaluation import evaluator
 from remix_jax.evaluation.builtin_tasks import REGISTRY
-from remix_jax.evaluation.config import default_eval_config
+from remix_jax.evaluation.eval_config import default_eval_config
 from remix_jax.evaluation.task_data import build_questions
 from remix_jax.models.llama import Decoder
 from remix_jax.models.loading import load_model, load_tokenizer

@@ -12,7 +12,7 @@ import pytest
 
 from remix_jax.data.sources import DataError
 from remix_jax.evaluation import evaluator
-from remix_jax.evaluation.config import EvalConfigError, default_eval_config, task_specs, validate_eval_config
+from remix_jax.evaluation.eval_config import EvalConfigError, default_eval_config, task_specs, validate_eval_config
 from remix_jax.evaluation.task_data import build_questions
 from remix_jax.evaluation.task_spec import TaskSpec, TaskSpecError, load_task_file
 from tests.conftest import REPO

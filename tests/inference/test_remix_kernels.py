@@ -149,7 +149,7 @@ def test_generation_with_kernels_equals_xla_form():
 
 def test_decode_step_takes_the_kernels():
     from remix_jax.inference.variables import fuse_projections, fuse_remix_inference
-    from remix_jax.models.llama import init_cache
+    from remix_jax.models.attention import init_cache
 
     model, variables = tiny_remix("float32")
     model = model.clone(fold_norms=True, broadcast_stacked=True)

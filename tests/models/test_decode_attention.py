@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from remix_jax.models.llama import attention_mask, xla_attention
+from remix_jax.models.attention import attention_mask, xla_attention
 
 
 @pytest.mark.parametrize("dtype,tol", [(jnp.float32, 1e-6), (jnp.bfloat16, 1e-2)])

@@ -11,8 +11,9 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from remix_jax.models.attention import init_cache  # noqa: E402
 from remix_jax.models.hf_io import load_hf_checkpoint, save_hf_checkpoint  # noqa: E402
-from remix_jax.models.llama import Decoder, init_cache  # noqa: E402
+from remix_jax.models.llama import Decoder  # noqa: E402
 from remix_jax.models.model_config import ModelLoadError  # noqa: E402
 
 COMMON = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,

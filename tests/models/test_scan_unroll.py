@@ -6,7 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from remix_jax.models.llama import Decoder, init_cache, init_params
+from remix_jax.models.attention import init_cache
+from remix_jax.models.llama import Decoder, init_params
 from remix_jax.models.model_config import ModelLoadError, named_config
 
 

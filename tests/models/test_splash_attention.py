@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from remix_jax.models import tpu_attention
-from remix_jax.models.llama import attention_mask, positions_from_segments, resolve_attention_impl, xla_attention
+from remix_jax.models.attention import attention_mask, resolve_attention_impl, xla_attention
+from remix_jax.models.llama import positions_from_segments
 from remix_jax.models.model_config import named_config
 
 
