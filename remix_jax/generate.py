@@ -41,14 +41,13 @@ def _define_flags() -> None:
 
 
 def _generation_config(tokenizer, max_new_tokens: int, temperature: float, top_p: float):
-    """The evaluator's decoding settings (evaluation.evaluator._gen_config) for one prompt."""
-    from remix_jax.inference.generation import GenerationConfig
-    from remix_jax.models.tokenizer import stop_token_ids
+    """The evaluator's decoding settings (``evaluation.gen_runner.gen_config``) for one prompt."""
+    import dataclasses
+
+    from remix_jax.evaluation.gen_runner import gen_config
 
     try:
-        return GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                                stop_token_ids=stop_token_ids(tokenizer), pad_id=tokenizer.pad_token_id or 0,
-                                max_batch=1)
+        return dataclasses.replace(gen_config(max_new_tokens, tokenizer, temperature, top_p), max_batch=1)
     except ValueError as e:
         raise UserError(f"{e} (--max_new_tokens / --temperature / --top_p)") from None
 
