@@ -43,7 +43,13 @@ def test_hlo_op_names_and_union():
 def test_profile_calls_attributes_kernels_to_jax_ops():
     f = jax.jit(lambda a, b: (a @ b, jnp.tanh(a).sum()))
     a = jnp.ones((64, 64))
-    compiled = f.lower(a, a).compile()
+    # Compiled here, not loaded from the session's compilation cache (another worker may have stored the same
+    # program): a cached executable's trace carries no kernel events to attribute.
+    jax.config.update("jax_enable_compilation_cache", False)
+    try:
+        compiled = f.lower(a, a).compile()
+    finally:
+        jax.config.update("jax_enable_compilation_cache", True)
     jax.block_until_ready(compiled(a, a))
     report = po.profile_calls(lambda: jax.block_until_ready(compiled(a, a)), compiled.as_text(), calls=3)
     assert report["calls"] == 3 and report["kernels_per_call"] > 0
