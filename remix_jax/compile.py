@@ -113,6 +113,11 @@ def parse_topology(name: str) -> Target:
 
 def topology_devices(target: Target, num_slices: int = 1) -> list:
     """The (compile-only) jax devices of ``num_slices`` slices of ``target``; ImportError naming the install."""
+    # Compiling for a topology never touches a chip, so it needs no claim on libtpu's one-process lock
+    # (/tmp/libtpu_lockfile): without this, a second process compiling at the same time (a test worker, a sweep of
+    # topologies, a compile beside a training job on a TPU VM) fails with "Internal error when accessing libtpu
+    # multi-process lockfile". Read by libtpu when it initialises, so it is set before the topology is made.
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     try:
         from jax.experimental import topologies
 

@@ -106,6 +106,31 @@ def test_multislice_mesh_puts_data_across_slices():
         mesh_lib.make_mesh({"data": 1, "fsdp": 8, "tensor": 1}, devices)
 
 
+@needs_libtpu
+def test_compiles_while_another_process_holds_the_libtpu_lock():
+    """Two processes compiling for a topology at once (test workers, a topology sweep) do not fight over libtpu's
+    one-process lock: this process holds it while a fresh one makes a topology."""
+    import fcntl
+    import subprocess
+    import sys
+
+    lockfile = pathlib.Path("/tmp/libtpu_lockfile")
+    existed = lockfile.exists()
+    with open(lockfile, "a") as f:
+        fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        try:
+            code = ("from remix_jax import compile as c; "
+                    "print(len(c.topology_devices(c.parse_topology('v5e:2x2'))))")
+            r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                               env={**__import__("os").environ, "JAX_PLATFORMS": "cpu"})
+        finally:
+            fcntl.lockf(f, fcntl.LOCK_UN)
+    if not existed:
+        lockfile.unlink(missing_ok=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split()[-1] == "4"
+
+
 @pytest.mark.parametrize("name,libtpu_name,chips", [
     ("v5p-128", "v5:4x4x4", 64), ("v5p-32", "v5:2x2x4", 16), ("v5e-16", "v5e:4x4", 16),
     ("v5e-256", "v5e:16x16", 256), ("v6e-64", "v6e:8x8", 64), ("v4-8", "v4:2x2x1", 4),
