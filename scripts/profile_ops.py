@@ -53,8 +53,12 @@ def category(op_name: str, kernel: str) -> str:
 
 
 def _device_events(data):
-    """(plane name, event) for every event tied to an HLO instruction; device planes first, else the host."""
-    planes = [p for p in data.planes if p.name.startswith("/device:")]
+    """(plane name, event) for every event tied to an HLO instruction; device planes first, else the host.
+
+    Device planes without events do not count: a process that has loaded another backend's plugin (libtpu, for
+    ahead-of-time compilation) gets an empty "/device:TPU:..." plane while its programs run on the host."""
+    planes = [p for p in data.planes
+              if p.name.startswith("/device:") and any(True for line in p.lines for _ in line.events)]
     if not planes:
         planes = [p for p in data.planes if p.name.startswith("/host:CPU")]
     for plane in planes:

@@ -68,7 +68,8 @@ def test_impossible_combinations():
 
 
 def _cli(*args, timeout=300):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}  # one CPU device: quicker to compile
+    env = {**os.environ, "JAX_PLATFORMS": "cpu",  # one CPU device, quick codegen: quicker to compile
+           "XLA_FLAGS": "--xla_backend_optimization_level=0"}
     return subprocess.run([sys.executable, "-m", "remix_jax.main", *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=timeout)
 

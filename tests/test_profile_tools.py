@@ -43,13 +43,7 @@ def test_hlo_op_names_and_union():
 def test_profile_calls_attributes_kernels_to_jax_ops():
     f = jax.jit(lambda a, b: (a @ b, jnp.tanh(a).sum()))
     a = jnp.ones((64, 64))
-    # Compiled here, not loaded from the session's compilation cache (another worker may have stored the same
-    # program): a cached executable's trace carries no kernel events to attribute.
-    jax.config.update("jax_enable_compilation_cache", False)
-    try:
-        compiled = f.lower(a, a).compile()
-    finally:
-        jax.config.update("jax_enable_compilation_cache", True)
+    compiled = f.lower(a, a).compile()
     jax.block_until_ready(compiled(a, a))
     report = po.profile_calls(lambda: jax.block_until_ready(compiled(a, a)), compiled.as_text(), calls=3)
     assert report["calls"] == 3 and report["kernels_per_call"] > 0
@@ -107,3 +101,17 @@ def test_bench_remix_ffn_forms():
 
     rows = bf.main(["--batch_sizes=1", "--layers=2", "--calls=1", "--repeats=1"])
     assert [r["form"] for r in rows] == ["base", "remix"] and all(r["us_per_layer"] > 0 for r in rows)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("libtpu") is None, reason="libtpu is not installed")
+def test_profile_reads_the_host_when_another_backends_plane_is_empty():
+    """A process that made a TPU topology (ahead-of-time compilation, tests/parallel/test_tpu_compile.py) gets an
+    empty /device:TPU plane in its traces; the kernels of a program that runs on the host are still found."""
+    from remix_jax import compile as tpu_compile
+
+    tpu_compile.topology_devices(tpu_compile.parse_topology("v5e:2x2"))
+    f = jax.jit(lambda a: jnp.tanh(a) @ a)
+    a = jnp.ones((32, 32))
+    compiled = f.lower(a).compile()
+    report = po.profile_calls(lambda: jax.block_until_ready(compiled(a)), compiled.as_text(), calls=2)
+    assert report["kernels_per_call"] > 0 and "dot_general" in " ".join(r["op_name"] for r in report["top"])

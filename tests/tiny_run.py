@@ -77,7 +77,9 @@ def write_config(path: pathlib.Path, model_dir, train_file, eval_file, **extra) 
 
 
 def env(**extra) -> dict:
-    return {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "", "REMIX_DEBUG": "", **extra}
+    # One CPU device (no forced device count) and quick code generation, as tests/conftest.py sets for the suite.
+    return {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_backend_optimization_level=0", "REMIX_DEBUG": "",
+            **extra}
 
 
 def cli(module: str, *args, timeout: int = 600, **env_extra) -> subprocess.CompletedProcess:
