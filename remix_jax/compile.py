@@ -4,352 +4,33 @@
         --config.model.path=random:llama3-8b [--num_slices=2] [--json_out=FILE] [--config.key=value ...]
 
 It needs ``libtpu`` next to jax (``pip install libtpu==0.0.42.1`` for jax 0.10.2, the version jax's ``tpu`` extra
-pins), not a TPU: the TPU compiler runs on the host's CPU for the topology's devices
-(``jax.experimental.topologies``), as MaxText's ``train_compile.py`` does. The step is the one
-``python -m remix_jax.main`` runs (``training.train_step.make_train_step`` / ``compile_train_step`` with the
-config's mesh, optimizer, objective and batch), built from abstract parameters: ``jax.eval_shape`` of the
-initialisation, so no weight is materialised; for a checkpoint path only its config is read. ``model.dtype`` /
-``param_dtype`` "auto" become bfloat16 and ``attention_impl`` "auto" the splash kernel, as on a TPU.
+pins), not a TPU: the TPU compiler runs on the host's CPU for the topology's devices (``parallel.topology``). The
+step is the one ``python -m remix_jax.main`` runs, built from abstract parameters (``training.aot_compile``, which
+does the work); ``model.dtype`` / ``param_dtype`` "auto" become bfloat16 and ``attention_impl`` "auto" the splash
+kernel, as on a TPU.
 
 Printed: the parameters' and optimizer state's shardings, the per-chip HBM of the compiled step (arguments,
 outputs, temporaries, aliased = donated state reused as output, total = arguments + outputs - aliased +
-temporaries), the chip's HBM capacity (``TPU_GENERATIONS``), whether it fits, and the compile time. Exit status
-0 when it fits, 1 when it does not (or the TPU compiler reports that it ran out of HBM), 2 for a bad config.
+temporaries), the chip's HBM capacity, whether it fits, and the compile time. ``--json_out`` appends the whole
+report as one JSON line. Exit status 0 when it fits, 1 when it does not (or the TPU compiler reports that it ran
+out of HBM), 2 for a bad config.
 
 Topologies: Cloud TPU names (``v5p-128``: 128 TensorCores = 64 chips; ``v5e-16``, ``v6e-64``: chips; ``v4-32``)
 or the chip grid (``v5p:4x4x4``, ``v5e:4x4``, ``v6e:8x8``). ``--num_slices=N`` compiles for N such slices joined
-by the data-center network: data parallelism across slices, fsdp and tensor inside each
-(``parallel.mesh.make_multislice_mesh``); ``config.mesh`` then describes the whole job (data is a multiple of N).
+by the data-center network: data parallelism across slices, fsdp and tensor inside each; ``config.mesh`` then
+describes the whole job (data is a multiple of N).
 """
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import json
-import math
 import os
-import re
 import sys
-import time
 
 from absl import app, flags
 from ml_collections import config_flags
 
 _FLAGS: dict = {}
-GIB = 2 ** 30
-INSTALL = "pip install libtpu==0.0.42.1  # the libtpu of jax 0.10.2's tpu extra (jax[tpu]==0.10.2)"
-
-
-@dataclasses.dataclass(frozen=True)
-class Generation:
-    """A TPU generation: how libtpu names its topologies and what one chip (one jax device) has."""
-
-    libtpu_prefix: str  # topology_name prefix for jax.experimental.topologies
-    chip_config: str  # "megacore": one jax device per chip's two TensorCores; "default": one TensorCore
-    cores_per_chip: int  # in the Cloud TPU name (v5p-128 counts TensorCores, v5e-16 chips)
-    hbm_gib: float  # HBM per chip
-    source: str
-
-
-# HBM per chip from the Cloud TPU system-architecture pages (cloud.google.com/tpu/docs/<generation>).
-TPU_GENERATIONS: dict[str, Generation] = {
-    "v4": Generation("v4", "megacore", 2, 32.0, "cloud.google.com/tpu/docs/v4: 32 GiB HBM2 per chip"),
-    "v5p": Generation("v5", "megacore", 2, 95.0, "cloud.google.com/tpu/docs/v5p: 95 GB HBM2e per chip"),
-    "v5e": Generation("v5e", "default", 1, 16.0, "cloud.google.com/tpu/docs/v5e: 16 GB HBM2 per chip"),
-    "v6e": Generation("v6e", "default", 1, 32.0, "cloud.google.com/tpu/docs/v6e: 32 GB HBM per chip"),
-}
-# Chip grids of the usual single-slice sizes (MaxText's accelerator_to_spec_map; Cloud TPU docs' topologies).
-GRID_3D = {4: "2x2x1", 8: "2x2x2", 16: "2x2x4", 32: "2x4x4", 64: "4x4x4", 128: "4x4x8", 256: "4x8x8",
-           512: "8x8x8", 1024: "8x8x16", 2048: "8x16x16", 4096: "16x16x16"}
-GRID_2D = {1: "1x1", 4: "2x2", 8: "2x4", 16: "4x4", 32: "4x8", 64: "8x8", 128: "8x16", 256: "16x16"}
-
-
-@dataclasses.dataclass(frozen=True)
-class Target:
-    name: str  # as given
-    generation: str  # key of TPU_GENERATIONS
-    grid: str  # chip grid, e.g. "4x4x4"
-
-    @property
-    def gen(self) -> Generation:
-        return TPU_GENERATIONS[self.generation]
-
-    @property
-    def chips(self) -> int:
-        return math.prod(int(d) for d in self.grid.split("x"))
-
-    @property
-    def topology_name(self) -> str:
-        return f"{self.gen.libtpu_prefix}:{self.grid}"
-
-
-def parse_topology(name: str) -> Target:
-    """``v5p-128`` / ``v5e-16`` / ``v6e-64`` / ``v4-32`` (Cloud TPU names) or ``v5p:4x4x4`` (chip grid)."""
-    known = ", ".join(sorted(TPU_GENERATIONS))
-    m = re.fullmatch(r"(v\d+[a-z]?)([-:])([0-9x]+)", name.strip().lower())
-    if not m or m.group(1) not in TPU_GENERATIONS:
-        raise ValueError(f"--topology={name!r}: expected GENERATION-SIZE (v5p-128, v5e-16, v6e-64) or "
-                         f"GENERATION:GRID (v5p:4x4x4, v5e:4x4); generations: {known}")
-    gen_key, sep, rest = m.groups()
-    gen = TPU_GENERATIONS[gen_key]
-    grids = GRID_3D if gen.chip_config == "megacore" else GRID_2D
-    if sep == ":":
-        dims = rest.split("x")
-        if not all(d.isdigit() and int(d) > 0 for d in dims) or len(dims) != (3 if grids is GRID_3D else 2):
-            raise ValueError(f"--topology={name!r}: a {gen_key} grid has {3 if grids is GRID_3D else 2} "
-                             "positive dimensions, e.g. " + next(iter(grids.values())))
-        return Target(name, gen_key, rest)
-    if not rest.isdigit() or int(rest) % gen.cores_per_chip:
-        raise ValueError(f"--topology={name!r}: the size of a {gen_key} slice counts "
-                         f"{'TensorCores (2 per chip)' if gen.cores_per_chip == 2 else 'chips'}")
-    chips = int(rest) // gen.cores_per_chip
-    if chips not in grids:
-        sizes = ", ".join(f"{gen_key}-{c * gen.cores_per_chip}" for c in grids)
-        raise ValueError(f"--topology={name!r}: unknown slice size; known: {sizes} (or give the grid, "
-                         f"{gen_key}:AxB{'xC' if grids is GRID_3D else ''})")
-    return Target(name, gen_key, grids[chips])
-
-
-def topology_devices(target: Target, num_slices: int = 1) -> list:
-    """The (compile-only) jax devices of ``num_slices`` slices of ``target``; ImportError naming the install."""
-    # Compiling for a topology never touches a chip, so it needs no claim on libtpu's one-process lock
-    # (/tmp/libtpu_lockfile): without this, a second process compiling at the same time (a test worker, a sweep of
-    # topologies, a compile beside a training job on a TPU VM) fails with "Internal error when accessing libtpu
-    # multi-process lockfile". Read by libtpu when it initialises, so it is set before the topology is made.
-    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
-    try:
-        from jax.experimental import topologies
-
-        desc = topologies.get_topology_desc(platform="tpu", topology_name=target.topology_name,
-                                            chip_config_name=target.gen.chip_config, chips_per_host_bounds=(2, 2, 1),
-                                            num_slices=num_slices)
-    except Exception as e:  # no libtpu: jax has no TPU compiler to ask
-        if "tpu" in str(e).lower() and ("not" in str(e).lower() or "unknown" in str(e).lower()):
-            raise ImportError(f"compiling for a TPU topology needs libtpu: {INSTALL} ({e})") from e
-        raise
-    return list(desc.devices)
-
-
-# ------------------------------------------------------------------------------------------ abstract state
-
-
-def read_model_config(model_section):
-    """The ModelConfig of ``model.path`` (random:SHAPE, a Hugging Face directory or a .gguf file) without its
-    weights, with the section's dtype / remat / attention / unroll settings."""
-    from remix_jax.models.loading import model_format
-    from remix_jax.models.model_config import named_config
-
-    overrides = dict(dtype=model_section.dtype, param_dtype=model_section.param_dtype, remat=model_section.remat,
-                     attention_impl=model_section.attention_impl,
-                     scan_unroll=int(model_section.get("scan_unroll", 1)))
-    path = model_section.path
-    if path.startswith("random:"):
-        return named_config(path[len("random:"):], **overrides)
-    if model_format(path) == "gguf":
-        from remix_jax.models import gguf_io
-
-        return gguf_io.gguf_config(gguf_io._open_reader(path), path, **overrides)
-    import pathlib
-
-    from remix_jax.models import hf_io
-
-    return hf_io._read_config(pathlib.Path(path), **overrides)
-
-
-def abstract_train_state(config, mesh):
-    """(step function, abstract TrainState, its shardings, abstract batch, batch sharding, abstract rng, model
-    config) of ``config``'s run on ``mesh``, every array a ShapeDtypeStruct (nothing is allocated)."""
-    import jax
-    import jax.numpy as jnp
-
-    from remix_jax.adapters import AdapterConfig, build_model, init_adapter_variables
-    from remix_jax.models import llama
-    from remix_jax.parallel import logical as logical_lib
-    from remix_jax.parallel import mesh as mesh_lib
-    from remix_jax.training import loop
-    from remix_jax.training import optimizer as opt_lib
-    from remix_jax.training.train_state import TrainState
-    from remix_jax.training.train_step import make_train_step
-
-    model_cfg = read_model_config(config.model)
-    model = build_model(model_cfg, AdapterConfig.from_dict(dict(config.adapter)))
-    key = jax.random.key(0)
-    base = jax.eval_shape(lambda: llama.init_params(llama.Decoder(model_cfg), key))["params"]
-    trainable = jax.eval_shape(lambda: init_adapter_variables(model, key))
-    trainable = {k: trainable.get(k, {}) for k in loop.TRAINABLE}
-    specs = llama.logical_axes(model)
-    tx, schedules = opt_lib.make_optimizer(loop.optimizer_config(config))
-    opt_state = jax.eval_shape(tx.init, trainable)
-    rep = mesh_lib.replicated(mesh)
-    base_sh = logical_lib.tree_shardings(base, specs.get("params"), mesh)
-    tr_sh = {k: logical_lib.tree_shardings(v, specs.get(k), mesh) for k, v in trainable.items()}
-    opt_sh = logical_lib.shardings_like_params(opt_state, tr_sh, rep)
-    state = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), base=base, trainable=trainable,
-                       opt_state=opt_state)
-    shardings = TrainState(step=rep, base=base_sh, trainable=tr_sh, opt_state=opt_sh)
-    bsh = mesh_lib.batch_sharding(mesh)
-    gbs, seq = config.data.batch_size, config.data.max_length
-    batch = {k: jax.ShapeDtypeStruct((gbs, seq), dt, sharding=bsh) for k, dt in
-             (("tokens", jnp.int32), ("loss_mask", jnp.float32), ("segment_ids", jnp.int32),
-              ("positions", jnp.int32))}
-    step = make_train_step(model.apply, tx, loop.objective_config(config), schedules,
-                           grad_accum_steps=config.train.grad_accum_steps)
-    rng = jax.ShapeDtypeStruct((), jax.eval_shape(lambda: key).dtype, sharding=rep)
-    return step, state, shardings, batch, bsh, rng, model_cfg
-
-
-# ------------------------------------------------------------------------------------------ compile
-
-
-def prepare_config(config):
-    """A copy of ``config`` for a TPU: without its eval section, model dtypes "auto" -> bfloat16."""
-    from remix_jax.run_config import split_config
-
-    config, _ = split_config(copy.deepcopy(config))
-    with config.unlocked():
-        for k in ("dtype", "param_dtype"):
-            if config.model[k] == "auto":
-                config.model[k] = "bfloat16"
-    return config
-
-
-def compile_for_topology(config, topology: str, num_slices: int = 1, hlo: bool = False) -> dict:
-    """Compile ``config``'s train step for ``num_slices`` slices of ``topology``; returns the report (a dict:
-    topology, mesh, model, batch, memory in bytes per chip, capacity, fits, compile_s, shardings; "hlo" the
-    compiled HLO text when asked). Raises ConfigError for a config that does not validate on that many chips."""
-    from remix_jax.parallel import mesh as mesh_lib
-    from remix_jax.run_config import validate_config
-    from remix_jax.training.train_step import compile_train_step
-
-    target = parse_topology(topology)
-    if num_slices < 1:
-        raise ValueError(f"--num_slices={num_slices}: must be >= 1")
-    config = prepare_config(config)
-    devices = topology_devices(target, num_slices)
-    check = copy.deepcopy(config)
-    with check.unlocked():
-        check.data.synthetic = True  # no data is read: only its shapes matter
-    validate_config(check, num_devices=len(devices))
-    mesh = mesh_lib.make_mesh(dict(config.mesh), devices)
-    step, state, shardings, batch, bsh, rng, model_cfg = abstract_train_state(config, mesh)
-    report = {"topology": topology, "num_slices": num_slices, "libtpu_topology": target.topology_name,
-              "device_kind": devices[0].device_kind, "chips": len(devices), "mesh": dict(mesh.shape),
-              "model": config.model.path, "method": config.adapter.method, "dtype": model_cfg.dtype,
-              "param_dtype": model_cfg.param_dtype, "remat": model_cfg.remat,
-              "attention": _attention_impl(model_cfg, config.data.max_length, mesh),
-              "num_samples": int(config.train.num_samples), "sample_chunk": int(config.train.sample_chunk),
-              "batch_size": int(config.data.batch_size), "max_length": int(config.data.max_length),
-              "grad_accum_steps": int(config.train.grad_accum_steps),
-              "hbm_capacity_bytes": int(target.gen.hbm_gib * GIB), "hbm_source": target.gen.source,
-              "shardings": sharding_summary(state, shardings)}
-    t0 = time.perf_counter()
-    try:
-        compiled = compile_train_step(step, state, shardings, bsh, batch, rng, log=None)
-    except Exception as e:
-        oom = out_of_memory(str(e))
-        if oom is None:
-            raise
-        report.update(compile_s=time.perf_counter() - t0, fits=False, compiler_oom=oom)
-        return report
-    report["compile_s"] = time.perf_counter() - t0
-    ma = compiled.memory_analysis()
-    mem = {f: int(getattr(ma, f"{f}_size_in_bytes")) for f in ("argument", "output", "temp", "alias",
-                                                                  "generated_code")}
-    mem["total"] = mem["argument"] + mem["output"] - mem["alias"] + mem["temp"]
-    report["memory"] = mem
-    report["fits"] = mem["total"] <= report["hbm_capacity_bytes"]
-    if hlo:
-        report["hlo"] = compiled.as_text()
-    return report
-
-
-def _attention_impl(model_cfg, seq_len: int, mesh) -> str:
-    from remix_jax.models.attention import resolve_attention_impl
-    from remix_jax.parallel.logical import activation_sharding
-
-    with activation_sharding(mesh):
-        return resolve_attention_impl(model_cfg, cached=False, seq_len=seq_len)
-
-
-def out_of_memory(message: str) -> dict | None:
-    """{"used_bytes", "limit_bytes", "message"} from the TPU compiler's out-of-HBM error, else None; used_bytes is
-    what the compiler says the step needs (libtpu 0.0.42: its temporaries), limit_bytes the HBM it offers."""
-    if "RESOURCE_EXHAUSTED" not in message and "ran out of memory" not in message.lower():
-        return None
-    unit = {"": 1, "K": 2 ** 10, "M": 2 ** 20, "G": 2 ** 30, "T": 2 ** 40}
-    m = (re.search(r"\(([\d.]+)([KMGT]?)\) exceeds available HBM \(([\d.]+)([KMGT]?)\)", message)
-         or re.search(r"Used ([\d.]+)([KMGT]?) of ([\d.]+)([KMGT]?) hbm", message))
-    first = message.strip().splitlines()[0][:400]
-    if not m:
-        return {"used_bytes": None, "limit_bytes": None, "message": first}
-    return {"used_bytes": int(float(m.group(1)) * unit[m.group(2)]),
-            "limit_bytes": int(float(m.group(3)) * unit[m.group(4)]), "message": first}
-
-
-def sharding_summary(state, shardings) -> dict[str, list[dict]]:
-    """Per part of the state (base, trainable, opt_state): one row per array of the base and the trainable
-    parameters (name, shape, dtype, spec, bytes per chip) and one per distinct (spec, dtype) of the optimizer state
-    with the number of arrays, their global bytes and bytes per chip."""
-    import jax
-    import numpy as np
-
-    out: dict[str, list[dict]] = {}
-    for part in ("base", "trainable", "opt_state"):
-        leaves = jax.tree_util.tree_flatten_with_path(getattr(state, part))[0]
-        shs = jax.tree.leaves(getattr(shardings, part))
-        rows: dict[tuple, dict] = {}
-        for (path, x), sh in zip(leaves, shs, strict=True):
-            item = np.dtype(x.dtype).itemsize
-            per_chip = math.prod(sh.shard_shape(x.shape)) * item
-            spec = str(tuple(sh.spec))
-            each = part != "opt_state"
-            key = (jax.tree_util.keystr(path), spec) if each else (spec, str(x.dtype))
-            row = rows.setdefault(key, {"name": key[0] if each else "", "spec": spec,
-                                        "dtype": str(x.dtype), "shape": list(x.shape) if each else None,
-                                        "arrays": 0, "bytes": 0, "bytes_per_chip": 0})
-            row["arrays"] += 1
-            row["bytes"] += math.prod(x.shape) * item
-            row["bytes_per_chip"] += per_chip
-        out[part] = list(rows.values())
-    return out
-
-
-# ------------------------------------------------------------------------------------------ report
-
-
-def _gib(n) -> str:
-    return f"{n / GIB:8.3f} GiB"
-
-
-def format_report(r: dict) -> str:
-    lines = [f"== {r['topology']} x {r['num_slices']} slice(s): {r['chips']} chips ({r['device_kind']}, "
-             f"{r['libtpu_topology']}), mesh {r['mesh']}",
-             f"model {r['model']} ({r['dtype']} compute, {r['param_dtype']} params, remat {r['remat']}, attention "
-             f"{r['attention']}), method {r['method']} M={r['num_samples']}, global batch {r['batch_size']} x "
-             f"{r['max_length']} tokens, grad_accum {r['grad_accum_steps']}"]
-    for part, rows in r["shardings"].items():
-        total = sum(x["bytes_per_chip"] for x in rows)
-        lines.append(f"-- {part}: {sum(x['arrays'] for x in rows)} arrays, {total / 2**20:.1f} MiB per chip")
-        for x in rows:
-            what = f"{x['name']} {x['shape']}" if x["shape"] is not None else f"{x['arrays']} arrays"
-            lines.append(f"   {what:<60} {x['dtype']:<8} {x['spec']:<28} {x['bytes_per_chip'] / 2**20:9.2f} MiB/chip")
-    cap = r["hbm_capacity_bytes"]
-    if "memory" in r:
-        m = r["memory"]
-        lines.append("-- HBM per chip: " + ", ".join(f"{k} {_gib(m[k]).strip()}" for k in
-                                                     ("argument", "output", "temp", "alias", "total")))
-        lines.append(f"   capacity {_gib(cap).strip()} ({r['hbm_source']})")
-        verdict = "fits" if r["fits"] else (f"DOES NOT FIT: needs {_gib(m['total']).strip()} per chip, "
-                                            f"{_gib(m['total'] - cap).strip()} over the chip's {_gib(cap).strip()}")
-    else:
-        o = r["compiler_oom"]
-        used = (f"{_gib(o['used_bytes']).strip()} needed, {_gib(o['limit_bytes']).strip()} usable"
-                if o["used_bytes"] else "see its message")
-        verdict = (f"DOES NOT FIT: the TPU compiler ran out of HBM ({used} per chip; capacity "
-                   f"{_gib(cap).strip()}): {o['message']}")
-    lines.append(f"-- {verdict}; compiled in {r['compile_s']:.1f} s")
-    return "\n".join(lines)
 
 
 def _define_flags() -> None:
@@ -365,6 +46,7 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     from remix_jax.models.model_config import ModelLoadError
     from remix_jax.run_config import ConfigError
+    from remix_jax.training.aot_compile import compile_for_topology, format_report
 
     config, topology = _FLAGS["config"].value, _FLAGS["topology"].value
     if config is None or not topology:

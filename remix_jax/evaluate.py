@@ -15,148 +15,31 @@ files are:
 - else into DIR/evals/<NAME>/ (NAME: --eval_name, default the UTC time, e.g. 20261204-135501), so a
   training run's own results (DIR/eval/) and earlier evaluations are never overwritten.
 
-``config.eval`` is ``remix_jax.evaluation.eval_config.default_eval_config()`` (data paths must be set). Tasks defined as
-data (the built-in piqa, arc_easy, arc_challenge, hellaswag, arc_c_mc, ... and your own through
+``remix_jax.training.evaluate_run.run`` does the work. ``config.eval`` is
+``remix_jax.evaluation.eval_config.default_eval_config()`` (data paths must be set). Tasks defined as data (the
+built-in piqa, arc_easy, arc_challenge, hellaswag, arc_c_mc, ... and your own through
 ``--config.eval.task_files=FILE.yaml``) are described in docs/tasks.md.
 Expected failures end in a short message and exit status 2 (``--debug`` shows the traceback).
 """
 
 from __future__ import annotations
 
-import datetime
-import json
 import os
-import re
 
 from absl import app, flags
 
-from remix_jax.cli import UserError
+from remix_jax import cli
 
-_FLAGS: dict = {}  # defined only when run as a program, so other modules and tests may import this one
-TRAINING_RUN_FILES = ("config.json", "run_complete.json", "metrics.jsonl")  # written by remix_jax.main
+_FLAGS: dict = {}  # defined only when run as a program, so tests may import this module
 
 
 def _define_flags() -> None:
-    from remix_jax import cli
-
     _FLAGS["config"] = cli.define_config_flag()
     _FLAGS["workdir"] = flags.DEFINE_string(
         "workdir", None, "Run folder: adapters are read from it; results go to its eval/ or evals/NAME/.")
     _FLAGS["eval_name"] = flags.DEFINE_string(
         "eval_name", "", "Write the results to WORKDIR/evals/NAME/ (default for a training run or a folder "
         "that already holds results: the UTC time).")
-
-
-def eval_section(config):
-    """config.eval, or the defaults when the config has none."""
-    from remix_jax.evaluation.eval_config import default_eval_config
-
-    return config.eval if "eval" in config else default_eval_config()
-
-
-def results_dir(workdir: str, name: str = "") -> str:
-    """Where this evaluation's <task>.json files go (see the module docstring); never a folder that already
-    holds results."""
-    if name:
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]*", name):
-            raise UserError(f"--eval_name={name!r}: use letters, digits and . _ + - only")
-        out = os.path.join(workdir, "evals", name)
-        if _holds_results(out):
-            raise UserError(f"{out} already holds results", "choose another --eval_name")
-        return out
-    own = os.path.join(workdir, "eval")
-    if not _holds_results(own) and not any(os.path.exists(os.path.join(workdir, f)) for f in TRAINING_RUN_FILES):
-        return own
-    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%d-%H%M%S")
-    out, n = os.path.join(workdir, "evals", stamp), 1
-    while os.path.exists(out):
-        n += 1
-        out = os.path.join(workdir, "evals", f"{stamp}-{n}")
-    return out
-
-
-def _holds_results(folder: str) -> bool:
-    return os.path.isdir(folder) and any(f.endswith(".json") for f in os.listdir(folder))
-
-
-def check_config(config) -> list[str]:
-    """Every problem of ``config`` that evaluation meets, before any model is loaded: the eval section and
-    every file it names, and model.path. Raises one ConfigError listing them; returns the task names."""
-    from remix_jax.evaluation.eval_config import EvalConfigError, validate_eval_config
-    from remix_jax.run_config import ConfigError, model_path_problems, problem_lines
-
-    problems, tasks = model_path_problems(config.model.path), []
-    try:
-        tasks = validate_eval_config(eval_section(config))
-    except EvalConfigError as e:
-        problems += problem_lines(e)
-    if problems:
-        raise ConfigError.from_problems(problems)
-    return tasks
-
-
-def _config_drift(config, workdir: str) -> list[str]:
-    """model.* / adapter.* keys where ``config`` differs from the training run's config.json."""
-    from remix_jax import rundir
-
-    recorded = rundir.recorded_config(workdir)
-    if recorded is None:
-        return []
-    now = rundir.config_dict(config)
-    return [f"{k}: {json.dumps(a)} -> {json.dumps(b)}" for k, a, b in rundir.diff(
-        {s: recorded.get(s, {}) for s in ("model", "adapter")}, {s: now.get(s, {}) for s in ("model", "adapter")})
-        if not k.startswith(("model.dtype", "model.param_dtype", "model.remat", "model.scan_unroll"))]
-
-
-def run(config, workdir: str, log=print, generators: dict | None = None, name: str = "",
-        progress: bool = False) -> dict[str, dict]:
-    """Evaluate every task of config.eval.tasks; returns task -> metrics (files written under
-    ``results_dir(workdir, name)``, which the log names)."""
-    import copy
-
-    from remix_jax.evaluation import evaluator, results
-    from remix_jax.run_config import resolve_dtypes
-    from remix_jax.training.trained_model import load_trained_model
-
-    config = copy.deepcopy(config)
-    with config.unlocked():
-        resolve_dtypes(config)  # model.dtype / param_dtype "auto"
-    ev = eval_section(config)
-    tasks = check_config(config)
-    out_dir = results_dir(workdir, name)
-    os.makedirs(out_dir, exist_ok=True)  # fails now, before the model is loaded, when it cannot be written
-    for line in _config_drift(config, workdir):
-        log(f"warning: the run in {workdir} was trained with another setting: {line}")
-    loaded = load_trained_model(config, workdir, log)
-    runner = evaluator.ModelRunner(
-        loaded.model,
-        loaded.variables,
-        loaded.tokenizer,
-        batch_size=ev.batch_size,
-        routing_stats=ev.routing_stats,
-        seed=ev.seed,
-        remix_kernels=str(ev.get("remix_kernels", "auto")),
-        progress=progress,
-    )
-    out = {}
-    for task in tasks:
-        res = evaluator.run_task(task, runner, ev, (generators or {}).get(task))
-        extra = {
-            "model_path": config.model.path,
-            "adapters": loaded.source,
-            "adapter_config": loaded.adapter,
-            "routing_stats": res.routing_stats,
-        }
-        path = results.write_task_results(
-            out_dir, task, res.metrics, res.predictions, config=config, extra=extra, subdir=""
-        )
-        scalars = {k: v for k, v in res.metrics.items() if not isinstance(v, dict)}
-        log(f"{task}: {json.dumps(scalars)} -> {path}")
-        out[task] = res.metrics
-    named = [m for m in ("acc", "acc_norm") if any(m in metrics for metrics in out.values())]
-    log(results.format_table(out, columns=["accuracy", *named, "num_correct", "num_examples"]))
-    log(f"results written to {out_dir}")
-    return out
 
 
 def main(argv):
@@ -170,11 +53,11 @@ def main(argv):
     progress = bool(config.train.progress) if "train" in config else True
     if not progress:
         os.environ["REMIX_PROGRESS"] = "0"  # model loading too (remix_jax/progress.py)
+    from remix_jax.training.evaluate_run import run  # jax is imported once the flags are parsed
+
     run(config, workdir, name=_FLAGS["eval_name"].value, progress=progress)
 
 
 if __name__ == "__main__":
-    from remix_jax import cli
-
     _define_flags()
     cli.run(main)

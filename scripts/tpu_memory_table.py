@@ -33,7 +33,7 @@ GIB = 2 ** 30
 
 
 def chips(topology: str) -> int:
-    from remix_jax.compile import parse_topology
+    from remix_jax.parallel.topology import parse_topology
 
     return parse_topology(topology).chips
 

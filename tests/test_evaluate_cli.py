@@ -10,14 +10,13 @@ import jax
 import numpy as np
 import pytest
 
-from remix_jax import evaluate
 from remix_jax.adapters import AdapterConfig, build_model, init_adapter_variables
 from remix_jax.evaluation.eval_config import default_eval_config
 from remix_jax.models.hf_io import save_hf_checkpoint
 from remix_jax.models.llama import Decoder, init_params
 from remix_jax.models.model_config import named_config
 from remix_jax.run_config import default_config
-from remix_jax.training import trained_model
+from remix_jax.training import evaluate_run, trained_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -78,7 +77,7 @@ def test_base_model_without_adapters(model_dir, data_dir, tmp_path):
     logs = []
     config = make_config(model_dir, data_dir)
     config.model.dtype = config.model.param_dtype = "auto"  # as the task configs set it: float32 on CPU
-    metrics = evaluate.run(config, str(tmp_path), log=logs.append)
+    metrics = evaluate_run.run(config, str(tmp_path), log=logs.append)
     assert set(metrics) == {"gsm8k", "arc_c"}
     assert any("evaluating the base model" in line for line in logs)
     assert any(line.startswith("| task |") for line in logs)
@@ -101,7 +100,7 @@ def test_exported_adapters_with_routing_stats(model_dir, data_dir, tmp_path):
     assert loaded.source.startswith("export")
     for g in ("adapter", "router"):
         jax.tree.map(np.testing.assert_array_equal, loaded.variables[g], trained[g])
-    evaluate.run(config, str(tmp_path), log=lambda _: None)
+    evaluate_run.run(config, str(tmp_path), log=lambda _: None)
     for task in ("gsm8k", "arc_c"):
         rec = json.loads((tmp_path / "eval" / f"{task}.json").read_text())
         rs = rec["routing_stats"]

@@ -9,7 +9,7 @@ import runpy
 import pytest
 from tiny_run import cli, make_tiny_hf, stderr_lines, write_config, write_gsm8k
 
-from remix_jax import evaluate
+from remix_jax.training import evaluate_run
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,7 @@ def test_named_evaluations_are_never_overwritten(trained_run):
     logs = []
     config.eval.limit = 1
     config.adapter.alpha = 9.0  # not what the run trained with: the export's own configuration is used, and named
-    evaluate.run(config, str(run), log=logs.append, name="limit1")
+    evaluate_run.run(config, str(run), log=logs.append, name="limit1")
     assert f"warning: the run in {run} was trained with another setting: adapter.alpha: 8.0 -> 9.0" in logs
     assert any(line.startswith(f"model {trained_run['model']} with adapters from export ") for line in logs)
     out = run / "evals" / "limit1"
@@ -69,11 +69,11 @@ def test_a_fresh_folder_gets_eval_then_evals(trained_run, tmp_path):
     the same folder goes to WORKDIR/evals/<time>/."""
     config = runpy.run_path(str(trained_run["cfg"]))["get_config"]()
     config.eval.limit = 1
-    evaluate.run(config, str(tmp_path), log=lambda _: None)
+    evaluate_run.run(config, str(tmp_path), log=lambda _: None)
     first = _snapshot(tmp_path / "eval")
     assert set(first) == {"gsm8k.json", "gsm8k.predictions.jsonl"}
     logs = []
-    evaluate.run(config, str(tmp_path), log=logs.append)
+    evaluate_run.run(config, str(tmp_path), log=logs.append)
     (name,) = os.listdir(tmp_path / "evals")
     assert logs[-1] == f"results written to {tmp_path / 'evals' / name}"
     assert _snapshot(tmp_path / "eval") == first

@@ -25,12 +25,12 @@ def trained_run(tmp_path_factory):
 
 def _evaluator_greedy(workdir, prompt):
     """The evaluator's generation (ModelRunner.generate with the task runners' decoding settings)."""
-    from remix_jax import generate
     from remix_jax.evaluation import evaluator
     from remix_jax.evaluation.gen_runner import gen_config
+    from remix_jax.training import completion
     from remix_jax.training.trained_model import load_trained_model
 
-    loaded = load_trained_model(generate.run_config(str(workdir)), str(workdir), log=lambda _: None)
+    loaded = load_trained_model(completion.run_config(str(workdir)), str(workdir), log=lambda _: None)
     runner = evaluator.ModelRunner(loaded.model, loaded.variables, loaded.tokenizer, batch_size=4)
     gen = gen_config(NEW_TOKENS, loaded.tokenizer)
     (text,) = runner.generate([prompt], gen, [], jax.random.key(0))

@@ -1,7 +1,9 @@
 """No import cycle among remix_jax's modules, the upper rooms import only what sits below them, nothing imports an
-entry point, and configs import no entry point (tests/import_graph.py reads the imports from the source,
-function-level ones included; tests/inference/test_imports.py checks the lower rooms)."""
+entry point, configs import no entry point, the programs are thin command lines over library modules, and a module
+over 400 lines says why in its docstring (tests/import_graph.py reads the imports from the source, function-level
+ones included; tests/inference/test_imports.py checks the lower rooms)."""
 
+import ast
 import pathlib
 
 import pytest
@@ -76,3 +78,43 @@ def test_no_module_imports_an_entry_point():
     """Entry points sit on top: library code lives in library modules, which the programs import."""
     bad = {m: sorted(edges & ig.ENTRY_POINTS) for m, edges in ig.graph().items() if edges & ig.ENTRY_POINTS}
     assert bad == {}, f"modules importing entry points: {bad}"
+
+
+# The programs whose work lives in library modules: each defines its flags and ``main`` (flag checks, one call,
+# what is printed, the exit status) and nothing else.
+THIN_PROGRAMS = ("remix_jax.main", "remix_jax.evaluate", "remix_jax.generate", "remix_jax.compile",
+                 "remix_jax.export.__main__")
+COMMAND_LINE_FUNCTIONS = {"main", "_define_flags", "_quiet_host"}
+
+
+def top_level_definitions(path: pathlib.Path) -> set[str]:
+    """The functions and classes a file defines at module level."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    return {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))}
+
+
+@pytest.mark.parametrize("module", THIN_PROGRAMS)
+def test_programs_are_thin(module):
+    extra = top_level_definitions(ig.package_modules()[module]) - COMMAND_LINE_FUNCTIONS
+    assert extra == set(), f"{module} defines library code ({sorted(extra)}): move it into a library module"
+
+
+def test_top_level_definitions_are_found(tmp_path):
+    path = tmp_path / "m.py"
+    path.write_text("import os\nX = 1\ndef main(argv):\n    def inner(): pass\nclass A:\n    def f(self): pass\n"
+                    "async def g(): pass\nif __name__ == '__main__':\n    main([])\n")
+    assert top_level_definitions(path) == {"main", "A", "g"}
+
+
+MAX_LINES = 400
+
+
+def test_long_modules_say_why():
+    """A module over MAX_LINES lines says in its docstring why it stays one module ("... 400 lines ...")."""
+    unexplained = {}
+    for name, path in ig.package_modules().items():
+        text = path.read_text(encoding="utf-8")
+        lines = len(text.splitlines())
+        if lines > MAX_LINES and f"{MAX_LINES} lines" not in (ast.get_docstring(ast.parse(text)) or ""):
+            unexplained[name] = lines
+    assert unexplained == {}, f"modules over {MAX_LINES} lines without a reason in their docstring: {unexplained}"

@@ -1,4 +1,5 @@
-"""The train step compiled ahead of time for a TPU topology on this host (remix_jax.compile), with libtpu.
+"""The train step compiled ahead of time for a TPU topology on this host (python -m remix_jax.compile:
+training.aot_compile on the devices of parallel.topology), with libtpu.
 
 The tiny model's real train step (ReMix, M=2) is compiled for a v5e 2x2 slice on a (data 1, fsdp 2, tensor 2)
 mesh: the parameters and optimizer state are sharded by the logical rules, attention "auto" picks the splash
@@ -12,10 +13,11 @@ import re
 
 import pytest
 
-from remix_jax import compile as tpu_compile
+from remix_jax.parallel import topology
+from remix_jax.training import aot_compile
 
 HAS_LIBTPU = importlib.util.find_spec("libtpu") is not None
-needs_libtpu = pytest.mark.skipif(not HAS_LIBTPU, reason=f"libtpu is not installed: {tpu_compile.INSTALL}")
+needs_libtpu = pytest.mark.skipif(not HAS_LIBTPU, reason=f"libtpu is not installed: {topology.INSTALL}")
 T = 384  # no other dimension of the tiny model's step is 384: a [.., 384, 384] array is an attention matrix
 
 
@@ -39,7 +41,7 @@ def square_arrays(hlo: str) -> set[str]:
 
 @pytest.fixture(scope="module")
 def splash_report():
-    return tpu_compile.compile_for_topology(smoke_config("auto"), "v5e:2x2", hlo=True)
+    return aot_compile.compile_for_topology(smoke_config("auto"), "v5e:2x2", hlo=True)
 
 
 @needs_libtpu
@@ -58,7 +60,7 @@ def test_splash_kernel_and_no_score_matrix(splash_report):
 @needs_libtpu
 @pytest.mark.slow
 def test_xla_attention_has_the_score_matrix():
-    r = tpu_compile.compile_for_topology(smoke_config("xla"), "v5e:2x2", hlo=True)
+    r = aot_compile.compile_for_topology(smoke_config("xla"), "v5e:2x2", hlo=True)
     assert r["attention"] == "xla"
     assert "tpu_custom_call" not in r["hlo"]
     assert any(s.startswith("f32[") for s in square_arrays(r["hlo"]))  # the softmax's float32 scores
@@ -71,7 +73,7 @@ def test_memory_report_is_consistent(splash_report):
     assert m["total"] == m["argument"] + m["output"] - m["alias"] + m["temp"]
     assert m["alias"] > 0  # the donated state is reused for the new state
     assert splash_report["hbm_capacity_bytes"] == 16 * 2**30 and splash_report["fits"]
-    text = tpu_compile.format_report(splash_report)
+    text = aot_compile.format_report(splash_report)
     assert "fits; compiled in" in text and "capacity 16.000 GiB" in text
 
 
@@ -98,7 +100,7 @@ def test_state_shardings_on_the_topology(splash_report):
 def test_multislice_mesh_puts_data_across_slices():
     from remix_jax.parallel import mesh as mesh_lib
 
-    devices = tpu_compile.topology_devices(tpu_compile.parse_topology("v5e:2x2"), num_slices=2)
+    devices = topology.topology_devices(topology.parse_topology("v5e:2x2"), num_slices=2)
     mesh = mesh_lib.make_mesh({"data": 4, "fsdp": 2, "tensor": 1}, devices)
     slices = [[d.slice_index for d in row.flat] for row in mesh.devices]
     assert slices == [[0, 0], [0, 0], [1, 1], [1, 1]]  # each slice holds whole fsdp groups
@@ -119,8 +121,8 @@ def test_compiles_while_another_process_holds_the_libtpu_lock():
     with open(lockfile, "a") as f:
         fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         try:
-            code = ("from remix_jax import compile as c; "
-                    "print(len(c.topology_devices(c.parse_topology('v5e:2x2'))))")
+            code = ("from remix_jax.parallel import topology as t; "
+                    "print(len(t.topology_devices(t.parse_topology('v5e:2x2'))))")
             r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                                env={**__import__("os").environ, "JAX_PLATFORMS": "cpu"})
         finally:
@@ -136,7 +138,7 @@ def test_compiles_while_another_process_holds_the_libtpu_lock():
     ("v5e-256", "v5e:16x16", 256), ("v6e-64", "v6e:8x8", 64), ("v4-8", "v4:2x2x1", 4),
     ("v5p:2x2x1", "v5:2x2x1", 4), ("v5e:2x2", "v5e:2x2", 4)])
 def test_topology_names(name, libtpu_name, chips):
-    t = tpu_compile.parse_topology(name)
+    t = topology.parse_topology(name)
     assert (t.topology_name, t.chips) == (libtpu_name, chips)
 
 
@@ -144,17 +146,17 @@ def test_topology_names(name, libtpu_name, chips):
                                         ("v7x-8", "generations"), ("v5e:2x2x2", "2 positive dimensions")])
 def test_bad_topology_names(name, match):
     with pytest.raises(ValueError, match=match):
-        tpu_compile.parse_topology(name)
+        topology.parse_topology(name)
 
 
 def test_compiler_out_of_memory_message():
     # libtpu 0.0.42's message for a step that needs more HBM than a chip has (tiny model, 2048 x 2048 tokens)
     msg = ("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO temporaries (281.22G) "
            "exceeds available HBM (15.75G).")
-    oom = tpu_compile.out_of_memory(msg)
+    oom = aot_compile.out_of_memory(msg)
     assert oom["used_bytes"] == int(281.22 * 2**30) and oom["limit_bytes"] == int(15.75 * 2**30)
     assert oom["message"] == msg
-    assert tpu_compile.out_of_memory("INVALID_ARGUMENT: bad shape") is None
+    assert aot_compile.out_of_memory("INVALID_ARGUMENT: bad shape") is None
 
 
 @needs_libtpu
@@ -162,7 +164,7 @@ def test_compiler_out_of_memory_message():
 def test_a_step_that_does_not_fit_says_so():
     c = smoke_config("xla")
     c.data.batch_size, c.data.max_length = 2048, 2048  # ~280 GiB of attention temporaries per chip
-    r = tpu_compile.compile_for_topology(c, "v5e:2x2")
+    r = aot_compile.compile_for_topology(c, "v5e:2x2")
     assert r["fits"] is False and "memory" not in r
     assert r["compiler_oom"]["used_bytes"] > r["compiler_oom"]["limit_bytes"] > 15 * 2**30
-    assert "DOES NOT FIT: the TPU compiler ran out of HBM" in tpu_compile.format_report(r)
+    assert "DOES NOT FIT: the TPU compiler ran out of HBM" in aot_compile.format_report(r)
