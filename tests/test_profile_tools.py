@@ -107,9 +107,9 @@ def test_bench_remix_ffn_forms():
 def test_profile_reads_the_host_when_another_backends_plane_is_empty():
     """A process that made a TPU topology (ahead-of-time compilation, tests/parallel/test_tpu_compile.py) gets an
     empty /device:TPU plane in its traces; the kernels of a program that runs on the host are still found."""
-    from remix_jax import compile as tpu_compile
+    from remix_jax.parallel import topology
 
-    tpu_compile.topology_devices(tpu_compile.parse_topology("v5e:2x2"))
+    topology.topology_devices(topology.parse_topology("v5e:2x2"))
     f = jax.jit(lambda a: jnp.tanh(a) @ a)
     a = jnp.ones((32, 32))
     compiled = f.lower(a).compile()
