@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from remix_jax.adapters import layout
 from remix_jax.adapters.adapter_config import ALL_PROJECTIONS, SINGLE_METHODS, AdapterConfig
-from remix_jax.export import layout
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
