@@ -43,6 +43,7 @@ _EXPECTED = (
     ("remix_jax.data.sources", "DataError"),
     ("remix_jax.models.model_config", "ModelLoadError"),
     ("remix_jax.adapters.adapter_config", "AdapterConfigError"),
+    ("remix_jax.adapters.peft_io", "PeftFormatError"),
     ("remix_jax.sweep", "SweepError"),
     ("remix_jax.training.loop", "TrainingDivergedError"),
     ("remix_jax.rundir", "RunConfigError"),

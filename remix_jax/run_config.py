@@ -4,7 +4,9 @@
 and change fields (``remix_jax.presets`` holds the method variants they share). ``validate_config`` runs
 before anything is compiled and raises one ``ConfigError`` listing every problem: unknown keys, wrong types,
 impossible combinations, and every file or folder the config names that does not exist (``model.path``;
-each data source's ``path``, ``files`` and ``manual_dir``), each with its key.
+each data source's ``path``, ``files`` and ``manual_dir``), each with its key. ``adapter.init_from`` (a PEFT
+adapter as the initial adapter) is read only by a run that starts from scratch: ``init_from_problems`` checks its
+adapter_config.json against the config and the model's shape, before the weights load.
 
 The optional ``config.eval`` section of a training run is ``eval_config()``: what to evaluate while training
 (``training.run_evaluation``); ``check_config`` validates both sections at once, ``split_config`` separates them.
@@ -281,6 +283,17 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
         raise ConfigError.from_problems(errors)
 
 
+def init_from_problems(config) -> list[str]:
+    """The problems of ``adapter.init_from`` for a run that starts from scratch (none when it is ""): the folder,
+    and its adapter_config.json against the adapter config and the model's shape (``peft_io.init_from_problems``,
+    before the weights load). Its tensors are checked when the run reads them."""
+    if not config.adapter.get("init_from", "") or model_path_problems(config.model.path):
+        return []  # unset, or the model path's problem is reported by validate_config
+    from remix_jax.adapters.peft_io import init_from_problems as peft_problems
+
+    return peft_problems(dict(config.adapter), config.model.path)
+
+
 def resolve_dtypes(config) -> None:
     """Replace model.dtype / param_dtype "auto" by bfloat16 on accelerators and float32 on CPU."""
     import jax
@@ -363,15 +376,18 @@ def validate_eval(ev, train_cfg) -> list[str]:
     return tasks
 
 
-def check_config(train_cfg, ev, num_devices: int | None) -> list[str]:
+def check_config(train_cfg, ev, num_devices: int | None, fresh: bool = False) -> list[str]:
     """Validate the whole run config before any model is loaded: one ConfigError listing every problem of
-    the training and eval sections (unknown keys, bad values, every missing file or folder with its key).
+    the training and eval sections (unknown keys, bad values, every missing file or folder with its key), and
+    of ``adapter.init_from`` when the run starts from scratch (``fresh``: no checkpoint to resume from).
     Returns the eval task names."""
     problems, tasks = [], []
     try:
         validate_config(train_cfg, num_devices=num_devices)
     except ConfigError as e:
         problems += problem_lines(e)
+    if fresh:
+        problems += init_from_problems(train_cfg)
     if ev is not None:
         try:
             tasks = validate_eval(ev, train_cfg)

@@ -59,6 +59,9 @@ class AdapterConfig:
         logits have std ~0.1 x RMS(router input) whatever the width (near-uniform q: no collapse at birth,
         docs/method.md §2.1, §5).
     expert_compute: "auto" | "dense" | "gather" (see remix_jax/adapters/moe.py and docs/routing.md).
+    init_from: a PEFT LoRA adapter directory (adapter_config.json + adapter_model.safetensors) whose factors are
+        the adapter at step 0 of a new run (lora, rslora, dora only; adapters/peft_io.py); "" = fresh init. A
+        resumed run takes its adapter from its checkpoint and does not read the directory.
     """
 
     method: str = "remix"
@@ -75,6 +78,7 @@ class AdapterConfig:
     router_dtype: str = "float32"
     router_init_std: float | None = None
     expert_compute: str = "auto"
+    init_from: str = ""
 
     def __post_init__(self):
         object.__setattr__(self, "targets", _normalise_targets(self.targets))
@@ -199,6 +203,11 @@ def _check(c: AdapterConfig) -> None:
         bad("expert_compute", f"{c.expert_compute!r}: expected 'auto', 'dense' or 'gather'")
     if not isinstance(c.sample_at_inference, bool):
         bad("sample_at_inference", f"expected a bool, got {c.sample_at_inference!r}")
+    if not isinstance(c.init_from, str):
+        bad("init_from", f"expected a PEFT adapter directory (a string), got {c.init_from!r}")
+    if c.init_from and c.method not in SINGLE_METHODS:
+        bad("init_from", f"a PEFT LoRA adapter holds one adapter per projection: it can initialise "
+                         f"{', '.join(SINGLE_METHODS)}, not method {c.method!r}")
 
 
 def projection_shapes(model_cfg) -> dict[str, tuple[int, int]]:

@@ -36,7 +36,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     from remix_jax.adapters.adapter_config import AdapterConfigError
-    from remix_jax.export.peft_io import PeftFormatError
+    from remix_jax.adapters.peft_io import PeftFormatError
     from remix_jax.export.runs import RunLoadError
     from remix_jax.export.writer import ExportError, export_base, export_run
     from remix_jax.models.model_config import ModelLoadError

@@ -15,9 +15,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from remix_jax.adapters import layout
 from remix_jax.adapters import lora as lora_math
 from remix_jax.adapters.adapter_config import SINGLE_METHODS, AdapterConfig
-from remix_jax.export import layout
 
 
 def _merged_kernel(kernel, a, b, scale: float, magnitude_delta=None):

@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from remix_jax.adapters import layout
 from remix_jax.adapters.adapter_config import AdapterConfig
-from remix_jax.export import layout
 from remix_jax.models.hf_io import hf_tensors_from_params
 from remix_jax.models.model_config import ModelConfig, to_hf_config_dict
 

@@ -17,7 +17,8 @@ import shutil
 import tempfile
 from collections.abc import Callable
 
-from remix_jax.export import merge, mixture, peft_io
+from remix_jax.adapters import peft_io
+from remix_jax.export import merge, mixture
 from remix_jax.export.runs import RunParts, load_base, load_run
 
 FORMATS = ("peft", "merged", "hf-mixture", "hf")

@@ -3,7 +3,7 @@
 ``load_model(path, **config_overrides) -> (ModelConfig, params)`` where params is the Decoder's
 "params" collection (apply as ``Decoder(cfg).apply({"params": params}, tokens)``). On a terminal it shows the
 tensors read so far of the total with their rate and ETA (``progress=False`` or REMIX_PROGRESS=0: never;
-remix_jax/progress.py).
+remix_jax/progress.py). ``load_model_config(path)`` reads the ModelConfig alone, without the weights.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from remix_jax import progress as progress_lib
 from remix_jax.models.model_config import ModelConfig, ModelLoadError
 from remix_jax.models.tokenizer import load_tokenizer
 
-__all__ = ["load_model", "load_tokenizer", "model_format"]
+__all__ = ["load_model", "load_model_config", "load_tokenizer", "model_format"]
 
 
 def model_format(path: str | os.PathLike) -> str:
@@ -41,6 +41,22 @@ def gguf_tensor_count(path: str | os.PathLike) -> int | None:
     if len(head) < 24 or head[:4] != b"GGUF":
         return None
     return int.from_bytes(head[8:16], "little")
+
+
+def load_model_config(path: str | os.PathLike, **config_overrides) -> ModelConfig:
+    """The ModelConfig of a Hugging Face directory (its config.json) or a GGUF file (its metadata), without
+    reading the weights: what a run checks its other inputs against before loading the model."""
+    fmt = model_format(path)
+    path = os.fspath(path)
+    if fmt == "gguf":
+        from remix_jax.models.gguf_io import _open_reader, gguf_config
+
+        return gguf_config(_open_reader(path), path, **config_overrides)
+    import pathlib
+
+    from remix_jax.models.hf_io import _read_config
+
+    return _read_config(pathlib.Path(path), **config_overrides)
 
 
 class _TensorBar:

@@ -78,14 +78,17 @@ def check_config(config) -> list[str]:
 
 
 def _config_drift(config, workdir: str) -> list[str]:
-    """model.* / adapter.* keys where ``config`` differs from the training run's config.json."""
+    """model.* / adapter.* keys where ``config`` differs from the training run's config.json (a key the record
+    lacks at its schema default is no difference; adapter.init_from only chose the run's step-0 adapter)."""
     recorded = rundir.recorded_config(workdir)
     if recorded is None:
         return []
     now = rundir.config_dict(config)
-    return [f"{k}: {json.dumps(a)} -> {json.dumps(b)}" for k, a, b in rundir.diff(
-        {s: recorded.get(s, {}) for s in ("model", "adapter")}, {s: now.get(s, {}) for s in ("model", "adapter")})
-        if not k.startswith(("model.dtype", "model.param_dtype", "model.remat", "model.scan_unroll"))]
+    old = {s: recorded.get(s, {}) for s in ("model", "adapter")}
+    changes = rundir.added_with_default(old, rundir.diff(old, {s: now.get(s, {}) for s in ("model", "adapter")}))
+    return [f"{k}: {json.dumps(a)} -> {json.dumps(b)}" for k, a, b in changes
+            if not k.startswith(("model.dtype", "model.param_dtype", "model.remat", "model.scan_unroll",
+                                 "adapter.init_from"))]
 
 
 def run(config, workdir: str, log=print, generators: dict | None = None, name: str = "",

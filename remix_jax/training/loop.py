@@ -28,10 +28,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from remix_jax import rundir
 from remix_jax.parallel import logical as logical_lib
 from remix_jax.parallel import mesh as mesh_lib
-from remix_jax.run_config import split_config, validate_config
-from remix_jax.training import checkpointing
+from remix_jax.run_config import ConfigError, init_from_problems, split_config, validate_config
+from remix_jax.training import checkpointing, initial_adapter
 from remix_jax.training import metrics as metrics_lib
 from remix_jax.training import optimizer as opt_lib
 from remix_jax.training.objective import ObjectiveConfig
@@ -167,17 +168,21 @@ def global_batch(local: dict, sharding) -> dict:
     return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local.items()}
 
 
-def adapter_description(config, bundle: ModelBundle) -> dict:
-    """JSON description written next to the exported adapters."""
+def adapter_description(config, bundle: ModelBundle, init_record: dict | None = None) -> dict:
+    """JSON description written next to the exported adapters (with the fingerprint of the PEFT directory the
+    adapter started from, under "init_from", when ``adapter.init_from`` was set)."""
     import json
 
     from remix_jax.models.model_config import config_to_json
 
-    return {"adapter": dataclasses.asdict(bundle.adapter_cfg) if dataclasses.is_dataclass(bundle.adapter_cfg)
-            else dict(bundle.adapter_cfg),
-            "model_path": config.model.path, "model_config": json.loads(config_to_json(bundle.model_cfg)),
-            "train": {"num_samples": config.train.num_samples, "baseline": config.train.baseline,
-                      "num_steps": config.train.num_steps, "seed": config.seed}}
+    out = {"adapter": dataclasses.asdict(bundle.adapter_cfg) if dataclasses.is_dataclass(bundle.adapter_cfg)
+           else dict(bundle.adapter_cfg),
+           "model_path": config.model.path, "model_config": json.loads(config_to_json(bundle.model_cfg)),
+           "train": {"num_samples": config.train.num_samples, "baseline": config.train.baseline,
+                     "num_steps": config.train.num_steps, "seed": config.seed}}
+    if init_record is not None:
+        out[initial_adapter.KEY] = init_record
+    return out
 
 
 @dataclasses.dataclass
@@ -194,20 +199,29 @@ class TrainSetup:
     state: TrainState
     shardings: TrainState  # the sharding of every leaf of ``state``
     ckpt: checkpointing.Checkpointer
+    init_record: dict | None = None  # fingerprint of adapter.init_from (read at step 0, or from the checkpoint)
 
 
 def setup(config, workdir: str, *, eval_fn=None, make_eval_fn=None, bundle: ModelBundle | None = None,
-          loader=None, mesh=None) -> TrainSetup:
+          loader=None, mesh=None, log_fn: Callable[[str], None] = print) -> TrainSetup:
     """Validate the config and build the mesh, model, data, evaluation hook, optimizer, the sharded initial
-    state and the checkpointer of ``workdir`` (see ``train`` for the arguments)."""
+    state and the checkpointer of ``workdir`` (see ``train`` for the arguments). A run without a checkpoint
+    starts from ``adapter.init_from`` when it is set (checked before the model loads; ``initial_adapter``)."""
     mesh_lib.maybe_initialize_distributed()
     if "eval" in config:  # the evaluation section belongs to the caller's eval_fn (training.run)
         config, _ = split_config(config)
     validate_config(config, num_devices=len(jax.devices()) if mesh is None else mesh.size)
+    # A checkpoint wins over adapter.init_from: a resumed run does not read the PEFT directory.
+    init_from = "" if rundir.checkpoint_steps(workdir) else config.adapter.get("init_from", "")
+    if init_from and (problems := init_from_problems(config)):
+        raise ConfigError.from_problems(problems)
     os.makedirs(workdir, exist_ok=True)
     mesh = mesh or mesh_lib.make_mesh(dict(config.mesh))
     own_bundle = bundle is None  # a caller's bundle must survive the donated steps: copy its base
     bundle = bundle or build_model_bundle(config)
+    init_record = None
+    if init_from:  # before make_eval_fn: the step-0 evaluation scores the imported adapter
+        bundle, init_record = initial_adapter.initialise(bundle, init_from, log_fn)
     loader = loader or build_loader(config, bundle)
     if make_eval_fn is not None:
         if eval_fn is not None:
@@ -217,7 +231,7 @@ def setup(config, workdir: str, *, eval_fn=None, make_eval_fn=None, bundle: Mode
     state, state_sh = shard_state(bundle, tx, mesh, copy_base=not own_bundle)
     ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
                                       max_to_keep=config.train.max_checkpoints)
-    return TrainSetup(config, mesh, bundle, loader, eval_fn, tx, schedules, state, state_sh, ckpt)
+    return TrainSetup(config, mesh, bundle, loader, eval_fn, tx, schedules, state, state_sh, ckpt, init_record)
 
 
 def resume(s: TrainSetup, log_fn: Callable[[str], None] = print) -> int:
@@ -231,6 +245,7 @@ def resume(s: TrainSetup, log_fn: Callable[[str], None] = print) -> int:
             if meta.get(key) != want:
                 raise ValueError(f"{s.ckpt.directory}: checkpoint was written with {key}={meta.get(key)!r}, "
                                  f"the config has {key}={want!r}; use a fresh workdir")
+        s.init_record = meta.get(initial_adapter.KEY)  # what the run started from, carried by its checkpoints
         log_fn(f"resumed from step {int(s.state.step)} in {s.ckpt.directory}")
     return int(jax.device_get(s.state.step))
 
@@ -270,6 +285,8 @@ class StepLoop:
         seed = s.config.seed
         self.meta = {"seed": seed, "method": s.config.adapter.method,
                      "rng_key_data": np.asarray(jax.random.key_data(jax.random.key(seed))).tolist()}
+        if s.init_record is not None:
+            self.meta[initial_adapter.KEY] = s.init_record
         self.pending: list[tuple[int, dict]] = []  # (step, metrics still on device)
         self.last_row: dict = {}
         self.last_saved = s.ckpt.latest_step()
@@ -347,7 +364,7 @@ class StepLoop:
             trainable = _gather_to_host(s.state.trainable)  # collective: every process takes part
             if jax.process_index() == 0:
                 export = checkpointing.export_adapters(os.path.join(workdir, "export"), trainable,
-                                                       adapter_description(s.config, s.bundle))
+                                                       adapter_description(s.config, s.bundle, s.init_record))
         return {"step": self.step, "metrics": self.last_row, "export": export, "state": s.state}
 
     def close(self) -> None:
@@ -368,7 +385,8 @@ def train(config, workdir: str, *, eval_fn: Callable[[int, TrainState], dict] | 
     stop_after: end after this many steps of this invocation (as if the process were killed), without
     the final save/export; used to test resumption. clock: the time source of the step rates (tests).
     """
-    s = setup(config, workdir, eval_fn=eval_fn, make_eval_fn=make_eval_fn, bundle=bundle, loader=loader, mesh=mesh)
+    s = setup(config, workdir, eval_fn=eval_fn, make_eval_fn=make_eval_fn, bundle=bundle, loader=loader, mesh=mesh,
+              log_fn=log_fn)
     start = resume(s, log_fn)
     compiled, rng, batch_sharding = compile_step(s, log_fn)
     steps = StepLoop(s, workdir, start, batch_sharding, clock, log_fn)

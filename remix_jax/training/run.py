@@ -3,14 +3,16 @@
 The config is checked against WORKDIR's record (``remix_jax.rundir``: a finished run is not trained again, its
 summary is read from its files; a different config is refused unless ``continue_with_changes``), validated
 whole before any model is loaded or compiled (``run_config.check_config``: every file and folder it names,
-also those read only at the end of training), recorded in WORKDIR/config.json, trained (resuming from the
-newest checkpoint: ``training.loop.train``), evaluated, and WORKDIR/run_complete.json ({"step", "wall_s"}) is
-written last.
+also those read only at the end of training, and the PEFT directory of ``adapter.init_from`` when the run starts
+from scratch: a resumed run takes its adapter from its checkpoint and does not read it), recorded in
+WORKDIR/config.json, trained (resuming from the newest checkpoint: ``training.loop.train``), evaluated, and
+WORKDIR/run_complete.json ({"step", "wall_s"}) is written last.
 
 Evaluation (the optional ``config.eval`` section, ``run_config.eval_config()``): when ``eval.tasks`` names
 tasks or ``eval.heldout.num_batches > 0``, the run is evaluated (``training.run_evaluation``)
 
-- at step 0 (``eval.at_start``; the adapters start as the identity, so this scores the base model),
+- at step 0 (``eval.at_start``; the adapters start as the identity, so this scores the base model, or the
+  adapter of ``adapter.init_from``),
 - every ``train.eval_every`` steps (0: never),
 - at the end of training.
 
@@ -57,7 +59,7 @@ def run(config, workdir: str, log=print, continue_with_changes: bool = False) ->
     if plan.summary_only:
         return rundir.finished_summary(workdir)
     train_cfg, ev = split_config(config)
-    check_config(train_cfg, ev, num_devices=len(jax.devices()))
+    check_config(train_cfg, ev, num_devices=len(jax.devices()), fresh=not has_checkpoint(workdir))
     for note in plan.notes:
         log(note)
     if jax.process_index() == 0:

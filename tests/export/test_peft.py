@@ -17,8 +17,8 @@ import transformers  # noqa: E402
 from safetensors.numpy import load_file, save_file  # noqa: E402
 
 from remix_jax.adapters import init_adapter_variables  # noqa: E402
+from remix_jax.adapters.peft_io import PeftFormatError, load_peft_adapter, save_peft_adapter  # noqa: E402
 from remix_jax.export.merge import merge_adapter  # noqa: E402
-from remix_jax.export.peft_io import PeftFormatError, load_peft_adapter, save_peft_adapter  # noqa: E402
 from remix_jax.models.hf_io import save_hf_checkpoint  # noqa: E402
 
 FFN = ("gate_proj", "up_proj", "down_proj")

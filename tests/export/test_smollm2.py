@@ -4,8 +4,8 @@ tokenizer, transformers computes our logits; a LoRA on it through peft and merge
 import numpy as np
 import pytest
 
+from remix_jax.adapters.peft_io import save_peft_adapter
 from remix_jax.export.merge import merge_adapter
-from remix_jax.export.peft_io import save_peft_adapter
 from remix_jax.export.writer import export_base
 from remix_jax.models.hf_io import save_hf_checkpoint
 from remix_jax.models.llama import Decoder

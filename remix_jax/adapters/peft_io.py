@@ -9,6 +9,10 @@ peft adds scaling * lora_B(lora_A(x)) with scaling = lora_alpha / r, or lora_alp
 for DoRA it computes (m / ||W + scaling B A||_row) * (x W^T + scaling x A^T B^T) (+ bias), the norm taken per
 output over the inputs and not differentiated. Ours (adapters/lora.py) is the same product with m stored as its
 offset from the frozen column norms, so the magnitude converts exactly given the base it was trained on.
+
+Both ways live here, below training: ``python -m remix_jax.export --format=peft`` writes a run's adapter
+(``save_peft_adapter``), and a run's ``adapter.init_from`` reads one as its adapter at step 0
+(``read_peft_config`` before the model loads, ``load_peft_adapter`` once it has).
 """
 
 from __future__ import annotations
@@ -23,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from remix_jax.adapters.adapter_config import ALL_PROJECTIONS, SINGLE_METHODS, AdapterConfig
-from remix_jax.export import layout
+from remix_jax.adapters import layout
+from remix_jax.adapters.adapter_config import ALL_PROJECTIONS, SINGLE_METHODS, AdapterConfig, AdapterConfigError
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -212,12 +216,59 @@ def _read_config(path: pathlib.Path) -> dict[str, Any]:
     return raw
 
 
-def _read_tensors(path: pathlib.Path) -> dict[str, np.ndarray]:
+def _weights_file(path: pathlib.Path) -> pathlib.Path:
     file = path / WEIGHTS_FILE
-    if not file.exists():
+    if not file.is_file():
         other = " (adapter_model.bin, a pickle, is not read: save with safe_serialization=True)" if (
             path / "adapter_model.bin").exists() else ""
         raise PeftFormatError(f"{file}: missing{other}")
+    return file
+
+
+def read_peft_config(path: str | os.PathLike, cfg: AdapterConfig, num_layers: int) -> dict[str, Any]:
+    """adapter_config.json of the PEFT LoRA directory ``path``, checked against the run's adapter config ``cfg``
+    (``check_peft_config``: PeftFormatError naming the file and the field); adapter_model.safetensors must exist
+    but is not read. Needs no model weights: a run checks its ``adapter.init_from`` with it before loading them."""
+    path = pathlib.Path(path)
+    raw = _read_config(path)
+    check_peft_config(raw, cfg, num_layers, str(path / CONFIG_FILE))
+    _weights_file(path)
+    return raw
+
+
+def init_from_problems(adapter: Mapping[str, Any], model_path: str) -> list[str]:
+    """What stops ``adapter["init_from"]`` from initialising a run's adapter (config key ``adapter.init_from``),
+    found without the model's weights: the folder, its adapter_config.json against the run's adapter config
+    ``adapter`` (a mapping of AdapterConfig's fields) and the number of blocks of ``model_path`` (an HF directory
+    or GGUF file read for its config, or random:SHAPE). [] when it fits (or the adapter config itself is invalid:
+    that is reported with its own key)."""
+    from remix_jax.models.loading import load_model_config
+    from remix_jax.models.model_config import ModelLoadError, named_config
+
+    path = str(adapter.get("init_from", ""))
+    try:
+        cfg = AdapterConfig.from_dict(adapter)
+    except AdapterConfigError:
+        return []
+    if not path:
+        return []
+    if not os.path.isdir(path):
+        return [f"adapter.init_from: {path!r} is not a folder (a PEFT adapter directory: {CONFIG_FILE}, "
+                f"{WEIGHTS_FILE})"]
+    try:
+        model = (named_config(model_path[len("random:"):]) if model_path.startswith("random:")
+                 else load_model_config(model_path))
+    except ModelLoadError as e:
+        return [f"model.path: {e}"]
+    try:
+        read_peft_config(path, cfg, model.num_layers)
+    except PeftFormatError as e:
+        return [f"adapter.init_from: {e}"]
+    return []
+
+
+def _read_tensors(path: pathlib.Path) -> dict[str, np.ndarray]:
+    file = _weights_file(path)
     import ml_dtypes  # noqa: F401  (registers bfloat16 with numpy, so that bfloat16 adapters read)
     from safetensors import safe_open
 
@@ -236,8 +287,7 @@ def load_peft_adapter(path: str | os.PathLike, cfg: AdapterConfig, num_layers: i
     (PeftFormatError naming adapter_model.safetensors and the tensor). base: the frozen params of the run
     (DoRA only: magnitude_delta = m - ||W||_c). Arrays are float32 numpy, stacked [L, ...]."""
     path = pathlib.Path(path)
-    raw = _read_config(path)
-    check_peft_config(raw, cfg, num_layers, str(path / CONFIG_FILE))
+    read_peft_config(path, cfg, num_layers)
     tensors = _read_tensors(path)
     where = str(path / WEIGHTS_FILE)
     if cfg.method == "dora" and base is None:
