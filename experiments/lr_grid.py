@@ -29,12 +29,12 @@ def get_sweep():
         "config": GSM8K_CONFIG + variant("remix"),
         "base_overrides": {KEYS.model_path: model_path(), **validation_data(), "eval.at_start": False,
                            "eval.heldout.num_batches": 12, "train.checkpoint_every": 0},
-        "grid": [methods, {"optimizer.adapter_lr": LEARNING_RATES}],
+        "grid": [methods, {KEYS.adapter_lr: LEARNING_RATES}],
         "seeds": [0],
         "report": {
             "tables": [{"title": "GSM8K validation loss (carved from train) by learning rate",
-                        "rows": ["variant", "optimizer.adapter_lr"]}],
-            "plots": [{"kind": "line", "x": "optimizer.adapter_lr", "y": "heldout/heldout_loss", "series": "variant",
+                        "rows": ["variant", KEYS.adapter_lr]}],
+            "plots": [{"kind": "line", "x": KEYS.adapter_lr, "y": "heldout/heldout_loss", "series": "variant",
                        "file": "validation_loss.png", "title": "Validation loss against adapter learning rate"}],
         },
     }

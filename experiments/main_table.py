@@ -2,16 +2,20 @@
 comparable activated rank (see common.py), 3 seeds each; accuracy on GSM8K test and held-out loss.
 
     python -m remix_jax.sweep --sweep=experiments/main_table.py
+
+Each method trains at its config's adapter learning rate, or, with $REMIX_SELECTED_LR naming the
+selected_lr.json of ``experiments/select_lr.py``, at the rate chosen for it on validation data (lr_grid.py);
+give such a table its own --out_dir (experiments/README.md, "The 0.5B study").
 """
 
-from common import GSM8K_CONFIG, GSM8K_TASK, METHODS, SEEDS, small_scale, variant
+from common import GSM8K_CONFIG, GSM8K_TASK, SEEDS, selected_methods, small_scale, variant
 
 
 def get_sweep():
     return {
         "config": GSM8K_CONFIG + variant("remix"),
         "base_overrides": small_scale(),
-        "grid": [METHODS],
+        "grid": [selected_methods()],
         "seeds": SEEDS,
         "report": {
             "tables": [{"title": "GSM8K (test), mean ± std over seeds", "rows": ["variant"]}],

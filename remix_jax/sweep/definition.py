@@ -41,6 +41,7 @@ class _Keys:
     sample_chunk: str = "train.sample_chunk"  # routing samples processed at once (0 = all M)
     baseline: str = "train.baseline"  # "rloo" | "none"
     num_steps: str = "train.num_steps"
+    adapter_lr: str = "optimizer.adapter_lr"
     batch_size: str = "data.batch_size"  # global batch
     max_length: str = "data.max_length"
     eval_limit: str = "eval.limit"

@@ -1,0 +1,256 @@
+"""Each method's adapter learning rate for the main table, chosen on validation data from the runs of
+``experiments/lr_grid.py``: per method (the sweep's "variant" column) the adapter learning rate
+("optimizer.adapter_lr") with the lowest held-out loss on the validation split carved from GSM8K train
+("heldout/heldout_loss"), read from the results.csv that the sweep writes into its --out_dir.
+
+    python experiments/select_lr.py --results=experiments/results/qwen0.5b/lr_grid \\
+        --out=experiments/results/qwen0.5b/lr_grid/selected_lr.json
+    REMIX_SELECTED_LR=experiments/results/qwen0.5b/lr_grid/selected_lr.json \\
+        python -m remix_jax.sweep --sweep=experiments/main_table.py --out_dir=...
+
+Rules:
+- a learning rate's loss is the mean over its runs (lr_grid.py has one seed). A learning rate with a run that did
+  not finish (status other than "complete"), that has no loss, or whose loss is NaN or infinite is excluded, and
+  the exclusion is printed; a method with no learning rate left is an error naming it;
+- equal losses (exactly equal, as read) go to the smaller learning rate, and the tie is printed;
+- ``edge``: the chosen rate has no evaluated rate below or above it: it is the lowest or highest of the grid
+  (the grid should be extended on that side), or the runs on that side did not finish. A diverged run (NaN or
+  infinite loss) counts as evaluated: it bounds the choice from its side.
+
+Output: a table on stdout (method, the loss at each rate, the chosen rate), warnings on stderr, and ``--out``:
+    {method: {"adapter_lr": float, "losses": {"<rate>": loss, ...}, "edge": bool, "excluded": {"<rate>": why}}}
+in the sweep's order of methods, rates written as Python writes floats ("0.0003"). An existing --out with
+different content is kept unless --force. ``load_selection`` reads the file back (experiments/common.py, for
+main_table.py under $REMIX_SELECTED_LR).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import math
+import os
+import pathlib
+import sys
+from collections.abc import Sequence
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from remix_jax import cli  # noqa: E402
+from remix_jax.cli import UserError  # noqa: E402
+from remix_jax.sweep import KEYS  # noqa: E402
+
+METRIC = "heldout/heldout_loss"
+METHOD_COLUMN = "variant"
+LR_COLUMN = KEYS.adapter_lr
+RESULTS_FILE = "results.csv"
+
+
+@dataclasses.dataclass
+class Choice:
+    """One method's selection: the grid's rates, the loss of each evaluated rate, the excluded ones and why."""
+
+    method: str
+    grid: list[float]
+    losses: dict[float, float]  # finite mean losses of the rates whose every run finished
+    excluded: dict[float, str]  # rate -> reason
+    diverged: set[float]  # excluded rates with a NaN / infinite loss (evaluated: they bound the choice)
+    adapter_lr: float = math.nan
+    tied: list[float] = dataclasses.field(default_factory=list)  # rates sharing the lowest loss (> 1: a tie)
+    unbounded: list[str] = dataclasses.field(default_factory=list)  # "below" / "above": no evaluated rate there
+
+    @property
+    def edge(self) -> bool:
+        return bool(self.unbounded)
+
+
+def read_results(path: str | os.PathLike, metric: str = METRIC) -> tuple[pathlib.Path, list[dict]]:
+    """(the results.csv read, its rows with "line" added). ``path``: the sweep's out_dir or its results.csv."""
+    path = pathlib.Path(path)
+    if path.is_dir():
+        path = path / RESULTS_FILE
+    if not path.is_file():
+        raise UserError(f"{path}: no such file",
+                        "pass the --out_dir of the lr_grid sweep (python -m remix_jax.sweep writes results.csv "
+                        "there when its runs end; --report_only writes it again)")
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        columns = reader.fieldnames or []
+        missing = [c for c in ("name", "status", METHOD_COLUMN, LR_COLUMN) if c not in columns]
+        if missing:
+            raise UserError(f"{path}: no column(s) {', '.join(missing)}: not the results of experiments/lr_grid.py")
+        rows = [{**row, "line": reader.line_num} for row in reader]
+    if metric not in columns and any(r["status"] == "complete" for r in rows):
+        raise UserError(f"{path}: complete runs but no column {metric!r}",
+                        "--metric names a results.csv column, e.g. heldout/heldout_loss")
+    return path, rows
+
+
+def _run_problem(row: dict, metric: str) -> tuple[str, bool] | None:
+    """(why the run cannot be used, whether it diverged), or None for a usable run."""
+    if row["status"] != "complete":
+        return f"{row['name']} did not finish ({row['status']})", False
+    cell = (row.get(metric) or "").strip()
+    if not cell:
+        return f"{row['name']} has no {metric}", False
+    value = float(cell)  # csv.DictWriter wrote a float: "nan" and "inf" included
+    if not math.isfinite(value):
+        return f"{row['name']}: {metric} is {value}", True
+    return None
+
+
+def select(rows: Sequence[dict], metric: str = METRIC, where: str = RESULTS_FILE) -> dict[str, Choice]:
+    """{method: Choice} over ``rows`` (read_results), methods in order of first appearance."""
+    runs: dict[str, dict[float, list[dict]]] = {}
+    for row in rows:
+        try:
+            lr = float(row[LR_COLUMN])
+        except ValueError:
+            raise UserError(f"{where}:{row['line']}: {LR_COLUMN} {row[LR_COLUMN]!r} is not a number") from None
+        try:
+            if row["status"] == "complete" and (row.get(metric) or "").strip():
+                float(row[metric])
+        except ValueError:
+            raise UserError(f"{where}:{row['line']}: {metric} {row[metric]!r} is not a number") from None
+        runs.setdefault(row[METHOD_COLUMN], {}).setdefault(lr, []).append(row)
+    choices, empty = {}, []
+    for method, by_lr in runs.items():
+        c = Choice(method=method, grid=sorted(by_lr), losses={}, excluded={}, diverged=set())
+        for lr in c.grid:
+            problems = [p for p in (_run_problem(r, metric) for r in by_lr[lr]) if p]
+            if problems:
+                c.excluded[lr] = "; ".join(p for p, _ in problems)
+                if any(d for _, d in problems):
+                    c.diverged.add(lr)
+            else:
+                c.losses[lr] = sum(float(r[metric]) for r in by_lr[lr]) / len(by_lr[lr])
+        if not c.losses:
+            empty.append(f"{method} ({'; '.join(c.excluded.values())})")
+            continue
+        best = min(c.losses.values())
+        c.tied = [lr for lr in c.grid if c.losses.get(lr) == best]
+        c.adapter_lr = c.tied[0]  # equal losses: the smaller rate
+        evaluated = sorted(set(c.losses) | c.diverged)
+        c.unbounded = [side for side, at_end in (("below", c.adapter_lr == evaluated[0]),
+                                                 ("above", c.adapter_lr == evaluated[-1])) if at_end]
+        choices[method] = c
+    if empty:
+        raise UserError(f"{where}: no valid run for method(s): {', '.join(empty)}",
+                        "finish or rerun those runs (python -m remix_jax.sweep resumes the sweep)")
+    return choices
+
+
+def warnings(choices: dict[str, Choice]) -> list[str]:
+    """One line per excluded rate, tie and unbounded side."""
+    out = []
+    for m, c in choices.items():
+        for lr, why in c.excluded.items():
+            out.append(f"{m}: adapter LR {lr:g} excluded: {why}")
+        if len(c.tied) > 1:
+            out.append(f"{m}: adapter LRs {', '.join(f'{lr:g}' for lr in c.tied)} tie at {c.losses[c.adapter_lr]!r}; "
+                       f"the smaller, {c.adapter_lr:g}, is chosen")
+        for side in c.unbounded:
+            end = c.grid[0] if side == "below" else c.grid[-1]
+            if c.adapter_lr == end:
+                extreme = "lowest" if side == "below" else "highest"
+                out.append(f"{m}: the best adapter LR {c.adapter_lr:g} is the {extreme} of the grid: extend the grid "
+                           f"{side} {c.adapter_lr:g}")
+            else:
+                out.append(f"{m}: the best adapter LR {c.adapter_lr:g} has no finished run {side} it: finish the "
+                           f"excluded runs {side} it")
+    return out
+
+
+def table(choices: dict[str, Choice], metric: str = METRIC) -> str:
+    """Markdown: one row per method, the mean loss at each rate of any grid ("-": not in its grid), the choice."""
+    lrs = sorted({lr for c in choices.values() for lr in c.grid})
+    lines = [f"| method | {' | '.join(f'{metric} @ {lr:g}' for lr in lrs)} | chosen adapter LR |",
+             "|" + "---|" * (len(lrs) + 2)]
+    for m, c in choices.items():
+        cells = []
+        for lr in lrs:
+            if lr in c.losses:
+                cells.append(f"**{c.losses[lr]:.4f}**" if lr == c.adapter_lr else f"{c.losses[lr]:.4f}")
+            else:
+                cells.append("diverged" if lr in c.diverged else "excluded" if lr in c.excluded else "-")
+        edge = " (edge)" if c.edge else ""
+        lines.append(f"| {m} | {' | '.join(cells)} | {c.adapter_lr:g}{edge} |")
+    return "\n".join(lines)
+
+
+def to_json(choices: dict[str, Choice]) -> str:
+    out = {m: {"adapter_lr": c.adapter_lr, "losses": {repr(lr): loss for lr, loss in c.losses.items()},
+               "edge": c.edge, "excluded": {repr(lr): why for lr, why in c.excluded.items()}}
+           for m, c in choices.items()}
+    return json.dumps(out, indent=2) + "\n"
+
+
+def write_selection(path: str | os.PathLike, text: str, force: bool = False) -> str:
+    """Write ``text`` to ``path`` (atomically); an existing file with other content only with ``force``.
+    Returns "wrote", "unchanged" or "overwrote"."""
+    path = pathlib.Path(path)
+    verb = "wrote"
+    if path.exists():
+        if path.read_text(encoding="utf-8") == text:
+            return "unchanged"
+        if not force:
+            raise UserError(f"{path} exists with a different selection; it is kept",
+                            "pass --force to overwrite it, or choose another --out")
+        verb = "overwrote"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    return verb
+
+
+def load_selection(path: str | os.PathLike, methods: Sequence[str]) -> dict[str, float]:
+    """{method: adapter_lr} for ``methods`` from a file written by this script; a method the file lacks, or
+    a rate that is not a positive finite number, is an error naming it."""
+    path = pathlib.Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file", "write it with python experiments/select_lr.py") from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a JSON object {{method: {{\"adapter_lr\": ...}}}}")
+    missing = [m for m in methods if m not in data]
+    if missing:
+        raise UserError(f"{path}: no learning rate for method(s) {', '.join(missing)} (it has "
+                        f"{', '.join(data) or 'none'})", "run the lr_grid sweep and select_lr.py with those methods")
+    out = {}
+    for m in methods:
+        lr = data[m].get("adapter_lr") if isinstance(data[m], dict) else None
+        if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not (math.isfinite(lr) and lr > 0):
+            raise UserError(f"{path}: {m}: adapter_lr must be a positive number, got {lr!r}")
+        out[m] = float(lr)
+    return out
+
+
+def main(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(prog="python experiments/select_lr.py", description=__doc__.split("\n")[0])
+    p.add_argument("--results", required=True, help="the lr_grid sweep's --out_dir (or its results.csv)")
+    p.add_argument("--out", required=True, help="the selection's JSON file (e.g. OUT_DIR/selected_lr.json)")
+    p.add_argument("--metric", default=METRIC, help="the results.csv column to minimise")
+    p.add_argument("--force", action="store_true", help="overwrite an --out holding a different selection")
+    p.add_argument("--debug", action="store_true", help="show the traceback of expected failures")
+    args = p.parse_args(argv)
+    path, rows = read_results(args.results, args.metric)
+    choices = select(rows, args.metric, where=str(path))
+    print(table(choices, args.metric))
+    for line in warnings(choices):
+        print(f"warning: {line}", file=sys.stderr)
+    verb = write_selection(args.out, to_json(choices), force=args.force)
+    print(f"{verb} {args.out}" if verb != "unchanged" else f"{args.out} holds this selection already (unchanged)")
+    return 0
+
+
+if __name__ == "__main__":
+    argv = sys.argv[1:]
+    sys.exit(cli.guard(lambda: main(argv), argv))
