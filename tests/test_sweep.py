@@ -209,6 +209,33 @@ def _assert_png(path: pathlib.Path):
         assert im.size[0] > 100 and im.size[1] > 100
 
 
+def test_a_finished_run_of_another_config_is_a_conflict(sweep_file, tmp_path, capsys):
+    """A folder holding a finished run whose config.json disagrees with the sweep's settings for it (another
+    experiment pointed at the same --out_dir) is reported, neither reused nor trained over; one that agrees is
+    skipped as finished."""
+    out = results_of(sweep_file)
+    assert sweep_main([f"--sweep={sweep_file}", "--quiet", "--only=^remix"]) == 0
+    calls = _calls(tmp_path)
+    runs = out / "runs"
+    agree, clash = runs / "remix__top_k=1__seed=0", runs / "remix__top_k=2__seed=0"
+    (agree / "config.json").write_text(json.dumps({"seed": 0, "adapter": {"top_k": 1, "rank": 4},
+                                                   "model": {"path": "random:tiny"}, "train": {"num_steps": 30}}))
+    (clash / "config.json").write_text(json.dumps({"seed": 0, "adapter": {"top_k": 2},
+                                                   "model": {"path": "other.gguf"}, "train": {"num_steps": 30}}))
+    before = {p: p.read_bytes() for p in clash.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    assert sweep_main([f"--sweep={sweep_file}", "--quiet", "--only=^remix"]) == 1
+    printed = capsys.readouterr()
+    assert _calls(tmp_path) == calls  # nothing trained again
+    assert "remix__top_k=1__seed=0: finished already, skipped" in printed.out
+    assert f"{clash} holds a finished run of another config (model.path: 'other.gguf' -> 'random:tiny')" \
+        in printed.out + printed.err
+    assert {p: p.read_bytes() for p in clash.rglob("*") if p.is_file()} == before
+    assert sweep_main([f"--sweep={sweep_file}", "--mode=commands", "--only=^remix"]) == 0
+    lines = (out / "commands.sh").read_text().splitlines()
+    assert sum(ln.startswith("# finished under another config (model.path:") for ln in lines) == 1
+
+
 def test_only_filter_runs_subset(sweep_file, tmp_path):
     assert sweep_main([f"--sweep={sweep_file}", "--quiet", "--only=^remix__top_k=1"]) == 0
     assert _calls(tmp_path) == EXPECTED_NAMES[:2]

@@ -1,10 +1,14 @@
 """Running a sweep's runs: one training subprocess per run (``run_one``, its output in WORKDIR/log.txt), several at
 once over GPUs (``run_local``, ``device_envs``), a run trained once for several sweeps (``link_duplicates``), or a
-commands.sh for a scheduler (``write_commands``). A run is finished when WORKDIR/run_complete.json exists.
+commands.sh for a scheduler (``write_commands``). A run is finished when WORKDIR/run_complete.json exists; a
+finished run whose recorded config (WORKDIR/config.json) disagrees with one of the sweep's settings for it is
+reported as a conflict, never taken as this sweep's result (``recorded_conflicts``).
 """
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import pathlib
 import queue
@@ -22,6 +26,39 @@ RUN_COMPLETE = "run_complete.json"
 
 def is_complete(workdir: str | os.PathLike) -> bool:
     return (pathlib.Path(workdir) / RUN_COMPLETE).is_file()
+
+
+def _same(recorded, wanted) -> bool:
+    if isinstance(wanted, (list, tuple)) and isinstance(recorded, (list, tuple)):
+        return len(recorded) == len(wanted) and all(_same(r, w) for r, w in zip(recorded, wanted, strict=True))
+    if isinstance(wanted, bool) or isinstance(recorded, bool):
+        return recorded is wanted or str(recorded).lower() == str(wanted).lower()
+    if isinstance(wanted, (int, float)) and isinstance(recorded, (int, float)):
+        return math.isclose(float(recorded), float(wanted), rel_tol=1e-9, abs_tol=0.0)
+    return str(recorded) == str(wanted)
+
+
+def recorded_conflicts(run: Run) -> list[str]:
+    """The run's settings (its overrides) that WORKDIR/config.json, the config the finished run trained under,
+    records with another value: ``key: recorded -> wanted``. Empty when the folder has no config.json or agrees
+    (an override of "auto" is resolved by the trainer and not compared)."""
+    path = pathlib.Path(run.workdir) / "config.json"
+    try:
+        recorded = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+    out = []
+    for key, wanted in run.overrides.items():
+        if wanted == "auto":
+            continue
+        node = recorded
+        for part in key.split("."):
+            node = node.get(part, KeyError) if isinstance(node, dict) else KeyError
+        if node is KeyError:
+            continue
+        if not _same(node, wanted):
+            out.append(f"{key}: {node!r} -> {wanted!r}")
+    return out
 
 
 def run_one(run: Run, runner: Sequence[str], echo: bool = True,
@@ -86,12 +123,19 @@ def run_local(sweep: Sweep | None, runs: Sequence[Run], echo: bool = True, paral
     runs that failed. ``runners`` maps a run's workdir to its argv prefix (several sweeps in one queue);
     otherwise ``sweep.runner`` is used for all."""
     todo = []
+    failed: dict[str, str] = {}
     for i, run in enumerate(runs):
         if is_complete(run.workdir):
-            print(f"[{i + 1}/{len(runs)}] {run.name}: finished already, skipped", flush=True)
+            conflicts = recorded_conflicts(run)
+            if conflicts:  # another experiment's run in this folder: neither reuse it nor train over it
+                failed[run.name] = (f"{run.workdir} holds a finished run of another config "
+                                    f"({'; '.join(conflicts)}); give this sweep its own --out_dir / "
+                                    f"--workdir_root, or move that folder")
+                print(f"[{i + 1}/{len(runs)}] {run.name}: FAILED: {failed[run.name]}", flush=True)
+            else:
+                print(f"[{i + 1}/{len(runs)}] {run.name}: finished already, skipped", flush=True)
         else:
             todo.append((i, run))
-    failed: dict[str, str] = {}
     work: queue.Queue = queue.Queue()
     for item in todo:
         work.put(item)
@@ -163,7 +207,12 @@ def write_commands(sweep: Sweep, runs: Sequence[Run]) -> pathlib.Path:
     ]
     for run in runs:
         cmd = shlex.join(run.command(sweep.runner))
-        lines.append(f"# finished: {cmd}" if is_complete(run.workdir) else cmd)
+        if not is_complete(run.workdir):
+            lines.append(cmd)
+            continue
+        conflicts = recorded_conflicts(run)
+        lines.append(f"# finished under another config ({'; '.join(conflicts)}), not this run: {cmd}" if conflicts
+                     else f"# finished: {cmd}")
     path = out / "commands.sh"
     path.write_text("\n".join(lines) + "\n")
     return path
