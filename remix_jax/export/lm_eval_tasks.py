@@ -89,7 +89,7 @@ def compare(samples_path: str, ours_path: str) -> dict:
         if ll_t.shape != ll_o.shape:
             raise ValueError(f"document {i}: {ll_t.size} choices in lm-eval's samples, {ll_o.size} in ours")
         chars = np.array(o["num_chars"], np.float64) - 1  # ours count the leading space
-        gold = int(o["gold"][len("answer"):]) - 1
+        gold = o["gold"] if isinstance(o["gold"], int) else int(o["gold"][len("answer"):]) - 1  # index or answerN
         acc += t["acc"]
         acc_norm += t["acc_norm"]
         our_acc += int(np.argmax(ll_o) == gold)

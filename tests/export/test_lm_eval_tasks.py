@@ -53,3 +53,13 @@ def test_compare_counts_both_metrics_from_each_side(tmp_path):
     assert got["documents"] == 2 and got["argmax_disagreements"] == 0
     assert (got["lm_eval_acc"], got["lm_eval_acc_norm"], got["ours_acc"], got["ours_acc_norm"]) == (0.5, 0.0, 0.5, 0.0)
     assert got["max_abs_loglik_diff"] == pytest.approx(1e-4)
+
+
+def test_compare_reads_index_golds(tmp_path):
+    """Predictions of the built-in tasks (remix_jax/evaluation/builtin_tasks.py) name the gold by its index."""
+    samples = [{"doc_id": 0, "filtered_resps": [["-4.0", "False"], ["-6.0", "False"]], "acc": 0.0, "acc_norm": 1.0}]
+    ours = [{"id": 0, "gold": 1, "logliks": [-4.0, -6.0], "num_chars": [3, 7]}]  # -4/2 < -6/6: acc_norm picks 1
+    (tmp_path / "s.jsonl").write_text(json.dumps(samples[0]) + "\n")
+    (tmp_path / "o.jsonl").write_text(json.dumps(ours[0]) + "\n")
+    got = compare(str(tmp_path / "s.jsonl"), str(tmp_path / "o.jsonl"))
+    assert (got["ours_acc"], got["ours_acc_norm"], got["lm_eval_acc"], got["lm_eval_acc_norm"]) == (0.0, 1.0, 0.0, 1.0)
