@@ -10,7 +10,8 @@ accumulation. Mesh: pure FSDP over the slice (data=1, fsdp=all chips, tensor=1):
 their optimizer state are split over every chip, and so are the batch rows.
 
 Writes OUT.jsonl (one report per cell, as ``--json_out`` writes it, plus the command) and OUT.md (the table).
-Each cell takes one core for one to ~40 minutes (programs that fit took longest) and 1-3 GiB of host memory: ``--jobs`` runs several at once;
+Each cell takes one core for one to ~40 minutes (programs that fit took longest) and 1-3 GiB of host memory:
+``--jobs`` runs several at once;
 ``--render=A.jsonl,B.TOPOLOGY.METHOD.json`` writes OUT.jsonl / OUT.md from the cells of earlier (partial) runs.
 """
 
