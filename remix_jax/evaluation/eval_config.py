@@ -42,6 +42,9 @@ def default_eval_config() -> ml_collections.ConfigDict:
       random:SHAPE models.
     plain_format: the prompt template around every demonstration and the query.
     batch_size: prompts per generation call / sequences per scoring forward pass.
+    share_context: log-likelihood scoring runs the context of a question once for all its options (one prefill
+      into a KV cache, the options against it; routing statistics count each context token once); False scores
+      every option as a whole sequence. Same log-likelihoods up to float rounding.
     limit: score only the first N examples of each task (0 = all).
     offset: skip the first N examples of each task (with limit: examples offset .. offset + limit - 1, to split a
       long evaluation into parts; python -m remix_jax.evaluation.merge joins their results).
@@ -70,6 +73,7 @@ def default_eval_config() -> ml_collections.ConfigDict:
     c.tokenizer = ""
     c.plain_format = DEFAULT_PLAIN_FORMAT
     c.batch_size = 64
+    c.share_context = True
     c.limit = 0
     c.offset = 0
     c.seed = 0

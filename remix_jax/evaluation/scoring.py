@@ -1,0 +1,188 @@
+"""Log-likelihood scoring of (context, continuation) token rows: the jitted forward passes and their batching.
+
+Two ways to score rows, with equal results up to float rounding:
+
+- ``full_batches`` + ``score_batch``: every row as one sequence (context + continuation), left-padded, so the
+  continuation of every row ends in the last column.
+- ``shared_batches`` + ``score_shared_batch``: the options of one multiple-choice question share its context, so
+  the context runs once. One prefill of the contexts [Q, Lc] (left-padded) fills a KV cache of Lc + Lx slots; each
+  question's cache rows are copied to its options (a gather along the batch axis) and the continuations [R, Lx]
+  (right-padded, positions continuing from their context's length) run against it. The log-probability of an
+  option's first token comes from the prefill's last column. Adapters and routers act per token, so they see the
+  same inputs either way; a router that samples at inference draws other keys.
+
+Shapes are bucketed to powers of two (lengths, and batches below ``batch_size``), so a run compiles a few times.
+A batch holds at most ``batch_size`` rows (shared: continuations, each with its own copy of the cache).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Iterator, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from remix_jax.inference.generation import bucket_size
+from remix_jax.models.attention import init_cache
+from remix_jax.models.llama import Decoder, lm_logits, positions_from_segments
+from remix_jax.routing.diagnostics import collect_routing_stats
+
+ROUTING_KEYS = ("ess_applied", "ess_softmax", "entropy", "load", "distinct_subsets")
+Rows = Sequence[tuple[list[int], list[int]]]
+
+
+def _apply(model: Decoder, variables: dict, tokens, key, with_stats: bool, **kw):
+    """model.apply -> ((hidden, head), cache) and the routing statistics ({} without ``with_stats``)."""
+    kw = dict(deterministic=True, return_hidden=True, rngs={"routing": key}, **kw)
+    if with_stats:
+        out, mutated = model.apply(variables, tokens, mutable=["routing_stats"], **kw)
+        return out, {k: v for k, v in collect_routing_stats(mutated).items() if k in ROUTING_KEYS}
+    return model.apply(variables, tokens, **kw), {}
+
+
+@functools.partial(jax.jit, static_argnames=("model", "num_targets", "with_stats"))
+def score_batch(model: Decoder, variables: dict, tokens: jax.Array, segment_ids: jax.Array, target_mask: jax.Array,
+                rng: jax.Array, num_targets: int, with_stats: bool):
+    """Summed log-probs of the target tokens of left-padded rows, and routing statistics.
+
+    tokens, segment_ids, target_mask [B, T] (targets sit in the last ``num_targets`` columns); only the
+    hidden states predicting those columns go through the vocabulary projection. Returns (loglik [B],
+    stats dict of the "routing_stats" collection, {} without routing).
+    """
+    ((hidden, head), _), stats = _apply(model, variables, tokens, rng, with_stats, segment_ids=segment_ids)
+    t = tokens.shape[1]
+    logits = lm_logits(hidden[:, t - num_targets - 1 : t - 1], head)  # predicts tokens[:, t-num_targets:]
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    picked = jnp.take_along_axis(logp, tokens[:, t - num_targets :, None], axis=-1)[..., 0]
+    return jnp.sum(picked * target_mask[:, t - num_targets :], axis=-1), stats
+
+
+@functools.partial(jax.jit, static_argnames=("model", "with_stats"))
+def score_shared_batch(model: Decoder, variables: dict, ctx_tokens: jax.Array, ctx_seg: jax.Array,
+                       cont_tokens: jax.Array, cont_seg: jax.Array, owner: jax.Array, rng: jax.Array,
+                       with_stats: bool):
+    """Summed log-probs of continuations scored against their question's cached context.
+
+    ctx_tokens, ctx_seg [Q, Lc]: contexts, left-padded (segment 0 on pads). cont_tokens, cont_seg [R, Lx]:
+    continuations, right-padded (segment 0 on pads). owner [R]: the context row of each continuation.
+    Returns (loglik [R], routing statistics of the prefill, of the continuation pass; {} without routing).
+    """
+    q, lc = ctx_tokens.shape
+    lx = cont_tokens.shape[1]
+    k_ctx, k_cont = jax.random.split(rng)
+    cache = init_cache(model.config, q, lc + lx)
+    ((hidden, head), cache), ctx_stats = _apply(model, variables, ctx_tokens, k_ctx, with_stats, segment_ids=ctx_seg,
+                                                positions=positions_from_segments(ctx_seg), cache=cache)
+    first = jax.nn.log_softmax(lm_logits(hidden[:, -1], head), axis=-1)[owner]  # [R, V]: predicts token 0
+    cache = {"kv": cache["kv"][:, :, owner], "pos": cache["pos"][owner], "seg": cache["seg"][owner],
+             "index": cache["index"]}
+    ctx_len = jnp.sum(ctx_seg != 0, axis=-1).astype(jnp.int32)[owner]
+    positions = ctx_len[:, None] + jnp.arange(lx, dtype=jnp.int32)[None, :]
+    ((hidden, head), _), cont_stats = _apply(model, variables, cont_tokens, k_cont, with_stats,
+                                             segment_ids=cont_seg, positions=positions, cache=cache)
+    logp = jax.nn.log_softmax(lm_logits(hidden[:, :-1], head), axis=-1)  # [R, Lx-1, V]: predicts tokens 1..
+    rest = jnp.take_along_axis(logp, cont_tokens[:, 1:, None], axis=-1)[..., 0]
+    head_lp = jnp.take_along_axis(first, cont_tokens[:, :1], axis=-1)[:, 0]
+    valid = (cont_seg != 0).astype(jnp.float32)
+    return head_lp * valid[:, 0] + jnp.sum(rest * valid[:, 1:], axis=-1), ctx_stats, cont_stats
+
+
+def _batch_rows(n: int, batch_size: int) -> int:
+    """Rows of a batch of ``n``: a power of two below ``batch_size``, at most ``batch_size``."""
+    return min(bucket_size(n), batch_size)
+
+
+@dataclasses.dataclass
+class FullBatch:
+    rows: list[int]  # indices into the scored rows, one per batch row
+    tokens: np.ndarray  # [B, T] left-padded context + continuation
+    segment_ids: np.ndarray  # [B, T]
+    target_mask: np.ndarray  # [B, T] 1 on continuation tokens
+    num_targets: int  # continuation columns, bucketed
+
+
+def full_batches(rows: Rows, indices: Sequence[int], batch_size: int, pad: int) -> Iterator[FullBatch]:
+    """Batches of ``batch_size`` of the rows ``indices`` (shortest first), each a left-padded power-of-two length."""
+    order = sorted(indices, key=lambda i: len(rows[i][0]) + len(rows[i][1]))
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        seqs = [rows[i][0] + rows[i][1] for i in idx]
+        length = bucket_size(max(len(s) for s in seqs), 16)
+        n_tgt = min(bucket_size(max(len(rows[i][1]) for i in idx), 8), length - 1)
+        b = _batch_rows(len(idx), batch_size)
+        tokens = np.full((b, length), pad, np.int32)
+        seg = np.zeros((b, length), np.int32)
+        tgt = np.zeros((b, length), np.float32)
+        for j, (i, s) in enumerate(zip(idx, seqs, strict=True)):
+            tokens[j, length - len(s) :], seg[j, length - len(s) :] = s, 1
+            if rows[i][1]:
+                tgt[j, length - len(rows[i][1]) :] = 1.0
+        yield FullBatch(idx, tokens, seg, tgt, n_tgt)
+
+
+def context_groups(rows: Rows, batch_size: int) -> tuple[list[list[int]], list[int]]:
+    """(groups, singles): runs of at least two consecutive rows with equal context ids, cut into chunks of at most
+    ``batch_size`` rows; and the rows alone in their run (nothing to share)."""
+    groups, singles, i = [], [], 0
+    while i < len(rows):
+        j = i + 1
+        while j < len(rows) and rows[j][0] == rows[i][0]:
+            j += 1
+        if j - i == 1:
+            singles.append(i)
+        else:
+            groups += [list(range(s, min(s + batch_size, j))) for s in range(i, j, batch_size)]
+        i = j
+    return groups, singles
+
+
+@dataclasses.dataclass
+class SharedBatch:
+    rows: list[int]  # indices into the scored rows, one per continuation row
+    ctx_tokens: np.ndarray  # [Q, Lc] left-padded contexts
+    ctx_seg: np.ndarray  # [Q, Lc]
+    cont_tokens: np.ndarray  # [R, Lx] right-padded continuations
+    cont_seg: np.ndarray  # [R, Lx]
+    owner: np.ndarray  # [R] context row of each continuation (0 for padding rows)
+    num_questions: int  # context rows in use
+
+    def num_tokens(self) -> tuple[int, int]:
+        """(context tokens, continuation tokens): each context counted once."""
+        return int(self.ctx_seg.sum()), int(self.cont_seg.sum())
+
+
+def shared_batches(rows: Rows, groups: Sequence[list[int]], batch_size: int, pad: int) -> Iterator[SharedBatch]:
+    """Batches of whole groups (shortest context first) with at most ``batch_size`` continuation rows; contexts
+    padded to a power-of-two length >= 16, continuations to one >= 8."""
+    order = sorted(groups, key=lambda g: (len(rows[g[0]][0]), max(len(rows[i][1]) for i in g)))
+    batch: list[list[int]] = []
+    for g in order:
+        if batch and sum(map(len, batch)) + len(g) > batch_size:
+            yield _shared_arrays(rows, batch, batch_size, pad)
+            batch = []
+        batch.append(g)
+    if batch:
+        yield _shared_arrays(rows, batch, batch_size, pad)
+
+
+def _shared_arrays(rows: Rows, batch: list[list[int]], batch_size: int, pad: int) -> SharedBatch:
+    idx = [i for g in batch for i in g]
+    lc = bucket_size(max(len(rows[g[0]][0]) for g in batch), 16)
+    lx = bucket_size(max(len(rows[i][1]) for i in idx), 8)
+    q, r = _batch_rows(len(batch), batch_size), _batch_rows(len(idx), batch_size)
+    ctx_tokens, ctx_seg = np.full((q, lc), pad, np.int32), np.zeros((q, lc), np.int32)
+    cont_tokens, cont_seg = np.full((r, lx), pad, np.int32), np.zeros((r, lx), np.int32)
+    owner = np.zeros((r,), np.int32)
+    j = 0
+    for k, g in enumerate(batch):
+        ctx = rows[g[0]][0]
+        ctx_tokens[k, lc - len(ctx) :], ctx_seg[k, lc - len(ctx) :] = ctx, 1
+        for i in g:
+            cont = rows[i][1]
+            cont_tokens[j, : len(cont)], cont_seg[j, : len(cont)] = cont, 1
+            owner[j] = k
+            j += 1
+    return SharedBatch(idx, ctx_tokens, ctx_seg, cont_tokens, cont_seg, owner, len(batch))

@@ -1,0 +1,121 @@
+"""Shared-context log-likelihood scoring (evaluation/scoring.py): the options of a question run against one prefill of
+their context, and give the log-likelihoods of scoring each option as a whole sequence (share_context=False) and of a
+plain unpadded forward pass per option, on a tiny random decoder with LoRA and ReMix adapters; questions of different
+context lengths and numbers of options of different lengths, batch sizes that cut questions and leave a partial last
+batch. Routing statistics count each context token once."""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from remix_jax.adapters import AdapterConfig, build_model, init_adapter_variables
+from remix_jax.evaluation import evaluator, scoring
+from remix_jax.models.llama import init_params
+from remix_jax.models.model_config import named_config
+from tests.tiny_run import byte_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return byte_tokenizer()
+
+
+def adapted(method: str):
+    cfg = named_config("tiny", vocab_size=272, max_position_embeddings=4096)
+    acfg = AdapterConfig(method=method, num_experts=4, top_k=2, rank=4, alpha=8.0)
+    model = build_model(cfg, acfg)
+    params = init_params(build_model(cfg, AdapterConfig(method="lora", rank=4)), jax.random.key(0))["params"]
+    extra = init_adapter_variables(model, jax.random.key(1))
+    extra["adapter"] = jax.tree.map(lambda x: x + 0.05, extra["adapter"])  # nonzero B: the adapters change outputs
+    if extra.get("router"):
+        extra["router"] = jax.tree.map(lambda x: x * 30.0, extra["router"])
+    return model, {"params": params, **extra}, acfg
+
+
+def questions():
+    """(contexts, continuations): 7 questions of 2..6 options (contexts of 5..45 bytes, options of 1..14), a row
+    alone, then two questions with the same context (one run of 5 rows)."""
+    rng = np.random.default_rng(0)
+    ctxs, conts = [], []
+    for q, n_opt in enumerate([4, 2, 6, 3, 5, 4, 2]):
+        c = f"Q{q}: " + "".join(rng.choice(list("abcdefgh "), int(rng.integers(1, 42)))) + "\nA:"
+        for _ in range(n_opt):
+            ctxs.append(c)
+            conts.append(" " + "".join(rng.choice(list("xyzw"), int(rng.integers(0, 14)))))
+    ctxs.append("alone:"), conts.append(" yes")
+    ctxs += ["same:"] * 5
+    conts += [" a", " bb", " a", " ccc", " dddd"]
+    return ctxs, conts
+
+
+def plain_logliks(model, variables, tok, ctxs, conts) -> np.ndarray:
+    """sum_j log p(cont_j | ctx, cont_<j) from one unpadded, unbatched forward pass per row (float64 log-softmax)."""
+    out = []
+    for c, x in zip(ctxs, conts, strict=True):
+        ctx, cont = tok.encode(c, add_special_tokens=False), tok.encode(x, add_special_tokens=False)
+        logits, _ = model.apply(variables, jnp.asarray([ctx + cont], jnp.int32), rngs={"routing": jax.random.key(0)})
+        logits = np.asarray(logits[0], np.float64)
+        m = logits.max(axis=-1, keepdims=True)
+        logp = logits - m - np.log(np.exp(logits - m).sum(axis=-1, keepdims=True))
+        out.append(sum(logp[len(ctx) - 1 + j, t] for j, t in enumerate(cont)))
+    return np.asarray(out)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method,batch_size", [("lora", 3), ("remix", 4)])
+def test_shared_context_equals_whole_sequences(tok, method, batch_size):
+    model, variables, acfg = adapted(method)
+    ctxs, conts = questions()
+    runs = {}
+    for share in (True, False):
+        runner = evaluator.ModelRunner(model, variables, tok, batch_size=batch_size, share_context=share)
+        runs[share] = runner.loglik(ctxs, conts), runner.take_routing()
+    (shared, n_shared), stats_shared = runs[True]
+    (whole, n_whole), stats_whole = runs[False]
+    assert list(n_shared) == list(n_whole) == [len(tok.encode(x, add_special_tokens=False)) for x in conts]
+    np.testing.assert_allclose(shared, whole, rtol=1e-5, atol=1e-5)
+    ref = plain_logliks(model, variables, tok, ctxs, conts)
+    np.testing.assert_allclose(shared, ref, rtol=1e-5, atol=1e-4)
+    # Routing statistics: whole sequences count every context once per option, shared contexts once per run of
+    # equal contexts, or per batch_size rows of it.
+    ctx_tokens = [len(tok.encode(c, add_special_tokens=False)) for c in ctxs]
+    cont_tokens = int(n_whole.sum())
+    runs_of = [(c, len(list(g))) for c, g in itertools.groupby(ctxs)]
+    prefilled = sum(len(tok.encode(c, add_special_tokens=False)) * -(-n // batch_size) for c, n in runs_of)
+    if method == "remix":
+        assert stats_whole["num_tokens"] == sum(ctx_tokens) + cont_tokens
+        assert stats_shared["num_tokens"] == prefilled + cont_tokens
+        for stats in (stats_shared, stats_whole):
+            np.testing.assert_allclose(np.sum(stats["load"], axis=-1), acfg.top_k, atol=1e-5)
+            np.testing.assert_allclose(stats["ess_applied"], acfg.top_k, atol=1e-4)
+    else:
+        assert stats_shared is None and stats_whole is None
+
+
+def test_shared_batches_cover_every_row_once_within_batch_size(tok):
+    ctxs, conts = questions()
+    rows = [(tok.encode(c, add_special_tokens=False), tok.encode(x, add_special_tokens=False))
+            for c, x in zip(ctxs, conts, strict=True)]
+    groups, singles = scoring.context_groups(rows, 4)
+    # Runs of 4, 2, 6, 3, 5, 4, 2 options, the row alone (index 26), the run of 5; cut at 4 rows.
+    starts = np.cumsum([0, 4, 2, 6, 3, 5, 4, 2])
+    expect = []
+    for s, e in zip(starts[:-1], starts[1:], strict=True):
+        expect += [list(range(a, min(a + 4, e))) for a in range(s, e, 4)]
+    expect += [[27, 28, 29, 30], [31]]
+    assert groups == expect and singles == [26]
+    batches = list(scoring.shared_batches(rows, groups, 4, pad=0))
+    assert sorted(i for b in batches for i in b.rows) == sorted(i for g in groups for i in g)
+    for b in batches:
+        assert len(b.rows) <= 4 and b.cont_tokens.shape[0] <= 4 and b.ctx_tokens.shape[0] <= 4
+        for j, i in enumerate(b.rows):  # each continuation sits under its own context, right-padded
+            ctx, cont = rows[i]
+            k = b.owner[j]
+            assert b.ctx_tokens[k, b.ctx_tokens.shape[1] - len(ctx):].tolist() == ctx
+            assert b.ctx_seg[k].sum() == len(ctx)
+            assert b.cont_tokens[j, : len(cont)].tolist() == cont and b.cont_seg[j].sum() == len(cont)
+        for shape, minimum in ((b.ctx_tokens.shape[1], 16), (b.cont_tokens.shape[1], 8)):
+            assert shape >= minimum and shape & (shape - 1) == 0
