@@ -92,11 +92,15 @@ def test_evaluation_counts_questions_and_prompts(model_dir, recorded):
                                    progress=True)
     runner.task = "arc_e"
     recorded.clear()
-    # 3 questions with 3 options each: 9 rows in 3 batches of at most 4
-    runner.loglik(["Q1?"] * 3 + ["Question 2?"] * 3 + ["Q3 is longer?"] * 3, ["a", "bb", "c"] * 3)
-    (bar,) = recorded
-    assert (bar.desc, bar.unit, bar.total) == ("arc_e: scoring", "question", 3)  # options share their question's
-    assert bar.updates == pytest.approx([4 / 3, 4 / 3, 1 / 3]) and sum(bar.updates) == pytest.approx(3)
+    # 3 questions with 3 options each: 9 rows in batches of at most 4 rows, whole questions when they share their
+    # context (3 batches of 3 rows), else 3 batches of 4, 4, 1 rows
+    for share, updates in ((True, [1, 1, 1]), (False, [4 / 3, 4 / 3, 1 / 3])):
+        runner.share_context = share
+        recorded.clear()
+        runner.loglik(["Q1?"] * 3 + ["Question 2?"] * 3 + ["Q3 is longer?"] * 3, ["a", "bb", "c"] * 3)
+        (bar,) = recorded
+        assert (bar.desc, bar.unit, bar.total) == ("arc_e: scoring", "question", 3)  # options share their question's
+        assert bar.updates == pytest.approx(updates) and sum(bar.updates) == pytest.approx(3)
     recorded.clear()
     runner.loglik(["Q1?"] * 4, ["a", "b", "c", "d"], questions=2)
     assert (recorded[0].total, sum(recorded[0].updates)) == (2, pytest.approx(2))
