@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from remix_jax.run_config import ConfigError, default_config, validate_config
+from tests.tiny_run import CHILD_XLA_FLAGS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -69,7 +70,7 @@ def test_impossible_combinations():
 
 def _cli(*args, timeout=300):
     env = {**os.environ, "JAX_PLATFORMS": "cpu",  # one CPU device, quick codegen: quicker to compile
-           "XLA_FLAGS": "--xla_backend_optimization_level=0"}
+           "XLA_FLAGS": CHILD_XLA_FLAGS}
     return subprocess.run([sys.executable, "-m", "remix_jax.main", *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=timeout)
 

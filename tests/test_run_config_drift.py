@@ -11,6 +11,8 @@ import sys
 
 import pytest
 
+from tests.tiny_run import CHILD_XLA_FLAGS
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # configs/smoke.py (random:tiny, synthetic data) with a held-out loss on one synthetic batch, evaluated at step 0
 # and at the end.
@@ -21,7 +23,7 @@ BASE = ["--config=configs/smoke.py", "--config.train.num_steps=3", "--config.tra
 
 def _env():
     return {**os.environ, "JAX_PLATFORMS": "cpu",  # one CPU device, quick codegen: quicker to compile
-           "XLA_FLAGS": "--xla_backend_optimization_level=0"}
+           "XLA_FLAGS": CHILD_XLA_FLAGS}
 
 
 def _main(workdir, *args, timeout=600):

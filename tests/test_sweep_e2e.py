@@ -17,6 +17,7 @@ import pytest
 from remix_jax import sweep as sweep_lib
 from remix_jax.sweep import runner as sweep_runner
 from remix_jax.sweep.__main__ import main as sweep_main
+from tests.tiny_run import CHILD_XLA_FLAGS
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -50,7 +51,7 @@ def finished_sweep(tmp_path_factory):
     path = root / "tiny.py"
     path.write_text(f"CONFIG = {str(REPO / 'configs' / 'smoke.py')!r}\n" + SWEEP)
     env_before = os.environ.get("XLA_FLAGS")
-    os.environ["XLA_FLAGS"] = "--xla_backend_optimization_level=0"  # the subprocesses: one CPU device, quick codegen
+    os.environ["XLA_FLAGS"] = CHILD_XLA_FLAGS  # the subprocesses: one CPU device, quick codegen
     try:
         r = subprocess.run([sys.executable, "-m", "remix_jax.sweep", f"--sweep={path}", "--quiet",
                             f"--out_dir={root / 'out'}", f"--workdir_root={root / 'runs'}"],
@@ -117,7 +118,7 @@ def test_second_invocation_skips_finished_runs(finished_sweep):
     assert rc == 0 and calls == []
     assert {p: (wd / p).read_bytes() for p in before} == before
     # the entry point itself does not retrain a finished run either (its own command: the same config)
-    env = {**os.environ, "XLA_FLAGS": "--xla_backend_optimization_level=0"}
+    env = {**os.environ, "XLA_FLAGS": CHILD_XLA_FLAGS}
     r = subprocess.run(shlex.split((wd / "command.txt").read_text()), cwd=REPO, env=env, capture_output=True,
                        text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]

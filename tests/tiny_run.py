@@ -76,10 +76,13 @@ def write_config(path: pathlib.Path, model_dir, train_file, eval_file, **extra) 
     return path
 
 
+# XLA_FLAGS of the entry points the tests start as subprocesses: one CPU device (no forced device count) and quick
+# code generation, as tests/conftest.py sets for the suite itself.
+CHILD_XLA_FLAGS = "--xla_backend_optimization_level=0"
+
+
 def env(**extra) -> dict:
-    # One CPU device (no forced device count) and quick code generation, as tests/conftest.py sets for the suite.
-    return {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_backend_optimization_level=0", "REMIX_DEBUG": "",
-            **extra}
+    return {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": CHILD_XLA_FLAGS, "REMIX_DEBUG": "", **extra}
 
 
 def cli(module: str, *args, timeout: int = 600, **env_extra) -> subprocess.CompletedProcess:

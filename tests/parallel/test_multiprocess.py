@@ -23,6 +23,8 @@ import time
 import numpy as np
 import pytest
 
+from tests.tiny_run import CHILD_XLA_FLAGS
+
 REPO = pathlib.Path(__file__).resolve().parents[2]
 CONFIG = pathlib.Path(__file__).with_name("multiprocess_config.py")
 NUM_PROCESSES, DEVICES_PER_PROCESS = 2, 2
@@ -108,7 +110,7 @@ def _env(cache: pathlib.Path, devices: int, process_id: int | None = None, port:
     """A child's environment: CPU only, ``devices`` devices, and the job description when distributed."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "XLA_", "REMIX_"))}
     env.update(JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES=str(devices), JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo",
-               XLA_FLAGS="--xla_backend_optimization_level=0",  # quick code generation, as for the whole suite
+               XLA_FLAGS=CHILD_XLA_FLAGS,  # quick code generation, as for the whole suite
                PYTHONPATH=os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p),
                # Shared compilation cache: the resumed job loads the first job's executables.
                JAX_COMPILATION_CACHE_DIR=str(cache), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
