@@ -1,10 +1,12 @@
 """How adapters attach to the frozen decoder: replacement projection and FFN modules.
 
 ``build_model(model_cfg, adapter_cfg)`` returns a ``Decoder`` whose ``proj_cls``/``mlp_cls`` are the classes
-below. Base parameter names are unchanged ("params"); adapters add three collections:
+below. Base parameter names are unchanged ("params"); adapters add three collections (and one opt-in record):
     adapter        LoRA factors lora_a / lora_b (+ DoRA magnitude_delta), stacked [L, ...] by the scan
     router         router weight [L, d_in, n] (float32), only for learned routers
     routing_stats  diagnostics and log Q, written when the collection is mutable (see routing/diagnostics.py)
+    routing_trace  per-token router input, logits and chosen experts [L, B, T, ...], written only when the
+                   caller makes it mutable (analysis: scripts/known_routing.py)
 
 Per adapted projection (n experts, rank r):
     lora/rslora      lora_a [d_in, r], lora_b [r, d_out]
@@ -41,6 +43,7 @@ from remix_jax.routing.diagnostics import routing_diagnostics
 from remix_jax.routing.routers import RouterOutput, load_balancing_loss, route
 
 Array = jax.Array
+TRACE = "routing_trace"  # opt-in collection: apply(..., mutable=[TRACE]) records each site's per-token routing
 ADAPTER_DTYPE = jnp.float32  # trainable factors are kept in float32 whatever the base dtype
 
 
@@ -65,7 +68,8 @@ def remix_fast_inference(module: nn.Module, cfg: AdapterConfig, deterministic: b
     written, as in generation and scoring without statistics): nothing but the mixture is needed.
     """
     return (cfg.method == "remix" and deterministic and not cfg.sample_at_inference and cfg.dense_experts
-            and not module.is_initializing() and not module.is_mutable_collection("routing_stats"))
+            and not module.is_initializing() and not module.is_mutable_collection("routing_stats")
+            and not module.is_mutable_collection(TRACE))
 
 
 def route_site(module: nn.Module, x: Array, token_mask: Array | None, deterministic: bool,
@@ -98,6 +102,13 @@ def route_site(module: nn.Module, x: Array, token_mask: Array | None, determinis
         stats = {"log_prob": log_prob.astype(jnp.float32), "aux_loss": aux.astype(jnp.float32), **diag}
         for name, value in stats.items():
             module.put_variable("routing_stats", name, value)
+    if module.is_mutable_collection(TRACE):
+        # Opt-in per-token record for analysis (never written in training or evaluation): the router's input,
+        # its logits (learned routers) and the experts that got weight, each [B, T, ...].
+        module.put_variable(TRACE, "input", x)
+        module.put_variable(TRACE, "experts", out.experts)
+        if logits is not None:
+            module.put_variable(TRACE, "logits", logits)
     return out
 
 

@@ -1,0 +1,95 @@
+"""scripts/known_routing.py: the construction makes the teacher's routing the task's pair of experts, the metrics
+are right on routers whose answer is known, and a run writes the documented lines."""
+
+import importlib.util
+import json
+import pathlib
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+_PATH = pathlib.Path(__file__).resolve().parents[1] / "scripts" / "known_routing.py"
+_spec = importlib.util.spec_from_file_location("known_routing", _PATH)
+kr = importlib.util.module_from_spec(_spec)
+sys.modules["known_routing"] = kr  # dataclasses look their module up there
+_spec.loader.exec_module(kr)
+
+SMALL = dict(num_layers=2, prompt_len=8, response_len=8, num_train=96, num_heldout=64)
+
+
+@pytest.fixture(scope="module")
+def built():
+    s = kr.Setup(**SMALL)
+    return s, kr.build_task(s)
+
+
+def test_teacher_routes_each_task_to_its_pair(built):
+    s, task = built
+    want = np.stack([2 * task["heldout_task"], 2 * task["heldout_task"] + 1], -1)
+    hit = np.all(task["pair"] == want[None, :, None, :], axis=-1)  # [L, B, T]
+    assert hit.shape == (2, 64, 16)
+    assert hit.mean() > 0.95
+    # Prompt tokens come from their task's region; responses from the whole vocabulary.
+    region = task["heldout"][:, :s.prompt_len] // s.region
+    np.testing.assert_array_equal(region, np.broadcast_to(task["heldout_task"][:, None], region.shape))
+
+
+def test_metrics_on_routers_with_known_answers(built):
+    s, task = built
+    model = kr.build_model(task["model_cfg"], kr.adapter_config(s, "remix"))
+    oracle = kr.evaluate(s, task, model, {"adapter": task["adapter"], "router": task["router"]})
+    assert oracle["accuracy"] == 1.0 and oracle["accuracy_prompt"] == 1.0
+    # All-zero router: every logit ties, top-2 is experts (0, 1) everywhere, so accuracy is the share of response
+    # decisions whose right pair is (0, 1), and q_pair is 2/n.
+    zero = jax.tree.map(jnp.zeros_like, task["router"])
+    ev = kr.evaluate(s, task, model, {"adapter": task["adapter"], "router": zero})
+    resp = task["pair"][:, :, s.prompt_len:]
+    expect = np.all(resp == np.array([0, 1]), axis=-1).mean()
+    assert ev["accuracy"] == pytest.approx(expect) and 0.1 < expect < 0.4
+    assert ev["q_pair"] == pytest.approx(2 / 8)
+    refs = kr.reference_losses(s, task)
+    assert refs["oracle"] == pytest.approx(oracle["loss"])
+    assert refs["oracle"] < refs["uniform_random"] - 0.2 and refs["oracle"] < refs["base_only"] - 0.2
+    assert ev["loss"] > refs["oracle"]
+
+
+def test_run_writes_lines_and_a_dense_router_learns(tmp_path):
+    out = tmp_path / "kr.jsonl"
+    argv = [f"--{k}={v}" for k, v in SMALL.items()] + [
+        "--methods=softmax_dense,remix", "--router_lrs=0.1", "--steps=30", "--eval_every=15", "--batch=16",
+        "--num_samples=2", f"--out={out}"]
+    kr.main(argv)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert rows[0]["kind"] == "setup" and rows[0]["num_layers"] == 2
+    evals = [r for r in rows if r["kind"] == "eval"]
+    assert [(r["method"], r["step"]) for r in evals] == [
+        ("softmax_dense", 0), ("softmax_dense", 15), ("softmax_dense", 30), ("remix", 0), ("remix", 15), ("remix", 30)]
+    dense = [r for r in evals if r["method"] == "softmax_dense"]
+    assert dense[-1]["q_pair"] > dense[0]["q_pair"] + 0.1 and dense[-1]["gap"] < dense[0]["gap"]
+    with pytest.raises(SystemExit, match="exists"):
+        kr.main(argv)
+
+
+def test_summary_table_by_hand():
+    def ev(seed, step, acc, gap):
+        return {"kind": "eval", "method": "remix", "router_lr": 0.01, "num_samples": 4, "router_init_std": None,
+                "seed": seed, "step": step, "accuracy": acc, "gap": gap, "q_pair": 0.5}
+    rows = [{"kind": "setup"}, ev(0, 0, 0.1, 1.0), ev(0, 50, 0.95, 0.2), ev(0, 100, 0.97, 0.1),
+            ev(1, 0, 0.1, 1.0), ev(1, 50, 0.5, 0.6), ev(1, 100, 0.6, 0.5)]
+    lines = kr.summarize(rows).splitlines()
+    assert len(lines) == 3
+    assert lines[2] == ("| remix | 0.01 | 4 | default | 2 | 100 | 0.300 (0.100-0.500) | 0.785 (0.600-0.970) | "
+                        "0.500 (0.500-0.500) | 50 (1 never) |")
+
+
+def test_one_right_block_of_one_is_the_oracle():
+    """With a single block, 'only that block routed by the teacher' is the teacher itself (its sampled draw from
+    logits 20x apart is the teacher's top-2), so the reference equals the oracle's loss."""
+    s = kr.Setup(**{**SMALL, "num_layers": 1, "num_train": 16})
+    task = kr.build_task(s)
+    refs = kr.reference_losses(s, task)
+    assert len(refs["one_block_right"]) == 1
+    assert refs["one_block_right"][0] == pytest.approx(refs["oracle"], rel=1e-4)
