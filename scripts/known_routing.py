@@ -253,22 +253,30 @@ def reference_losses(s: Setup, task: dict) -> dict:
     # little signal until several blocks are right together.
     remix = build_model(task["model_cfg"], adapter_config(s, "remix"))
     w = task["router"]["layers"]["mlp"]["weight"]
-    one_right = []
+    # first_blocks_right[b]: blocks 0..b routed as the teacher routes, the rest uniformly (what each further
+    # block adds once the ones before it are right).
     sample = jax.jit(lambda v, t, k: remix.apply(v, t, deterministic=False, rngs={"routing": k})[0])
-    for b in range(w.shape[0]):
-        # x1000: the sampler then draws the teacher's top-2 at block b (Gumbel noise is O(1)).
-        only_b = {"layers": {"mlp": {"weight": jnp.zeros_like(w).at[b].set(1000.0 * w[b])}}}
-        v = {"params": task["base"], "adapter": task["adapter"], "router": only_b}
+
+    def loss_with_right_blocks(blocks) -> float:
+        # x1000: the sampler then draws the teacher's top-2 at those blocks (Gumbel noise is O(1)).
+        right = jnp.zeros_like(w)
+        for b in blocks:
+            right = right.at[b].set(1000.0 * w[b])
+        v = {"params": task["base"], "adapter": task["adapter"], "router": {"layers": {"mlp": {"weight": right}}}}
         draws = []
         for i in range(4):
             ce = np.asarray(token_cross_entropy(sample(v, tokens, jax.random.key(2000 + i)), tokens))
             draws.append(float(np.sum(ce * mask) / np.sum(mask)))
-        one_right.append(float(np.mean(draws)))
+        return float(np.mean(draws))
+
+    one_right = [loss_with_right_blocks([b]) for b in range(w.shape[0])]
+    first_right = [loss_with_right_blocks(range(b + 1)) for b in range(w.shape[0])]
     zero_b = jax.tree.map(jnp.zeros_like, task["adapter"])
     base_only = evaluate(s, task, build_model(task["model_cfg"], adapter_config(s, "remix")),
                          {"adapter": zero_b, "router": task["router"]})
     return {"oracle": oracle["loss"], "uniform_random": float(np.mean(losses)), "base_only": base_only["loss"],
-            "oracle_task_pair": _task_pair_rate(s, task), "one_block_right": one_right}
+            "oracle_task_pair": _task_pair_rate(s, task), "one_block_right": one_right,
+            "first_blocks_right": first_right}
 
 
 def _task_pair_rate(s: Setup, task: dict) -> float:
@@ -366,13 +374,17 @@ def main(argv=None) -> None:
     ap.add_argument("--router_init_std", type=float, default=None)
     ap.add_argument("--eval_every", type=int, default=25)
     ap.add_argument("--out", help="the JSON lines to write (never overwritten)")
-    ap.add_argument("--table", default="", help="print the summary table of these run files (comma list) and exit")
+    ap.add_argument("--table", default="", help="print the summary table of these run files (comma list) and exit; "
+                    "with --runs, only those runs")
     a = ap.parse_args(argv)
     if a.table:
         rows = []
         for path in a.table.split(","):
             with open(path) as f:
                 rows += [json.loads(line) for line in f if line.strip()]
+        if a.runs:  # only these (method, router_lr) pairs
+            keep = {(m, float(lr)) for m, lr in (item.split(":") for item in a.runs.split(",") if item)}
+            rows = [r for r in rows if r.get("kind") != "eval" or (r["method"], r["router_lr"]) in keep]
         print(summarize(rows))
         return
     if not a.out:

@@ -93,3 +93,5 @@ def test_one_right_block_of_one_is_the_oracle():
     refs = kr.reference_losses(s, task)
     assert len(refs["one_block_right"]) == 1
     assert refs["one_block_right"][0] == pytest.approx(refs["oracle"], rel=1e-4)
+    # All blocks right is the teacher.
+    assert refs["first_blocks_right"][-1] == pytest.approx(refs["oracle"], rel=1e-4)
