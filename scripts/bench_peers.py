@@ -1,8 +1,13 @@
 """Training throughput of the PyTorch peers on the same shapes as scripts/bench_train.py.
 
-Peers: transformers + peft LoRA (``--peer=peft``) and the ``mixlora`` package (MixLoRA's own implementation,
-``--peer=mixlora``). Random-init weights in bf16, sdpa attention, AdamW on the adapter parameters, no gradient
-checkpointing. Prints one JSON line with tokens/s, step time and peak device memory.
+Peers: transformers + peft LoRA (``--peer=peft``), the ``mixlora`` package (MixLoRA's own implementation,
+``--peer=mixlora``) and Unsloth's ``FastLanguageModel`` LoRA (``--peer=unsloth``). Random-init weights in bf16,
+sdpa attention, AdamW on the adapter parameters, labels = inputs, no gradient checkpointing (Unsloth's offloaded
+checkpointing with ``--unsloth_gc=unsloth``). Prints one JSON line with tokens/s, step time and peak device memory.
+
+Unsloth loads from a path and patches transformers when imported: its peer saves the random model and a word-level
+tokenizer of the model's vocabulary to a temporary directory and imports ``unsloth`` before transformers (set
+HF_HUB_OFFLINE=1 on a machine without network). Its wheels and their dependencies are listed in docs/performance.md.
 
     python scripts/bench_peers.py --peer=peft --shape=llama3.2-1b --batch=8 --seq=1024 --rank=16
     python scripts/bench_peers.py --peer=mixlora --shape=llama3.2-1b --batch=8 --seq=1024 --rank=8 \
@@ -86,14 +91,54 @@ def _mixlora_model(model, targets, rank, alpha, num_experts, top_k, torch):
     return model, trainable
 
 
+def _word_tokenizer(vocab_size: int):
+    """A word-level tokenizer with exactly ``vocab_size`` entries ("t0", "t1", ...; eos = pad = the last): the
+    peers feed token ids directly, but Unsloth's loader wants a tokenizer beside the weights."""
+    import tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {f"t{i}": i for i in range(vocab_size)}
+    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="t0"))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
+    last = f"t{vocab_size - 1}"
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="t0", eos_token=last, pad_token=last)
+
+
+def _unsloth_model(a, model, targets, torch, workdir: str):
+    """The random model through Unsloth: saved with a tokenizer to ``workdir``, loaded by FastLanguageModel in bf16
+    (no quantisation), LoRA by FastLanguageModel.get_peft_model (its fused LoRA MLP and cross-entropy)."""
+    from unsloth import FastLanguageModel
+
+    model.save_pretrained(workdir, safe_serialization=True)
+    _word_tokenizer(model.config.vocab_size).save_pretrained(workdir)
+    del model
+    torch.cuda.empty_cache()
+    gc = {"none": False, "unsloth": "unsloth"}[a.unsloth_gc]
+    model, _ = FastLanguageModel.from_pretrained(
+        model_name=workdir, max_seq_length=a.seq, dtype=torch.bfloat16, load_in_4bit=False,
+        fix_tokenizer=False, use_gradient_checkpointing=gc, local_files_only=True)
+    model = FastLanguageModel.get_peft_model(
+        model, r=a.rank, target_modules=list(targets), lora_alpha=a.alpha, lora_dropout=0.0, bias="none",
+        use_gradient_checkpointing=gc, random_state=0, use_rslora=a.method == "rslora")
+    return model
+
+
 def run(a) -> dict:
+    if a.peer == "unsloth":
+        import unsloth  # noqa: F401  (must be imported before transformers: it patches it)
+    import tempfile
+
     import torch
     import transformers
 
     torch.manual_seed(0)
     model = _hf_model(a.shape, torch, transformers)
     targets = FFN if a.targets == "ffn" else ALL
-    if a.peer == "peft":
+    workdir = tempfile.TemporaryDirectory(prefix="bench_peers_")
+    if a.peer == "unsloth":
+        model = _unsloth_model(a, model, targets, torch, workdir.name)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+    elif a.peer == "peft":
         model = _peft_model(model, targets, a.rank, a.alpha, a.method == "rslora", a.method == "dora")
         trainable = [p for p in model.parameters() if p.requires_grad]
     elif a.peer == "mixlora":
@@ -123,8 +168,15 @@ def run(a) -> dict:
     torch.cuda.synchronize()
     dt = (time.perf_counter() - t0) / a.steps
     n_train = sum(p.numel() for p in trainable)
+    versions = {"torch": torch.__version__, "transformers": transformers.__version__}
+    if a.peer == "unsloth":
+        import unsloth
+
+        versions["unsloth"] = unsloth.__version__
+    workdir.cleanup()
     return {
-        "impl": a.peer, "method": a.method if a.peer == "peft" else "mixlora", "shape": a.shape,
+        "impl": a.peer if a.peer != "unsloth" or a.unsloth_gc == "none" else "unsloth+offloaded_gc",
+        "method": "mixlora" if a.peer == "mixlora" else a.method, "shape": a.shape,
         "batch": a.batch, "seq": a.seq, "rank": a.rank, "targets": a.targets,
         "num_experts": a.num_experts if a.peer == "mixlora" else 1,
         "top_k": a.top_k if a.peer == "mixlora" else 1, "num_samples": 1,
@@ -132,14 +184,16 @@ def run(a) -> dict:
         "sample_tokens_per_s": round(a.batch * a.seq / dt, 1),
         "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
         "trainable_params": n_train, "loss": float(loss),
-        "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
+        "versions": versions,
     }
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--peer", required=True, choices=["peft", "mixlora"])
+    ap.add_argument("--peer", required=True, choices=["peft", "mixlora", "unsloth"])
     ap.add_argument("--method", default="lora", choices=["lora", "rslora", "dora"])
+    ap.add_argument("--unsloth_gc", default="none", choices=["none", "unsloth"],
+                    help="Unsloth's gradient checkpointing: none, or its offloaded 'unsloth' mode")
     ap.add_argument("--shape", default="llama3.2-1b")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=1024)

@@ -192,9 +192,11 @@ def run_ours(a, run: dict, peak_tflops: float) -> dict:
 
 def run_peer(a, peer: str) -> dict:
     here = os.path.dirname(os.path.abspath(__file__))
-    cmd = [sys.executable, os.path.join(here, "bench_peers.py"), f"--peer={peer}", f"--shape={a.shape}",
-           f"--batch={a.batch}", f"--seq={a.seq}"]
-    cmd += ["--rank=16"] if peer == "peft" else ["--rank=8", "--num_experts=8", "--top_k=2"]
+    # "unsloth_offload": Unsloth with its offloaded gradient checkpointing (its memory-lean mode).
+    name, extra = ("unsloth", ["--unsloth_gc=unsloth"]) if peer == "unsloth_offload" else (peer, [])
+    cmd = [sys.executable, os.path.join(here, "bench_peers.py"), f"--peer={name}", f"--shape={a.shape}",
+           f"--batch={a.batch}", f"--seq={a.seq}", *extra]
+    cmd += ["--rank=16"] if name in ("peft", "unsloth") else ["--rank=8", "--num_experts=8", "--top_k=2"]
     p = subprocess.run(cmd, capture_output=True, text=True)
     lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
     if not lines:
