@@ -47,7 +47,9 @@ def category(op_name: str, kernel: str) -> str:
         return "collective"
     if any(t in s for t in ("gemm", "dot_general", "cublas", "xmma", "nvjet", "matmul", "einsum", "cutlass")):
         return "matmul"
-    if any(t in s for t in ("copy", "transpose", "memcpy", "memset", "dynamic_update_slice")):
+    # The op's own name, not its path: every backward op's path starts with "transpose(jvp(...))".
+    own = f"{op_name.rsplit('/', 1)[-1]} {kernel}".lower()
+    if any(t in own for t in ("copy", "transpose", "memcpy", "memset", "dynamic_update_slice")):
         return "copy"
     return "elementwise/reduction"
 

@@ -38,6 +38,10 @@ def test_hlo_op_names_and_union():
     assert po.category("", "nvjet_sm90_tst_256x128") == "matmul"
     assert po.category("", "memcpy128") == "copy"
     assert po.category("jit(f)/exp", "loop_exp_fusion") == "elementwise/reduction"
+    backward = "jit(step)/transpose(jvp(vmap(Decoder)))/while/body/closed_call/layers/attn"
+    assert po.category(f"{backward}/reduce_sum", "ynn_fusion.6") == "elementwise/reduction"
+    assert po.category(f"{backward}/btkgd,bskd->bkgts/transpose", "copy_bitcast_fusion.9") == "copy"
+    assert po.category(f"{backward}/jit(silu)", "copy_bitcast_fusion.3") == "copy"
 
 
 def test_profile_calls_attributes_kernels_to_jax_ops():
