@@ -32,6 +32,7 @@ from remix_jax.routing.diagnostics import collect_routing_stats
 
 ROUTING_KEYS = ("ess_applied", "ess_softmax", "entropy", "load", "distinct_subsets")
 Rows = Sequence[tuple[list[int], list[int]]]
+CTX_MIN, CONT_MIN = 16, 8  # shortest padded context / continuation of a shared batch (powers of two above)
 
 
 def _apply(model: Decoder, variables: dict, tokens, key, with_stats: bool, **kw):
@@ -155,9 +156,19 @@ class SharedBatch:
 
 
 def shared_batches(rows: Rows, groups: Sequence[list[int]], batch_size: int, pad: int) -> Iterator[SharedBatch]:
-    """Batches of whole groups (shortest context first) with at most ``batch_size`` continuation rows; contexts
-    padded to a power-of-two length >= 16, continuations to one >= 8."""
-    order = sorted(groups, key=lambda g: (len(rows[g[0]][0]), max(len(rows[i][1]) for i in g)))
+    """Batches of whole groups with at most ``batch_size`` continuation rows; contexts padded to a power-of-two
+    length >= CTX_MIN, continuations to one >= CONT_MIN.
+
+    Groups are ordered by their context's padded length, then by their longest continuation: every row of a batch
+    is padded to its longest continuation, so one long option among short ones would double the columns of all
+    (multiple-choice options are mostly a few tokens and a few are long). Each row is scored on its own, so the
+    order changes no log-likelihood beyond float rounding (a router that samples at inference draws other keys).
+    """
+    def key(g: list[int]) -> tuple[int, int, int]:
+        ctx_len = len(rows[g[0]][0])
+        return bucket_size(ctx_len, CTX_MIN), max(len(rows[i][1]) for i in g), ctx_len
+
+    order = sorted(groups, key=key)
     batch: list[list[int]] = []
     for g in order:
         if batch and sum(map(len, batch)) + len(g) > batch_size:
@@ -170,8 +181,8 @@ def shared_batches(rows: Rows, groups: Sequence[list[int]], batch_size: int, pad
 
 def _shared_arrays(rows: Rows, batch: list[list[int]], batch_size: int, pad: int) -> SharedBatch:
     idx = [i for g in batch for i in g]
-    lc = bucket_size(max(len(rows[g[0]][0]) for g in batch), 16)
-    lx = bucket_size(max(len(rows[i][1]) for i in idx), 8)
+    lc = bucket_size(max(len(rows[g[0]][0]) for g in batch), CTX_MIN)
+    lx = bucket_size(max(len(rows[i][1]) for i in idx), CONT_MIN)
     q, r = _batch_rows(len(batch), batch_size), _batch_rows(len(idx), batch_size)
     ctx_tokens, ctx_seg = np.full((q, lc), pad, np.int32), np.zeros((q, lc), np.int32)
     cont_tokens, cont_seg = np.full((r, lx), pad, np.int32), np.zeros((r, lx), np.int32)

@@ -119,3 +119,19 @@ def test_shared_batches_cover_every_row_once_within_batch_size(tok):
             assert b.cont_tokens[j, : len(cont)].tolist() == cont and b.cont_seg[j].sum() == len(cont)
         for shape, minimum in ((b.ctx_tokens.shape[1], 16), (b.cont_tokens.shape[1], 8)):
             assert shape >= minimum and shape & (shape - 1) == 0
+
+
+def test_shared_batches_keep_short_options_apart_from_long_ones():
+    """Questions of one context bucket, two per batch: the two with short options share a batch (8 columns) and the
+    two with a long option the other (16), whatever their context lengths; a longer context bucket comes after."""
+    def question(ctx_len, opt_lens):
+        return [([1] * ctx_len, [2] * n) for n in opt_lens]
+
+    rows = (question(10, [12, 1]) + question(11, [2, 2]) + question(12, [3, 12]) + question(13, [1, 2])
+            + question(40, [1, 1]))
+    groups, singles = scoring.context_groups(rows, 4)
+    assert groups == [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9]] and singles == []
+    batches = list(scoring.shared_batches(rows, groups, 4, pad=0))
+    assert [b.rows for b in batches] == [[2, 3, 6, 7], [0, 1, 4, 5], [8, 9]]
+    assert [b.cont_tokens.shape[1] for b in batches] == [8, 16, 8]
+    assert [b.ctx_tokens.shape[1] for b in batches] == [16, 16, 64]
