@@ -4,9 +4,9 @@
 ``setup``, ``resume``, ``compile_step``, ``StepLoop.run`` (the steps and their logging, evaluation and checkpoint
 hooks), ``StepLoop.finish`` (last save, final evaluation, export). Pieces a caller may replace:
 ``eval_fn(step, state) -> {name: float}`` called every ``train.eval_every`` steps and at the end (or
-``make_eval_fn(bundle) -> eval_fn | None``, called once the model is built and before the first step,
-while ``bundle.base`` and ``bundle.trainable`` still hold the initial weights); ``bundle`` and ``loader``
-overrides.
+``make_eval_fn(bundle) -> eval_fn | None``, called once the initial state is built and before the first step,
+with ``bundle.base`` and ``bundle.trainable`` the state's initial weights, placed as the state holds them);
+``bundle`` and ``loader`` overrides.
 
 Host syncs happen only at log / checkpoint / eval steps: step metrics stay on device until then, and
 non-finite losses are detected at those points. A non-finite loss or gradient norm raises
@@ -223,12 +223,12 @@ def setup(config, workdir: str, *, eval_fn=None, make_eval_fn=None, bundle: Mode
     if init_from:  # before make_eval_fn: the step-0 evaluation scores the imported adapter
         bundle, init_record = initial_adapter.initialise(bundle, init_from, log_fn)
     loader = loader or build_loader(config, bundle)
-    if make_eval_fn is not None:
-        if eval_fn is not None:
-            raise ValueError("train: pass eval_fn or make_eval_fn, not both")
-        eval_fn = make_eval_fn(bundle)
+    if make_eval_fn is not None and eval_fn is not None:
+        raise ValueError("train: pass eval_fn or make_eval_fn, not both")
     tx, schedules = opt_lib.make_optimizer(optimizer_config(config))
     state, state_sh = shard_state(bundle, tx, mesh, copy_base=not own_bundle)
+    if make_eval_fn is not None:  # placed as the state holds them: step-0 and later evaluations share compiled programs
+        eval_fn = make_eval_fn(dataclasses.replace(bundle, base=state.base, trainable=state.trainable))
     ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
                                       max_to_keep=config.train.max_checkpoints)
     return TrainSetup(config, mesh, bundle, loader, eval_fn, tx, schedules, state, state_sh, ckpt, init_record)
