@@ -9,14 +9,16 @@ Experts are stacked: A [n, d_in, r], B [n, r, d_out].
 
 docs/routing.md has the measurements behind the default ("auto").
 
-The dense form's second product goes through ``expert_product``, whose gradient forms d B_all = h^T dy with h
-(n*r wide) as the left operand: XLA then transposes h, not the d_out-wide dy (``expert_product``'s docstring).
+The dense form's second product is ``lora.lora_b_product`` (h @ B_all with a gradient that XLA forms without writing
+the d_out-wide output gradient transposed).
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+
+from remix_jax.adapters.lora import lora_b_product
 
 Array = jax.Array
 
@@ -34,40 +36,6 @@ def stacked_a(a: Array) -> Array:
     return jnp.transpose(a, (1, 0, 2)).reshape(d_in, n * r)
 
 
-@jax.custom_vjp
-def expert_product(h: Array, b_all: Array) -> Array:
-    """h [..., m] @ b_all [m, f] -> [..., f], differentiated by hand in one respect only: the order of d b_all's
-    operands.
-
-    JAX's own rule forms d b_all as dot(dy, h) contracting all leading axes (batch, positions and, under the
-    objective's vmap, the routing samples) and transposes the [f, m] result. XLA brings a dot with several
-    contracting axes to [free, contracted] form, so on CPU the [..., f] dy (often fused with the SwiGLU
-    backward) was written out transposed, the largest copy of a training step. Here d b_all = dot(h, dy):
-    the transposed operand is h, m = n*r columns instead of f. Values equal JAX's rule up to float rounding.
-    """
-    return _plain_product(h, b_all)
-
-
-def _plain_product(h: Array, b_all: Array) -> Array:
-    return jnp.einsum("...m,mf->...f", h, b_all)
-
-
-def _expert_product_fwd(h: Array, b_all: Array):
-    # The einsum itself, not expert_product: remat policies that save dots (dots_no_batch) then see it as one.
-    return _plain_product(h, b_all), (h, b_all)
-
-
-def _expert_product_bwd(res, dy: Array):
-    h, b_all = res
-    lead = tuple(range(h.ndim - 1))
-    dh = jnp.einsum("...f,mf->...m", dy, b_all)
-    db = jax.lax.dot_general(h, dy, ((lead, lead), ((), ())))  # [m, f]: h^T dy over every leading axis
-    return dh, db.astype(b_all.dtype)
-
-
-expert_product.defvjp(_expert_product_fwd, _expert_product_bwd)
-
-
 def mix_hidden(h: Array, b: Array, pi: Array) -> Array:
     """The second half of dense_mixture: h = x A_all [..., n*r], b [n, r, d_out], pi [..., n] -> [..., d_out].
 
@@ -75,7 +43,7 @@ def mix_hidden(h: Array, b: Array, pi: Array) -> Array:
     """
     n, r, _ = b.shape
     h = h * jnp.repeat(pi.astype(h.dtype), r, axis=-1)
-    return expert_product(h, b.reshape(n * r, -1).astype(h.dtype))
+    return lora_b_product(h, b.reshape(n * r, -1).astype(h.dtype))
 
 
 def mix_hidden_stacked(h: Array, b: Array, pi: Array) -> Array:
@@ -139,4 +107,4 @@ def shared_a_mixture(x: Array, a: Array, b: Array, pi: Array) -> Array:
     n, r, _ = b.shape
     h = jnp.einsum("...d,dr->...r", x, a.astype(x.dtype))  # [..., r]
     hw = (pi.astype(x.dtype)[..., :, None] * h[..., None, :]).reshape(*h.shape[:-1], n * r)
-    return expert_product(hw, b.reshape(n * r, -1).astype(x.dtype))
+    return lora_b_product(hw, b.reshape(n * r, -1).astype(x.dtype))

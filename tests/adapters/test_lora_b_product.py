@@ -1,12 +1,12 @@
-"""moe.expert_product's hand-written gradient equals JAX's own rule for the plain product, in float64, also
-under the objective's vmap over routing samples (B broadcast) and through the dense mixture of every layer."""
+"""lora.lora_b_product's hand-written gradient equals JAX's own rule for the plain product, in float64, also under
+the objective's vmap over routing samples (B broadcast), and through LoRA's delta and the mixtures built on it."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from remix_jax.adapters import moe
+from remix_jax.adapters import lora, moe
 
 
 def _plain_product(h, b_all):
@@ -19,14 +19,14 @@ def _plain_mix_hidden(h, b, pi):
 
 
 @pytest.mark.parametrize("lead", [(5,), (2, 3), (2, 3, 4)])
-def test_expert_product_value_and_gradients_equal_the_plain_product(lead):
+def test_lora_b_product_value_and_gradients_equal_the_plain_product(lead):
     with jax.enable_x64(True):
         kh, kb, kg = jax.random.split(jax.random.key(0), 3)
         h = jax.random.normal(kh, (*lead, 6), jnp.float64)
         b_all = jax.random.normal(kb, (6, 7), jnp.float64)
         g = jax.random.normal(kg, (*lead, 7), jnp.float64)  # a cotangent that is not all ones
-        np.testing.assert_allclose(moe.expert_product(h, b_all), _plain_product(h, b_all), rtol=1e-12)
-        _, vjp = jax.vjp(moe.expert_product, h, b_all)
+        np.testing.assert_allclose(lora.lora_b_product(h, b_all), _plain_product(h, b_all), rtol=1e-12)
+        _, vjp = jax.vjp(lora.lora_b_product, h, b_all)
         _, vjp_ref = jax.vjp(_plain_product, h, b_all)
         for got, ref in zip(vjp(g), vjp_ref(g), strict=True):
             assert got.shape == ref.shape and got.dtype == jnp.float64
@@ -78,10 +78,21 @@ def test_mixture_gradients_equal_a_per_expert_reference(kind):
             np.testing.assert_allclose(u, v, rtol=1e-11, atol=1e-12)
 
 
-def test_expert_product_keeps_bfloat16():
+def test_lora_delta_gradients_equal_the_reference():
+    with jax.enable_x64(True):
+        ks = jax.random.split(jax.random.key(3), 4)
+        x, a = jax.random.normal(ks[0], (2, 3, 5), jnp.float64), jax.random.normal(ks[1], (5, 2), jnp.float64)
+        b, g = jax.random.normal(ks[2], (2, 4), jnp.float64), jax.random.normal(ks[3], (2, 3, 4), jnp.float64)
+        got = jax.grad(lambda *v: jnp.sum(lora.lora_delta(*v, 0.7) * g), argnums=(0, 1, 2))(x, a, b)
+        ref = jax.grad(lambda x, a, b: jnp.sum(0.7 * (x @ a @ b) * g), argnums=(0, 1, 2))(x, a, b)
+        for u, v in zip(got, ref, strict=True):
+            np.testing.assert_allclose(u, v, rtol=1e-11, atol=1e-12)
+
+
+def test_lora_b_product_keeps_bfloat16():
     h = jnp.ones((4, 8), jnp.bfloat16)
     b_all = jnp.full((8, 3), 0.5, jnp.bfloat16)
-    y, vjp = jax.vjp(moe.expert_product, h, b_all)
+    y, vjp = jax.vjp(lora.lora_b_product, h, b_all)
     dh, db = vjp(jnp.ones_like(y))
     assert y.dtype == dh.dtype == db.dtype == jnp.bfloat16
     np.testing.assert_array_equal(np.asarray(db, np.float32), np.full((8, 3), 4.0, np.float32))
