@@ -102,9 +102,10 @@ def route_site(module: nn.Module, x: Array, token_mask: Array | None, determinis
         stats = {"log_prob": log_prob.astype(jnp.float32), "aux_loss": aux.astype(jnp.float32), **diag}
         for name, value in stats.items():
             module.put_variable("routing_stats", name, value)
-    if module.is_mutable_collection(TRACE):
-        # Opt-in per-token record for analysis (never written in training or evaluation): the router's input,
-        # its logits (learned routers) and the experts that got weight, each [B, T, ...].
+    if module.is_mutable_collection(TRACE) and not module.is_initializing():
+        # Opt-in per-token record for analysis (never written in training, evaluation or init, where every
+        # collection is mutable): the router's input, its logits (learned routers) and the experts that got
+        # weight, each [B, T, ...].
         module.put_variable(TRACE, "input", x)
         module.put_variable(TRACE, "experts", out.experts)
         if logits is not None:
