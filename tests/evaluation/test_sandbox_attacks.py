@@ -483,8 +483,11 @@ def start_evaluator(marker: str, mode: str, program: str, tmp_dir: str) -> subpr
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = {**os.environ, "PYTHONPATH": repo, "TMPDIR": tmp_dir, "REMIX_TEST_MARKER": marker,
            "REMIX_TEST_MODE": mode, "REMIX_TEST_PROGRAM": program}
+    # SIGINT back to its default in the child: an ignored SIGINT is inherited across exec, and Python then never
+    # installs its KeyboardInterrupt handler (the Ctrl-C test would hang instead of testing the evaluator).
     return subprocess.Popen([sys.executable, "-c", _EVALUATOR], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def wait_until(predicate, limit_s: float) -> bool:

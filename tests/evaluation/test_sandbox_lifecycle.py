@@ -61,6 +61,9 @@ def test_sigkill_of_the_evaluator_kills_every_program_process(caps, tmp_path):
 def test_ctrl_c_stops_every_program(caps, marker, tmp_path):
     ev = start_evaluator(marker, "isolated", spawning_program(marker), str(tmp_path))
     wait_for(lambda: len(marker_pids(marker)) >= 6, "both programs and their 4 detached sleepers")
+    masks = {k: int(v, 16) for k, v in (line.split(":") for line in open(f"/proc/{ev.pid}/status")
+                                        if line.startswith(("SigIgn", "SigCgt")))}
+    assert masks["SigCgt"] & (1 << (signal.SIGINT - 1)), f"the evaluator does not catch SIGINT: {masks}"
     ev.send_signal(signal.SIGINT)
     _, err = ev.communicate(timeout=120)
     assert ev.returncode != 0 and "KeyboardInterrupt" in err
