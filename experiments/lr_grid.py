@@ -13,7 +13,7 @@ stay at their defaults. ReMix processes its M=4 routing samples one at a time (s
 so four runs share one GPU.
 """
 
-from common import GSM8K_CONFIG, METHODS, model_path, validation_data, variant
+from common import GSM8K_CONFIG, METHODS, model_path, remix_one_sample_at_a_time, validation_data, variant
 
 from remix_jax.sweep import KEYS
 
@@ -22,9 +22,7 @@ LEARNING_RATES = [1e-4, 3e-4, 1e-3]
 
 def get_sweep():
     # ReMix first: the longest runs start first, so a parallel sweep ends sooner.
-    methods = sorted(METHODS, key=lambda m: m["name"] != "remix")
-    methods = [dict(m, overrides={**m["overrides"], **({KEYS.sample_chunk: 1} if m["name"] == "remix" else {})})
-               for m in methods]
+    methods = remix_one_sample_at_a_time(sorted(METHODS, key=lambda m: m["name"] != "remix"))
     return {
         "config": GSM8K_CONFIG + variant("remix"),
         "base_overrides": {KEYS.model_path: model_path(), **validation_data(), "eval.at_start": False,

@@ -5,17 +5,19 @@ comparable activated rank (see common.py), 3 seeds each; accuracy on GSM8K test 
 
 Each method trains at its config's adapter learning rate, or, with $REMIX_SELECTED_LR naming the
 selected_lr.json of ``experiments/select_lr.py``, at the rate chosen for it on validation data (lr_grid.py);
-give such a table its own --out_dir (experiments/README.md, "The 0.5B study").
+give such a table its own --out_dir (experiments/README.md, "The 0.5B study"). ReMix runs first (the longest
+run, so a parallel sweep ends sooner) and processes its routing samples one at a time (same gradients, less
+memory).
 """
 
-from common import GSM8K_CONFIG, GSM8K_TASK, SEEDS, selected_methods, small_scale, variant
+from common import GSM8K_CONFIG, GSM8K_TASK, SEEDS, remix_one_sample_at_a_time, selected_methods, small_scale, variant
 
 
 def get_sweep():
     return {
         "config": GSM8K_CONFIG + variant("remix"),
         "base_overrides": small_scale(),
-        "grid": [selected_methods()],
+        "grid": [remix_one_sample_at_a_time(sorted(selected_methods(), key=lambda m: m["name"] != "remix"))],
         "seeds": SEEDS,
         "report": {
             "tables": [{"title": "GSM8K (test), mean ± std over seeds", "rows": ["variant"]}],

@@ -248,3 +248,22 @@ def test_main_table_with_a_selection_that_lacks_a_method_is_an_error(tmp_path, m
                        env={**os.environ, "REMIX_SELECTED_LR": str(tmp_path / "missing.json")})
     assert r.returncode == 2
     assert r.stderr.splitlines()[0] == f"error: $REMIX_SELECTED_LR: {tmp_path / 'missing.json'}: no such file"
+
+
+def test_template_variable_sets_the_training_template_of_both_sweeps(monkeypatch):
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("REMIX_MODEL_PATH", "model.gguf")
+    monkeypatch.delenv("REMIX_SELECTED_LR", raising=False)
+    monkeypatch.delenv("REMIX_TEMPLATE", raising=False)
+    for name in ("lr_grid.py", "main_table.py"):
+        assert all("data.template" not in r.overrides
+                   for r in load_sweep(REPO / "experiments" / name, workdir_root="/nonexistent").runs)
+    monkeypatch.setenv("REMIX_TEMPLATE", "plain")
+    for name in ("lr_grid.py", "main_table.py"):
+        runs = load_sweep(REPO / "experiments" / name, workdir_root="/nonexistent").runs
+        assert len(runs) == 18 and all(r.overrides["data.template"] == "plain" for r in runs)
+        assert all(r.overrides.get(KEYS.sample_chunk) == (1 if r.params["variant"] == "remix" else None)
+                   for r in runs)
+    monkeypatch.setenv("REMIX_TEMPLATE", "Plain")
+    with pytest.raises(UserError, match=r"^\$REMIX_TEMPLATE='Plain': expected 'plain' or 'chat'$"):
+        load_sweep(REPO / "experiments" / "main_table.py", workdir_root="/nonexistent")
