@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import sys
@@ -46,6 +47,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
 
 from remix_jax.adapters import AdapterConfig, build_model, init_adapter_variables
 from remix_jax.adapters.modules import TRACE
@@ -91,22 +93,6 @@ def adapter_config(s: Setup, method: str, **kw) -> AdapterConfig:
                          alpha=s.alpha, **kw)
 
 
-def _set_leaf(tree: dict, path: tuple, value) -> dict:
-    if len(path) == 1:
-        return {**tree, path[0]: value}
-    return {**tree, path[0]: _set_leaf(tree[path[0]], path[1:], value)}
-
-
-def _leaves_named(tree: dict, name: str, prefix=()) -> list[tuple]:
-    out = []
-    for k, v in tree.items():
-        if isinstance(v, dict):
-            out += _leaves_named(v, name, prefix + (k,))
-        elif k == name:
-            out.append(prefix + (k,))
-    return out
-
-
 def trace(model, variables: dict, tokens: jax.Array) -> tuple[jax.Array, dict]:
     """(logits [B, T, V], the block routers' trace {input, experts, logits} each [L, B, T, ...])."""
     (logits, _), mut = model.apply(variables, tokens, deterministic=True, mutable=[TRACE])
@@ -118,10 +104,11 @@ def fit_router(s: Setup, model, base: dict, adapter: dict, router: dict, tokens:
     """The teacher's router: block by block, least squares from the block's router input to the centred one-hot
     task of each token, times ``s.gain``, task t's column given to experts 2t and 2t+1."""
     w = router["layers"]["mlp"]["weight"]  # [L, d, n]
-    run = jax.jit(lambda r, t: trace(model, {"params": base, "adapter": adapter, "router": r}, t)[1]["input"])
+    run = jax.jit(lambda v, t: trace(model, v, t)[1]["input"])
     target = np.eye(s.tasks, dtype=np.float64)[task] - 1.0 / s.tasks  # [N, tasks]
     for layer in range(w.shape[0]):
-        x = np.asarray(run({"layers": {"mlp": {"weight": w}}}, tokens)[layer], np.float64)  # [N, T, d]
+        v = {"params": base, "adapter": adapter, "router": {"layers": {"mlp": {"weight": w}}}}
+        x = np.asarray(run(v, tokens)[layer], np.float64)  # [N, T, d]
         n_seq, t_len, d = x.shape
         xf = x.reshape(-1, d)
         yf = np.repeat(target, t_len, axis=0)
@@ -144,14 +131,14 @@ def sample_responses(model, variables: dict, prompt: np.ndarray, s: Setup, key) 
     tokens = jnp.zeros((num, total), jnp.int32).at[:, :s.prompt_len].set(prompt)
 
     @jax.jit
-    def next_token(tokens, pos, key):
+    def next_token(variables, tokens, pos, key):
         (logits, _) = model.apply(variables, tokens, deterministic=True)
         last = jax.lax.dynamic_index_in_dim(logits, pos - 1, axis=1, keepdims=False)
         return jax.random.categorical(key, last, axis=-1).astype(jnp.int32)
 
     for pos in range(s.prompt_len, total):
         key, sub = jax.random.split(key)
-        tokens = tokens.at[:, pos].set(next_token(tokens, pos, sub))
+        tokens = tokens.at[:, pos].set(next_token(variables, tokens, pos, sub))
     return np.asarray(tokens)
 
 
@@ -169,17 +156,15 @@ def build_task(s: Setup) -> dict:
     norm = np.sqrt(np.mean(np.sum(emb ** 2, axis=1)))
     for t in range(s.tasks):
         emb[t * s.region:(t + 1) * s.region] += s.beta * norm * u[:, t]
-    base = _set_leaf(base, ("embed", "embedding"), jnp.asarray(emb, jnp.float32))
+    base = {**base, "embed": {**base["embed"], "embedding": jnp.asarray(emb, jnp.float32)}}
 
     teacher = build_model(model_cfg, adapter_config(s, "remix"))
     init = init_adapter_variables(teacher, jax.random.fold_in(key, 1))
-    adapter = init["adapter"]
-    for i, path in enumerate(_leaves_named(adapter, "lora_b")):
-        leaf = adapter
-        for p in path:
-            leaf = leaf[p]
-        b = jax.random.normal(jax.random.fold_in(key, 100 + i), leaf.shape, leaf.dtype) * (s.b_std / s.rank ** 0.5)
-        adapter = _set_leaf(adapter, path, b)
+    flat = traverse_util.flatten_dict(init["adapter"])  # insertion order: the i-th lora_b gets key 100 + i
+    for i, path in enumerate([p for p in flat if p[-1] == "lora_b"]):
+        b = flat[path]
+        flat[path] = jax.random.normal(jax.random.fold_in(key, 100 + i), b.shape, b.dtype) * (s.b_std / s.rank ** 0.5)
+    adapter = traverse_util.unflatten_dict(flat)
 
     fit_prompt, fit_task = prompts(s, rng, 1024)
     fit_tokens = np.concatenate(
@@ -191,7 +176,7 @@ def build_task(s: Setup) -> dict:
     held_prompt, held_task = prompts(s, rng, s.num_heldout)
     train = sample_responses(teacher, variables, train_prompt, s, jax.random.fold_in(key, 2))
     heldout = sample_responses(teacher, variables, held_prompt, s, jax.random.fold_in(key, 3))
-    _, tr = jax.jit(lambda t: trace(teacher, variables, t))(heldout)
+    _, tr = jax.jit(functools.partial(trace, teacher))(variables, heldout)
     pair = np.sort(np.asarray(tr["experts"]), axis=-1)  # [L, B, T, 2] the teacher's (right) experts
     return dict(model_cfg=model_cfg, base=base, adapter=adapter, router=router, train=train, train_task=train_task,
                 heldout=heldout, heldout_task=held_task, pair=pair)
@@ -208,7 +193,7 @@ def evaluate(s: Setup, task: dict, model, trainable: dict, trace_fn=None) -> dic
 
     trace_fn: jax.jit of ``trace`` for this model (made here when not given)."""
     tokens = task["heldout"]
-    trace_fn = trace_fn or jax.jit(lambda v, t: trace(model, v, t))
+    trace_fn = trace_fn or jax.jit(functools.partial(trace, model))
     logits, tr = trace_fn({"params": task["base"], **trainable}, tokens)
     ce = np.asarray(token_cross_entropy(logits, tokens))
     mask = response_mask(s, tokens.shape)
@@ -235,23 +220,25 @@ def evaluate(s: Setup, task: dict, model, trainable: dict, trace_fn=None) -> dic
 
 
 def reference_losses(s: Setup, task: dict) -> dict:
-    oracle = evaluate(s, task, build_model(task["model_cfg"], adapter_config(s, "remix")),
-                      {"adapter": task["adapter"], "router": task["router"]})
-    uni_model = build_model(task["model_cfg"], adapter_config(s, "uniform_random"))
-    variables = {"params": task["base"], "adapter": task["adapter"]}
+    remix = build_model(task["model_cfg"], adapter_config(s, "remix"))
+    trace_fn = jax.jit(functools.partial(trace, remix))  # one program for the oracle's and base_only's evaluations
+    oracle = evaluate(s, task, remix, {"adapter": task["adapter"], "router": task["router"]}, trace_fn)
     tokens = task["heldout"]
     mask = response_mask(s, tokens.shape)
-    losses = []
-    for i in range(8):  # uniform_random draws at inference too: average 8 draws
-        (logits, _) = jax.jit(lambda t, k: uni_model.apply(variables, t, deterministic=True, rngs={"routing": k}))(
-            tokens, jax.random.key(1000 + i))
+
+    def response_loss(logits) -> float:
         ce = np.asarray(token_cross_entropy(logits, tokens))
-        losses.append(float(np.sum(ce * mask) / np.sum(mask)))
+        return float(np.sum(ce * mask) / np.sum(mask))
+
+    uni_model = build_model(task["model_cfg"], adapter_config(s, "uniform_random"))
+    uniform = jax.jit(lambda v, t, k: uni_model.apply(v, t, deterministic=True, rngs={"routing": k})[0])
+    variables = {"params": task["base"], "adapter": task["adapter"]}
+    # uniform_random draws at inference too: average 8 draws
+    losses = [response_loss(uniform(variables, tokens, jax.random.key(1000 + i))) for i in range(8)]
     # What one right block is worth on its own: block b routed as the teacher routes, every other block by ReMix's
     # sampler at a zero router (uniform draws), the loss averaged over 4 draws. With additive effects each block
     # recovers about 1/L of uniform routing's excess loss; much less means a router that samples learns from
     # little signal until several blocks are right together.
-    remix = build_model(task["model_cfg"], adapter_config(s, "remix"))
     w = task["router"]["layers"]["mlp"]["weight"]
     # first_blocks_right[b]: blocks 0..b routed as the teacher routes, the rest uniformly (what each further
     # block adds once the ones before it are right).
@@ -262,18 +249,13 @@ def reference_losses(s: Setup, task: dict) -> dict:
         right = jnp.zeros_like(w)
         for b in blocks:
             right = right.at[b].set(1000.0 * w[b])
-        v = {"params": task["base"], "adapter": task["adapter"], "router": {"layers": {"mlp": {"weight": right}}}}
-        draws = []
-        for i in range(4):
-            ce = np.asarray(token_cross_entropy(sample(v, tokens, jax.random.key(2000 + i)), tokens))
-            draws.append(float(np.sum(ce * mask) / np.sum(mask)))
-        return float(np.mean(draws))
+        v = {**variables, "router": {"layers": {"mlp": {"weight": right}}}}
+        return float(np.mean([response_loss(sample(v, tokens, jax.random.key(2000 + i))) for i in range(4)]))
 
     one_right = [loss_with_right_blocks([b]) for b in range(w.shape[0])]
     first_right = [loss_with_right_blocks(range(b + 1)) for b in range(w.shape[0])]
     zero_b = jax.tree.map(jnp.zeros_like, task["adapter"])
-    base_only = evaluate(s, task, build_model(task["model_cfg"], adapter_config(s, "remix")),
-                         {"adapter": zero_b, "router": task["router"]})
+    base_only = evaluate(s, task, remix, {"adapter": zero_b, "router": task["router"]}, trace_fn)
     return {"oracle": oracle["loss"], "uniform_random": float(np.mean(losses)), "base_only": base_only["loss"],
             "oracle_task_pair": _task_pair_rate(s, task), "one_block_right": one_right,
             "first_blocks_right": first_right}
@@ -301,7 +283,7 @@ def train_run(s: Setup, task: dict, refs: dict, method: str, router_lr: float, s
     step_fn = jax.jit(make_train_step(model.apply, tx, obj, schedules), donate_argnums=(0,))
     # The step donates its state: the task's arrays are copied in, never handed over.
     state = create_train_state(jax.tree.map(jnp.copy, task["base"]), jax.tree.map(jnp.copy, trainable), tx)
-    trace_fn = jax.jit(lambda v, t: trace(model, v, t))
+    trace_fn = jax.jit(functools.partial(trace, model))
     data = task["train"]
     order = np.random.default_rng(seed).permutation(len(data))
     mask = response_mask(s, (batch, data.shape[1]))
