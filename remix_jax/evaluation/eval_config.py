@@ -22,6 +22,7 @@ from remix_jax.inference.remix_kernels import MODES as REMIX_KERNEL_MODES
 
 MC_TASKS = ("arc_c", "arc_e", "boolq", "obqa")
 TASKS = ("gsm8k", *MC_TASKS, "humaneval")
+TEMPLATES = ("plain", "chat")  # eval.template (chat_format.py)
 
 
 class EvalConfigError(ValueError):
@@ -40,7 +41,12 @@ def default_eval_config() -> ml_collections.ConfigDict:
     tasks: comma-separated task names, in the order they run ("gsm8k,arc_c").
     tokenizer: tokenizer path (GGUF file or folder with tokenizer.json); "" = the model's own. Needed for
       random:SHAPE models.
-    plain_format: the prompt template around every demonstration and the query.
+    template: how contexts are written: "plain" (plain_format around every demonstration and the query, the
+      demonstrations joined by the task's delimiters) or "chat" (the tokenizer's chat template over a conversation:
+      each demonstration a user turn and an assistant turn, the query the last user turn, then the generation
+      prompt; a task's description a system turn; remix_jax/evaluation/chat_format.py). HumanEval stays a plain
+      code completion either way. Each task's results record the template used (metrics["template"]).
+    plain_format: the prompt template around every demonstration and the query (template "plain").
     batch_size: prompts per generation call / sequences per scoring forward pass.
     share_context: log-likelihood scoring runs the context of a question once for all its options (one prefill
       into a KV cache, the options against it; routing statistics count each context token once); False scores
@@ -71,6 +77,7 @@ def default_eval_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.tasks = "gsm8k,arc_c,humaneval"
     c.tokenizer = ""
+    c.template = "plain"
     c.plain_format = DEFAULT_PLAIN_FORMAT
     c.batch_size = 64
     c.share_context = True
@@ -127,6 +134,8 @@ def validate_eval_config(eval_cfg) -> list[str]:
     names = task_names(eval_cfg)
     specs = task_specs(eval_cfg)
     errors = []
+    if eval_cfg.get("template", "plain") not in TEMPLATES:
+        errors.append(f"eval.template: {eval_cfg.template!r} is not 'plain' or 'chat'")
     if eval_cfg.mc_mode not in ("loglik", "generate"):
         errors.append(f"eval.mc_mode: {eval_cfg.mc_mode!r} is not 'loglik' or 'generate'")
     if eval_cfg.mc_style not in ("label", "text"):

@@ -29,7 +29,7 @@ import numpy as np
 
 from remix_jax import progress as progress_lib
 from remix_jax.data.sources import DataError
-from remix_jax.evaluation import builtin_tasks, gen_runner, humaneval, mc_runner, sandbox, scoring
+from remix_jax.evaluation import builtin_tasks, chat_format, gen_runner, humaneval, mc_runner, sandbox, scoring
 from remix_jax.evaluation.eval_config import MC_TASKS, humaneval_ks, task_specs
 from remix_jax.evaluation.gen_runner import Generator, gen_config
 from remix_jax.evaluation.results import TaskResult
@@ -110,9 +110,11 @@ class ModelRunner:
         return list(self.tokenizer.encode(text, add_special_tokens=False))
 
     def generate(
-        self, texts: Sequence[str], gen: GenerationConfig, stop_strings: Sequence[str], rng: jax.Array
+        self, texts: Sequence[str], gen: GenerationConfig, stop_strings: Sequence[str], rng: jax.Array,
+        add_special_tokens: bool = True,
     ) -> list[str]:
-        """Completions of ``texts``, run shortest-first (fewer prompt buckets, less padding)."""
+        """Completions of ``texts``, run shortest-first (fewer prompt buckets, less padding).
+        ``add_special_tokens=False`` for texts that hold them already (a rendered chat template: no second BOS)."""
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         with self._bar(len(texts), "prompt", "generating") as bar:
             out = generate_text(
@@ -124,6 +126,7 @@ class ModelRunner:
                 stop_strings,
                 rng=rng,
                 progress=bar.update,
+                add_special_tokens=add_special_tokens,
             )
         result = [""] * len(texts)
         for i, text in zip(order, out, strict=True):
@@ -218,11 +221,16 @@ def _limit(eval_cfg) -> int | None:
 
 
 def run_spec(spec: TaskSpec, runner: ModelRunner, eval_cfg, generator: Generator | None = None) -> TaskResult:
-    """A task defined by ``spec`` (remix_jax/evaluation/task_spec.py), with eval.seed, eval.limit, eval.offset."""
+    """A task defined by ``spec`` (remix_jax/evaluation/task_spec.py), with eval.seed, eval.limit, eval.offset and
+    eval.template (recorded in the metrics)."""
     seed, limit, offset = int(eval_cfg.seed), _limit(eval_cfg), int(eval_cfg.get("offset", 0))
+    template = chat_format.template_of(eval_cfg)
     if spec.is_mc:
-        return mc_runner.run(spec, runner, seed, limit, offset)
-    return gen_runner.run(spec, runner, seed, limit, offset, generator)
+        res = mc_runner.run(spec, runner, seed, limit, offset, chat=template == "chat")
+    else:
+        res = gen_runner.run(spec, runner, seed, limit, offset, generator, chat=template == "chat")
+    res.metrics["template"] = template
+    return res
 
 
 def run_gsm8k(runner: ModelRunner, eval_cfg, generator: Generator | None = None) -> TaskResult:
@@ -248,7 +256,10 @@ def run_multiple_choice(
 
 def run_humaneval(runner: ModelRunner, eval_cfg, generator: Generator | None = None) -> TaskResult:
     """HumanEval: eval.humaneval.shots other problems as demonstrations, num_samples completions per
-    problem, each run in the sandbox; pass@k for every k in eval.humaneval.ks."""
+    problem, each run in the sandbox; pass@k for every k in eval.humaneval.ks. A plain code completion under
+    either eval.template: the program run is the problem's prompt + the completion, which a chat turn does not
+    continue (chat models answer with a whole, usually fenced, program: another task, as lm-eval's
+    humaneval_instruct is)."""
     h = eval_cfg.humaneval
     all_problems = humaneval.load_problems(h.path)
     start = int(eval_cfg.get("offset", 0))
@@ -282,6 +293,7 @@ def run_humaneval(runner: ModelRunner, eval_cfg, generator: Generator | None = N
     metrics["num_correct"] = metrics["num_passed"]  # samples passing; pass@k are per-problem means
     metrics["num_examples"] = metrics["num_problems"]
     metrics["shots"] = int(h.shots)
+    metrics["template"] = "plain"
     return TaskResult("humaneval", metrics, records, runner.take_routing())
 
 

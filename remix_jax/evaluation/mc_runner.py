@@ -92,7 +92,10 @@ def score(spec: TaskSpec, runner, questions: Sequence[Question]) -> TaskResult:
     return TaskResult(spec.name, out, rows, runner.take_routing())
 
 
-def run(spec: TaskSpec, runner, seed: int = 0, limit: int | None = None, offset: int = 0) -> TaskResult:
+def run(spec: TaskSpec, runner, seed: int = 0, limit: int | None = None, offset: int = 0,
+        chat: bool = False) -> TaskResult:
     """Questions ``offset`` .. ``offset + limit - 1`` of a multiple-choice task (to the end when limit is None),
-    scored."""
-    return score(spec, runner, build_questions(spec, seed, limit, offset))
+    scored. ``chat``: contexts in the chat template of ``runner.tokenizer``, each choice the continuation of its
+    generation prompt with no target_delimiter (as lm-eval's apply_chat_template)."""
+    questions = build_questions(spec, seed, limit, offset, runner.tokenizer if chat else None)
+    return score(spec.replace(target_delimiter="") if chat else spec, runner, questions)

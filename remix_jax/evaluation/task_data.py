@@ -9,6 +9,10 @@ turns each row into a ``remix_jax.data`` example first (fields id, prompt, respo
 Demonstrations: ``num_fewshot`` rows of ``fewshot_data``, drawn once with ``fewshot_seed`` (the same for every
 question, as the project's GSM8K and ARC prompts). When ``fewshot_data`` is the question file itself, n + 1 rows are
 drawn and each question uses the first n that are not itself.
+
+Contexts are plain text (``description + shot_1 + ... + shot_n + prompt_format(doc_to_text)``, task_spec.py) or,
+given a ``chat_tokenizer``, that tokenizer's chat template over the same description, demonstrations and question
+(chat_format.py).
 """
 
 from __future__ import annotations
@@ -18,8 +22,10 @@ import json
 import os
 from collections.abc import Mapping
 
+import jinja2
+
 from remix_jax.data.sources import DataError, read_jsonl, read_rows
-from remix_jax.evaluation import task_functions, templates
+from remix_jax.evaluation import chat_format, task_functions, templates
 from remix_jax.evaluation.prompts import pick_shots
 from remix_jax.evaluation.task_spec import TaskSpec, resolve_path
 
@@ -29,7 +35,7 @@ class Question:
     index: int  # position in the task's file (0-based, file order)
     where: str  # file and line, for errors
     doc: dict  # the processed document
-    context: str  # description + demonstrations + prompt_format(doc_to_text)
+    context: str  # description + demonstrations + prompt_format(doc_to_text), or the chat conversation rendered
     query: str  # doc_to_text alone
     choices: list[str]  # [n_choices] (multiple choice; [] for generation)
     gold: int | str  # index of the correct choice, or the reference answer
@@ -107,8 +113,8 @@ def render(spec: TaskSpec, where: str, doc: Mapping) -> tuple[str, list[str], in
     return query, choices, gold, labels
 
 
-def _shot_text(spec: TaskSpec, where: str, row: Mapping) -> str:
-    """One demonstration: prompt_format(doc_to_text) + delimiter + its answer + fewshot_delimiter."""
+def _shot(spec: TaskSpec, where: str, row: Mapping) -> tuple[str, str]:
+    """One demonstration: (doc_to_text, its answer)."""
     doc = process(spec, where, row)
     query, choices, gold, _ = render(spec, where, doc)
     if spec.fewshot_target:
@@ -118,6 +124,12 @@ def _shot_text(spec: TaskSpec, where: str, row: Mapping) -> str:
             _fail(spec, where, "fewshot_target", e)
     else:
         answer = choices[gold] if spec.is_mc else str(gold)
+    return query, answer
+
+
+def _shot_text(spec: TaskSpec, shot: tuple[str, str]) -> str:
+    """A demonstration in plain text: prompt_format(doc_to_text) + delimiter + its answer + fewshot_delimiter."""
+    query, answer = shot
     return spec.prompt_format.format(prompt=query) + spec.shot_delimiter + answer + spec.fewshot_delimiter
 
 
@@ -126,15 +138,16 @@ def _same_file(a: str, b: str) -> bool:
     return os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b)
 
 
-def build_questions(spec: TaskSpec, seed: int = 0, limit: int | None = None, offset: int = 0) -> list[Question]:
+def build_questions(spec: TaskSpec, seed: int = 0, limit: int | None = None, offset: int = 0,
+                    chat_tokenizer=None) -> list[Question]:
     """Questions ``offset`` .. ``offset + limit - 1`` of ``spec`` (to the end when limit is None), each with its
-    full context."""
+    full context: plain text, or ``chat_tokenizer``'s chat template over the conversation (when given)."""
     rows = read_docs(spec, spec.data)
     if offset >= len(rows):
         raise DataError(f"{resolve_path(spec.data)}: task {spec.name} has {len(rows)} questions; eval.offset={offset} "
                         "skips them all")
     last = offset + limit if limit else len(rows)
-    shots: list[tuple[int, str]] = []  # (row index in the shots file, rendered demonstration)
+    shots: list[tuple[int, tuple[str, str]]] = []  # (row index in the shots file, (doc_to_text, answer))
     same = False
     if spec.num_fewshot:
         pool = read_docs(spec, spec.fewshot_data)
@@ -145,7 +158,7 @@ def build_questions(spec: TaskSpec, seed: int = 0, limit: int | None = None, off
             picked = pick_shots(len(pool), n, draw)
         except ValueError as e:
             raise DataError(f"{resolve_path(spec.fewshot_data)}: task {spec.name}, num_fewshot: {e}") from None
-        shots = [(i, _shot_text(spec, pool[i][0], pool[i][1])) for i in picked]
+        shots = [(i, _shot(spec, pool[i][0], pool[i][1])) for i in picked]
     out = []
     for index in range(offset, min(last, len(rows))):
         where, row = rows[index]
@@ -156,6 +169,12 @@ def build_questions(spec: TaskSpec, seed: int = 0, limit: int | None = None, off
             head = templates.text(spec.description, doc) if spec.description else ""
         except templates.TemplateError as e:
             _fail(spec, where, "description", e)
-        context = head + "".join(mine) + spec.prompt_format.format(prompt=query)
+        if chat_tokenizer is None:
+            context = head + "".join(_shot_text(spec, s) for s in mine) + spec.prompt_format.format(prompt=query)
+        else:
+            try:
+                context = chat_format.context(chat_tokenizer, head, mine, query)
+            except jinja2.TemplateError as e:
+                _fail(spec, where, "the chat template", e)
         out.append(Question(index, where, doc, context, query, choices, gold, labels))
     return out

@@ -8,6 +8,7 @@ stop sequence and compares the extracted answer with the reference. The context 
     shot_i = prompt_format.format(prompt=doc_to_text(shot)) + fewshot_target_delimiter + fewshot_target(shot)
              + fewshot_delimiter
 
+With eval.template="chat" the same pieces are turns of the tokenizer's chat template instead (chat_format.py).
 Field names follow lm-evaluation-harness (docs/tasks.md describes every field, the task files and examples).
 ``load_task_file`` reads a file holding one task (a mapping) or several (a list of mappings); errors name the
 file, the task and the key. ``include: NAME`` starts a task from another one (a built-in or one defined before it).

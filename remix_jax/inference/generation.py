@@ -263,15 +263,16 @@ def truncate_at_stop_strings(text: str, stop_strings: Sequence[str]) -> str:
 
 def generate_text(model: Decoder, variables: dict, tokenizer: Any, prompts: Sequence[str],
                   config: GenerationConfig, stop_strings: Sequence[str] = (), chat: bool = False,
-                  rng: Array | None = None, progress: Callable[[int], None] | None = None) -> list[str]:
+                  rng: Array | None = None, progress: Callable[[int], None] | None = None,
+                  add_special_tokens: bool = True) -> list[str]:
     """Generate completions of text prompts; returns decoded new text cut at ``stop_strings``.
 
-    With ``chat`` each prompt becomes one user turn in the tokenizer's chat template. ``progress``: as
-    ``generate``'s.
+    With ``chat`` each prompt becomes one user turn in the tokenizer's chat template. ``add_special_tokens=False``:
+    prompts that hold their special tokens already (a rendered chat template). ``progress``: as ``generate``'s.
     """
     from remix_jax.models.tokenizer import encode_prompt
 
-    ids = [encode_prompt(tokenizer, p, chat=chat) for p in prompts]
+    ids = [encode_prompt(tokenizer, p, chat=chat, add_special_tokens=add_special_tokens) for p in prompts]
     out = generate(model, variables, ids, config, rng, progress=progress)
     texts = [tokenizer.decode(t, skip_special_tokens=True) for t in out.tokens]
     return [truncate_at_stop_strings(t, stop_strings) for t in texts]

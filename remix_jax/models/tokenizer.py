@@ -141,13 +141,15 @@ def load_tokenizer(path: str | os.PathLike):
     raise ModelLoadError(f"{path}: unknown tokenizer format (expected a model directory or a .gguf file)")
 
 
-def encode_prompt(tokenizer, text: str, chat: bool = False, system: str | None = None) -> list[int]:
+def encode_prompt(tokenizer, text: str, chat: bool = False, system: str | None = None,
+                  add_special_tokens: bool = True) -> list[int]:
     """Token ids of a prompt; with ``chat`` the text is one user turn in the model's chat template.
 
-    The chat template adds its own special tokens, so they are not added a second time.
+    The chat template adds its own special tokens, so they are not added a second time; nor, with
+    ``add_special_tokens=False``, to a text that holds them already (a chat template rendered beforehand).
     """
     if not chat:
-        return list(tokenizer.encode(text))
+        return list(tokenizer.encode(text, add_special_tokens=add_special_tokens))
     if not getattr(tokenizer, "chat_template", None):
         raise ModelLoadError("chat formatting was asked for but the tokenizer has no chat template")
     messages = [{"role": "system", "content": system}] if system else []

@@ -26,7 +26,7 @@ import re
 
 from remix_jax import rundir
 from remix_jax.cli import UserError
-from remix_jax.evaluation import evaluator, results
+from remix_jax.evaluation import chat_format, evaluator, results
 from remix_jax.evaluation.eval_config import EvalConfigError, default_eval_config, validate_eval_config
 from remix_jax.run_config import ConfigError, model_path_problems, problem_lines, resolve_dtypes
 from remix_jax.training.trained_model import load_trained_model
@@ -105,6 +105,7 @@ def run(config, workdir: str, log=print, generators: dict | None = None, name: s
     for line in _config_drift(config, workdir):
         log(f"warning: the run in {workdir} was trained with another setting: {line}")
     loaded = load_trained_model(config, workdir, log)
+    chat_format.check_tokenizer(ev, loaded.tokenizer, config.model.path)
     runner = evaluator.ModelRunner(
         loaded.model,
         loaded.variables,

@@ -84,6 +84,10 @@ class RunEvaluator:
         self.tokenizer = load_tokenizer(ev.tokenizer) if ev.tokenizer else bundle.tokenizer
         if self.tasks and self.tokenizer is None:
             raise ValueError(f"model.path={train_cfg.model.path!r} has no tokenizer; set eval.tokenizer")
+        if self.tasks:
+            from remix_jax.evaluation import chat_format
+
+            chat_format.check_tokenizer(ev, self.tokenizer, train_cfg.model.path)
         self.heldout = heldout_data(train_cfg, ev, bundle) if heldout_batches(ev) else []
         self._loss = heldout_loss_fn() if self.heldout else None
         self.rng = jax.random.key(int(ev.seed))
