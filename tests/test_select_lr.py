@@ -267,3 +267,21 @@ def test_template_variable_sets_the_training_template_of_both_sweeps(monkeypatch
     monkeypatch.setenv("REMIX_TEMPLATE", "Plain")
     with pytest.raises(UserError, match=r"^\$REMIX_TEMPLATE='Plain': expected 'plain' or 'chat'$"):
         load_sweep(REPO / "experiments" / "main_table.py", workdir_root="/nonexistent")
+
+
+def test_lr_grid_variable_widens_the_grid_keeping_run_names(monkeypatch):
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("REMIX_MODEL_PATH", "model.gguf")
+    monkeypatch.delenv("REMIX_LR_GRID", raising=False)
+    first = load_sweep(REPO / "experiments" / "lr_grid.py", workdir_root="/nonexistent").runs
+    monkeypatch.setenv("REMIX_LR_GRID", "3e-5,1e-4,3e-4,1e-3,3e-3")
+    wide = load_sweep(REPO / "experiments" / "lr_grid.py", workdir_root="/nonexistent").runs
+    assert [(r.params["variant"], r.params[KEYS.adapter_lr]) for r in wide] == [
+        (m, lr) for m in METHODS for lr in [3e-5, 1e-4, 3e-4, 1e-3, 3e-3]]
+    assert {r.name for r in first} < {r.name for r in wide}  # the first grid's runs keep their folders
+    assert "remix__adapter_lr=0.003__seed=0" in {r.name for r in wide}
+    for bad, why in [("1e-4,x", "expected comma-separated learning rates"), ("1e-4,1e-4", "distinct"),
+                     ("0,1e-4", "positive")]:
+        monkeypatch.setenv("REMIX_LR_GRID", bad)
+        with pytest.raises(UserError, match=why):
+            load_sweep(REPO / "experiments" / "lr_grid.py", workdir_root="/nonexistent")
