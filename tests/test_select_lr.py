@@ -285,3 +285,21 @@ def test_lr_grid_variable_widens_the_grid_keeping_run_names(monkeypatch):
         monkeypatch.setenv("REMIX_LR_GRID", bad)
         with pytest.raises(UserError, match=why):
             load_sweep(REPO / "experiments" / "lr_grid.py", workdir_root="/nonexistent")
+
+
+def test_router_lr_sweep_trains_remix_at_its_selected_adapter_rate(tmp_path, monkeypatch):
+    path = tmp_path / "selected_lr.json"
+    path.write_text(json.dumps({m: {"adapter_lr": 2e-3 if m == "remix" else 1e-4} for m in METHODS}))
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("REMIX_MODEL_PATH", "model.gguf")
+    monkeypatch.setenv("REMIX_GSM8K_VAL_DIR", "val")
+    monkeypatch.setenv("REMIX_TEMPLATE", "plain")
+    monkeypatch.setenv("REMIX_SELECTED_LR", str(path))
+    runs = load_sweep(REPO / "experiments" / "router_lr.py", workdir_root="/nonexistent").runs
+    assert [r.params[KEYS.router_lr] for r in runs] == [3e-4, 1e-3, 3e-3, 1e-2]
+    for run in runs:
+        assert run.params["variant"] == "remix"
+        assert run.overrides[KEYS.adapter_lr] == 2e-3 and run.overrides[KEYS.router_lr] == run.params[KEYS.router_lr]
+        assert run.overrides[KEYS.sample_chunk] == 1 and run.overrides["data.template"] == "plain"
+        assert run.overrides["eval.tasks"] == "" and run.overrides[KEYS.heldout_path] == os.path.join("val",
+                                                                                                      "validation.jsonl")

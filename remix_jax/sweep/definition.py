@@ -42,6 +42,7 @@ class _Keys:
     baseline: str = "train.baseline"  # "rloo" | "none"
     num_steps: str = "train.num_steps"
     adapter_lr: str = "optimizer.adapter_lr"
+    router_lr: str = "optimizer.router_lr"
     batch_size: str = "data.batch_size"  # global batch
     max_length: str = "data.max_length"
     eval_limit: str = "eval.limit"
