@@ -74,6 +74,10 @@ def default_config() -> ml_collections.ConfigDict:
         # device). Larger is faster (fewer loss kernels; 8192 is 5% faster than 2048 on a Llama-3.2-1B step,
         # docs/notes/benchmarks-log.md), smaller saves memory; 0 materialises the full logits (training/losses.py).
         loss_chunk_tokens=8192,
+        # Response-only loss: each row's response positions are moved to the front and cut into at most this
+        # many chunks; chunks with no response position skip the vocabulary projection (prompts never reach the
+        # head). 0: position order, chunked by loss_chunk_tokens only. Same losses and gradients.
+        loss_skip_chunks=8,
         log_every=10,
         checkpoint_every=200,
         max_checkpoints=3,
@@ -227,6 +231,8 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
     elif t.num_samples != 1:
         errors.append(f"train.num_samples={t.num_samples}: only remix draws several routing samples; "
                       f"method {a.method!r} needs train.num_samples=1")
+    if t.get("loss_skip_chunks", 0) < 0:
+        errors.append(f"train.loss_skip_chunks={t.loss_skip_chunks}: must be >= 0 (0: no skipping)")
     if t.loss_chunk_tokens < 0:
         errors.append(f"train.loss_chunk_tokens={t.loss_chunk_tokens}: must be >= 0 (logits rows per "
                       "cross-entropy chunk; 0 = the full logits at once)")

@@ -116,7 +116,8 @@ def objective_config(config) -> ObjectiveConfig:
                            credit=config.train.get("credit", "sequence"),
                            sampling_router=config.adapter.method == "remix", aux_loss_weight=1.0,
                            sample_chunk=int(config.train.get("sample_chunk", 0)),
-                           loss_chunk_tokens=int(config.train.get("loss_chunk_tokens", 8192)))
+                           loss_chunk_tokens=int(config.train.get("loss_chunk_tokens", 8192)),
+                           loss_skip_chunks=int(config.train.get("loss_skip_chunks", 8)))
 
 
 def optimizer_config(config) -> opt_lib.OptimizerConfig:

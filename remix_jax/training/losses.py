@@ -133,7 +133,7 @@ _chunk_nll_frozen_head.defvjp(_frozen_fwd, _frozen_bwd)
 
 
 def chunked_token_cross_entropy(hidden: Array, head: Array, tokens: Array, chunk_len: int,
-                                frozen_head: bool = False) -> Array:
+                                frozen_head: bool = False, needed: Array | None = None) -> Array:
     """ce [B, T] equal to ``token_cross_entropy(lm_logits(hidden, head), tokens)``, in chunks of positions.
 
     hidden [B, T, d] (the compute dtype), head [d, V], tokens [B, T] int; chunk_len: positions per chunk
@@ -142,6 +142,10 @@ def chunked_token_cross_entropy(hidden: Array, head: Array, tokens: Array, chunk
     frozen_head: the head gets no gradient (it is treated as a constant), and d ce / d hidden is formed in
     the forward pass (``_frozen_fwd``): one product with the [d, V] head fewer per chunk than recomputing
     the logits in the backward pass. The objective uses it (the head is frozen base weight).
+    needed: optional [B, T] bool, True where ce[:, t] is used (a response token: the loss mask). Each row's
+    needed positions are then moved to the front (a stable sort, so the chunks hold them in order) and a chunk
+    with no needed position in any row skips the head (``lax.cond``): with prompts masked out, most of the
+    vocabulary projection is never computed. ce at a position that is not needed is its value or 0.
     """
     if chunk_len < 1:
         raise ValueError(f"chunk_len={chunk_len}: the number of positions per loss chunk must be >= 1")
@@ -152,17 +156,37 @@ def chunked_token_cross_entropy(hidden: Array, head: Array, tokens: Array, chunk
     # Position t predicts tokens[t + 1]; the last position's target is a placeholder, dropped below.
     targets = jnp.concatenate([tokens[:, 1:], tokens[:, :1]], axis=1).astype(jnp.int32)
 
-    n_full = t // c
-    h_main = hidden[:, :n_full * c].reshape(b, n_full, c, d).swapaxes(0, 1)  # [n, B, C, d]
-    tg_main = targets[:, :n_full * c].reshape(b, n_full, c).swapaxes(0, 1)
     nll = _chunk_nll
     if frozen_head:
         nll, head = _chunk_nll_frozen_head, jax.lax.stop_gradient(head)
-    per_chunk = jax.lax.map(lambda xs: nll(xs[0], head, xs[1]), (h_main, tg_main))  # [n, B, C]
+    if needed is None:
+        chunk_fn = nll
+    else:
+        # Position p predicts tokens[p + 1]: its prediction is needed where token p + 1 is.
+        use = jnp.concatenate([needed[:, 1:], jnp.zeros_like(needed[:, :1])], axis=1).astype(bool)
+        order = jnp.argsort(~use, axis=1, stable=True)  # [B, T]: each row's needed positions first, in order
+        hidden = jnp.take_along_axis(hidden, order[..., None], axis=1)
+        targets = jnp.take_along_axis(targets, order, axis=1)
+        most = jnp.max(jnp.sum(use, axis=1))  # needed positions of the fullest row: chunks from there are skipped
+
+        def chunk_fn(h, hd, tg, start):
+            return jax.lax.cond(start < most, lambda: nll(h, hd, tg), lambda: jnp.zeros(tg.shape, jnp.float32))
+
+    n_full = t // c
+    h_main = hidden[:, :n_full * c].reshape(b, n_full, c, d).swapaxes(0, 1)  # [n, B, C, d]
+    tg_main = targets[:, :n_full * c].reshape(b, n_full, c).swapaxes(0, 1)
+    starts = jnp.arange(n_full) * c
+    if needed is None:
+        per_chunk = jax.lax.map(lambda xs: nll(xs[0], head, xs[1]), (h_main, tg_main))  # [n, B, C]
+    else:
+        per_chunk = jax.lax.map(lambda xs: chunk_fn(xs[0], head, xs[1], xs[2]), (h_main, tg_main, starts))
     parts = [per_chunk.swapaxes(0, 1).reshape(b, n_full * c)]
     if t > n_full * c:
-        parts.append(nll(hidden[:, n_full * c:], head, targets[:, n_full * c:]))
+        rest = (hidden[:, n_full * c:], head, targets[:, n_full * c:])
+        parts.append(nll(*rest) if needed is None else chunk_fn(*rest, n_full * c))
     per_position = jnp.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
+    if needed is not None:  # back to the positions' own order
+        per_position = jnp.take_along_axis(per_position, jnp.argsort(order, axis=1), axis=1)
     return jnp.pad(per_position[:, :-1], ((0, 0), (1, 0)))
 
 

@@ -118,6 +118,11 @@ class ObjectiveConfig:
     sample_chunk: 0 vmaps all M samples at once (``adapter_objective``); c > 0 (c divides M) makes
         ``objective_value_and_grad`` process them c at a time in two passes (one extra forward pass; peak
         activation memory of c samples instead of M). Same gradients and metrics up to float rounding.
+    loss_skip_chunks: n > 0 cuts each row's positions into at most n loss chunks (chunks no longer than
+        loss_chunk_tokens allows) after moving its response positions to the front, and skips the head on
+        chunks with no response position in any row: the prompts' vocabulary projection is never computed
+        (losses.chunked_token_cross_entropy's ``needed``). 0 chunks by loss_chunk_tokens only, in position
+        order. Same losses and gradients up to float rounding.
     """
 
     num_samples: int = 1
@@ -127,12 +132,15 @@ class ObjectiveConfig:
     aux_loss_weight: float = 1.0
     loss_chunk_tokens: int = 8192
     sample_chunk: int = 0
+    loss_skip_chunks: int = 8
 
     def __post_init__(self):
         if self.num_samples < 1:
             raise ValueError(f"ObjectiveConfig.num_samples={self.num_samples}: must be >= 1")
         if self.credit not in CREDITS:
             raise ValueError(f"ObjectiveConfig.credit={self.credit!r}: expected one of {CREDITS}")
+        if self.loss_skip_chunks < 0:
+            raise ValueError(f"ObjectiveConfig.loss_skip_chunks={self.loss_skip_chunks}: must be >= 0 (0: no skipping)")
         if self.loss_chunk_tokens < 0:
             raise ValueError(f"ObjectiveConfig.loss_chunk_tokens={self.loss_chunk_tokens}: must be >= 0 "
                              "(0 materialises the full logits)")
@@ -143,12 +151,13 @@ class ObjectiveConfig:
 
 def loss_chunk_len(cfg: ObjectiveConfig, batch_size: int, seq_len: int) -> int:
     """Positions per cross-entropy chunk: loss_chunk_tokens spread over the samples in flight (M, or
-    sample_chunk when it is > 0) and B rows (at least 1); ``seq_len`` (one chunk, the full logits) when
-    loss_chunk_tokens is 0."""
+    sample_chunk when it is > 0) and B rows (at least 1), and at most ceil(seq_len / loss_skip_chunks) when that
+    is > 0; ``seq_len`` (one chunk, the full logits) when loss_chunk_tokens is 0."""
     if cfg.loss_chunk_tokens == 0:
         return seq_len
     in_flight = cfg.sample_chunk or cfg.num_samples
-    return max(1, min(seq_len, cfg.loss_chunk_tokens // (in_flight * batch_size)))
+    c = max(1, min(seq_len, cfg.loss_chunk_tokens // (in_flight * batch_size)))
+    return min(c, -(-seq_len // cfg.loss_skip_chunks)) if cfg.loss_skip_chunks else c
 
 
 def _sample_fn(apply_fn: Callable, trainable: dict, base: Any, batch: dict, cfg: ObjectiveConfig) -> Callable:
@@ -166,7 +175,8 @@ def _sample_fn(apply_fn: Callable, trainable: dict, base: Any, batch: dict, cfg:
             {"params": base, **trainable}, tokens, segment_ids=seg, positions=batch["positions"],
             deterministic=False, rngs={"routing": k}, mutable=["routing_stats"], return_hidden=True)
         if cfg.loss_chunk_tokens:
-            ce = chunked_token_cross_entropy(hidden, head, tokens, chunk_len, frozen_head=True)
+            needed = batch["loss_mask"] > 0 if cfg.loss_skip_chunks else None
+            ce = chunked_token_cross_entropy(hidden, head, tokens, chunk_len, frozen_head=True, needed=needed)
         else:
             ce = token_cross_entropy(lm_logits(hidden, head), tokens)
         loss, valid = sequence_losses_from_ce(ce, batch["loss_mask"], seg)

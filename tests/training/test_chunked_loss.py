@@ -117,11 +117,17 @@ def test_bad_chunk_settings_are_rejected(loss_inputs):
         chunked_token_cross_entropy(hidden[0], head, tokens, 0)
     with pytest.raises(ValueError, match="loss_chunk_tokens=-1"):
         ObjectiveConfig(loss_chunk_tokens=-1)
-    cfg = ObjectiveConfig(num_samples=4, loss_chunk_tokens=2048)
+    with pytest.raises(ValueError, match="loss_skip_chunks=-1"):
+        ObjectiveConfig(loss_skip_chunks=-1)
+    cfg = ObjectiveConfig(num_samples=4, loss_chunk_tokens=2048, loss_skip_chunks=0)
     assert loss_chunk_len(cfg, 4, 1024) == 128  # 2048 tokens over 4 samples x 4 rows
     assert loss_chunk_len(cfg, 1024, 16) == 1
     assert loss_chunk_len(cfg, 1, 64) == 64
     assert loss_chunk_len(dataclasses.replace(cfg, loss_chunk_tokens=0), 4, 1024) == 1024
+    skip = dataclasses.replace(cfg, loss_skip_chunks=8)  # at most 8 chunks a row: at most ceil(T / 8) positions
+    assert loss_chunk_len(skip, 1, 64) == 8 and loss_chunk_len(skip, 1, 60) == 8
+    assert loss_chunk_len(skip, 4, 1024) == 128
+    assert loss_chunk_len(dataclasses.replace(skip, loss_chunk_tokens=0), 4, 1024) == 1024
 
 
 # --- the objective: adapters and routers get the same gradients, chunked or not -------------------
@@ -214,3 +220,44 @@ def test_chunked_objective_memory_is_far_below_full_logits():
     assert full >= 2 * logits_bytes  # the reference really materialises the logits (the check can fail)
     assert chunked < logits_bytes / 2
     assert chunked * 5 < full
+
+
+@pytest.mark.parametrize("frozen_head", [False, True])
+@pytest.mark.parametrize("chunk_len", [1, 2, 5, T])
+def test_needed_positions_only(loss_inputs, chunk_len, frozen_head):
+    """With ``needed`` (the loss mask) the head runs only on chunks holding a needed position, after each row's
+    needed positions are moved to the front: the sequence losses and their gradients equal the full-logits ones,
+    ce at the needed positions too, and positions in a skipped chunk read 0 (there the full ce is not 0)."""
+    hidden, head, tokens, seg, _, slot_w = loss_inputs
+    mask = np.zeros((B, T), np.float32)
+    mask[0, [3, 4, 8]] = 1  # row 0: 3 targets; row 1: 5, across its packed sequences; row 2: none
+    mask[1, [2, 3, 6, 7, 10]] = 1
+    mask = jnp.asarray(mask)
+
+    def objective(hidden, chunk_len, needed):
+        def one(h):
+            if chunk_len:
+                ce = chunked_token_cross_entropy(h, head, tokens, chunk_len, frozen_head=frozen_head,
+                                                 needed=mask > 0 if needed else None)
+            else:
+                ce = token_cross_entropy(lm_logits(h, head), tokens)
+            return ce, sequence_losses_from_ce(ce, mask, seg)[0]
+
+        ce, losses = jax.vmap(one)(hidden)
+        return jnp.sum(losses * slot_w), ce
+
+    grad = jax.jit(jax.value_and_grad(objective, has_aux=True), static_argnums=(1, 2))
+    (ref, ref_ce), ref_g = grad(hidden, 0, False)
+    (val, ce), g = grad(hidden, chunk_len, True)
+    ce, ref_ce = np.asarray(ce), np.asarray(ref_ce)
+    m = np.broadcast_to(np.asarray(mask) > 0, ce.shape)
+    np.testing.assert_allclose(ce[m], ref_ce[m], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(float(val), float(ref), rtol=1e-6)
+    assert float(jnp.max(jnp.abs(ref_g))) > 1e-3
+    np.testing.assert_allclose(np.asarray(g), np.asarray(ref_g), rtol=1e-5, atol=1e-7)
+    # sorted order: row 2 has no needed position, so with chunks shorter than the fullest row's 5 needed
+    # positions, its positions past the first chunks are skipped: 0 where the full ce is not
+    first_skipped = -(-5 // chunk_len) * chunk_len
+    if first_skipped < T:
+        skipped = ce[:, 2, 1 + first_skipped:]  # ce[:, t] is predicted at position t - 1
+        assert skipped.size and np.all(skipped == 0) and np.all(ref_ce[:, 2, 1 + first_skipped:] != 0)
