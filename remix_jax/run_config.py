@@ -65,18 +65,14 @@ def default_config() -> ml_collections.ConfigDict:
         # paper's estimator); causal = the loss from that token to the end of its sequence, the only part its
         # routing can change (unbiased, lower variance; docs/method.md §3.1). The adapters' gradient is the same.
         credit="sequence",
-        # remix: routing samples per chunk. 0 = all M at once (one vmapped forward+backward); c > 0 (c divides
-        # num_samples) = c at a time: same gradients and metrics, activation memory of c samples instead of M,
-        # at the cost of one extra forward pass per step (training/objective.py).
+        # remix: routing samples per chunk. 0 = all M at once; c > 0 (c divides M) = c at a time: same gradients
+        # and metrics, the activation memory of c samples, one extra forward pass a step (training/objective.py).
         sample_chunk=0,
-        # Logits rows per cross-entropy chunk, counted over the routing samples in flight and the batch rows:
-        # the loss holds about 2 x loss_chunk_tokens x vocab float32 values (8192 x 128256: 2 x 3.9 GiB per
-        # device). Larger is faster (fewer loss kernels; 8192 is 5% faster than 2048 on a Llama-3.2-1B step,
-        # docs/notes/benchmarks-log.md), smaller saves memory; 0 materialises the full logits (training/losses.py).
+        # Logits rows per cross-entropy chunk, over the routing samples in flight and the batch rows: about 2 x this
+        # x vocab float32 values (8192 x 128256: 2 x 3.9 GiB a device). Larger is faster (8192 is 5% faster than 2048
+        # on a Llama-3.2-1B step), smaller saves memory; 0 materialises the full logits (training/losses.py).
         loss_chunk_tokens=8192,
-        # Response-only loss: each row's response positions are moved to the front and cut into at most this
-        # many chunks; chunks with no response position skip the vocabulary projection (prompts never reach the
-        # head). 0: position order, chunked by loss_chunk_tokens only. Same losses and gradients.
+        # Response positions first, at most this many loss chunks a row; a chunk without one skips the head. 0: off.
         loss_skip_chunks=8,
         log_every=10,
         checkpoint_every=200,

@@ -112,12 +112,11 @@ def build_loader(config, bundle: ModelBundle):
 
 
 def objective_config(config) -> ObjectiveConfig:
-    return ObjectiveConfig(num_samples=int(config.train.num_samples), baseline=config.train.baseline,
-                           credit=config.train.get("credit", "sequence"),
+    t = config.train
+    return ObjectiveConfig(num_samples=int(t.num_samples), baseline=t.baseline, credit=t.get("credit", "sequence"),
                            sampling_router=config.adapter.method == "remix", aux_loss_weight=1.0,
-                           sample_chunk=int(config.train.get("sample_chunk", 0)),
-                           loss_chunk_tokens=int(config.train.get("loss_chunk_tokens", 8192)),
-                           loss_skip_chunks=int(config.train.get("loss_skip_chunks", 8)))
+                           sample_chunk=int(t.get("sample_chunk", 0)), loss_chunk_tokens=int(t.loss_chunk_tokens),
+                           loss_skip_chunks=int(t.get("loss_skip_chunks", 8)))
 
 
 def optimizer_config(config) -> opt_lib.OptimizerConfig:
