@@ -160,7 +160,8 @@ def chunked_token_cross_entropy(hidden: Array, head: Array, tokens: Array, chunk
     if frozen_head:
         nll, head = _chunk_nll_frozen_head, jax.lax.stop_gradient(head)
     if needed is None:
-        chunk_fn = nll
+        def chunk_fn(h, hd, tg, start):
+            return nll(h, hd, tg)
     else:
         # Position p predicts tokens[p + 1]: its prediction is needed where token p + 1 is.
         use = jnp.concatenate([needed[:, 1:], jnp.zeros_like(needed[:, :1])], axis=1).astype(bool)
@@ -176,14 +177,10 @@ def chunked_token_cross_entropy(hidden: Array, head: Array, tokens: Array, chunk
     h_main = hidden[:, :n_full * c].reshape(b, n_full, c, d).swapaxes(0, 1)  # [n, B, C, d]
     tg_main = targets[:, :n_full * c].reshape(b, n_full, c).swapaxes(0, 1)
     starts = jnp.arange(n_full) * c
-    if needed is None:
-        per_chunk = jax.lax.map(lambda xs: nll(xs[0], head, xs[1]), (h_main, tg_main))  # [n, B, C]
-    else:
-        per_chunk = jax.lax.map(lambda xs: chunk_fn(xs[0], head, xs[1], xs[2]), (h_main, tg_main, starts))
+    per_chunk = jax.lax.map(lambda xs: chunk_fn(xs[0], head, xs[1], xs[2]), (h_main, tg_main, starts))  # [n, B, C]
     parts = [per_chunk.swapaxes(0, 1).reshape(b, n_full * c)]
     if t > n_full * c:
-        rest = (hidden[:, n_full * c:], head, targets[:, n_full * c:])
-        parts.append(nll(*rest) if needed is None else chunk_fn(*rest, n_full * c))
+        parts.append(chunk_fn(hidden[:, n_full * c:], head, targets[:, n_full * c:], n_full * c))
     per_position = jnp.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
     if needed is not None:  # back to the positions' own order
         per_position = jnp.take_along_axis(per_position, jnp.argsort(order, axis=1), axis=1)
