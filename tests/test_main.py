@@ -98,3 +98,13 @@ def test_cli_smoke_run(tmp_path):
     assert [row["step"] for row in rows] == [1, 2, 3]
     assert os.path.exists(tmp_path / "export" / "adapters.safetensors")
     assert os.listdir(tmp_path / "checkpoints") == ["3"]
+    # parameter counts, written when training started: ReMix n=4, k=2, r=4 on random:tiny's gate/up/down
+    # (experts 2 layers x 4 x 4 x 576, block router 2 x 64 x 4), and the same back-filled from config.json alone
+    counts = json.loads((tmp_path / "params.json").read_text())
+    assert counts == {"trainable": 18432 + 512, "active": 512 + 18432 // 2}
+    from remix_jax.training import param_record
+
+    again = tmp_path / "backfilled"
+    again.mkdir()
+    (again / "config.json").write_bytes((tmp_path / "config.json").read_bytes())
+    assert param_record.backfill(str(again)) == ("written", counts)

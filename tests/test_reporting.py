@@ -64,11 +64,62 @@ def test_aggregate_mean_std_by_hand():
     std = math.sqrt(((0.5 - mean) ** 2 + (0.6 - mean) ** 2 + (0.9 - mean) ** 2) / 2)
     assert ga["num_seeds"] == 3 and ga["acc"][0] == pytest.approx(mean) and ga["acc"][1] == pytest.approx(std)
     assert gb["num_seeds"] == 1 and gb["acc"][0] == 0.2 and math.isnan(gb["acc"][1])
-    assert results.format_cell("gsm8k/accuracy", ga["acc"]) == f"{100 * mean:.2f} ± {100 * std:.2f}"
-    assert results.format_cell("train/final_loss", (1.23456, 0.5, 2)) == "1.235 ± 0.5"
+    half = 4.302653 * std / math.sqrt(3)  # t_{0.975, 2}
+    assert results.format_cell("gsm8k/accuracy", ga["acc"]) == (
+        f"{100 * mean:.2f} ± {100 * std:.2f} (±{100 * half:.2f}, n=3)")
+    assert results.format_cell("train/final_loss", (1.23456, 0.5, 2)) == "1.235 ± 0.5 (±4.492, n=2)"
+    assert results.format_cell("gsm8k/accuracy", (0.2616, 0.5, 1)) == "26.16"  # one seed: no interval
     assert results.format_cell("x", (math.nan, math.nan, 0)) == "-"
     table = results.markdown_table([ga, gb], ["m"], ["acc"])
     assert table.splitlines()[3] == "| b | 1 | 0.2 |"  # "acc" is not an accuracy column: no percent
+
+
+# t_{0.975, df} from printed tables (e.g. NIST/SEMATECH e-Handbook, table 1.3.6.7.2)
+T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 9: 2.262, 10: 2.228, 20: 2.086, 29: 2.045, 30: 2.042,
+         60: 2.000, 120: 1.980}
+
+
+def test_t_quantiles_and_the_cell_format():
+    for df, t in T_975.items():
+        assert results.t_quantile_975(df) == pytest.approx(t, abs=5e-4), df
+    assert results.t_quantile_975(10**6) == pytest.approx(1.95996, abs=1e-4)  # the normal quantile
+    with pytest.raises(ValueError, match="degrees of freedom"):
+        results.t_quantile_975(0)
+    # 3 seeds, mean 26.16 %, std 0.80 %: half-width 4.303 x 0.80 / sqrt(3) = 1.99
+    assert results.format_cell("gsm8k/accuracy", (0.2616, 0.0080, 3)) == "26.16 ± 0.80 (±1.99, n=3)"
+    assert results.ci95_half_width(0.5, 2) == pytest.approx(12.7062 * 0.5 / math.sqrt(2), rel=1e-5)
+    assert math.isnan(results.ci95_half_width(0.5, 1))
+
+
+def test_param_counts_are_read_shown_once_per_group_and_checked(tmp_path):
+    runs = [Run(f"{v}_{s}", str(tmp_path / f"{v}_{s}"), "c.py", {}, {"variant": v, "seed": s})
+            for v in ("remix", "lora") for s in (0, 1)]
+    counts = {"remix": {"trainable": 12303360, "active": 3179520}, "lora": {"trainable": 3041280, "active": 999}}
+    for run in runs:
+        _write_run(pathlib.Path(run.workdir), 0.25, ROWS)
+        (pathlib.Path(run.workdir) / "params.json").write_text(json.dumps(counts[run.params["variant"]]))
+    rows = [results.collect_run(r) for r in runs]
+    assert rows[0]["params/trainable"] == 12303360 and rows[0]["params/active"] == 3179520
+    assert rows[3]["params/trainable"] == 3041280 and rows[3]["params/active"] == 999
+    table = results.markdown_table(results.aggregate(rows, ["variant"], ["gsm8k/accuracy"]), ["variant"],
+                                   ["gsm8k/accuracy"]).splitlines()
+    assert table[0] == "| variant | seeds | params/trainable | params/active | gsm8k/accuracy (%) |"
+    assert table[2] == "| remix | 2 | 12.3M | 3.18M | 25.00 ± 0.00 (±0.00, n=2) |"
+    assert table[3] == "| lora | 2 | 3.04M | 999 | 25.00 ± 0.00 (±0.00, n=2) |"
+    # a group whose runs differ shows the range; rows without params.json show no count columns
+    mixed = results.aggregate(rows, [], ["gsm8k/accuracy"])
+    assert results.markdown_table(mixed, [], []).splitlines()[2] == "| 4 | 3.04M-12.3M | 999-3.18M |"
+    bare = [{k: v for k, v in r.items() if not k.startswith("params/")} for r in rows]
+    assert "params/" not in results.markdown_table(results.aggregate(bare, ["variant"], []), ["variant"], [])
+    assert [results.format_count((v,)) for v in (0, 999, 1000, 73728, 123_456, 999_600, 4_700_160, 7_787_520,
+                                                 2 * 10**9)] == [
+        "0", "999", "1.00K", "73.7K", "123K", "1.00M", "4.70M", "7.79M", "2.00B"]
+    (pathlib.Path(runs[0].workdir) / "params.json").write_text('{"trainable": 12, "active": true}')
+    with pytest.raises(results.ReportError, match=r"params.json: key 'active' must be a count"):
+        results.collect_run(runs[0])
+    (pathlib.Path(runs[0].workdir) / "params.json").write_text('{"trainable": 12,')
+    with pytest.raises(results.ReportError, match=r"params.json:1: not valid JSON"):
+        results.collect_run(runs[0])
 
 
 def test_malformed_files_name_file_and_line(tmp_path):

@@ -185,7 +185,9 @@ def test_run_skip_fail_and_aggregate(sweep_file, tmp_path, capsys):
     # remix k=1: accuracies 0.30, 0.31 -> mean 30.50 %, sample std 0.7071 %
     std = math.sqrt(((0.30 - 0.305) ** 2 + (0.31 - 0.305) ** 2) / 1) * 100
     # columns: variant, top_k, family (a label only the lora variant has), seeds, accuracy, heldout loss
-    assert f"| remix | 1 | - | 2 | 30.50 ± {std:.2f} | 1.4 ± 0 |" in md
+    # and the 95% t interval's half-width, t_{0.975, 1} = 12.7062 times std / sqrt(2)
+    half = 12.7062 * std / math.sqrt(2)
+    assert f"| remix | 1 | - | 2 | 30.50 ± {std:.2f} (±{half:.2f}, n=2) | 1.4 ± 0 (±0, n=2) |" in md
     # lora k=2: only seed 0 complete -> one value, no std
     assert "| lora | 2 | lora | 1 | 20.00 | 1.3 |" in md
     assert "lora__top_k=2__seed=1: incomplete" in md

@@ -96,8 +96,12 @@ def test_aggregates_results_and_plots(finished_sweep):
         heldout = json.loads((wd / "eval" / "heldout.json").read_text())["metrics"]["heldout_loss"]
         assert float(row["heldout/heldout_loss"]) == pytest.approx(heldout)
         assert float(row["routing/ess_softmax_final"]) > 1.0  # routed methods log their ESS
+        # both: n=4, k=2, r=4 on random:tiny's gate/up/down: experts 2 x 4 x 4 x 576, block router 2 x 64 x 4
+        assert (int(row["params/trainable"]), int(row["params/active"])) == (18432 + 512, 512 + 18432 // 2)
     md = (root / "out" / "results.md").read_text()
     assert "remix" in md and "mixlora" in md
+    assert "| variant | seeds | params/trainable | params/active | heldout/heldout_loss | train/final_loss |" in md
+    assert "| remix | 1 | 18.9K | 9.73K |" in md and "| mixlora | 1 | 18.9K | 9.73K |" in md
     for png in ("ess.png", "heldout.png"):
         data = (root / "out" / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000

@@ -2,7 +2,7 @@
 
     python -m remix_jax.sweep --sweep=experiments/NAME.py [--sweep=experiments/OTHER.py ...]
                               [--mode=local|commands] [--parallel=N --devices=0,1,2,3] [--dry_run]
-                              [--only=REGEX] [--report_only]
+                              [--only=REGEX] [--report_only] [--params_only [--model_path=PATH]]
 
 A sweep definition is a Python file exposing ``get_sweep()``, which returns a dict:
 
@@ -45,8 +45,12 @@ table's ReMix row are one run. Each sweep is then aggregated on its own.
 A run is finished when WORKDIR/run_complete.json exists; finished runs are skipped, so re-invoking a sweep
 resumes it. Mode "commands" writes one shell command per unfinished run to <results dir>/commands.sh for a
 cluster or TPU-pod scheduler. Both modes then aggregate every run's outputs into <results dir>/results.csv,
-results.md and PNG plots (``--report_only`` does only that). The sweep definitions stay apart from what they
-produce: experiments/NAME.py writes only under experiments/results/NAME/.
+results.md and PNG plots (``--report_only`` does only that). ``--params_only`` trains nothing and writes each
+started run's parameter counts, WORKDIR/params.json, where it is missing (runs that predate the file): from its
+config.json, with ``--model_path`` (a model file, or ``random:SHAPE`` for the architecture alone) in place of a
+recorded model.path that is not on this machine (``training.param_record``); ``--report_only`` then shows them.
+The sweep definitions stay apart from what they produce: experiments/NAME.py writes only under
+experiments/results/NAME/.
 
 Multi-host (TPU pods, multi-node GPU): run the SAME command on every worker of the slice, e.g.
 ``gcloud compute tpus tpu-vm ssh POD --worker=all --command="cd remix-jax && <line of commands.sh>"``;

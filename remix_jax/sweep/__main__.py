@@ -2,7 +2,7 @@
 
     python -m remix_jax.sweep --sweep=experiments/NAME.py [--sweep=experiments/OTHER.py ...]
                               [--mode=local|commands] [--parallel=N --devices=0,1,2,3] [--dry_run]
-                              [--only=REGEX] [--report_only]
+                              [--only=REGEX] [--report_only] [--params_only [--model_path=PATH]]
 """
 
 from __future__ import annotations
@@ -34,6 +34,12 @@ def _main(argv: Sequence[str]) -> int:
     p.add_argument("--dry_run", action="store_true", help="print the runs and their commands; run nothing")
     p.add_argument("--only", default=None, help="only runs whose name matches this regular expression")
     p.add_argument("--report_only", action="store_true", help="only aggregate the runs' outputs")
+    p.add_argument("--params_only", action="store_true",
+                   help="only write params.json (parameter counts, from config.json; no training, no weights read) "
+                        "into the selected runs' workdirs that lack it; then run --report_only")
+    p.add_argument("--model_path", default=None,
+                   help="with --params_only: the model (file, or random:SHAPE for its architecture) in place of the "
+                        "model.path the runs recorded, when that is not on this machine")
     p.add_argument("--workdir_root", default=None, help="override the sweep's workdir_root (one sweep only)")
     p.add_argument("--out_dir", default=None,
                    help="where results and plots go (default: results/NAME beside the sweep file; one sweep "
@@ -57,6 +63,17 @@ def _main(argv: Sequence[str]) -> int:
     if len(files) > 1 and (args.workdir_root or args.out_dir):
         raise SweepError("--workdir_root / --out_dir apply to a single --sweep")
     sweeps = [load_sweep(f, workdir_root=args.workdir_root, out_dir=args.out_dir) for f in files]
+    if args.model_path and not args.params_only:
+        raise SweepError("--model_path applies to --params_only")
+    if args.params_only:
+        from remix_jax.training.param_record import backfill
+
+        said = {"written": "wrote params.json ({trainable} trainable, {active} active)",
+                "present": "params.json present, kept", "no config.json": "no config.json (not started), skipped"}
+        for run in (run for sw in sweeps for run in select(sw.runs, args.only)):
+            state, counts = backfill(run.workdir, args.model_path)
+            print(f"{run.workdir}: {said[state].format(**(counts or {}))}", flush=True)
+        return 0
     envs = device_envs(args.parallel, [d for d in args.devices.split(",") if d])
     selected = {sw.path: select(sw.runs, args.only) for sw in sweeps}
     for sw in sweeps:

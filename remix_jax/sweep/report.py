@@ -1,5 +1,5 @@
-"""A sweep's report: results.csv, results.md (mean and std over seeds) and PNG plots (``write_report``; the rows
-come from ``results``, the plots from ``plots``).
+"""A sweep's report: results.csv, results.md (mean, std and 95% t interval over seeds; parameter counts) and PNG
+plots (``write_report``; the rows come from ``results``, the plots from ``plots``).
 
 The ``report`` field of a sweep definition chooses tables and plots:
     {"tables": [{"title": str, "rows": [param columns] (default: every param but seed),
@@ -20,6 +20,7 @@ from collections.abc import Sequence
 
 from remix_jax.sweep.plots import PLOTTERS
 from remix_jax.sweep.results import (
+    PARAM_COLUMNS,
     ReportError,
     aggregate,
     collect_run,
@@ -54,7 +55,11 @@ def write_report(sweep, runs: Sequence | None = None) -> list[pathlib.Path]:
     tables = report.get("tables") or [{"title": "Results"}]
     md = [f"# {sweep.name}", "",
           f"Sweep `{sweep.path}`; config `{sweep.config}`.",
-          "Mean ± sample standard deviation over seeds, complete runs only.",
+          "Mean ± sample std over seeds; 95% t-interval half-width in brackets (t_{0.975, n-1} std / sqrt(n), "
+          "n seeds); complete runs only.",
+          *(["params/trainable: the adapter and router parameters trained; params/active: those one token uses "
+             "(the router and k of the n experts of top-k mixtures, all of them otherwise)."]
+            if any(c in r for r in rows for c in PARAM_COLUMNS) else []),
           f"Reproduce: `python -m remix_jax.sweep --sweep={sweep.path}` (per-run commands: results.csv).", ""]
     for t in tables:
         group_by = list(t.get("rows", default_rows))

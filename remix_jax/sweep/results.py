@@ -1,16 +1,22 @@
 """The results of a sweep's runs: each run's workdir read into one row (``collect_run``), and rows aggregated
-over seeds (mean and sample standard deviation) into tables (``aggregate``, ``markdown_table``, ``write_csv``).
+over seeds (mean, sample standard deviation, 95% t interval) into tables (``aggregate``, ``markdown_table``,
+``write_csv``).
 
 What a run's workdir holds (written by ``python -m remix_jax.main``):
     metrics.jsonl        one JSON object per logged step: {"step", "loss", "routing/ess_softmax", ...};
                          per-block diagnostics as lists ("routing/ess_softmax_per_block": [L floats])
     eval/<task>.json     {"task", "accuracy", "heldout_loss"?, ...} (metrics at top level or under "metrics")
     run_complete.json    {"step", "wall_s"}: written last; only complete runs enter the aggregates
+    params.json          {"trainable", "active"}: parameter counts, written when training starts (absent from runs
+                         that predate it: ``python -m remix_jax.sweep --params_only`` back-fills them)
 
 Columns of results.csv, one row per run: name, status (complete | incomplete | missing), the run's params
 (grid columns, variant labels, seed), metrics ("<task>/accuracy", "<task>/heldout_loss", ...,
 "train/final_loss", "routing/ess_softmax_final", "routing/ess_applied_final", "train/tokens_per_s",
-"wall_s"), workdir and the exact command.
+"wall_s"), "params/trainable" and "params/active" (when params.json exists), workdir and the exact command.
+
+The tables give each metric as "mean ± std (±h, n=N)": the sample standard deviation over the N seeds and the
+half-width h of the 95% Student t interval of the mean, t_{0.975, N-1} std / sqrt(N) (one seed: the value alone).
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 ESS_KEYS = ("routing/ess_softmax", "routing/ess_applied")
+PARAMS_FILE = "params.json"
+PARAM_COLUMNS = ("params/trainable", "params/active")  # from params.json's "trainable" and "active"
 _SKIP_EVAL_FIELDS = {"step", "num_correct", "num_total", "num_examples", "num_predictions"}
 
 
@@ -140,8 +148,23 @@ def collect_run(run) -> dict:
                     row[k[len("eval/"):]] = float(v)
     if (wd / "eval").is_dir():
         row.update(eval_metrics(wd))
+    if (wd / PARAMS_FILE).is_file():
+        row.update(param_counts(wd / PARAMS_FILE))
     row["workdir"] = str(wd)
     return row
+
+
+def param_counts(path: pathlib.Path) -> dict[str, int]:
+    """{"params/trainable": int, "params/active": int} of a run's params.json."""
+    data = _read_json(path)
+    out = {}
+    for column in PARAM_COLUMNS:
+        key = column.split("/", 1)[1]
+        v = data.get(key)
+        if not (isinstance(v, int) and not isinstance(v, bool) and v >= 0):
+            raise ReportError(f"{path}: key {key!r} must be a count (an integer >= 0), got {v!r}")
+        out[column] = v
+    return out
 
 
 # ------------------------------------------------------------------ aggregation
@@ -158,9 +181,24 @@ def mean_std(values: Sequence[float]) -> tuple[float, float, int]:
     return mean, std, n
 
 
+def t_quantile_975(df: int) -> float:
+    """Student's t quantile t_{0.975, df}: the 95% two-sided interval's multiplier for ``df`` degrees of freedom."""
+    if not (isinstance(df, int) and df >= 1):
+        raise ValueError(f"degrees of freedom must be an integer >= 1, got {df!r}")
+    from scipy.stats import t  # a dependency of jax; imported here, as the report is the only user
+
+    return float(t.ppf(0.975, df))
+
+
+def ci95_half_width(std: float, n: int) -> float:
+    """Half-width of the 95% t interval of a mean of ``n`` values with sample std ``std``; nan for n < 2."""
+    return t_quantile_975(n - 1) * std / math.sqrt(n) if n > 1 else math.nan
+
+
 def aggregate(rows: Sequence[Mapping], group_by: Sequence[str], metrics: Sequence[str]) -> list[dict]:
     """Group complete rows by ``group_by`` (first-seen order) and reduce each metric over the group:
-    [{**group values, "num_seeds": n, metric: (mean, std, count), ...}]."""
+    [{**group values, "num_seeds": n, metric: (mean, std, count), ..., "params/trainable": sorted distinct
+    counts of the group (one value when its runs share the architecture), "params/active": the same}]."""
     groups: dict[tuple, list[Mapping]] = {}
     for row in rows:
         if row.get("status", "complete") != "complete":
@@ -173,6 +211,8 @@ def aggregate(rows: Sequence[Mapping], group_by: Sequence[str], metrics: Sequenc
         entry["num_seeds"] = len(members)
         for m in metrics:
             entry[m] = mean_std([r.get(m) for r in members])
+        for c in PARAM_COLUMNS:
+            entry[c] = tuple(sorted({r[c] for r in members if _is_number(r.get(c))}))
         out.append(entry)
     return out
 
@@ -202,20 +242,44 @@ def is_accuracy(metric: str) -> bool:
 
 
 def format_cell(metric: str, stats: tuple[float, float, int]) -> str:
-    """"mean ± std" (accuracies in %, 2 decimals; others 4 significant digits); "-" when absent."""
+    """"mean ± std (±h, n=N)" with h the 95% t-interval half-width (accuracies in %, 2 decimals; others 4
+    significant digits); the mean alone for one value; "-" when absent."""
     mean, std, n = stats
     if n == 0:
         return "-"
     scale, fmt = (100.0, "{:.2f}") if is_accuracy(metric) else (1.0, "{:.4g}")
     s = fmt.format(mean * scale)
-    return s + (" ± " + fmt.format(std * scale) if n > 1 else "")
+    if n < 2:
+        return s
+    half = ci95_half_width(std, n)
+    return f"{s} ± {fmt.format(std * scale)} (±{fmt.format(half * scale)}, n={n})"
+
+
+def format_count(counts: Sequence[int]) -> str:
+    """A parameter count as 1.23M / 45.6K / 789 (a range "a-b" when a group's runs differ; "-" when absent)."""
+    if not counts:
+        return "-"
+
+    def one(v: int) -> str:  # 3 significant digits in the largest unit that keeps them below 1000
+        if v < 1000:
+            return str(v)
+        for unit, size in (("K", 10**3), ("M", 10**6)):
+            text = f"{v / size:#.3g}".rstrip(".")  # "#" keeps trailing zeros (4.70M); drop the bare point of "123."
+            if float(text) < 1000:
+                return text + unit
+        return f"{v / 10**9:#.3g}".rstrip(".") + "B"
+
+    return one(counts[0]) if len(counts) == 1 else f"{one(min(counts))}-{one(max(counts))}"
 
 
 def markdown_table(groups: Sequence[Mapping], group_by: Sequence[str], metrics: Sequence[str]) -> str:
-    head = [*group_by, "seeds", *[m + (" (%)" if is_accuracy(m) else "") for m in metrics]]
+    """One row per group: its values, the seeds, the parameter counts (when any group has them), the metrics."""
+    counts = [c for c in PARAM_COLUMNS if c not in metrics and any(g.get(c) for g in groups)]
+    head = [*group_by, "seeds", *counts, *[m + (" (%)" if is_accuracy(m) else "") for m in metrics]]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for g in groups:
         cells = ["-" if g.get(c) is None else str(g.get(c)) for c in group_by] + [str(g["num_seeds"])]
+        cells += [format_count(g.get(c, ())) for c in counts]
         cells += [format_cell(m, g[m]) for m in metrics]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -6,7 +6,8 @@ whole before any model is loaded or compiled (``run_config.check_config``: every
 also those read only at the end of training, and the PEFT directory of ``adapter.init_from`` when the run starts
 from scratch: a resumed run takes its adapter from its checkpoint and does not read it), recorded in
 WORKDIR/config.json, trained (resuming from the newest checkpoint: ``training.loop.train``), evaluated, and
-WORKDIR/run_complete.json ({"step", "wall_s"}) is written last.
+WORKDIR/run_complete.json ({"step", "wall_s"}) is written last. WORKDIR/params.json ({"trainable", "active"}
+parameter counts, ``training.param_record``) is written once the trainable state is built.
 
 Evaluation (the optional ``config.eval`` section, ``run_config.eval_config()``): when ``eval.tasks`` names
 tasks or ``eval.heldout.num_batches > 0``, the run is evaluated (``training.run_evaluation``)
@@ -33,7 +34,7 @@ import jax
 from remix_jax import rundir
 from remix_jax.parallel.mesh import maybe_initialize_distributed
 from remix_jax.run_config import check_config, eval_enabled, resolve_dtypes, split_config
-from remix_jax.training import loop
+from remix_jax.training import loop, param_record
 from remix_jax.training import metrics as metrics_lib
 from remix_jax.training.run_evaluation import RunEvaluator
 
@@ -68,7 +69,9 @@ def run(config, workdir: str, log=print, continue_with_changes: bool = False) ->
 
     evaluator_box: list[RunEvaluator] = []
 
-    def make_eval_fn(bundle):
+    def make_eval_fn(bundle):  # called once the trainable state is built, before the first step
+        if jax.process_index() == 0:
+            param_record.record(workdir, bundle.trainable, bundle.adapter_cfg)
         if not eval_enabled(ev):
             return None
         ret = RunEvaluator(config, train_cfg, ev, workdir, bundle, log=log)
