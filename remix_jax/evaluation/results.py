@@ -1,10 +1,12 @@
 """Evaluation outputs: a task's result (``TaskResult``), ``DIR/eval/<task>.json`` (metrics, counts, config,
-commit), per-example predictions ``DIR/eval/<task>.predictions.jsonl``, and a results table."""
+commit, and each example's outcome in compact form for paired comparisons), per-example predictions
+``DIR/eval/<task>.predictions.jsonl``, and a results table."""
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
+import hashlib
 import json
 import math
 import os
@@ -46,12 +48,28 @@ def _jsonable(config) -> object:
     return json.loads(json.dumps(config, default=repr))
 
 
+OUTCOME_KEYS = ("correct", "passed")  # the per-example verdict of scored tasks (GSM8K / choice tasks, HumanEval)
+
+
+def per_example_outcomes(predictions: Sequence[Mapping]) -> dict | None:
+    """{"key", "values": "0110...", "ids_sha256"}: each example's verdict in prediction order ("1" right), and a
+    digest of the examples' ids in that order, so that two runs' outcomes are paired only when they scored the same
+    examples in the same order; None when the rows carry no verdict (log-likelihood-only tasks, no rows)."""
+    key = next((k for k in OUTCOME_KEYS if predictions and all(k in r for r in predictions)), None)
+    if key is None:
+        return None
+    ids = [r.get("id", r.get("task_id")) for r in predictions]
+    digest = hashlib.sha256(json.dumps(ids, default=repr).encode()).hexdigest()
+    return {"key": key, "values": "".join("1" if r[key] else "0" for r in predictions), "ids_sha256": digest}
+
+
 def write_task_results(workdir: str | os.PathLike, task: str, metrics: Mapping,
                        predictions: Iterable[Mapping], config=None,
                        extra: Mapping | None = None, subdir: str = "eval") -> pathlib.Path:
     """Write DIR/eval/<task>.json and DIR/eval/<task>.predictions.jsonl; returns the json path.
 
-    metrics: e.g. {"accuracy": 0.5, "num_correct": 1, "num_examples": 2}; predictions: one dict per example.
+    metrics: e.g. {"accuracy": 0.5, "num_correct": 1, "num_examples": 2}; predictions: one dict per example
+    (their verdicts are also kept in the json as ``outcomes``: ``per_example_outcomes``).
     ``subdir``: the folder under DIR ("" writes into DIR itself).
     """
     if not task or "/" in task or task.startswith("."):
@@ -59,11 +77,11 @@ def write_task_results(workdir: str | os.PathLike, task: str, metrics: Mapping,
     out = pathlib.Path(workdir) / subdir
     out.mkdir(parents=True, exist_ok=True)
     pred_path = out / f"{task}.predictions.jsonl"
-    n = 0
+    predictions = list(predictions)
+    n = len(predictions)
     with open(pred_path, "w", encoding="utf-8") as f:
         for row in predictions:
             f.write(json.dumps(row, ensure_ascii=False, default=repr) + "\n")
-            n += 1
     record = {
         "task": task,
         "metrics": dict(metrics),
@@ -72,6 +90,7 @@ def write_task_results(workdir: str | os.PathLike, task: str, metrics: Mapping,
         "git": git_commit(),
         "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "predictions_file": pred_path.name,
+        "outcomes": per_example_outcomes(predictions),
         **(dict(extra) if extra else {}),
     }
     path = out / f"{task}.json"
