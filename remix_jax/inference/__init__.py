@@ -3,6 +3,7 @@ routing, no routing diagnostics, no gradients), never during training.
 
     generation.py     the decode loop: batched prompts, KV cache, prefill and a jitted while-loop of decode steps,
                       greedy or top-p sampling (the evaluator and ``python -m remix_jax.generate`` call it)
+    prefill.py        the chunked prefill of a KV cache (generation's, and the evaluator's shared-context scoring)
     variables.py      the inference copies of the variables, built once per generate call (the fused kernels of
                       ``models.fused``, factors in the compute dtype, ReMix's precomputed matrices), and which of
                       them apply to a decoder's adapter config

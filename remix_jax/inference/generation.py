@@ -2,9 +2,9 @@
 
 Prompts are left-padded into buckets (power-of-two lengths; the batch padded to a power of two, up
 to ``max_batch``), so a run over many prompts compiles a handful of times. One jitted function does
-the prefill and the whole decode loop (``lax.while_loop``, which exits early once every row has
-produced a stop token). Compiled functions are cached by (model, shapes, decoding mode) and reused
-across calls.
+the prefill (in chunks of ``prefill_chunk`` prompt tokens: ``inference.prefill``) and the whole decode loop
+(``lax.while_loop``, which exits early once every row has produced a stop token). Compiled functions are
+cached by (model, shapes, decoding mode) and reused across calls.
 
 Works for any ``Decoder`` variables dict (the base "params" plus adapter collections such as
 "adapter" and "router"): the model is applied with ``deterministic=True`` and ``rngs={"routing":
@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from remix_jax.inference import remix_kernels
+from remix_jax.inference.prefill import DEFAULT_PREFILL_CHUNK, check_prefill_chunk, chunked_prefill
 from remix_jax.inference.variables import (
     adapter_config_of,
     cast_factors_for_inference,
@@ -68,6 +69,11 @@ class GenerationConfig:
     # "pallas" always (Pallas's interpreter off GPUs: slow, for tests). Needs fused projections, folded norms and the
     # variables on one device ("auto" keeps XLA's form for variables spread over several devices).
     remix_kernels: str = "auto"
+    # Prompt tokens a prefill step (inference.prefill): the prompt runs through the KV cache in chunks of this many
+    # columns (a power of two), so the cached attention's float32 scores are [B, KV, G, chunk, T + max_new_tokens]
+    # rather than [B, KV, G, T, T + max_new_tokens]; 0 runs the whole prompt at once. Same tokens and log-probs up
+    # to float rounding.
+    prefill_chunk: int = DEFAULT_PREFILL_CHUNK
 
     def __post_init__(self):
         if self.max_new_tokens < 1:
@@ -81,6 +87,7 @@ class GenerationConfig:
         if self.scan_unroll < 0:
             raise ValueError(f"scan_unroll={self.scan_unroll} must be >= 0 (0 keeps the model's own)")
         remix_kernels.check_mode(self.remix_kernels)
+        check_prefill_chunk(self.prefill_chunk)
 
 
 @dataclasses.dataclass
@@ -129,11 +136,12 @@ def sample_token(logits: Array, key: Array, temperature: Array, top_p: Array, gr
     return jax.random.categorical(key, filtered, axis=-1).astype(jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "greedy", "fuse"))
+@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "greedy", "fuse", "prefill_chunk"))
 def _generate_batch(model: Decoder, variables: dict, tokens: Array, segment_ids: Array, rng: Array,
                     temperature: Array, top_p: Array, stop_ids: Array, max_new_tokens: int, greedy: bool,
-                    fuse: bool = True):
-    """Prefill + decode loop for one left-padded bucket.
+                    fuse: bool = True, prefill_chunk: int = 0):
+    """Prefill (in chunks of ``prefill_chunk`` columns, 0 = all at once: ``inference.prefill``) + decode loop for
+    one left-padded bucket.
 
     tokens, segment_ids [B, T]; stop_ids [S] (-1 entries never match). Returns out [B, N] int32 (pad
     after a row stops), logprobs [B, N] float32, stopped [B] bool, with N = max_new_tokens.
@@ -155,8 +163,12 @@ def _generate_batch(model: Decoder, variables: dict, tokens: Array, segment_ids:
                                             deterministic=True, return_hidden=True, rngs={"routing": key})
         return lm_logits(hidden[:, -1], head), cache
 
+    def prefill_step(tok, seg, pos, cache, key):
+        logits, cache = forward(tok, seg, pos, cache, key)
+        return logits, (), cache
+
     rng, key = jax.random.split(rng)
-    logits, cache = forward(tokens, segment_ids, positions, cache, key)
+    logits, _, cache = chunked_prefill(prefill_step, tokens, segment_ids, positions, cache, key, prefill_chunk)
     next_pos = jnp.sum(segment_ids != 0, axis=-1).astype(jnp.int32)  # [B]
     done = jnp.all(segment_ids == 0, axis=-1)  # batch-padding rows are finished from the start
     pad = jnp.zeros((b,), jnp.int32)
@@ -236,7 +248,8 @@ def generate(model: Decoder, variables: dict, prompts: Sequence[Sequence[int]], 
         out, lps, stopped, _ = _generate_batch(
             model, variables, jnp.asarray(toks), jnp.asarray(seg), key,
             jnp.float32(config.temperature), jnp.float32(config.top_p), jnp.asarray(stop),
-            max_new_tokens=config.max_new_tokens, greedy=greedy, fuse=config.fuse_projections)
+            max_new_tokens=config.max_new_tokens, greedy=greedy, fuse=config.fuse_projections,
+            prefill_chunk=config.prefill_chunk)
         out, lps, stopped = np.asarray(out), np.asarray(lps), np.asarray(stopped)
         stop_set = set(config.stop_token_ids)
         for i in range(len(chunk)):
