@@ -18,6 +18,7 @@ import ml_collections
 from remix_jax.data.templates import DEFAULT_PLAIN_FORMAT
 from remix_jax.evaluation.builtin_tasks import config_specs
 from remix_jax.evaluation.task_spec import TaskSpecError, path_problem
+from remix_jax.inference.prefill import DEFAULT_PREFILL_CHUNK, check_prefill_chunk
 from remix_jax.inference.remix_kernels import MODES as REMIX_KERNEL_MODES
 
 MC_TASKS = ("arc_c", "arc_e", "boolq", "obqa")
@@ -51,6 +52,9 @@ def default_eval_config() -> ml_collections.ConfigDict:
     share_context: log-likelihood scoring runs the context of a question once for all its options (one prefill
       into a KV cache, the options against it; routing statistics count each context token once); False scores
       every option as a whole sequence. Same log-likelihoods up to float rounding.
+    prefill_chunk: prompt tokens a prefill step (GenerationConfig.prefill_chunk; also the contexts of share_context):
+      a power of two, or 0 for the whole prompt at once. Bounds the memory of the prefill's attention scores (batch x
+      heads x chunk x cache length floats rather than x prompt length); same results up to float rounding.
     limit: score only the first N examples of each task (0 = all).
     offset: skip the first N examples of each task (with limit: examples offset .. offset + limit - 1, to split a
       long evaluation into parts; python -m remix_jax.evaluation.merge joins their results).
@@ -81,6 +85,7 @@ def default_eval_config() -> ml_collections.ConfigDict:
     c.plain_format = DEFAULT_PLAIN_FORMAT
     c.batch_size = 64
     c.share_context = True
+    c.prefill_chunk = DEFAULT_PREFILL_CHUNK
     c.limit = 0
     c.offset = 0
     c.seed = 0
@@ -144,6 +149,10 @@ def validate_eval_config(eval_cfg) -> list[str]:
         errors.append(f"eval.mc_normalize_unit: {eval_cfg.mc_normalize_unit!r} is not 'token' or 'char'")
     if eval_cfg.get("remix_kernels", "auto") not in REMIX_KERNEL_MODES:
         errors.append(f"eval.remix_kernels: {eval_cfg.remix_kernels!r} is not one of {REMIX_KERNEL_MODES}")
+    try:
+        check_prefill_chunk(eval_cfg.get("prefill_chunk", DEFAULT_PREFILL_CHUNK), "eval.prefill_chunk")
+    except ValueError as e:
+        errors.append(str(e))
     if eval_cfg.batch_size < 1 or eval_cfg.limit < 0 or eval_cfg.get("offset", 0) < 0:
         errors.append(f"eval.batch_size={eval_cfg.batch_size} must be >= 1, eval.limit={eval_cfg.limit} and "
                       f"eval.offset={eval_cfg.get('offset', 0)} >= 0")

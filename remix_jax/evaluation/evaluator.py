@@ -35,6 +35,7 @@ from remix_jax.evaluation.gen_runner import Generator, gen_config
 from remix_jax.evaluation.results import TaskResult
 from remix_jax.evaluation.task_spec import TaskSpec
 from remix_jax.inference.generation import GenerationConfig, generate_text
+from remix_jax.inference.prefill import DEFAULT_PREFILL_CHUNK, check_prefill_chunk
 from remix_jax.models.llama import Decoder
 
 __all__ = ["Generator", "ModelRunner", "RoutingAccumulator", "TaskResult", "run_task"]
@@ -80,6 +81,8 @@ class ModelRunner:
 
     variables: {"params": ...} plus adapter collections ("adapter", "router"). ``routing_stats``: collect
     statistics in scoring passes (only when the model has a router). ``remix_kernels``: GenerationConfig's.
+    ``prefill_chunk``: prompt / context tokens a prefill step, in generation (GenerationConfig's) and shared-context
+    scoring (``scoring.score_shared_batch``); 0 = the whole prompt at once.
     ``progress``: progress bars on a terminal; ``task`` (set by ``run_task``) names them. ``share_context``: the
     options of a question (consecutive rows with the same context) run their context once (``_score``).
     """
@@ -95,13 +98,16 @@ class ModelRunner:
         remix_kernels: str = "auto",
         progress: bool = False,
         share_context: bool = True,
+        prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
     ):
+        check_prefill_chunk(prefill_chunk)
         self.model, self.variables, self.tokenizer = model, variables, tokenizer
         self.progress = progress
         self.task = ""
         self.batch_size = batch_size
         self.share_context = share_context
         self.remix_kernels = remix_kernels
+        self.prefill_chunk = prefill_chunk
         self.with_stats = routing_stats and _has_routing(variables, model)
         self.rng = jax.random.key(seed)
         self.routing = RoutingAccumulator()
@@ -122,7 +128,8 @@ class ModelRunner:
                 self.variables,
                 self.tokenizer,
                 [texts[i] for i in order],
-                dataclasses.replace(gen, max_batch=self.batch_size, remix_kernels=self.remix_kernels),
+                dataclasses.replace(gen, max_batch=self.batch_size, remix_kernels=self.remix_kernels,
+                                    prefill_chunk=self.prefill_chunk),
                 stop_strings,
                 rng=rng,
                 progress=bar.update,
@@ -154,7 +161,7 @@ class ModelRunner:
             ll, ctx_stats, cont_stats = scoring.score_shared_batch(
                 self.model, self.variables, jnp.asarray(batch.ctx_tokens), jnp.asarray(batch.ctx_seg),
                 jnp.asarray(batch.cont_tokens), jnp.asarray(batch.cont_seg), jnp.asarray(batch.owner), key,
-                with_stats=self.with_stats)
+                with_stats=self.with_stats, prefill_chunk=self.prefill_chunk)
             if self.with_stats:
                 n_ctx, n_cont = batch.num_tokens()
                 self.routing.add(jax.device_get(ctx_stats), n_ctx)

@@ -5,11 +5,12 @@ Two ways to score rows, with equal results up to float rounding:
 - ``full_batches`` + ``score_batch``: every row as one sequence (context + continuation), left-padded, so the
   continuation of every row ends in the last column.
 - ``shared_batches`` + ``score_shared_batch``: the options of one multiple-choice question share its context, so
-  the context runs once. One prefill of the contexts [Q, Lc] (left-padded) fills a KV cache of Lc + Lx slots; each
-  question's cache rows are copied to its options (a gather along the batch axis) and the continuations [R, Lx]
-  (right-padded, positions continuing from their context's length) run against it. The log-probability of an
-  option's first token comes from the prefill's last column. Adapters and routers act per token, so they see the
-  same inputs either way; a router that samples at inference draws other keys.
+  the context runs once. One prefill of the contexts [Q, Lc] (left-padded; in chunks of ``prefill_chunk`` columns:
+  ``inference.prefill``) fills a KV cache of Lc + Lx slots; each question's cache rows are copied to its options (a
+  gather along the batch axis) and the continuations [R, Lx] (right-padded, positions continuing from their
+  context's length) run against it. The log-probability of an option's first token comes from the prefill's last
+  column. Adapters and routers act per token, so they see the same inputs either way; a router that samples at
+  inference draws other keys.
 
 Shapes are bucketed to powers of two (lengths, and batches below ``batch_size``), so a run compiles a few times.
 A batch holds at most ``batch_size`` rows (shared: continuations, each with its own copy of the cache).
@@ -26,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from remix_jax.inference.generation import bucket_size
+from remix_jax.inference.prefill import DEFAULT_PREFILL_CHUNK, chunked_prefill
 from remix_jax.models.attention import init_cache
 from remix_jax.models.llama import Decoder, lm_logits, positions_from_segments
 from remix_jax.routing.diagnostics import collect_routing_stats
@@ -61,23 +63,35 @@ def score_batch(model: Decoder, variables: dict, tokens: jax.Array, segment_ids:
     return jnp.sum(picked * target_mask[:, t - num_targets :], axis=-1), stats
 
 
-@functools.partial(jax.jit, static_argnames=("model", "with_stats"))
+@functools.partial(jax.jit, static_argnames=("model", "with_stats", "prefill_chunk"))
 def score_shared_batch(model: Decoder, variables: dict, ctx_tokens: jax.Array, ctx_seg: jax.Array,
                        cont_tokens: jax.Array, cont_seg: jax.Array, owner: jax.Array, rng: jax.Array,
-                       with_stats: bool):
+                       with_stats: bool, prefill_chunk: int = DEFAULT_PREFILL_CHUNK):
     """Summed log-probs of continuations scored against their question's cached context.
 
     ctx_tokens, ctx_seg [Q, Lc]: contexts, left-padded (segment 0 on pads). cont_tokens, cont_seg [R, Lx]:
     continuations, right-padded (segment 0 on pads). owner [R]: the context row of each continuation.
-    Returns (loglik [R], routing statistics of the prefill, of the continuation pass; {} without routing).
+    prefill_chunk: context columns a prefill step (``inference.prefill``; 0 = all at once).
+    Returns (loglik [R], routing statistics of the prefill, of the continuation pass; {} without routing). The
+    prefill's statistics are the means over its chunks weighted by their valid tokens: the whole prefill's, except
+    distinct_subsets (the chunks' counts, averaged as the evaluator averages them over batches).
     """
     q, lc = ctx_tokens.shape
     lx = cont_tokens.shape[1]
     k_ctx, k_cont = jax.random.split(rng)
+
+    def prefill_step(tok, seg, pos, cache, key):
+        ((hidden, head), cache), stats = _apply(model, variables, tok, key, with_stats, segment_ids=seg,
+                                                positions=pos, cache=cache)
+        # Statistics are means over a chunk's valid tokens: summed weighted by them, divided by their total below.
+        n = jnp.sum(seg != 0).astype(jnp.float32)
+        return lm_logits(hidden[:, -1], head), ({k: v * n for k, v in stats.items()}, n), cache
+
     cache = init_cache(model.config, q, lc + lx)
-    ((hidden, head), cache), ctx_stats = _apply(model, variables, ctx_tokens, k_ctx, with_stats, segment_ids=ctx_seg,
-                                                positions=positions_from_segments(ctx_seg), cache=cache)
-    first = jax.nn.log_softmax(lm_logits(hidden[:, -1], head), axis=-1)[owner]  # [R, V]: predicts token 0
+    logits, (ctx_stats, n_ctx), cache = chunked_prefill(prefill_step, ctx_tokens, ctx_seg,
+                                                        positions_from_segments(ctx_seg), cache, k_ctx, prefill_chunk)
+    ctx_stats = {k: v / jnp.maximum(n_ctx, 1.0) for k, v in ctx_stats.items()}
+    first = jax.nn.log_softmax(logits, axis=-1)[owner]  # [R, V]: predicts token 0
     cache = {"kv": cache["kv"][:, :, owner], "pos": cache["pos"][owner], "seg": cache["seg"][owner],
              "index": cache["index"]}
     ctx_len = jnp.sum(ctx_seg != 0, axis=-1).astype(jnp.int32)[owner]

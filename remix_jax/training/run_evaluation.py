@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from remix_jax.inference.prefill import DEFAULT_PREFILL_CHUNK
 from remix_jax.run_config import heldout_batches, validate_eval
 from remix_jax.training.objective import token_cross_entropy
 
@@ -131,6 +132,7 @@ class RunEvaluator:
                                            routing_stats=bool(self.ev.routing_stats), seed=int(self.ev.seed),
                                            remix_kernels=str(self.ev.get("remix_kernels", "auto")),
                                            share_context=bool(self.ev.get("share_context", True)),
+                                           prefill_chunk=int(self.ev.get("prefill_chunk", DEFAULT_PREFILL_CHUNK)),
                                            progress=self.progress)
             for task in self.tasks:
                 res = evaluator.run_task(task, runner, self.ev)

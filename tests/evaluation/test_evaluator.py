@@ -249,6 +249,8 @@ def test_eval_config_validation(data_dir):
         ("tasks", "", "empty"),
         ("mc_mode", "vote", "mc_mode"),
         ("remix_kernels", "triton", "eval.remix_kernels"),
+        ("prefill_chunk", 24, "eval.prefill_chunk=24 must be 0 .* or a power of two"),
+        ("prefill_chunk", -16, "eval.prefill_chunk=-16"),
         ("tasks", "arc_c,arc_c", "twice"),
     ]:
         bad = eval_cfg(data_dir)

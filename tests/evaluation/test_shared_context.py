@@ -135,3 +135,32 @@ def test_shared_batches_keep_short_options_apart_from_long_ones():
     assert [b.rows for b in batches] == [[2, 3, 6, 7], [0, 1, 4, 5], [8, 9]]
     assert [b.cont_tokens.shape[1] for b in batches] == [8, 16, 8]
     assert [b.ctx_tokens.shape[1] for b in batches] == [16, 16, 64]
+
+
+@pytest.mark.parametrize("method", ["lora", "remix"])
+def test_chunked_context_prefill_equals_whole_context(tok, method):
+    """Contexts prefilled 16 columns at a time give the log-likelihoods of one prefill of the whole context (32 or 64
+    columns; in the batch of contexts of 39 and 42 tokens in 64 columns the first chunk is all padding), and the same
+    routing statistics (token-weighted over the chunks; distinct_subsets counts per chunk, so it is left out)."""
+    model, variables, _ = adapted(method)
+    ctxs, conts = questions()
+    rows = [(tok.encode(c, add_special_tokens=False), tok.encode(x, add_special_tokens=False))
+            for c, x in zip(ctxs, conts, strict=True)]
+    groups, _ = scoring.context_groups(rows, 8)
+    batches = [b for b in scoring.shared_batches(rows, groups, 8, pad=0) if b.ctx_tokens.shape[1] > 16]
+    assert [b.ctx_tokens.shape[1] for b in batches] == [32, 32, 64, 64]
+    assert any((b.ctx_seg[:, :16] == 0).all() for b in batches)
+    with_stats = method == "remix"
+    for b in batches:
+        args = [jnp.asarray(a) for a in (b.ctx_tokens, b.ctx_seg, b.cont_tokens, b.cont_seg, b.owner)]
+        runs = {c: scoring.score_shared_batch(model, variables, *args, jax.random.key(0), with_stats=with_stats,
+                                              prefill_chunk=c) for c in (0, 16)}
+        (ll0, ctx0, cont0), (ll, ctx_stats, cont_stats) = runs[0], runs[16]
+        assert np.isfinite(np.asarray(ll0)).all() and bool(ctx0) == with_stats
+        np.testing.assert_allclose(ll, ll0, rtol=1e-5, atol=1e-4)
+        assert set(ctx_stats) == set(ctx0) and set(cont_stats) == set(cont0)
+        for k in ctx0:
+            if k != "distinct_subsets":
+                np.testing.assert_allclose(ctx_stats[k], ctx0[k], rtol=1e-5, atol=1e-5, err_msg=k)
+        for k in cont0:
+            np.testing.assert_allclose(cont_stats[k], cont0[k], rtol=1e-5, atol=1e-5, err_msg=k)
