@@ -49,8 +49,8 @@ def paired_difference(a: str, b: str) -> dict:
     if len(a) != len(b) or not a:
         raise ValueError(f"outcome strings of lengths {len(a)} and {len(b)}: need equal, non-empty")
     n = len(a)
-    a_only = sum(x == "1" and y == "0" for x, y in zip(a, b))
-    b_only = sum(x == "0" and y == "1" for x, y in zip(a, b))
+    a_only = sum(x == "1" and y == "0" for x, y in zip(a, b, strict=True))
+    b_only = sum(x == "0" and y == "1" for x, y in zip(a, b, strict=True))
     d = (a_only - b_only) / n
     var = ((a_only + b_only) / n - d * d) * n / (n - 1) if n > 1 else 0.0  # sample variance of d_i in {-1, 0, 1}
     half = 1.96 * math.sqrt(max(var, 0.0) / n)

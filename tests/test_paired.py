@@ -19,7 +19,7 @@ spec.loader.exec_module(paired)
 
 def _run(root, name, verdicts, ids=None, key="correct"):
     ids = ids if ids is not None else list(range(len(verdicts)))
-    preds = [{"id": i, key: bool(v)} for i, v in zip(ids, verdicts)]
+    preds = [{"id": i, key: bool(v)} for i, v in zip(ids, verdicts, strict=True)]
     return write_task_results(root / "runs" / name, "gsm8k", {"accuracy": sum(verdicts) / len(verdicts)}, preds)
 
 
