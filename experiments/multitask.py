@@ -6,6 +6,17 @@ Runs ``configs/multitask.py`` (variants per method, training on the mixture and 
 for the four tasks); set $REMIX_LLM_ADAPTERS_DIR to the folder of the LLM-Adapters files.
 
     REMIX_LLM_ADAPTERS_DIR=DATA python -m remix_jax.sweep --sweep=experiments/multitask.py
+    python experiments/specialisation.py --results=experiments/results/multitask
+
+Scoring: zero-shot; each option is the continuation "the correct answer is <label>" (answer1 ... answer5, or true /
+false for BoolQ: the training target) and the options are ranked by their log-likelihood per token
+(``eval.mc_normalize``: the summed log-probability divided by the continuation's token count), so a label is not
+favoured for tokenising into fewer pieces (the continuations differ only in the label, so the ranking changes
+against the summed log-likelihood only where labels tokenise to different lengths). The table gives
+each task's accuracy under that ranking (``<task>/accuracy``; ``acc_per_token`` in the jsons). Every task's json
+also keeps the routing statistics of its scoring passes (``eval.routing_stats``: expert load, ESS and entropy per
+block); ``specialisation.py`` reads them and reports which experts each task uses per block and how far the tasks'
+routing differs (Jensen-Shannon divergence), for the routed methods (MixLoRA, HydraLoRA, ReMix).
 """
 
 from common import METHODS, MULTITASK_CONFIG, MULTITASK_TASKS, SEEDS, model_path, multitask_data, variant
@@ -13,17 +24,20 @@ from common import METHODS, MULTITASK_CONFIG, MULTITASK_TASKS, SEEDS, model_path
 from remix_jax.sweep import KEYS
 
 SHOWN = [m for m in METHODS if m["name"] in ("lora", "mixlora", "hydralora", "remix")]
+# Rank options by per-token log-likelihood, and record each task's routing statistics (specialisation.py).
+SCORING = {"eval.mc_normalize": True, "eval.routing_stats": True}
 
 
 def get_sweep():
     columns = [f"{t}/accuracy" for t in MULTITASK_TASKS]
     return {
         "config": MULTITASK_CONFIG + variant("remix"),
-        "base_overrides": {KEYS.model_path: model_path(), **multitask_data()},
+        "base_overrides": {KEYS.model_path: model_path(), **multitask_data(), **SCORING},
         "grid": [SHOWN],
         "seeds": SEEDS,
         "report": {
-            "tables": [{"title": "One model, four tasks: accuracy", "rows": ["variant"], "columns": columns}],
+            "tables": [{"title": "One model, four tasks: accuracy (options ranked by per-token log-likelihood)",
+                        "rows": ["variant"], "columns": columns}],
             "plots": [{"kind": "bar", "x": "variant", "y": c, "file": f"accuracy_{c.split('/')[0]}.png",
                        "title": f"{c.split('/')[0]} accuracy (multi-task model)"} for c in columns]
                      + [{"kind": "ess", "series": "variant", "file": "ess_last_block.png"}],
