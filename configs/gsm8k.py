@@ -27,7 +27,7 @@ variants do M=4 (remix) or 1 forward+backward passes of Llama 3 8B per input seq
 import os
 
 from remix_jax.data import source_config
-from remix_jax.presets import METHOD_VARIANTS, SMOLLM2_GGUF, apply_method_variant, installed_file, parse_task_variant
+from remix_jax.presets import METHOD_VARIANTS, apply_method_variant, apply_model_scale, parse_task_variant
 from remix_jax.run_config import default_config, eval_config
 
 METHODS = METHOD_VARIANTS
@@ -37,11 +37,7 @@ def get_config(arg: str = "remix"):
     method, small, data_dir = parse_task_variant(arg, "configs/gsm8k.py")
     c = default_config()
     c.seed = 0
-    c.model.path = installed_file(*SMOLLM2_GGUF) if small else ""  # 8B: pass --config.model.path
-    c.model.dtype = "auto"  # bfloat16 on accelerators, float32 on CPU
-    c.model.param_dtype = "auto"
-    c.model.remat = "save_proj_out" if not small else "none"
-    c.model.attention_impl = "auto"
+    apply_model_scale(c, small)  # 8B: pass --config.model.path
 
     c.data.sources = {"gsm8k": source_config("gsm8k", split="train", manual_dir=data_dir)}
     c.data.tfds_data_dir = os.path.join(data_dir, "tfds") if data_dir else ""

