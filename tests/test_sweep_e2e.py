@@ -142,7 +142,7 @@ def _parse_run(run):
     return fv.config
 
 
-NOT_SWEEPS = ("common", "paired", "select_lr", "specialisation")  # experiments/ modules that define no sweep
+NOT_SWEEPS = ("common", "paired", "select_lr", "specialisation", "table1")  # experiments/ modules that define no sweep
 
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in (REPO / "experiments").glob("*.py")
