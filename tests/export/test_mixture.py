@@ -110,7 +110,7 @@ def test_selected_experts_agree(exported):
             np.testing.assert_array_equal(selected, our_sel)
             codes = (selected * (1 << np.arange(acfg.num_experts))).sum(-1)
             distinct = max(distinct, len(np.unique(codes)))
-        np.testing.assert_allclose(pi, our_pi, atol=1e-6, rtol=0)
+        np.testing.assert_allclose(pi, our_pi, atol=5e-6, rtol=0)  # two float32 softmaxes (torch's, XLA's)
         # Our own forward pass (its own inputs): the fraction of tokens selecting each expert (dense routers:
         # the mean weight of each expert), per block.
         node = stats["mlp"] if site == "mlp" else stats["mlp" if site in FFN else "attn"][site]

@@ -172,10 +172,10 @@ def test_objective_gradients_equal_unchunked(remix_bundle, batch, perturb, objec
     key = jax.random.key(3)
     (ref_total, ref_m), ref_g = objective_grad(tr, b, key, full)
     (total, m), g = objective_grad(tr, b, key, cfg)
-    np.testing.assert_allclose(float(total), float(ref_total), rtol=1e-6)
+    np.testing.assert_allclose(float(total), float(ref_total), rtol=1e-5)  # float32 sums in another order
     for name in ("loss", "surrogate", "routing/log_q", "num_sequences"):
         # the surrogate is a small difference of products of larger numbers: absolute tolerance
-        np.testing.assert_allclose(float(m[name]), float(ref_m[name]), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(float(m[name]), float(ref_m[name]), rtol=1e-5, atol=5e-5)
     for coll in ("adapter", "router"):
         leaves, ref_leaves = jax.tree.leaves(g[coll]), jax.tree.leaves(ref_g[coll])
         assert max(float(jnp.max(jnp.abs(x))) for x in ref_leaves) > 1e-5
