@@ -17,6 +17,7 @@ import ml_collections
 
 from remix_jax.data.templates import DEFAULT_PLAIN_FORMAT
 from remix_jax.evaluation.builtin_tasks import config_specs
+from remix_jax.evaluation.scoring import DEFAULT_PACK_LEN
 from remix_jax.evaluation.task_spec import TaskSpecError, path_problem
 from remix_jax.inference.prefill import DEFAULT_PREFILL_CHUNK, check_prefill_chunk
 from remix_jax.inference.remix_kernels import MODES as REMIX_KERNEL_MODES
@@ -49,9 +50,13 @@ def default_eval_config() -> ml_collections.ConfigDict:
       code completion either way. Each task's results record the template used (metrics["template"]).
     plain_format: the prompt template around every demonstration and the query (template "plain").
     batch_size: prompts per generation call / sequences per scoring forward pass.
-    share_context: log-likelihood scoring runs the context of a question once for all its options (one prefill
-      into a KV cache, the options against it; routing statistics count each context token once); False scores
-      every option as a whole sequence. Same log-likelihoods up to float rounding.
+    share_context: log-likelihood scoring runs the context of a question once for all its options (routing
+      statistics count each context token once); False scores every option as a whole sequence. Same
+      log-likelihoods up to float rounding.
+    pack_len: with share_context, each question (its context, then every option, each attending to the context
+      and to itself) is packed with others into rows of this many tokens (more for a longer question), one forward
+      pass with no padding between questions; 0 = one prefill of the contexts into a KV cache and the options
+      against copies of it. Same log-likelihoods up to float rounding.
     prefill_chunk: prompt tokens a prefill step (GenerationConfig.prefill_chunk; also the contexts of share_context):
       a power of two, or 0 for the whole prompt at once. Bounds the memory of the prefill's attention scores (batch x
       heads x chunk x cache length floats rather than x prompt length); same results up to float rounding.
@@ -85,6 +90,7 @@ def default_eval_config() -> ml_collections.ConfigDict:
     c.plain_format = DEFAULT_PLAIN_FORMAT
     c.batch_size = 64
     c.share_context = True
+    c.pack_len = DEFAULT_PACK_LEN
     c.prefill_chunk = DEFAULT_PREFILL_CHUNK
     c.limit = 0
     c.offset = 0
@@ -153,6 +159,8 @@ def validate_eval_config(eval_cfg) -> list[str]:
         check_prefill_chunk(eval_cfg.get("prefill_chunk", DEFAULT_PREFILL_CHUNK), "eval.prefill_chunk")
     except ValueError as e:
         errors.append(str(e))
+    if not isinstance(eval_cfg.get("pack_len", DEFAULT_PACK_LEN), int) or eval_cfg.get("pack_len", 0) < 0:
+        errors.append(f"eval.pack_len: {eval_cfg.pack_len!r} is not a token count >= 0 (0: no packing)")
     if eval_cfg.batch_size < 1 or eval_cfg.limit < 0 or eval_cfg.get("offset", 0) < 0:
         errors.append(f"eval.batch_size={eval_cfg.batch_size} must be >= 1, eval.limit={eval_cfg.limit} and "
                       f"eval.offset={eval_cfg.get('offset', 0)} >= 0")

@@ -84,7 +84,9 @@ class ModelRunner:
     ``prefill_chunk``: prompt / context tokens a prefill step, in generation (GenerationConfig's) and shared-context
     scoring (``scoring.score_shared_batch``); 0 = the whole prompt at once.
     ``progress``: progress bars on a terminal; ``task`` (set by ``run_task``) names them. ``share_context``: the
-    options of a question (consecutive rows with the same context) run their context once (``_score``).
+    options of a question (consecutive rows with the same context) run their context once (``_score``);
+    ``pack_len``: with it, questions are packed into rows of this many tokens (``scoring.packed_batches``), 0 = the
+    KV-cache form (``scoring.shared_batches``).
     """
 
     def __init__(
@@ -99,6 +101,7 @@ class ModelRunner:
         progress: bool = False,
         share_context: bool = True,
         prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
+        pack_len: int = scoring.DEFAULT_PACK_LEN,
     ):
         check_prefill_chunk(prefill_chunk)
         self.model, self.variables, self.tokenizer = model, variables, tokenizer
@@ -108,6 +111,9 @@ class ModelRunner:
         self.share_context = share_context
         self.remix_kernels = remix_kernels
         self.prefill_chunk = prefill_chunk
+        if int(pack_len) < 0:
+            raise ValueError(f"eval.pack_len must be >= 0, got {pack_len}")
+        self.pack_len = int(pack_len)
         self.with_stats = routing_stats and _has_routing(variables, model)
         self.rng = jax.random.key(seed)
         self.routing = RoutingAccumulator()
@@ -148,13 +154,30 @@ class ModelRunner:
         """rows: (context ids, continuation ids) -> (summed log-probs [N], continuation lengths [N]).
 
         With ``share_context``, runs of consecutive rows with the same context (the options of a question) run
-        their context once (``scoring.score_shared_batch``), and routing statistics count each context token
-        once; other rows, or all without it, run as whole sequences (``scoring.score_batch``). At most
+        their context once and routing statistics count each context token once: packed into rows of
+        ``pack_len`` tokens with every other row (``scoring.score_packed_batch``), or, with pack_len 0, as one
+        prefill and the options against its cache (``scoring.score_shared_batch``; rows alone run as whole
+        sequences). Without it every row runs as a whole sequence (``scoring.score_batch``). At most
         ``batch_size`` rows a batch (scoring.py). ``bar`` advances ``per_row`` a row.
         """
         n = len(rows)
         sums, counts = np.zeros(n), np.zeros(n, np.int64)
         pad = self.tokenizer.pad_token_id or 0
+        if self.share_context and self.pack_len:
+            groups, singles = scoring.context_groups(rows, self.batch_size)
+            for batch in scoring.packed_batches(rows, groups + [[i] for i in singles], self.batch_size, pad,
+                                                self.pack_len):
+                self.rng, key = jax.random.split(self.rng)
+                logp, stats = scoring.score_packed_batch(
+                    self.model, self.variables, *(jnp.asarray(a) for a in (
+                        batch.tokens, batch.segment_ids, batch.positions, batch.branch_ids, batch.pred,
+                        batch.targets)), key, with_stats=self.with_stats)
+                if self.with_stats:
+                    self.routing.add(jax.device_get(stats), batch.num_tokens())
+                valid = batch.owner >= 0
+                np.add.at(sums, batch.owner[valid], np.asarray(logp, np.float64)[valid])
+                self._collect(rows, batch.rows, sums[batch.rows], sums, counts, bar, per_row)
+            return sums, counts
         groups, singles = scoring.context_groups(rows, self.batch_size) if self.share_context else ([], range(n))
         for batch in scoring.shared_batches(rows, groups, self.batch_size, pad):
             self.rng, key = jax.random.split(self.rng)

@@ -1,6 +1,6 @@
 """Log-likelihood scoring of (context, continuation) token rows: the jitted forward passes and their batching.
 
-Two ways to score rows, with equal results up to float rounding:
+Three ways to score rows, with equal results up to float rounding:
 
 - ``full_batches`` + ``score_batch``: every row as one sequence (context + continuation), left-padded, so the
   continuation of every row ends in the last column.
@@ -11,6 +11,11 @@ Two ways to score rows, with equal results up to float rounding:
   context's length) run against it. The log-probability of an option's first token comes from the prefill's last
   column. Adapters and routers act per token, so they see the same inputs either way; a router that samples at
   inference draws other keys.
+- ``packed_batches`` + ``score_packed_batch`` (the default for shared contexts): each question is one tree, its
+  context then every option, each option's positions continuing from the context's end and its tokens attending
+  to the context and to themselves only (``branch_ids``: ``models.attention.attention_mask``); questions are
+  packed into rows of a fixed length (best fit, longest first), one forward pass, no cache, no padding between
+  them. Only the hidden states that predict an option token go through the vocabulary projection.
 
 Shapes are bucketed to powers of two (lengths, and batches below ``batch_size``), so a run compiles a few times.
 A batch holds at most ``batch_size`` rows (shared: continuations, each with its own copy of the cache).
@@ -35,6 +40,9 @@ from remix_jax.routing.diagnostics import collect_routing_stats
 ROUTING_KEYS = ("ess_applied", "ess_softmax", "entropy", "load", "distinct_subsets")
 Rows = Sequence[tuple[list[int], list[int]]]
 CTX_MIN, CONT_MIN = 16, 8  # shortest padded context / continuation of a shared batch (powers of two above)
+TARGETS_MIN = 8  # fewest target slots of a packed row (a power of two)
+DEFAULT_PACK_LEN = 256  # tokens of a packed row (eval.pack_len)
+PACKED_TOKENS_PER_ROW = 64  # a packed batch holds batch_size x this many tokens (rows of pack_len tokens)
 
 
 def _apply(model: Decoder, variables: dict, tokens, key, with_stats: bool, **kw):
@@ -103,6 +111,22 @@ def score_shared_batch(model: Decoder, variables: dict, ctx_tokens: jax.Array, c
     head_lp = jnp.take_along_axis(first, cont_tokens[:, :1], axis=-1)[:, 0]
     valid = (cont_seg != 0).astype(jnp.float32)
     return head_lp * valid[:, 0] + jnp.sum(rest * valid[:, 1:], axis=-1), ctx_stats, cont_stats
+
+
+@functools.partial(jax.jit, static_argnames=("model", "with_stats"))
+def score_packed_batch(model: Decoder, variables: dict, tokens: jax.Array, segment_ids: jax.Array,
+                       positions: jax.Array, branch_ids: jax.Array, pred: jax.Array, targets: jax.Array,
+                       rng: jax.Array, with_stats: bool):
+    """Log-probs of the target tokens of packed rows (``packed_batches``), and routing statistics.
+
+    tokens, segment_ids, positions, branch_ids [B, T]; pred, targets [B, N]: the column whose hidden state predicts
+    each target token, and the token. Returns (log-probs [B, N], statistics; {} without routing).
+    """
+    ((hidden, head), _), stats = _apply(model, variables, tokens, rng, with_stats, segment_ids=segment_ids,
+                                        positions=positions, branch_ids=branch_ids)
+    h = jnp.take_along_axis(hidden, pred[..., None], axis=1)  # [B, N, d]
+    logp = jax.nn.log_softmax(lm_logits(h, head), axis=-1)
+    return jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0], stats
 
 
 def _batch_rows(n: int, batch_size: int) -> int:
@@ -211,3 +235,73 @@ def _shared_arrays(rows: Rows, batch: list[list[int]], batch_size: int, pad: int
             owner[j] = k
             j += 1
     return SharedBatch(idx, ctx_tokens, ctx_seg, cont_tokens, cont_seg, owner, len(batch))
+
+
+@dataclasses.dataclass
+class PackedBatch:
+    rows: list[int]  # the scored rows it holds
+    tokens: np.ndarray  # [B, T]
+    segment_ids: np.ndarray  # [B, T] question number within its row, from 1; 0 on padding
+    positions: np.ndarray  # [B, T] 0.. along the context, each option continuing from the context's end
+    branch_ids: np.ndarray  # [B, T] 0 on contexts, j on the j-th option of its question
+    pred: np.ndarray  # [B, N] column whose hidden state predicts each target token
+    targets: np.ndarray  # [B, N] target tokens
+    owner: np.ndarray  # [B, N] scored row of each target token, -1 on padding
+
+    def num_tokens(self) -> int:
+        return int((self.segment_ids != 0).sum())
+
+
+def packed_batches(rows: Rows, groups: Sequence[list[int]], batch_size: int, pad: int,
+                   pack_len: int) -> Iterator[PackedBatch]:
+    """Batches of rows of ``T = max(pack_len, the longest question's tokens as a power of two)`` tokens, each
+    holding whole questions (``groups``: rows sharing one context; a row alone is a group of one), laid out as
+    context, option 1, option 2, ... Questions go longest first into the fullest row they fit (best fit
+    decreasing). A batch holds max(1, batch_size * PACKED_TOKENS_PER_ROW // T) rows; its target slots are the
+    most any of its rows needs, as a power of two >= TARGETS_MIN."""
+    if not groups:
+        return
+    size = [len(rows[g[0]][0]) + sum(len(rows[i][1]) for i in g) for g in groups]
+    t = bucket_size(max(max(size), pack_len), CTX_MIN)
+    free: list[list[int]] = [[] for _ in range(t + 1)]  # free[c]: packed rows with c tokens left
+    packed: list[list[int]] = []
+    for u in sorted(range(len(groups)), key=lambda u: -size[u]):
+        c = next((c for c in range(size[u], t + 1) if free[c]), None)
+        if c is None:
+            r, c = len(packed), t
+            packed.append([])
+        else:
+            r = free[c].pop()
+        packed[r].append(u)
+        free[c - size[u]].append(r)
+    per_batch = max(1, batch_size * PACKED_TOKENS_PER_ROW // t)
+    for start in range(0, len(packed), per_batch):
+        yield _packed_arrays(rows, [[groups[u] for u in r] for r in packed[start:start + per_batch]], t,
+                             _batch_rows(len(packed[start:start + per_batch]), per_batch), pad)
+
+
+def _packed_arrays(rows: Rows, batch: list[list[list[int]]], t: int, b: int, pad: int) -> PackedBatch:
+    n = bucket_size(max(sum(len(rows[i][1]) for g in r for i in g) for r in batch), TARGETS_MIN)
+    tokens, seg = np.full((b, t), pad, np.int32), np.zeros((b, t), np.int32)
+    pos, branch = np.zeros((b, t), np.int32), np.zeros((b, t), np.int32)
+    pred, targets, owner = np.zeros((b, n), np.int32), np.zeros((b, n), np.int32), np.full((b, n), -1, np.int64)
+    for k, packed_row in enumerate(batch):
+        col, slot = 0, 0
+        for q, g in enumerate(packed_row, start=1):
+            ctx = rows[g[0]][0]
+            lc = len(ctx)
+            tokens[k, col:col + lc], seg[k, col:col + lc], pos[k, col:col + lc] = ctx, q, np.arange(lc)
+            last = col + lc - 1  # predicts every option's first token
+            col += lc
+            for j, i in enumerate(g, start=1):
+                cont = rows[i][1]
+                m = len(cont)
+                if not m:
+                    continue
+                tokens[k, col:col + m], seg[k, col:col + m] = cont, q
+                pos[k, col:col + m], branch[k, col:col + m] = lc + np.arange(m), j
+                pred[k, slot:slot + m] = [last] + list(range(col, col + m - 1))
+                targets[k, slot:slot + m], owner[k, slot:slot + m] = cont, i
+                col += m
+                slot += m
+    return PackedBatch([i for r in batch for g in r for i in g], tokens, seg, pos, branch, pred, targets, owner)

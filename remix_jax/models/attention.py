@@ -44,10 +44,16 @@ def apply_rope(x: Array, rope: tuple[Array, Array]) -> Array:
     return out.astype(x.dtype)
 
 
-def attention_mask(q_pos, q_seg, k_pos, k_seg) -> Array:
-    """Boolean [B, 1, T, S]: same non-padding segment and key position <= query position."""
+def attention_mask(q_pos, q_seg, k_pos, k_seg, branch=None) -> Array:
+    """Boolean [B, 1, T, S]: same non-padding segment and key position <= query position.
+
+    branch [B, T] (queries and keys are the same tokens, no cache): a segment is a tree, a shared prefix (branch
+    0) followed by branches 1, 2, ... whose positions each continue from the prefix; a token also needs its key
+    in the prefix or in its own branch (the options of a question scored in one row: ``evaluation.scoring``)."""
     same = (q_seg[:, :, None] == k_seg[:, None, :]) & (k_seg[:, None, :] != 0)
     causal = k_pos[:, None, :] <= q_pos[:, :, None]
+    if branch is not None:
+        same &= (branch[:, None, :] == 0) | (branch[:, None, :] == branch[:, :, None])
     return (same & causal)[:, None]
 
 
@@ -144,7 +150,8 @@ class Attention(nn.Module):
             size = (1, 1) + kv.shape[2:]
             k, v = (jax.lax.dynamic_slice(kv, (layer, i, 0, 0, 0, 0), size)[0, 0].astype(dt) for i in (0, 1))
 
-        impl = resolve_attention_impl(cfg, cached=cache is not None, seq_len=t)
+        # A mask means XLA attention: the decoder makes one exactly when that is the kernel (or for branches).
+        impl = "xla" if mask is not None else resolve_attention_impl(cfg, cached=cache is not None, seq_len=t)
         if impl == "splash":  # TPU flash attention: causal within each packed segment, no [B, H, T, T] scores
             from remix_jax.models.tpu_attention import splash_attention
 

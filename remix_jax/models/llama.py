@@ -257,7 +257,12 @@ class Decoder(nn.Module):
 
     @nn.compact
     def __call__(self, tokens: Array, segment_ids: Array | None = None, positions: Array | None = None,
-                 cache: dict | None = None, deterministic: bool = True, return_hidden: bool = False):
+                 cache: dict | None = None, deterministic: bool = True, return_hidden: bool = False,
+                 branch_ids: Array | None = None):
+        """branch_ids [B, T] (no cache): each segment is a shared prefix (branch 0) and branches that attend to it
+        and to themselves only (``attention.attention_mask``); XLA attention."""
+        if branch_ids is not None and cache is not None:
+            raise ValueError("branch_ids apply to a forward pass without a KV cache")
         if segment_ids is None:
             segment_ids = jnp.ones(tokens.shape, jnp.int32)
         if positions is None:
@@ -276,8 +281,10 @@ class Decoder(nn.Module):
         else:
             idx, key_pos, key_seg, kv = 0, positions, segment_ids, None
         rope = rope_tables(cfg, positions)
-        impl = resolve_attention_impl(cfg, cached=cache is not None, seq_len=tokens.shape[1])
-        mask = None if impl in ("cudnn", "splash") else attention_mask(positions, segment_ids, key_pos, key_seg)
+        impl = "xla" if branch_ids is not None else resolve_attention_impl(cfg, cached=cache is not None,
+                                                                            seq_len=tokens.shape[1])
+        mask = None if impl in ("cudnn", "splash") else attention_mask(positions, segment_ids, key_pos, key_seg,
+                                                                        branch_ids)
         (x, new_kv, _), _ = self._layers(deterministic)(
             (x, kv, jnp.zeros((), jnp.int32)), segment_ids, mask, idx, rope)
         h = RMSNorm(cfg.rms_norm_eps, dt, pdt, name="final_norm")(constrain(x, BTD))

@@ -28,6 +28,7 @@ from remix_jax import rundir
 from remix_jax.cli import UserError
 from remix_jax.evaluation import chat_format, evaluator, results
 from remix_jax.evaluation.eval_config import EvalConfigError, default_eval_config, validate_eval_config
+from remix_jax.evaluation.scoring import DEFAULT_PACK_LEN
 from remix_jax.inference.prefill import DEFAULT_PREFILL_CHUNK
 from remix_jax.run_config import ConfigError, model_path_problems, problem_lines, resolve_dtypes
 from remix_jax.training.trained_model import load_trained_model
@@ -117,6 +118,7 @@ def run(config, workdir: str, log=print, generators: dict | None = None, name: s
         remix_kernels=str(ev.get("remix_kernels", "auto")),
         share_context=bool(ev.get("share_context", True)),
         prefill_chunk=int(ev.get("prefill_chunk", DEFAULT_PREFILL_CHUNK)),
+        pack_len=int(ev.get("pack_len", DEFAULT_PACK_LEN)),
         progress=progress,
     )
     out = {}

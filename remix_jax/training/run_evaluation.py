@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from remix_jax.evaluation.scoring import DEFAULT_PACK_LEN
 from remix_jax.inference.prefill import DEFAULT_PREFILL_CHUNK
 from remix_jax.run_config import heldout_batches, validate_eval
 from remix_jax.training.objective import token_cross_entropy
@@ -133,6 +134,7 @@ class RunEvaluator:
                                            remix_kernels=str(self.ev.get("remix_kernels", "auto")),
                                            share_context=bool(self.ev.get("share_context", True)),
                                            prefill_chunk=int(self.ev.get("prefill_chunk", DEFAULT_PREFILL_CHUNK)),
+                                           pack_len=int(self.ev.get("pack_len", DEFAULT_PACK_LEN)),
                                            progress=self.progress)
             for task in self.tasks:
                 res = evaluator.run_task(task, runner, self.ev)
