@@ -60,30 +60,34 @@ def data_dir() -> pathlib.Path:
 
 
 def _keep_gguf_readers(monkeypatch: pytest.MonkeyPatch, keep: int = 2) -> None:
-    """The tests that use the SmolLM2 GGUF load it in process many times (its tokenizer, its weights, an export of
-    it), and opening a reader parses the metadata of its 49k-token vocabulary (~3 s): from the first test that asks
-    for the file on, gguf_io keeps the readers of the last ``keep`` files it opened, keyed by path, inode, size and
-    modification time, so a changed or new file is opened again. A reader maps its file read-only, so sharing one
-    changes no result; a file that fails to open is not kept (its error is raised each time)."""
-    from remix_jax.models import gguf_io
+    """The tests that use the SmolLM2 GGUF open it in process many times (our tokenizer and weights, an export of
+    it, transformers' own GGUF loading as the reference), and each ``gguf.GGUFReader`` parses the metadata of its
+    49k-token vocabulary (~3 s): from the first test that asks for the file on, ``gguf.GGUFReader`` (which both
+    remix_jax.models.gguf_io and transformers look up at call time) returns the reader of one of the last ``keep``
+    files opened read-only, keyed by path, inode, size and modification time, so a changed or new file is parsed
+    again. A read-only reader maps its file read-only and is never written to, so sharing one changes no result;
+    a file that fails to parse is not kept (it raises each time)."""
+    import gguf
 
-    open_reader = gguf_io._open_reader
+    reader_class = gguf.GGUFReader
     readers: dict = {}
 
-    def kept(path):
+    def kept(path, mode="r"):
         try:
             st = os.stat(path)
-        except OSError:
-            return open_reader(path)
+        except (OSError, TypeError):
+            return reader_class(path, mode)
+        if mode != "r":
+            return reader_class(path, mode)
         key = (os.path.realpath(path), st.st_ino, st.st_size, st.st_mtime_ns)
         if key not in readers:
-            reader = open_reader(path)
+            reader = reader_class(path, mode)
             while len(readers) >= keep:
                 readers.pop(next(iter(readers)))
             readers[key] = reader
         return readers[key]
 
-    monkeypatch.setattr(gguf_io, "_open_reader", kept)
+    monkeypatch.setattr(gguf, "GGUFReader", kept)
 
 
 @pytest.fixture(scope="session")
