@@ -141,7 +141,8 @@ def test_objective_router_gradient_is_the_causal_estimator(remix_bundle, perturb
         return token_cross_entropy(logits, batch["tokens"]), jnp.sum(collect_routing_stats(mut)["log_prob"], 0)
 
     keys = jax.random.split(key, m)
-    suffix = np.stack([reference_suffix(sample(tr["router"], k)[0], batch["loss_mask"], batch["segment_ids"])
+    sample_ce = jax.jit(lambda k: sample(tr["router"], k)[0])  # one compile for the M samples (was op by op)
+    suffix = np.stack([reference_suffix(sample_ce(k), batch["loss_mask"], batch["segment_ids"])
                        for k in keys])  # [M, B, T]
     assert np.std(suffix, axis=0).max() > 1e-3  # the samples differ
     adv = (suffix - suffix.mean(0)) * m / (m - 1)
