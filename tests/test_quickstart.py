@@ -12,6 +12,8 @@ import sys
 
 import pytest
 
+from tests.tiny_run import CHILD_XLA_FLAGS
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "quickstart.py"
 
@@ -86,7 +88,8 @@ def _file_source(path, fmt):
 
 
 def test_shortened_quickstart_run(config, tmp_path):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}  # one CPU device, as a user runs it
+    # one CPU device, as a user runs it, with the suite's quick code generation (tests/tiny_run.py)
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": CHILD_XLA_FLAGS}
     r = subprocess.run(
         [sys.executable, "-m", "remix_jax.main", f"--config={CONFIG}", f"--workdir={tmp_path}",
          "--config.train.num_steps=2", "--config.train.log_every=1", "--config.optimizer.warmup_steps=1",

@@ -10,10 +10,18 @@ from remix_jax.models.model_config import named_config
 from remix_jax.training.objective import ObjectiveConfig, adapter_objective
 
 
-def _objective_grad(remat: str):
-    cfg = named_config("tiny", hidden_size=128, intermediate_size=512, num_layers=2, num_heads=4, num_kv_heads=2,
-                       head_dim=32, vocab_size=256, remat=remat)
-    model = build_model(cfg, AdapterConfig(method="remix", num_experts=8, top_k=2, rank=8))
+def _config(remat: str):
+    return named_config("tiny", hidden_size=128, intermediate_size=512, num_layers=2, num_heads=4, num_kv_heads=2,
+                        head_dim=32, vocab_size=256, remat=remat)
+
+
+ACFG = AdapterConfig(method="remix", num_experts=8, top_k=2, rank=8)
+
+
+def _inputs():
+    """Base weights, trainable variables and a batch, made once: the policy changes no parameter."""
+    cfg = _config("none")
+    model = build_model(cfg, ACFG)
     base = init_params(Decoder(cfg), jax.random.key(0))["params"]
     variables = init_adapter_variables(model, jax.random.key(1))
     trainable = {k: variables.get(k, {}) for k in ("adapter", "router")}
@@ -23,18 +31,24 @@ def _objective_grad(remat: str):
     tokens = jax.random.randint(jax.random.key(3), (b, t), 0, cfg.vocab_size)
     batch = {"tokens": tokens, "loss_mask": jnp.ones((b, t)), "segment_ids": jnp.ones((b, t), jnp.int32),
              "positions": jnp.broadcast_to(jnp.arange(t), (b, t))}
+    return base, trainable, batch
+
+
+def _objective_grad(remat: str, base, trainable, batch):
+    model = build_model(_config(remat), ACFG)
     obj = ObjectiveConfig(num_samples=4, sampling_router=True)
     fn = jax.jit(jax.value_and_grad(
         lambda tr: adapter_objective(model.apply, tr, base, batch, jax.random.key(2), obj)[0]))
-    temp = fn.lower(trainable).compile().memory_analysis().temp_size_in_bytes
-    return fn(trainable), temp
+    compiled = fn.lower(trainable).compile()
+    return compiled(trainable), compiled.memory_analysis().temp_size_in_bytes
 
 
 def test_policies_agree_and_save_proj_out_saves_memory():
-    (v_ref, g_ref), temp_none = _objective_grad("none")
+    inputs = _inputs()
+    (v_ref, g_ref), temp_none = _objective_grad("none", *inputs)
     temps = {}
     for remat in ("dots_no_batch", "save_proj_out", "full"):
-        (v, g), temps[remat] = _objective_grad(remat)
+        (v, g), temps[remat] = _objective_grad(remat, *inputs)
         np.testing.assert_allclose(v, v_ref, rtol=1e-4)  # remat reorders float32 sums
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-3, atol=1e-5), g, g_ref)
     assert temps["save_proj_out"] < 0.9 * temps["dots_no_batch"], temps

@@ -52,16 +52,24 @@ def questions():
 
 
 def plain_logliks(model, variables, tok, ctxs, conts) -> np.ndarray:
-    """sum_j log p(cont_j | ctx, cont_<j) from one unpadded, unbatched forward pass per row (float64 log-softmax)."""
-    out = []
-    for c, x in zip(ctxs, conts, strict=True):
-        ctx, cont = tok.encode(c, add_special_tokens=False), tok.encode(x, add_special_tokens=False)
-        logits, _ = model.apply(variables, jnp.asarray([ctx + cont], jnp.int32), rngs={"routing": jax.random.key(0)})
-        logits = np.asarray(logits[0], np.float64)
-        m = logits.max(axis=-1, keepdims=True)
-        logp = logits - m - np.log(np.exp(logits - m).sum(axis=-1, keepdims=True))
-        out.append(sum(logp[len(ctx) - 1 + j, t] for j, t in enumerate(cont)))
-    return np.asarray(out)
+    """sum_j log p(cont_j | ctx, cont_<j) from unpadded forward passes (float64 log-softmax): the rows of one length
+    ctx + cont stacked into one batch, no padding and no mask, one jitted forward per length."""
+    rows = [(tok.encode(c, add_special_tokens=False), tok.encode(x, add_special_tokens=False))
+            for c, x in zip(ctxs, conts, strict=True)]
+    by_length: dict[int, list[int]] = {}
+    for i, (ctx, cont) in enumerate(rows):
+        by_length.setdefault(len(ctx) + len(cont), []).append(i)
+    forward = jax.jit(lambda v, tokens: model.apply(v, tokens, rngs={"routing": jax.random.key(0)})[0])
+    out = np.zeros(len(rows))
+    for idx in by_length.values():
+        logits = forward(variables, jnp.asarray([rows[i][0] + rows[i][1] for i in idx], jnp.int32))
+        for b, i in enumerate(idx):
+            ctx, cont = rows[i]
+            row = np.asarray(logits[b], np.float64)
+            m = row.max(axis=-1, keepdims=True)
+            logp = row - m - np.log(np.exp(row - m).sum(axis=-1, keepdims=True))
+            out[i] = sum(logp[len(ctx) - 1 + j, t] for j, t in enumerate(cont))
+    return out
 
 
 @pytest.mark.slow

@@ -5,6 +5,8 @@ model over each option's context + option tokens (one sequence, no padding, no b
 log-probabilities are summed here with numpy; and acc / acc_norm follow from them. Sharing the context gives the
 log-likelihoods and rankings of scoring each option as a whole sequence."""
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -22,35 +24,55 @@ def smollm2(smollm2_gguf):
     return Decoder(cfg), {"params": params}, load_tokenizer(smollm2_gguf)
 
 
-def plain_loglik(model, variables, context_ids, option_ids) -> float:
-    """sum_j log p(option_j | context, option_<j) from one unpadded forward pass over context + option."""
-    ids = np.asarray([context_ids + option_ids], np.int32)
-    logits, _ = model.apply(variables, ids)
-    logits = np.asarray(logits[0], np.float64)  # [T, vocab]
-    m = logits.max(axis=-1, keepdims=True)
-    logp = logits - m - np.log(np.exp(logits - m).sum(axis=-1, keepdims=True))
-    n = len(context_ids)
-    return float(sum(logp[n - 1 + j, t] for j, t in enumerate(option_ids)))
+@pytest.fixture(scope="module")
+def plain_forward(smollm2):
+    """The model's logits [B, T, vocab], jitted (one compile per shape, kept for the module's cases)."""
+    model, variables, _ = smollm2
+    forward = jax.jit(lambda v, ids: model.apply(v, ids)[0])
+    return lambda ids: forward(variables, ids)
+
+
+def plain_logliks(forward, pairs) -> list[float]:
+    """sum_j log p(option_j | context, option_<j) for each (context_ids, option_ids), from unpadded forward passes
+    over context + option: the pairs of one length stacked into one batch (no padding, no mask), one forward per
+    length; the option tokens' log-probabilities summed here with numpy (float64)."""
+    by_length: dict[int, list[int]] = {}
+    for i, (ctx, opt) in enumerate(pairs):
+        by_length.setdefault(len(ctx) + len(opt), []).append(i)
+    out = [0.0] * len(pairs)
+    for idx in by_length.values():
+        logits = forward(jnp.asarray([pairs[i][0] + pairs[i][1] for i in idx], jnp.int32))
+        for b, i in enumerate(idx):
+            ctx, opt = pairs[i]
+            row = np.asarray(logits[b], np.float64)  # [T, vocab]
+            m = row.max(axis=-1, keepdims=True)
+            logp = row - m - np.log(np.exp(row - m).sum(axis=-1, keepdims=True))
+            out[i] = float(sum(logp[len(ctx) - 1 + j, t] for j, t in enumerate(opt)))
+    return out
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("task,limit", [("arc_challenge", 2), ("piqa", 2), ("hellaswag", 1), ("arc_c_mc_0shot", 2)])
-def test_scorer_logliks_equal_plain_forward(smollm2, task, limit):
+def test_scorer_logliks_equal_plain_forward(smollm2, plain_forward, task, limit):
     model, variables, tok = smollm2
     c = default_eval_config()
     c.tasks, c.limit, c.batch_size = task, limit, 3
     res = evaluator.run_task(task, evaluator.ModelRunner(model, variables, tok, batch_size=3), c)
     questions = build_questions(REGISTRY[task], 0, limit)
     assert len(res.predictions) == len(questions) == limit
-    for q, row in zip(questions, res.predictions, strict=True):
+    pairs = []  # per question, (context ids, option ids) of each option
+    for q in questions:
         ctx = tok.encode(q.context, add_special_tokens=False)
-        ref, n_tokens = [], []
+        pairs.append([])
         for choice in q.choices:
             opt = tok.encode(" " + choice, add_special_tokens=False)
             # lm-eval encodes context + continuation together and splits at the context: the same tokens here
             assert tok.encode(q.context + " " + choice, add_special_tokens=False) == ctx + opt
-            ref.append(plain_loglik(model, variables, ctx, opt))
-            n_tokens.append(len(opt))
+            pairs[-1].append((ctx, opt))
+    refs = iter(plain_logliks(plain_forward, [p for ps in pairs for p in ps]))
+    for q, q_pairs, row in zip(questions, pairs, res.predictions, strict=True):
+        ref = [next(refs) for _ in q_pairs]
+        n_tokens = [len(opt) for _, opt in q_pairs]
         np.testing.assert_allclose(row["logliks"], ref, rtol=1e-4, atol=1e-3)
         assert row["num_tokens"] == n_tokens and row["gold"] == q.gold
         preds = row.get("predictions", {"acc": row["prediction"]})  # arc_c_mc reports acc alone

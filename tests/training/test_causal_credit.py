@@ -141,7 +141,8 @@ def test_objective_router_gradient_is_the_causal_estimator(remix_bundle, perturb
         return token_cross_entropy(logits, batch["tokens"]), jnp.sum(collect_routing_stats(mut)["log_prob"], 0)
 
     keys = jax.random.split(key, m)
-    suffix = np.stack([reference_suffix(sample(tr["router"], k)[0], batch["loss_mask"], batch["segment_ids"])
+    sample_ce = jax.jit(lambda k: sample(tr["router"], k)[0])  # one compile for the M samples (was op by op)
+    suffix = np.stack([reference_suffix(sample_ce(k), batch["loss_mask"], batch["segment_ids"])
                        for k in keys])  # [M, B, T]
     assert np.std(suffix, axis=0).max() > 1e-3  # the samples differ
     adv = (suffix - suffix.mean(0)) * m / (m - 1)
@@ -223,12 +224,17 @@ def enumerate_case(monkeypatch, targets, n, k, tokens, seg, mask):
                                        mutable=["routing_stats"])
         return token_cross_entropy(logits, tok), jnp.sum(collect_routing_stats(mut)["log_prob"], 0)
 
-    ce, log_q = run(flat)
-    loss, valid = sequence_losses_from_ce(ce, mk, sg)
-    task = jnp.sum(loss * valid, axis=-1) / jnp.sum(valid[0])  # [O]: the objective's first term
+    @jax.jit  # one program (was op by op)
+    def enumerate_all(flat):
+        ce, log_q = run(flat)
+        loss, valid = sequence_losses_from_ce(ce, mk, sg)
+        task = jnp.sum(loss * valid, axis=-1) / jnp.sum(valid[0])  # [O]: the objective's first term
 
-    exact = jax.grad(lambda f: jnp.sum(jnp.exp(jnp.sum(run(f)[1], -1)) * task))(flat)
-    grads = jax.jacfwd(lambda f: run(f)[1])(flat)  # [O, T, P]
+        exact = jax.grad(lambda f: jnp.sum(jnp.exp(jnp.sum(run(f)[1], -1)) * task))(flat)
+        grads = jax.jacfwd(lambda f: run(f)[1])(flat)  # [O, T, P]
+        return ce, log_q, exact, grads
+
+    ce, log_q, exact, grads = enumerate_all(flat)
     q = np.exp(np.sum(np.asarray(log_q, np.float64), -1))
     assert q.sum() == pytest.approx(1.0, abs=1e-5)
     return dict(q=q, ce=ce, log_q=log_q, grads=np.asarray(grads, np.float64), exact=np.asarray(exact, np.float64),
@@ -248,19 +254,22 @@ def expected_estimate(e, m, credit, baseline="rloo", returns=None):
     suffix = jax.vmap(lambda c: suffix_losses_from_ce(c[None], mask, seg))(ce) if returns is None else \
         jnp.asarray(returns, jnp.float32)[:, None]
 
-    def coefficients(idx):  # idx [M] outcomes -> d surrogate / d (token log q) [M, T]
+    def coefficients(idx, suffix):  # idx [M] outcomes -> d surrogate / d (token log q) [M, T]
         def surrogate(tok_lq):  # [M, 1, T]
             log_q = jax.vmap(lambda x: per_sequence_sums(x, seg))(tok_lq)
             return router_surrogate(loss[idx], log_q, valid[idx], (suffix[idx], tok_lq), cfg)
         return jax.grad(surrogate)(jnp.zeros((m, 1, t)))[:, 0]
 
-    tuples = np.array(list(itertools.product(range(rows), repeat=m)), np.int32)  # [O^M, M]
-    coef = np.asarray(jax.jit(jax.vmap(coefficients))(jnp.asarray(tuples)), np.float64)  # [O^M, M, T]
+    # [O^M, M], in itertools.product's order
+    tuples = np.stack(np.unravel_index(np.arange(rows ** m), (rows,) * m), axis=1).astype(np.int32)
+    # suffix an argument: the program of given returns is the one of the objective's own (a compilation cache hit)
+    coef = jax.jit(jax.vmap(coefficients, in_axes=(0, None)))(jnp.asarray(tuples), suffix)
+    coef = np.asarray(coef, np.float64)  # [O^M, M, T]
     weight = np.prod(q[tuples], axis=1)  # [O^M]
     est = np.zeros(e["grads"].shape[-1])
     for j in range(m):  # sum over tuples of weight * coef[:, j] . G[outcome of sample j], grouped by that outcome
-        per_outcome = np.zeros((rows, t))
-        np.add.at(per_outcome, tuples[:, j], weight[:, None] * coef[:, j])
+        per_outcome = np.stack([np.bincount(tuples[:, j], weights=weight * coef[:, j, c], minlength=rows)
+                                for c in range(t)], axis=1)  # [O, T]
         est += np.einsum("ot,otp->p", per_outcome, e["grads"])
     return est
 

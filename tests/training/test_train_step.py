@@ -141,11 +141,15 @@ def test_remix_router_moves_to_the_best_subset(remix_bundle, lora_bundle, make_c
     bundle = dataclasses.replace(remix_bundle, trainable={**remix_bundle.trainable, "adapter": adapter})
     probe = next(it)
 
-    def share_on_best(trainable):
+    @jax.jit  # one compile for both probes
+    def routing_load(trainable):
         _, mut = bundle.model.apply({"params": bundle.base, **trainable}, jnp.asarray(probe["tokens"]),
                                     segment_ids=jnp.asarray(probe["segment_ids"]), deterministic=True,
                                     mutable=["routing_stats"])
-        load = np.asarray(collect_routing_stats(mut)["load"])  # [L, n]: share of tokens choosing each
+        return collect_routing_stats(mut)["load"]  # [L, n]: share of tokens choosing each
+
+    def share_on_best(trainable):
+        load = np.asarray(routing_load(trainable))
         return float(np.mean(load[:, :2].sum(-1) / load.sum(-1)))
 
     config = make_config("remix", num_samples=8)
