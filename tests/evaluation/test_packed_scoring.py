@@ -10,30 +10,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from remix_jax.adapters import AdapterConfig, build_model, init_adapter_variables
 from remix_jax.evaluation import evaluator, scoring
 from remix_jax.evaluation.eval_config import EvalConfigError, default_eval_config, validate_eval_config
 from remix_jax.models.attention import attention_mask
-from remix_jax.models.llama import init_params
-from remix_jax.models.model_config import named_config
+from tests.evaluation.test_shared_context import adapted  # the same tiny decoder with LoRA / ReMix adapters
 from tests.tiny_run import byte_tokenizer
 
 
 @pytest.fixture(scope="module")
 def tok():
     return byte_tokenizer()
-
-
-def adapted(method: str):
-    cfg = named_config("tiny", vocab_size=272, max_position_embeddings=4096)
-    acfg = AdapterConfig(method=method, num_experts=4, top_k=2, rank=4, alpha=8.0)
-    model = build_model(cfg, acfg)
-    params = init_params(build_model(cfg, AdapterConfig(method="lora", rank=4)), jax.random.key(0))["params"]
-    extra = init_adapter_variables(model, jax.random.key(1))
-    extra["adapter"] = jax.tree.map(lambda x: x + 0.05, extra["adapter"])  # nonzero B: the adapters change outputs
-    if extra.get("router"):
-        extra["router"] = jax.tree.map(lambda x: x * 30.0, extra["router"])
-    return model, {"params": params, **extra}, acfg
 
 
 def questions():
