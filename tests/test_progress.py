@@ -92,10 +92,11 @@ def test_evaluation_counts_questions_and_prompts(model_dir, recorded):
                                    progress=True)
     runner.task = "arc_e"
     recorded.clear()
-    # 3 questions with 3 options each: 9 rows in batches of at most 4 rows, whole questions when they share their
-    # context (3 batches of 3 rows), else 3 batches of 4, 4, 1 rows
-    for share, updates in ((True, [1, 1, 1]), (False, [4 / 3, 4 / 3, 1 / 3])):
-        runner.share_context = share
+    # 3 questions with 3 options each: 9 rows; packed, the three questions fit one row of 256 tokens (one batch);
+    # in the cache form, batches of at most 4 rows of whole questions (3 batches of 3 rows); as whole sequences, 3
+    # batches of 4, 4, 1 rows
+    for share, pack_len, updates in ((True, 256, [3]), (True, 0, [1, 1, 1]), (False, 256, [4 / 3, 4 / 3, 1 / 3])):
+        runner.share_context, runner.pack_len = share, pack_len
         recorded.clear()
         runner.loglik(["Q1?"] * 3 + ["Question 2?"] * 3 + ["Q3 is longer?"] * 3, ["a", "bb", "c"] * 3)
         (bar,) = recorded
