@@ -158,7 +158,8 @@ class ModelRunner:
         ``pack_len`` tokens with every other row (``scoring.score_packed_batch``), or, with pack_len 0, as one
         prefill and the options against its cache (``scoring.score_shared_batch``; rows alone run as whole
         sequences). Without it every row runs as a whole sequence (``scoring.score_batch``). At most
-        ``batch_size`` rows a batch (scoring.py). ``bar`` advances ``per_row`` a row.
+        ``batch_size`` rows a batch, or packed ``batch_size`` x ``scoring.PACKED_TOKENS_PER_ROW`` tokens (scoring.py).
+        ``bar`` advances ``per_row`` a row.
         """
         n = len(rows)
         sums, counts = np.zeros(n), np.zeros(n, np.int64)
