@@ -60,13 +60,13 @@ def data_dir() -> pathlib.Path:
 
 
 def _keep_gguf_readers(monkeypatch: pytest.MonkeyPatch, keep: int = 2) -> None:
-    """The tests that use the SmolLM2 GGUF open it in process many times (our tokenizer and weights, an export of
-    it, transformers' own GGUF loading as the reference), and each ``gguf.GGUFReader`` parses the metadata of its
-    49k-token vocabulary (~3 s): from the first test that asks for the file on, ``gguf.GGUFReader`` (which both
-    remix_jax.models.gguf_io and transformers look up at call time) returns the reader of one of the last ``keep``
-    files opened read-only, keyed by path, inode, size and modification time, so a changed or new file is parsed
-    again. A read-only reader maps its file read-only and is never written to, so sharing one changes no result;
-    a file that fails to parse is not kept (it raises each time)."""
+    """transformers' own GGUF loading (the reference of several tests) opens the SmolLM2 GGUF through
+    ``gguf.GGUFReader``, which parses the metadata of its 49k-token vocabulary (~3 s) each time: from the first test
+    that asks for the file on, ``gguf.GGUFReader`` (looked up at call time) returns the reader of one of the last
+    ``keep`` files opened read-only, keyed by path, inode, size and modification time, so a changed or new file is
+    parsed again. A read-only reader maps its file read-only and is never written to, so sharing one changes no
+    result; a file that fails to parse is not kept (it raises each time). (remix_jax reads GGUF files with its own
+    ``gguf_file.GGUFFile``, which this does not touch.)"""
     import gguf
 
     reader_class = gguf.GGUFReader

@@ -44,15 +44,16 @@ _IGNORED_TENSORS = ("rope_freqs.weight",)
 
 
 def _open_reader(path: str):
-    from gguf import GGUFReader
+    """The parsed GGUF file (``gguf_file.GGUFFile``); ModelLoadError for a missing or unreadable one."""
+    from remix_jax.models.gguf_file import read_gguf
 
     if not os.path.exists(path):
         raise ModelLoadError(f"{path}: no such file")
     if not os.path.isfile(path):
         raise ModelLoadError(f"{path}: not a file (expected a .gguf file)")
     try:
-        return GGUFReader(path)
-    except Exception as e:  # the gguf package raises ValueError/IndexError/... on malformed files
+        return read_gguf(path)
+    except Exception as e:  # ValueError from gguf_file (or the gguf package's reader for byte-swapped files)
         size = os.path.getsize(path)
         raise ModelLoadError(
             f"{path}: not a readable GGUF file ({size} bytes; truncated or corrupt?): "
@@ -60,7 +61,12 @@ def _open_reader(path: str):
 
 
 def field_value(reader, key: str, default: Any = None) -> Any:
-    """A metadata value of ``reader`` (str, number, bool or list), or ``default`` when absent."""
+    """A metadata value (str, number, bool or list), or ``default`` when absent. ``reader`` is a GGUFFile or a
+    ``gguf.GGUFReader``."""
+    from remix_jax.models.gguf_file import GGUFFile
+
+    if isinstance(reader, GGUFFile):
+        return reader.fields.get(key, default)
     field = reader.fields.get(key)
     if field is None:
         return default
