@@ -1,8 +1,8 @@
 """Shared-context log-likelihood scoring (evaluation/scoring.py): the options of a question run against one prefill of
 their context, and give the log-likelihoods of scoring each option as a whole sequence (share_context=False) and of a
-plain unmasked forward pass of each context + option, on a tiny random decoder with LoRA and ReMix adapters; questions of different
-context lengths and numbers of options of different lengths, batch sizes that cut questions and leave a partial last
-batch. Routing statistics count each context token once."""
+plain unmasked forward pass of each context + option, on a tiny random decoder with LoRA and ReMix adapters;
+questions of different context lengths and numbers of options of different lengths, batch sizes that cut questions
+and leave a partial last batch. Routing statistics count each context token once."""
 
 import functools
 import itertools
