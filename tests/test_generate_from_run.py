@@ -44,9 +44,16 @@ def _generate(*args):
     return r.stdout[:-1], r.stderr
 
 
-def test_generate_from_a_run_equals_the_evaluator(trained_run):
+@pytest.fixture(scope="module")
+def from_export(trained_run):
+    """(stdout, stderr) of ``generate --run=RUN`` on the trained run (with its export): both tests below compare with
+    it, and the command is deterministic (greedy), so it runs once."""
+    return _generate(f"--run={trained_run['run']}")
+
+
+def test_generate_from_a_run_equals_the_evaluator(trained_run, from_export):
     run = trained_run["run"]
-    text, err = _generate(f"--run={run}")
+    text, err = from_export
     expected, source = _evaluator_greedy(run, PROMPT)
     assert source == f"export {run / 'export'}"
     assert text == expected and len(text) > 0
@@ -55,7 +62,7 @@ def test_generate_from_a_run_equals_the_evaluator(trained_run):
     assert base != text  # the adapters change what the model writes
 
 
-def test_generate_from_the_newest_checkpoint(trained_run, tmp_path):
+def test_generate_from_the_newest_checkpoint(trained_run, from_export, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(trained_run["run"], run)
     shutil.rmtree(run / "export")  # as in an unfinished run
@@ -64,7 +71,7 @@ def test_generate_from_the_newest_checkpoint(trained_run, tmp_path):
     assert source == "checkpoint step 4" and "with adapters from checkpoint step 4" in err
     assert text == expected
     # the export holds the same final adapters as the step-4 checkpoint
-    assert text == _generate(f"--run={trained_run['run']}")[0]
+    assert text == from_export[0]
 
 
 def test_a_run_without_adapters_is_an_error(trained_run, tmp_path):

@@ -1,9 +1,10 @@
 """Shared-context log-likelihood scoring (evaluation/scoring.py): the options of a question run against one prefill of
 their context, and give the log-likelihoods of scoring each option as a whole sequence (share_context=False) and of a
-plain unpadded forward pass per option, on a tiny random decoder with LoRA and ReMix adapters; questions of different
-context lengths and numbers of options of different lengths, batch sizes that cut questions and leave a partial last
-batch. Routing statistics count each context token once."""
+plain unmasked forward pass of each context + option, on a tiny random decoder with LoRA and ReMix adapters;
+questions of different context lengths and numbers of options of different lengths, batch sizes that cut questions
+and leave a partial last batch. Routing statistics count each context token once."""
 
+import functools
 import itertools
 
 import jax
@@ -23,11 +24,17 @@ def tok():
     return byte_tokenizer()
 
 
+@functools.cache
 def adapted(method: str):
+    """(model, variables, adapter config) of the tiny decoder with ``method``'s adapters. Made once per method and
+    process (test_packed_scoring.py uses it too): jax arrays are immutable and no test changes the dicts. The base
+    parameters come from one jitted init (op by op it took ~5 s); the tests compare scoring paths and references on
+    the same variables, so any random values do."""
     cfg = named_config("tiny", vocab_size=272, max_position_embeddings=4096)
     acfg = AdapterConfig(method=method, num_experts=4, top_k=2, rank=4, alpha=8.0)
     model = build_model(cfg, acfg)
-    params = init_params(build_model(cfg, AdapterConfig(method="lora", rank=4)), jax.random.key(0))["params"]
+    base = build_model(cfg, AdapterConfig(method="lora", rank=4))
+    params = jax.jit(lambda r: init_params(base, r))(jax.random.key(0))["params"]
     extra = init_adapter_variables(model, jax.random.key(1))
     extra["adapter"] = jax.tree.map(lambda x: x + 0.05, extra["adapter"])  # nonzero B: the adapters change outputs
     if extra.get("router"):
@@ -52,23 +59,24 @@ def questions():
 
 
 def plain_logliks(model, variables, tok, ctxs, conts) -> np.ndarray:
-    """sum_j log p(cont_j | ctx, cont_<j) from unpadded forward passes (float64 log-softmax): the rows of one length
-    ctx + cont stacked into one batch, no padding and no mask, one jitted forward per length."""
+    """sum_j log p(cont_j | ctx, cont_<j) from plain forward passes (float64 log-softmax): every row ctx + cont in
+    one batch, no mask, each row followed by random filler tokens up to the longest row. A causal decoder's logits
+    at a position do not depend on later tokens, so the filler changes none of the logits read here; it is random
+    rather than padding so that a decoder that saw later tokens would disagree with the scorer (which masks its
+    padding). One program instead of one per row length (25 of them: ~14 s of compiling)."""
     rows = [(tok.encode(c, add_special_tokens=False), tok.encode(x, add_special_tokens=False))
             for c, x in zip(ctxs, conts, strict=True)]
-    by_length: dict[int, list[int]] = {}
-    for i, (ctx, cont) in enumerate(rows):
-        by_length.setdefault(len(ctx) + len(cont), []).append(i)
-    forward = jax.jit(lambda v, tokens: model.apply(v, tokens, rngs={"routing": jax.random.key(0)})[0])
+    width = max(len(ctx) + len(cont) for ctx, cont in rows)
+    filler = np.random.default_rng(7).integers(0, 256, (len(rows), width))
+    batch = np.array([ctx + cont + filler[i, len(ctx) + len(cont):].tolist() for i, (ctx, cont) in enumerate(rows)])
+    logits = jax.jit(lambda v, tokens: model.apply(v, tokens, rngs={"routing": jax.random.key(0)})[0])(
+        variables, jnp.asarray(batch, jnp.int32))
     out = np.zeros(len(rows))
-    for idx in by_length.values():
-        logits = forward(variables, jnp.asarray([rows[i][0] + rows[i][1] for i in idx], jnp.int32))
-        for b, i in enumerate(idx):
-            ctx, cont = rows[i]
-            row = np.asarray(logits[b], np.float64)
-            m = row.max(axis=-1, keepdims=True)
-            logp = row - m - np.log(np.exp(row - m).sum(axis=-1, keepdims=True))
-            out[i] = sum(logp[len(ctx) - 1 + j, t] for j, t in enumerate(cont))
+    for i, (ctx, cont) in enumerate(rows):
+        row = np.asarray(logits[i], np.float64)
+        m = row.max(axis=-1, keepdims=True)
+        logp = row - m - np.log(np.exp(row - m).sum(axis=-1, keepdims=True))
+        out[i] = sum(logp[len(ctx) - 1 + j, t] for j, t in enumerate(cont))
     return out
 
 

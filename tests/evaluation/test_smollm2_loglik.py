@@ -15,12 +15,12 @@ from remix_jax.evaluation.builtin_tasks import REGISTRY
 from remix_jax.evaluation.eval_config import default_eval_config
 from remix_jax.evaluation.task_data import build_questions
 from remix_jax.models.llama import Decoder
-from remix_jax.models.loading import load_model, load_tokenizer
+from remix_jax.models.loading import load_tokenizer
 
 
 @pytest.fixture(scope="module")
-def smollm2(smollm2_gguf):
-    cfg, params = load_model(smollm2_gguf, progress=False)
+def smollm2(smollm2_gguf, smollm2_model):
+    cfg, params = smollm2_model  # load_model(smollm2_gguf), shared by the session
     return Decoder(cfg), {"params": params}, load_tokenizer(smollm2_gguf)
 
 

@@ -9,7 +9,7 @@ from remix_jax.export.merge import merge_adapter
 from remix_jax.export.writer import export_base
 from remix_jax.models.hf_io import save_hf_checkpoint
 from remix_jax.models.llama import Decoder
-from remix_jax.models.loading import load_model, load_tokenizer
+from remix_jax.models.loading import load_tokenizer
 from tests.export.helpers import adapted, our_logits, require_peft, torch, torch_logits, transformers
 
 TEXT = "Question: Which gas do plants take in from the air?\nAnswer: carbon dioxide"
@@ -17,14 +17,14 @@ TOL = 1e-3  # float32 through 30 blocks; logits are O(10)
 
 
 @pytest.mark.slow
-def test_smollm2_base_and_lora_through_transformers_and_peft(smollm2_gguf, tmp_path):
+def test_smollm2_base_and_lora_through_transformers_and_peft(smollm2_gguf, smollm2_model, tmp_path):
     peft = require_peft()
     out = export_base(str(smollm2_gguf), tmp_path / "base")
     ours_tok = load_tokenizer(smollm2_gguf)
     hf_tok = transformers.AutoTokenizer.from_pretrained(out)
     ids = ours_tok.encode(TEXT)
     assert hf_tok(TEXT)["input_ids"] == ids and len(ids) > 10
-    cfg, base = load_model(smollm2_gguf)
+    cfg, base = smollm2_model  # load_model(smollm2_gguf), shared by the session
     tokens = np.asarray([ids])
     hf = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32, attn_implementation="eager")
     ours_base = our_logits(Decoder(cfg), base, {}, tokens)

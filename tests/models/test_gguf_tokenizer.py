@@ -187,8 +187,8 @@ def test_gguf_without_tokenizer_is_refused(tmp_path, tiny_llama):
 
 
 @pytest.fixture(scope="session")
-def smollm2(smollm2_gguf):
-    cfg, params = load_gguf(smollm2_gguf)
+def smollm2(smollm2_gguf, smollm2_model):
+    cfg, params = smollm2_model  # load_model(smollm2_gguf): load_gguf on the real file, shared by the session
     return cfg, params, load_tokenizer(smollm2_gguf)
 
 
