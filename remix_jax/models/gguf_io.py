@@ -61,16 +61,9 @@ def _open_reader(path: str):
 
 
 def field_value(reader, key: str, default: Any = None) -> Any:
-    """A metadata value (str, number, bool or list), or ``default`` when absent. ``reader`` is a GGUFFile or a
-    ``gguf.GGUFReader``."""
-    from remix_jax.models.gguf_file import GGUFFile
-
-    if isinstance(reader, GGUFFile):
-        return reader.fields.get(key, default)
-    field = reader.fields.get(key)
-    if field is None:
-        return default
-    return field.contents()
+    """A metadata value of ``reader`` (a ``gguf_file.GGUFFile``: str, number, bool or list), or ``default`` when
+    absent."""
+    return reader.fields.get(key, default)
 
 
 def _require(reader, path: str, key: str) -> Any:

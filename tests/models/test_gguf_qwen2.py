@@ -23,6 +23,7 @@ gguf = pytest.importorskip("gguf")
 
 from gguf import GGMLQuantizationType as QT  # noqa: E402
 
+from remix_jax.models.gguf_file import read_gguf  # noqa: E402
 from remix_jax.models.gguf_io import gguf_config, load_gguf  # noqa: E402
 from remix_jax.models.llama import Decoder  # noqa: E402
 from remix_jax.models.model_config import ModelConfig, ModelLoadError  # noqa: E402
@@ -234,7 +235,7 @@ def test_file_uses_the_real_files_tensor_types(qwen_file):
 
 
 def test_qwen2_metadata_to_model_config(qwen_file, tmp_path):
-    reader = gguf.GGUFReader(str(qwen_file))
+    reader = read_gguf(qwen_file)
     cfg = gguf_config(reader, str(qwen_file))
     assert cfg == ModelConfig(
         vocab_size=VOCAB, hidden_size=D, intermediate_size=F, num_layers=LAYERS, num_heads=HEADS,
@@ -243,7 +244,7 @@ def test_qwen2_metadata_to_model_config(qwen_file, tmp_path):
         model_type="qwen2")
     assert gguf_config(reader, str(qwen_file), dtype="bfloat16").dtype == "bfloat16"
     tied = write_qwen2_gguf(tmp_path / "tied.gguf", tied=True, vocab_key=True)
-    assert gguf_config(gguf.GGUFReader(str(tied)), str(tied)) == cfg.replace(tie_embeddings=True)
+    assert gguf_config(read_gguf(tied), str(tied)) == cfg.replace(tie_embeddings=True)
 
 
 def test_dequantized_parameters_equal_gguf_dequantize(qwen_file, qwen_loaded):
