@@ -20,12 +20,23 @@ The construction (every part seeded; ``build_task``):
   ``credit=causal``, mixlora (with and without its load-balancing loss), softmax_dense. References, untrained:
   ``oracle`` (the teacher's router) and ``uniform_random``.
 
+**Experts trained too** (``--adapter_lrs`` > 0): the students get fresh experts (the adapters' initialisation,
+B = 0) trained with their router, as in finetuning, instead of the teacher's frozen experts. Expert labels are then
+arbitrary, so the routing is read by measures that do not depend on them (below): whether it separates the tasks,
+and how many experts each token's output mixes.
+
 Measured every ``--eval_every`` steps on the held-out sequences, deterministic routing: the response loss (the
 oracle's is the floor: the data is the teacher's), the routing accuracy (the fraction of (response token,
 block) decisions whose two largest router logits are the teacher's two experts; the same for prompt tokens), and
 q_pair (the router's softmax probability on the teacher's pair, averaged over response decisions; what ReMix's
 sampler draws from). ``gap`` = (loss - oracle) / (uniform - oracle): 1 is no better than random routing, 0 the
-teacher.
+teacher; ``gap_base`` = (loss - oracle) / (base_only - oracle): 1 is no better than the base model without
+experts. Label-free routing measures over response decisions: ``ess`` = 1 / sum_i q_i^2 of the router's softmax
+over all n experts (n: uniform, 1: one expert), ``ess_applied`` the same of the weights the method applies,
+normalised to sum 1 (ReMix's constant weight: k; MixLoRA's renormalised top-k softmax: 1 to k; a dense softmax:
+its ``ess``), and ``task_mi`` = I(task; the top-2 set) / log(tasks) per block, the plug-in estimate from the counts
+(0: the routing ignores the task, 1: it identifies the task; the estimate's positive bias is about
+(tasks - 1)(pairs - 1) / (2 N) nats, under 0.01 here).
 
     python scripts/known_routing.py --methods=remix,mixlora --router_lrs=1e-2 --steps=300 --out=kr.jsonl
 
@@ -53,6 +64,7 @@ from remix_jax.adapters import AdapterConfig, build_model, init_adapter_variable
 from remix_jax.adapters.modules import TRACE
 from remix_jax.models import llama
 from remix_jax.models.model_config import named_config
+from remix_jax.routing.routers import route
 from remix_jax.training import optimizer as opt_lib
 from remix_jax.training.losses import token_cross_entropy
 from remix_jax.training.objective import ObjectiveConfig
@@ -188,8 +200,36 @@ def response_mask(s: Setup, shape) -> np.ndarray:
     return mask
 
 
-def evaluate(s: Setup, task: dict, model, trainable: dict, trace_fn=None) -> dict:
-    """Held-out response loss, routing accuracy (response / prompt decisions) and q_pair.
+def applied_weights(z: np.ndarray, method: str, k: int = 2) -> np.ndarray:
+    """The weights [..., n] that ``method``'s routing rule (``routing.routers.route``, deterministic) applies for
+    router logits z [..., n], scattered over the n experts and normalised to sum 1."""
+    out = route(method, jnp.asarray(z, jnp.float32), n=z.shape[-1], k=k, omega=1.0, key=None)
+    w = np.zeros(z.shape, np.float64)
+    np.put_along_axis(w, np.asarray(out.experts), np.asarray(out.weights, np.float64), axis=-1)
+    return w / w.sum(-1, keepdims=True)
+
+
+def effective_count(w: np.ndarray) -> np.ndarray:
+    """1 / sum_i w_i^2 of weights w [..., n] that sum to 1: n when uniform, 1 on one expert."""
+    return 1.0 / np.sum(np.square(w), axis=-1)
+
+
+def task_information(chosen: np.ndarray, task: np.ndarray, num_tasks: int) -> float:
+    """I(task; chosen set) / log(num_tasks), the plug-in estimate over decisions: chosen [N, k] (sorted expert
+    ids), task [N] in 0..num_tasks-1. 0: the set chosen does not depend on the task; 1: it names the task
+    (with tasks equally frequent)."""
+    _, y = np.unique(chosen, axis=0, return_inverse=True)
+    joint = np.zeros((num_tasks, int(y.max()) + 1))
+    np.add.at(joint, (task, y.reshape(-1)), 1.0)
+    p = joint / joint.sum()
+    indep = p.sum(1, keepdims=True) * p.sum(0, keepdims=True)
+    nz = p > 0
+    return float(np.sum(p[nz] * np.log(p[nz] / indep[nz])) / np.log(num_tasks))
+
+
+def evaluate(s: Setup, task: dict, model, trainable: dict, trace_fn=None, method: str = "remix") -> dict:
+    """Held-out response loss, routing accuracy (response / prompt decisions), q_pair, and the label-free measures
+    ess, ess_applied (``method``'s routing rule) and task_mi (per block and their mean).
 
     trace_fn: jax.jit of ``trace`` for this model (made here when not given)."""
     tokens = task["heldout"]
@@ -214,8 +254,14 @@ def evaluate(s: Setup, task: dict, model, trainable: dict, trace_fn=None) -> dic
     out["accuracy_prompt"] = float(right[:, :, :s.prompt_len].mean())
     out["accuracy_per_block"] = [float(right[i][resp[i]].mean()) for i in range(right.shape[0])]
     out["q_pair"] = float(q_pair[resp].mean())
+    task_of = np.broadcast_to(task["heldout_task"][None, :, None], right.shape)
+    out["task_mi_per_block"] = [task_information(chosen[i][resp[i]], task_of[i][resp[i]], s.tasks)
+                                for i in range(right.shape[0])]
+    out["task_mi"] = float(np.mean(out["task_mi_per_block"]))
     if "logits" in tr:
         out["logit_std"] = float(np.asarray(tr["logits"]).std(-1).mean())
+        out["ess"] = float(effective_count(q)[resp].mean())
+        out["ess_applied"] = float(effective_count(applied_weights(z, method))[resp].mean())
     return out
 
 
@@ -269,17 +315,19 @@ def _task_pair_rate(s: Setup, task: dict) -> float:
 
 
 def train_run(s: Setup, task: dict, refs: dict, method: str, router_lr: float, seed: int, steps: int, batch: int,
-              num_samples: int, eval_every: int, router_init_std: float | None, emit) -> None:
+              num_samples: int, eval_every: int, router_init_std: float | None, emit, adapter_lr: float = 0.0) -> None:
+    """One student: a fresh router with the teacher's experts frozen (adapter_lr 0), or with fresh experts
+    (B = 0) trained at adapter_lr alongside it."""
     adapter_method, adapter_kw, obj_kw = METHODS[method]
     acfg = adapter_config(s, adapter_method, router_init_std=router_init_std, **adapter_kw)
     model = build_model(task["model_cfg"], acfg)
     fresh = init_adapter_variables(model, jax.random.fold_in(jax.random.key(seed), 7))
-    trainable = {"adapter": task["adapter"], "router": fresh["router"]}
+    trainable = {"adapter": fresh["adapter"] if adapter_lr > 0 else task["adapter"], "router": fresh["router"]}
     m = num_samples if adapter_method == "remix" else 1
     obj = ObjectiveConfig(num_samples=m, sampling_router=adapter_method == "remix", aux_loss_weight=1.0,
                           loss_chunk_tokens=0, **obj_kw)
     tx, schedules = opt_lib.make_optimizer(opt_lib.OptimizerConfig(
-        adapter_lr=0.0, router_lr=router_lr, warmup_steps=min(10, steps // 10), total_steps=steps))
+        adapter_lr=adapter_lr, router_lr=router_lr, warmup_steps=min(10, steps // 10), total_steps=steps))
     step_fn = jax.jit(make_train_step(model.apply, tx, obj, schedules), donate_argnums=(0,))
     # The step donates its state: the task's arrays are copied in, never handed over.
     state = create_train_state(jax.tree.map(jnp.copy, task["base"]), jax.tree.map(jnp.copy, trainable), tx)
@@ -290,14 +338,18 @@ def train_run(s: Setup, task: dict, refs: dict, method: str, router_lr: float, s
     seg = np.ones((batch, data.shape[1]), np.int32)
     pos = np.broadcast_to(np.arange(data.shape[1], dtype=np.int32), (batch, data.shape[1])).copy()
     key = jax.random.key(10_000 + seed)
-    run = {"method": method, "router_lr": router_lr, "seed": seed, "num_samples": m,
+    run = {"method": method, "router_lr": router_lr, "adapter_lr": adapter_lr, "seed": seed, "num_samples": m,
            "router_init_std": router_init_std}
     t0 = time.perf_counter()
     for step in range(steps + 1):
         if step % eval_every == 0 or step == steps:
-            ev = evaluate(s, task, model, {"adapter": task["adapter"], "router": state.trainable["router"]}, trace_fn)
+            adapter = state.trainable["adapter"] if adapter_lr > 0 else task["adapter"]  # frozen: the teacher's
+            ev = evaluate(s, task, model, {"adapter": adapter, "router": state.trainable["router"]}, trace_fn,
+                          adapter_method)
             gap = (ev["loss"] - refs["oracle"]) / (refs["uniform_random"] - refs["oracle"])
-            emit({"kind": "eval", **run, "step": step, **ev, "gap": gap, "wall_s": round(time.perf_counter() - t0, 2)})
+            gap_base = (ev["loss"] - refs["oracle"]) / (refs["base_only"] - refs["oracle"])
+            emit({"kind": "eval", **run, "step": step, **ev, "gap": gap, "gap_base": gap_base,
+                  "wall_s": round(time.perf_counter() - t0, 2)})
         if step == steps:
             break
         i = (step * batch) % len(data)
@@ -308,26 +360,60 @@ def train_run(s: Setup, task: dict, refs: dict, method: str, router_lr: float, s
             raise FloatingPointError(f"{method} lr {router_lr} seed {seed}: objective is not finite at step {step}")
 
 
+def _stat(values: list[float]) -> str:
+    mean = float(np.mean(values))
+    return f"{mean:.3f}" if len(values) == 1 else f"{mean:.3f} ({min(values):.3f}-{max(values):.3f})"
+
+
 def summarize(rows: list[dict], threshold: float = 0.9) -> str:
-    """Markdown table of a run file's evaluations: per (method, router_lr, num_samples, router_init_std), over
-    seeds, the last evaluation's gap, accuracy and q_pair (mean and, with several seeds, min-max) and the first
-    step whose accuracy reached ``threshold`` (seeds that never did are counted)."""
-    groups: dict[tuple, dict[int, list[dict]]] = {}
+    """Markdown tables of a run file's evaluations. Runs with the teacher's experts frozen: per (method,
+    router_lr, num_samples, router_init_std), over seeds, the last evaluation's gap, accuracy and q_pair (mean
+    and, with several seeds, min-max) and the first step whose accuracy reached ``threshold`` (seeds that never
+    did are counted). Runs that trained their experts (adapter_lr > 0; a second table): per (method, router_lr,
+    adapter_lr, num_samples, router_init_std), the last evaluation's gap_base, ess, ess_applied and task_mi."""
+    frozen: dict[tuple, dict[int, list[dict]]] = {}
+    trained: dict[tuple, dict[int, list[dict]]] = {}
     for r in rows:
         if r.get("kind") != "eval":
             continue
-        key = (r["method"], r["router_lr"], r["num_samples"], r["router_init_std"])
-        groups.setdefault(key, {}).setdefault(r["seed"], []).append(r)
+        a_lr = r.get("adapter_lr", 0.0)
+        if a_lr > 0:
+            key = (r["method"], r["router_lr"], a_lr, r["num_samples"], r["router_init_std"])
+            trained.setdefault(key, {}).setdefault(r["seed"], []).append(r)
+        else:
+            key = (r["method"], r["router_lr"], r["num_samples"], r["router_init_std"])
+            frozen.setdefault(key, {}).setdefault(r["seed"], []).append(r)
+    tables = []
+    if frozen:
+        tables.append(_frozen_table(frozen, threshold))
+    if trained:
+        tables.append(_trained_table(trained))
+    return "\n\n".join(tables)
 
-    def stat(values: list[float]) -> str:
-        mean = float(np.mean(values))
-        return f"{mean:.3f}" if len(values) == 1 else f"{mean:.3f} ({min(values):.3f}-{max(values):.3f})"
 
+def _last(seeds: dict[int, list[dict]]) -> list[dict]:
+    return [sorted(runs, key=lambda r: r["step"])[-1] for runs in seeds.values()]
+
+
+def _trained_table(groups: dict) -> str:
+    lines = ["| method | router lr | adapter lr | M | init std | seeds | steps | gap_base | ess | ess_applied | "
+             "task_mi |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for (method, lr, a_lr, m, init), seeds in groups.items():
+        last = _last(seeds)
+        lines.append(f"| {method} | {lr:g} | {a_lr:g} | {m} | {'default' if init is None else f'{init:g}'} | "
+                     f"{len(last)} | {last[0]['step']} | {_stat([r['gap_base'] for r in last])} | "
+                     f"{_stat([r['ess'] for r in last])} | {_stat([r['ess_applied'] for r in last])} | "
+                     f"{_stat([r['task_mi'] for r in last])} |")
+    return "\n".join(lines)
+
+
+def _frozen_table(groups: dict, threshold: float) -> str:
+    stat = _stat
     lines = ["| method | router lr | M | init std | seeds | steps | gap | accuracy | q_pair | "
              f"steps to {threshold:g} |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for (method, lr, m, init), seeds in groups.items():
-        last = [sorted(runs, key=lambda r: r["step"])[-1] for runs in seeds.values()]
+        last = _last(seeds)
         reach = []
         for runs in seeds.values():
             hit = [r["step"] for r in sorted(runs, key=lambda r: r["step"]) if r["accuracy"] >= threshold]
@@ -354,6 +440,8 @@ def main(argv=None) -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--num_samples", type=int, default=4, help="M for remix")
     ap.add_argument("--router_init_std", type=float, default=None)
+    ap.add_argument("--adapter_lrs", default="0", help="comma list; 0: the teacher's experts, frozen; > 0: fresh "
+                    "experts (B = 0) trained at that rate with the router (every run at each rate)")
     ap.add_argument("--eval_every", type=int, default=25)
     ap.add_argument("--out", help="the JSON lines to write (never overwritten)")
     ap.add_argument("--table", default="", help="print the summary table of these run files (comma list) and exit; "
@@ -378,6 +466,12 @@ def main(argv=None) -> None:
         runs = [(m, float(lr)) for m, lr in pairs]
     else:
         runs = [(m, float(lr)) for m in a.methods.split(",") if m for lr in a.router_lrs.split(",")]
+    try:
+        adapter_lrs = [float(x) for x in a.adapter_lrs.split(",") if x]
+    except ValueError:
+        raise SystemExit(f"--adapter_lrs: {a.adapter_lrs!r} is not a comma list of numbers") from None
+    if not adapter_lrs or any(x < 0 for x in adapter_lrs):
+        raise SystemExit(f"--adapter_lrs: {a.adapter_lrs!r}: give rates >= 0")
     unknown = sorted({m for m, _ in runs if m not in METHODS})
     if unknown:
         raise SystemExit(f"--methods: unknown {unknown}; known: {', '.join(METHODS)}")
@@ -392,18 +486,20 @@ def main(argv=None) -> None:
             f.write(json.dumps(row) + "\n")
             f.flush()
             if row.get("kind") == "eval":
-                print(f"{row['method']:>16} lr {row['router_lr']:g} seed {row['seed']} step {row['step']:>4}: "
-                      f"loss {row['loss']:.4f} gap {row['gap']:.3f} acc {row['accuracy']:.3f} "
-                      f"q_pair {row['q_pair']:.3f}",
+                print(f"{row['method']:>16} lr {row['router_lr']:g}/{row['adapter_lr']:g} seed {row['seed']} "
+                      f"step {row['step']:>4}: loss {row['loss']:.4f} gap {row['gap']:.3f} "
+                      f"gap_base {row['gap_base']:.3f} acc {row['accuracy']:.3f} q_pair {row['q_pair']:.3f} "
+                      f"ess {row['ess']:.2f}/{row['ess_applied']:.2f} task_mi {row['task_mi']:.3f}",
                       file=sys.stderr, flush=True)
 
         emit({"kind": "setup", **dataclasses.asdict(setup), **{f"ref_{k}": v for k, v in refs.items()},
               "jax": jax.__version__, "build_s": round(time.perf_counter() - t0, 1), "argv": sys.argv[1:]})
         print(f"references: {refs}", file=sys.stderr, flush=True)
         for seed in [int(x) for x in a.seeds.split(",")]:
-            for method, lr in runs:
-                train_run(setup, task, refs, method, lr, seed, a.steps, a.batch, a.num_samples, a.eval_every,
-                          a.router_init_std, emit)
+            for adapter_lr in adapter_lrs:
+                for method, lr in runs:
+                    train_run(setup, task, refs, method, lr, seed, a.steps, a.batch, a.num_samples, a.eval_every,
+                              a.router_init_std, emit, adapter_lr)
 
 
 if __name__ == "__main__":

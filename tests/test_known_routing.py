@@ -95,3 +95,50 @@ def test_one_right_block_of_one_is_the_oracle():
     assert refs["one_block_right"][0] == pytest.approx(refs["oracle"], rel=1e-4)
     # All blocks right is the teacher.
     assert refs["first_blocks_right"][-1] == pytest.approx(refs["oracle"], rel=1e-4)
+
+
+def test_task_information_by_hand():
+    tasks = np.array([0, 1, 2, 3] * 25)
+    sets = np.stack([2 * tasks, 2 * tasks + 1], -1)  # each task its own pair: the set names the task
+    assert kr.task_information(sets, tasks, 4) == pytest.approx(1.0)
+    same = np.tile([[0, 1]], (100, 1))  # one set for every task: it says nothing about the task
+    assert kr.task_information(same, tasks, 4) == pytest.approx(0.0)
+    # Tasks 0, 1 share pair A, tasks 2, 3 pair B: the set carries 1 of the 2 bits.
+    halves = np.where((tasks < 2)[:, None], [[0, 1]], [[2, 3]])
+    assert kr.task_information(halves, tasks, 4) == pytest.approx(0.5)
+
+
+def test_applied_weights_follow_each_routing_rule():
+    z = np.array([[2.0, 1.0, 0.0, -1.0]])
+    q = np.exp(z) / np.exp(z).sum()
+    np.testing.assert_allclose(kr.applied_weights(z, "remix"), [[0.5, 0.5, 0.0, 0.0]])
+    np.testing.assert_allclose(kr.applied_weights(z, "mixlora"), [[q[0, 0], q[0, 1], 0, 0]] / (q[0, 0] + q[0, 1]),
+                               rtol=1e-6)
+    np.testing.assert_allclose(kr.applied_weights(z, "softmax_dense"), q, rtol=1e-6)
+    assert kr.effective_count(kr.applied_weights(z, "remix"))[0] == pytest.approx(2.0)
+    assert kr.effective_count(np.full((1, 8), 1 / 8))[0] == pytest.approx(8.0)
+    assert kr.effective_count(np.eye(8)[:1])[0] == pytest.approx(1.0)
+
+
+def test_trained_experts_start_as_the_base_model_and_learn(tmp_path):
+    out = tmp_path / "kr.jsonl"
+    kr.main([f"--{k}={v}" for k, v in SMALL.items()] + [
+        "--methods=remix,softmax_dense", "--router_lrs=0.03", "--adapter_lrs=0.01", "--steps=20", "--eval_every=20",
+        "--batch=16", "--num_samples=2", f"--out={out}"])
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    evals = [r for r in rows if r["kind"] == "eval"]
+    assert [(r["method"], r["step"], r["adapter_lr"]) for r in evals] == [
+        ("remix", 0, 0.01), ("remix", 20, 0.01), ("softmax_dense", 0, 0.01), ("softmax_dense", 20, 0.01)]
+    for r in evals:
+        if r["step"] == 0:  # fresh experts have B = 0: the student is the base model
+            assert r["loss"] == pytest.approx(rows[0]["ref_base_only"], rel=1e-5)
+            assert r["gap_base"] == pytest.approx(1.0, abs=1e-4)
+        else:  # the experts moved the loss towards the teacher's
+            assert r["gap_base"] < 0.95
+        assert 0.0 <= r["task_mi"] <= 1.0 and len(r["task_mi_per_block"]) == 2
+    remix_end, dense_end = evals[1], evals[3]
+    assert remix_end["ess_applied"] == pytest.approx(2.0)  # constant weight on k = 2 experts, whatever the router
+    assert dense_end["ess_applied"] == pytest.approx(dense_end["ess"])  # a dense softmax applies its softmax
+    table = kr.summarize(rows).splitlines()
+    assert table[0].startswith("| method | router lr | adapter lr |") and len(table) == 4
+    assert table[2].startswith("| remix | 0.03 | 0.01 | 2 | default | 1 | 20 | ")
