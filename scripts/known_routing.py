@@ -315,11 +315,17 @@ def _task_pair_rate(s: Setup, task: dict) -> float:
 
 
 def train_run(s: Setup, task: dict, refs: dict, method: str, router_lr: float, seed: int, steps: int, batch: int,
-              num_samples: int, eval_every: int, router_init_std: float | None, emit, adapter_lr: float = 0.0) -> None:
+              num_samples: int, eval_every: int, router_init_std: float | None, emit, adapter_lr: float = 0.0,
+              omega: str = "lora") -> None:
     """One student: a fresh router with the teacher's experts frozen (adapter_lr 0), or with fresh experts
-    (B = 0) trained at adapter_lr alongside it."""
+    (B = 0) trained at adapter_lr alongside it. omega: a ReMix student's constant weight ("paper": 2/(k r),
+    8 times smaller than the teacher's alpha/(k r) here; only with trained experts, which can grow to match)."""
     adapter_method, adapter_kw, obj_kw = METHODS[method]
-    acfg = adapter_config(s, adapter_method, router_init_std=router_init_std, **adapter_kw)
+    if omega != "lora" and (adapter_method != "remix" or adapter_lr <= 0):
+        raise ValueError(f"omega={omega!r} is for ReMix students with trained experts (--adapter_lrs > 0); "
+                         f"{method} at adapter rate {adapter_lr:g} keeps the teacher's weight")
+    acfg = adapter_config(s, adapter_method, router_init_std=router_init_std,
+                          **({"omega": omega} if adapter_method == "remix" else {}), **adapter_kw)
     model = build_model(task["model_cfg"], acfg)
     fresh = init_adapter_variables(model, jax.random.fold_in(jax.random.key(seed), 7))
     trainable = {"adapter": fresh["adapter"] if adapter_lr > 0 else task["adapter"], "router": fresh["router"]}
@@ -339,7 +345,7 @@ def train_run(s: Setup, task: dict, refs: dict, method: str, router_lr: float, s
     pos = np.broadcast_to(np.arange(data.shape[1], dtype=np.int32), (batch, data.shape[1])).copy()
     key = jax.random.key(10_000 + seed)
     run = {"method": method, "router_lr": router_lr, "adapter_lr": adapter_lr, "seed": seed, "num_samples": m,
-           "router_init_std": router_init_std}
+           "router_init_std": router_init_std, "omega": acfg.omega_value() if adapter_method == "remix" else None}
     t0 = time.perf_counter()
     for step in range(steps + 1):
         if step % eval_every == 0 or step == steps:
@@ -378,7 +384,7 @@ def summarize(rows: list[dict], threshold: float = 0.9) -> str:
             continue
         a_lr = r.get("adapter_lr", 0.0)
         if a_lr > 0:
-            key = (r["method"], r["router_lr"], a_lr, r["num_samples"], r["router_init_std"])
+            key = (r["method"], r["router_lr"], a_lr, r["num_samples"], r["router_init_std"], r.get("omega"))
             trained.setdefault(key, {}).setdefault(r["seed"], []).append(r)
         else:
             key = (r["method"], r["router_lr"], r["num_samples"], r["router_init_std"])
@@ -396,11 +402,12 @@ def _last(seeds: dict[int, list[dict]]) -> list[dict]:
 
 
 def _trained_table(groups: dict) -> str:
-    lines = ["| method | router lr | adapter lr | M | init std | seeds | steps | gap_base | ess | ess_applied | "
-             "task_mi |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for (method, lr, a_lr, m, init), seeds in groups.items():
+    lines = ["| method | router lr | adapter lr | M | init std | omega | seeds | steps | gap_base | ess | "
+             "ess_applied | task_mi |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for (method, lr, a_lr, m, init, omega), seeds in groups.items():
         last = _last(seeds)
         lines.append(f"| {method} | {lr:g} | {a_lr:g} | {m} | {'default' if init is None else f'{init:g}'} | "
+                     f"{'-' if omega is None else f'{omega:g}'} | "
                      f"{len(last)} | {last[0]['step']} | {_stat([r['gap_base'] for r in last])} | "
                      f"{_stat([r['ess'] for r in last])} | {_stat([r['ess_applied'] for r in last])} | "
                      f"{_stat([r['task_mi'] for r in last])} |")
@@ -440,6 +447,9 @@ def main(argv=None) -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--num_samples", type=int, default=4, help="M for remix")
     ap.add_argument("--router_init_std", type=float, default=None)
+    ap.add_argument("--omega", default="lora", choices=["lora", "rslora", "paper"],
+                    help="ReMix students' constant weight (AdapterConfig.omega); other than 'lora' only with "
+                    "--adapter_lrs > 0")
     ap.add_argument("--adapter_lrs", default="0", help="comma list; 0: the teacher's experts, frozen; > 0: fresh "
                     "experts (B = 0) trained at that rate with the router (every run at each rate)")
     ap.add_argument("--eval_every", type=int, default=25)
@@ -472,6 +482,8 @@ def main(argv=None) -> None:
         raise SystemExit(f"--adapter_lrs: {a.adapter_lrs!r} is not a comma list of numbers") from None
     if not adapter_lrs or any(x < 0 for x in adapter_lrs):
         raise SystemExit(f"--adapter_lrs: {a.adapter_lrs!r}: give rates >= 0")
+    if a.omega != "lora" and (min(adapter_lrs) <= 0 or any(not m.startswith("remix") for m, _ in runs)):
+        raise SystemExit(f"--omega={a.omega}: only for ReMix students with trained experts (--adapter_lrs > 0)")
     unknown = sorted({m for m, _ in runs if m not in METHODS})
     if unknown:
         raise SystemExit(f"--methods: unknown {unknown}; known: {', '.join(METHODS)}")
@@ -499,7 +511,7 @@ def main(argv=None) -> None:
             for adapter_lr in adapter_lrs:
                 for method, lr in runs:
                     train_run(setup, task, refs, method, lr, seed, a.steps, a.batch, a.num_samples, a.eval_every,
-                              a.router_init_std, emit, adapter_lr)
+                              a.router_init_std, emit, adapter_lr, a.omega)
 
 
 if __name__ == "__main__":

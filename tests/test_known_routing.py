@@ -141,4 +141,17 @@ def test_trained_experts_start_as_the_base_model_and_learn(tmp_path):
     assert dense_end["ess_applied"] == pytest.approx(dense_end["ess"])  # a dense softmax applies its softmax
     table = kr.summarize(rows).splitlines()
     assert table[0].startswith("| method | router lr | adapter lr |") and len(table) == 4
-    assert table[2].startswith("| remix | 0.03 | 0.01 | 2 | default | 1 | 20 | ")
+    assert table[2].startswith("| remix | 0.03 | 0.01 | 2 | default | 2 | 1 | 20 | ")  # omega alpha/(k r) = 16/(2*4)
+    assert table[3].startswith("| softmax_dense | 0.03 | 0.01 | 1 | default | - | 1 | 20 | ")
+
+
+def test_paper_omega_is_the_students_weight_and_only_with_trained_experts(tmp_path):
+    out = tmp_path / "kr.jsonl"
+    common = [f"--{k}={v}" for k, v in SMALL.items()] + ["--router_lrs=0.03", "--steps=2", "--eval_every=2",
+                                                       "--batch=8", "--num_samples=2", "--omega=paper"]
+    kr.main(common + ["--methods=remix", "--adapter_lrs=0.01", f"--out={out}"])
+    evals = [json.loads(line) for line in out.read_text().splitlines()][1:]
+    assert [r["omega"] for r in evals] == [pytest.approx(2 / (2 * 4))] * 2  # 2 / (k r), k = 2, r = 4; steps 0, 2
+    for bad in (["--methods=remix", "--adapter_lrs=0"], ["--methods=mixlora", "--adapter_lrs=0.01"]):
+        with pytest.raises(SystemExit, match="omega=paper"):
+            kr.main(common + bad + [f"--out={tmp_path / 'other.jsonl'}"])
