@@ -64,6 +64,7 @@ from remix_jax.adapters import AdapterConfig, build_model, init_adapter_variable
 from remix_jax.adapters.modules import TRACE
 from remix_jax.models import llama
 from remix_jax.models.model_config import named_config
+from remix_jax.routing.diagnostics import dense_weights, effective_support_size
 from remix_jax.routing.routers import route
 from remix_jax.training import optimizer as opt_lib
 from remix_jax.training.losses import token_cross_entropy
@@ -204,14 +205,8 @@ def applied_weights(z: np.ndarray, method: str, k: int = 2) -> np.ndarray:
     """The weights [..., n] that ``method``'s routing rule (``routing.routers.route``, deterministic) applies for
     router logits z [..., n], scattered over the n experts and normalised to sum 1."""
     out = route(method, jnp.asarray(z, jnp.float32), n=z.shape[-1], k=k, omega=1.0, key=None)
-    w = np.zeros(z.shape, np.float64)
-    np.put_along_axis(w, np.asarray(out.experts), np.asarray(out.weights, np.float64), axis=-1)
+    w = np.asarray(dense_weights(out.experts, out.weights, z.shape[-1]), np.float64)
     return w / w.sum(-1, keepdims=True)
-
-
-def effective_count(w: np.ndarray) -> np.ndarray:
-    """1 / sum_i w_i^2 of weights w [..., n] that sum to 1: n when uniform, 1 on one expert."""
-    return 1.0 / np.sum(np.square(w), axis=-1)
 
 
 def task_information(chosen: np.ndarray, task: np.ndarray, num_tasks: int) -> float:
@@ -260,8 +255,8 @@ def evaluate(s: Setup, task: dict, model, trainable: dict, trace_fn=None, method
     out["task_mi"] = float(np.mean(out["task_mi_per_block"]))
     if "logits" in tr:
         out["logit_std"] = float(np.asarray(tr["logits"]).std(-1).mean())
-        out["ess"] = float(effective_count(q)[resp].mean())
-        out["ess_applied"] = float(effective_count(applied_weights(z, method))[resp].mean())
+        for name, w in (("ess", q), ("ess_applied", applied_weights(z, method))):
+            out[name] = float(np.asarray(effective_support_size(jnp.asarray(w)))[resp].mean())
     return out
 
 
