@@ -410,7 +410,6 @@ def _trained_table(groups: dict) -> str:
 
 
 def _frozen_table(groups: dict, threshold: float) -> str:
-    stat = _stat
     lines = ["| method | router lr | M | init std | seeds | steps | gap | accuracy | q_pair | "
              f"steps to {threshold:g} |",
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -424,8 +423,8 @@ def _frozen_table(groups: dict, threshold: float) -> str:
         reach_s = (f"{np.mean(done):.0f}" if done else "-") + ("" if len(done) == len(reach)
                                                                  else f" ({len(reach) - len(done)} never)")
         lines.append(f"| {method} | {lr:g} | {m} | {'default' if init is None else f'{init:g}'} | {len(last)} | "
-                     f"{last[0]['step']} | {stat([r['gap'] for r in last])} | {stat([r['accuracy'] for r in last])} | "
-                     f"{stat([r['q_pair'] for r in last])} | {reach_s} |")
+                     f"{last[0]['step']} | {_stat([r['gap'] for r in last])} | "
+                     f"{_stat([r['accuracy'] for r in last])} | {_stat([r['q_pair'] for r in last])} | {reach_s} |")
     return "\n".join(lines)
 
 
