@@ -9,6 +9,7 @@ import datetime
 import hashlib
 import json
 import math
+import numbers
 import os
 import pathlib
 import subprocess
@@ -63,12 +64,27 @@ def per_example_outcomes(predictions: Sequence[Mapping]) -> dict | None:
     return {"key": key, "values": "".join("1" if r[key] else "0" for r in predictions), "ids_sha256": digest}
 
 
+def finite_metrics(metrics: Mapping) -> tuple[dict, list[str]]:
+    """(metrics with every NaN or infinite number replaced by None, the names of those metrics): JSON has no
+    NaN, and a result file must still be written (and say which metric was not finite) when a model's scores
+    are."""
+    out, bad = {}, []
+    for k, v in metrics.items():
+        if isinstance(v, numbers.Real) and not isinstance(v, bool) and not math.isfinite(float(v)):
+            out[k] = None
+            bad.append(str(k))
+        else:
+            out[k] = v
+    return out, bad
+
+
 def write_task_results(workdir: str | os.PathLike, task: str, metrics: Mapping,
                        predictions: Iterable[Mapping], config=None,
                        extra: Mapping | None = None, subdir: str = "eval") -> pathlib.Path:
     """Write DIR/eval/<task>.json and DIR/eval/<task>.predictions.jsonl; returns the json path.
 
-    metrics: e.g. {"accuracy": 0.5, "num_correct": 1, "num_examples": 2}; predictions: one dict per example
+    metrics: e.g. {"accuracy": 0.5, "num_correct": 1, "num_examples": 2} (a NaN or infinite value is written as
+    null and named in the record's "non_finite_metrics"); predictions: one dict per example
     (their verdicts are also kept in the json as ``outcomes``: ``per_example_outcomes``).
     ``subdir``: the folder under DIR ("" writes into DIR itself).
     """
@@ -82,9 +98,10 @@ def write_task_results(workdir: str | os.PathLike, task: str, metrics: Mapping,
     with open(pred_path, "w", encoding="utf-8") as f:
         for row in predictions:
             f.write(json.dumps(row, ensure_ascii=False, default=repr) + "\n")
+    metrics, non_finite = finite_metrics(metrics)
     record = {
         "task": task,
-        "metrics": dict(metrics),
+        "metrics": metrics,
         "num_predictions": n,
         "config": _jsonable(config) if config is not None else None,
         "git": git_commit(),
@@ -93,6 +110,8 @@ def write_task_results(workdir: str | os.PathLike, task: str, metrics: Mapping,
         "outcomes": per_example_outcomes(predictions),
         **(dict(extra) if extra else {}),
     }
+    if non_finite:
+        record["non_finite_metrics"] = non_finite
     path = out / f"{task}.json"
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(record, indent=2, ensure_ascii=False, allow_nan=False) + "\n", encoding="utf-8")

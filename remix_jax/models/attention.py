@@ -57,6 +57,14 @@ def attention_mask(q_pos, q_seg, k_pos, k_seg, branch=None) -> Array:
     return (same & causal)[:, None]
 
 
+def cudnn_seq_lengths(segment_ids: Array) -> Array:
+    """The per-row lengths [B] int32 that cuDNN flash attention reads: each row's non-padding tokens, at least 1.
+    A row of padding only (the filler rows of a last, partial evaluation batch) has length 0, for which cuDNN
+    before 9.25 returns NaN (cudnn-frontend issue 943); NaN there reached the held-out loss through
+    ``NaN * 0``. With length 1 such a row attends to its first (padding) token: finite values nothing reads."""
+    return jnp.maximum(jnp.sum(segment_ids != 0, axis=-1), 1).astype(jnp.int32)
+
+
 def resolve_attention_impl(cfg: ModelConfig, cached: bool, seq_len: int | None = None) -> str:
     """The attention kernel of a forward pass of ``seq_len`` tokens: XLA's ("xla": always with a KV cache),
     cuDNN flash attention ("cudnn", chosen by "auto" on GPUs) or the Pallas splash kernel ("splash", chosen by
@@ -159,7 +167,7 @@ class Attention(nn.Module):
         elif impl == "cudnn":
             # Flash attention: causal, keys restricted to each row's non-padding prefix. Valid for
             # right-padded single-segment rows (training batches without packing).
-            lengths = jnp.sum(segment_ids != 0, axis=-1).astype(jnp.int32)
+            lengths = cudnn_seq_lengths(segment_ids)
             out = jax.nn.dot_product_attention(
                 q, k, v, is_causal=True, query_seq_lengths=lengths, key_value_seq_lengths=lengths,
                 implementation="cudnn")

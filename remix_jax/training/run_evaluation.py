@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import math
 import os
 import time
 
@@ -35,7 +36,9 @@ def heldout_loss_fn():
         logits, _ = model.apply(variables, batch["tokens"], segment_ids=batch["segment_ids"],
                                 positions=batch["positions"], deterministic=True, rngs={"routing": rng})
         mask = batch["loss_mask"].astype(jnp.float32) * (batch["segment_ids"] > 0)
-        return jnp.sum(token_cross_entropy(logits, batch["tokens"]) * mask), jnp.sum(mask)
+        # where, not a product: a padding position's logits are never read, even when not finite.
+        ce = jnp.where(mask > 0, token_cross_entropy(logits, batch["tokens"]), 0.0)
+        return jnp.sum(ce), jnp.sum(mask)
 
     return loss_sums
 
@@ -150,6 +153,10 @@ class RunEvaluator:
                     scalars[f"{task}/ess_applied"] = float(res.routing_stats["ess_applied_mean"])
         shown = ", ".join(f"{k}={v:.4f}" for k, v in scalars.items())
         self.log(f"evaluation at step {step} ({time.perf_counter() - t0:.1f} s): {shown}")
+        bad = [k for k, v in scalars.items() if not math.isfinite(v)]
+        if bad:
+            self.log(f"warning: evaluation at step {step}: {', '.join(bad)} not finite (written as null in "
+                     f"{os.path.join(out_dir, 'eval')})")
         self.history[step] = scalars
         return scalars
 
