@@ -34,6 +34,7 @@ router LR 1e-3.
 from remix_jax.data import source_config
 from remix_jax.presets import (
     METHOD_VARIANTS,
+    apply_arc_c_schedule,
     apply_llm_adapters_eval,
     apply_method_variant,
     apply_model_scale,
@@ -54,25 +55,10 @@ def get_config(arg: str = "remix"):
 
     c.data.sources = {TASK: source_config("file", path=llm_adapters_file(data_dir, TASK, "train"), fmt="alpaca")}
     c.data.template = "plain"
-    c.data.max_length = 256
-    c.data.packing = False
-    c.data.batch_size = 16
-    c.data.seed = 0
-
     apply_method_variant(c, method, num_samples=4)
-    c.train.num_steps = 210  # 3 epochs of 1,119 rows at 16 a step
-    c.train.log_every = 10
-    c.train.checkpoint_every = 210
-    c.train.eval_every = 0
-    c.optimizer.adapter_lr = 5e-4 if small else 2e-4
-    c.optimizer.router_lr = 1e-3
-    c.optimizer.warmup_steps = 20
-    c.optimizer.grad_clip_norm = 1.0
-    c.mesh.data = -1
 
     e = c.eval = eval_config()
     apply_llm_adapters_eval(e, [TASK], data_dir)
-    e.batch_size = 64
     e.heldout.source = source_config("file", path=llm_adapters_file(data_dir, TASK, "test"), fmt="alpaca")
-    e.heldout.num_batches = 74  # the whole test split: 1,172 questions at one a row (the loader reads it once)
+    apply_arc_c_schedule(c, small)
     return c

