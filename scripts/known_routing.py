@@ -309,6 +309,12 @@ def _task_pair_rate(s: Setup, task: dict) -> float:
     return float(hit[:, :, s.prompt_len:].mean())
 
 
+def omega_applies(omega: str, method: str, adapter_lr: float) -> bool:
+    """Whether a student of ``method`` at ``adapter_lr`` may take the constant weight ``omega``: any for "lora"
+    (the teacher's), else only a ReMix student with trained experts (which can grow to match a smaller weight)."""
+    return omega == "lora" or (METHODS[method][0] == "remix" and adapter_lr > 0)
+
+
 def train_run(s: Setup, task: dict, refs: dict, method: str, router_lr: float, seed: int, steps: int, batch: int,
               num_samples: int, eval_every: int, router_init_std: float | None, emit, adapter_lr: float = 0.0,
               omega: str = "lora") -> None:
@@ -316,7 +322,7 @@ def train_run(s: Setup, task: dict, refs: dict, method: str, router_lr: float, s
     (B = 0) trained at adapter_lr alongside it. omega: a ReMix student's constant weight ("paper": 2/(k r),
     8 times smaller than the teacher's alpha/(k r) here; only with trained experts, which can grow to match)."""
     adapter_method, adapter_kw, obj_kw = METHODS[method]
-    if omega != "lora" and (adapter_method != "remix" or adapter_lr <= 0):
+    if not omega_applies(omega, method, adapter_lr):
         raise ValueError(f"omega={omega!r} is for ReMix students with trained experts (--adapter_lrs > 0); "
                          f"{method} at adapter rate {adapter_lr:g} keeps the teacher's weight")
     acfg = adapter_config(s, adapter_method, router_init_std=router_init_std,
@@ -476,11 +482,11 @@ def main(argv=None) -> None:
         raise SystemExit(f"--adapter_lrs: {a.adapter_lrs!r} is not a comma list of numbers") from None
     if not adapter_lrs or any(x < 0 for x in adapter_lrs):
         raise SystemExit(f"--adapter_lrs: {a.adapter_lrs!r}: give rates >= 0")
-    if a.omega != "lora" and (min(adapter_lrs) <= 0 or any(not m.startswith("remix") for m, _ in runs)):
-        raise SystemExit(f"--omega={a.omega}: only for ReMix students with trained experts (--adapter_lrs > 0)")
     unknown = sorted({m for m, _ in runs if m not in METHODS})
     if unknown:
         raise SystemExit(f"--methods: unknown {unknown}; known: {', '.join(METHODS)}")
+    if not all(omega_applies(a.omega, m, x) for m, _ in runs for x in adapter_lrs):
+        raise SystemExit(f"--omega={a.omega}: only for ReMix students with trained experts (--adapter_lrs > 0)")
     setup = Setup(**{f.name: getattr(a, f.name) for f in dataclasses.fields(Setup)})
     if os.path.exists(a.out):
         raise SystemExit(f"{a.out} exists; choose another --out (results are never overwritten)")
