@@ -11,7 +11,9 @@ discordant counts (method right and baseline wrong, and the reverse) and McNemar
 the mean difference over seeds with a 95% t-interval over seeds (seed-to-seed variation, which the per-seed
 intervals do not include). Runs are folders ``<method>__seed=<s>`` under ``--results``/runs that hold the task's
 json. Outcomes are paired only when both runs scored the same examples in the same order (the ids' digest), else
-an error names both files. Writes ``--out`` (default ``<results>/paired_<task>.md``) and prints it.
+an error names both files. Writes ``--out`` (default ``<results>/paired_<task>.md`` against LoRA,
+``<results>/paired_<task>_<baseline>.md`` against another baseline, so that one baseline's report never replaces
+another's) and prints it.
 ``--backfill`` first writes ``outcomes`` into any json that lacks it, from the predictions beside it.
 """
 
@@ -144,7 +146,8 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     text = markdown(rows, args.task, args.baseline)
-    out = args.out or args.results / f"paired_{args.task}.md"
+    suffix = "" if args.baseline == "lora" else f"_{args.baseline}"
+    out = args.out or args.results / f"paired_{args.task}{suffix}.md"
     out.write_text(text, encoding="utf-8")
     print(text, end="")
     return 0

@@ -98,6 +98,10 @@ def test_cli_writes_report(tmp_path, capsys):
     _run(tmp_path, "lora__seed=0", [1, 0, 0, 0])
     _run(tmp_path, "dora__seed=0", [1, 1, 0, 0])
     assert paired.main([f"--results={tmp_path}", "--task=gsm8k"]) == 0
-    assert (tmp_path / "paired_gsm8k.md").read_text() == capsys.readouterr().out
+    lora_report = (tmp_path / "paired_gsm8k.md").read_text()
+    assert lora_report == capsys.readouterr().out
+    assert paired.main([f"--results={tmp_path}", "--task=gsm8k", "--baseline=dora"]) == 0
+    assert (tmp_path / "paired_gsm8k_dora.md").read_text() == capsys.readouterr().out
+    assert (tmp_path / "paired_gsm8k.md").read_text() == lora_report  # another baseline never replaces it
     assert paired.main([f"--results={tmp_path}", "--baseline=hydralora"]) == 1
     assert "baseline 'hydralora' has no finished run" in capsys.readouterr().err
