@@ -55,6 +55,8 @@ class Column:
     data: Callable[[], dict]  # the table's data-path overrides
     validation: Callable[[], dict]  # the grid's overrides: train on a carve, held-out loss on its validation rows
     validation_batches: int  # the grid's held-out batches
+    # Settings that change only memory and speed, given to the grid and the table alike (see HUMANEVAL).
+    memory: dict = dataclasses.field(default_factory=dict)
 
     @property
     def metric(self) -> str:
@@ -65,8 +67,13 @@ GSM8K = Column(GSM8K_CONFIG, GSM8K_TASK, "accuracy", "GSM8K", "GSM8K", "REMIX_SE
                validation_data, 12)
 # The held-out loss of the new grids reads the whole validation split: it is read once, and 64 batches of 16 rows
 # hold more than any 500-row split.
+# Its cross-entropy runs in chunks of 2048 logits rows instead of the default 8192: with Qwen2.5's 151,936-token
+# vocabulary a 16 x 512 batch in one chunk needs 3 x 4.6 GiB of float32 logits buffers at once (a GSM8K run's step
+# failed to allocate 14.9 GiB beside two others on an 80 GB card); 2048 rows need a quarter of that, so more runs
+# share a GPU. The same loss up to float rounding (training/losses.py).
 HUMANEVAL = Column(CODEALPACA_CONFIG, HUMANEVAL_TASK, "pass@1", "CodeAlpaca", "HumanEval",
-                   "REMIX_CODEALPACA_SELECTED_LR", codealpaca_data, codealpaca_validation_data, 64)
+                   "REMIX_CODEALPACA_SELECTED_LR", codealpaca_data, codealpaca_validation_data, 64,
+                   memory={"train.loss_chunk_tokens": 2048})
 ARC_C = Column(ARC_C_CONFIG, ARC_C_TASK, "accuracy", "ARC-Challenge", "ARC-Challenge", "REMIX_ARC_C_SELECTED_LR",
                arc_c_data, arc_c_validation_data, 64)
 # ARC-Challenge in OLMES's letter form (configs/arc_c_mc.py): the same rows, trained on " X" after the listed
@@ -86,7 +93,7 @@ def lr_grid_sweep(col: Column) -> dict:
     (``col.validation``) and scored by the held-out loss on its validation rows (never the test set)."""
     return {
         "config": col.config + variant("remix"),
-        "base_overrides": {KEYS.model_path: model_path(), **col.validation(), "eval.at_start": False,
+        "base_overrides": {KEYS.model_path: model_path(), **col.validation(), **col.memory, "eval.at_start": False,
                            "eval.heldout.num_batches": col.validation_batches, "train.checkpoint_every": 0},
         "grid": [_remix_first(METHODS), {KEYS.adapter_lr: learning_rates()}],
         "seeds": [0],
@@ -104,7 +111,8 @@ def table_sweep(col: Column) -> dict:
     adapter learning rate in the selected_lr.json named by $``col.selected_lr_env``, else its config's rate."""
     return {
         "config": col.config + variant("remix"),
-        "base_overrides": {KEYS.model_path: model_path(), **col.data(), **template(), "eval.at_start": False},
+        "base_overrides": {KEYS.model_path: model_path(), **col.data(), **template(), **col.memory,
+                           "eval.at_start": False},
         "grid": [_remix_first(selected_methods(METHODS, env=col.selected_lr_env))],
         "seeds": SEEDS,
         "report": {
