@@ -1,22 +1,22 @@
-"""glibc malloc settings for runs on the CPU backend: keep freed memory for reuse instead of returning it.
+"""glibc malloc settings for training on the CPU backend: the train step's freed buffers are kept for its next call.
 
 XLA's CPU runtime allocates a compiled program's temporary buffer (the quickstart's train step: 2.3 GiB) afresh at
 every execution and frees it after. glibc serves an allocation that large with a new ``mmap`` and unmaps it on
-``free``, so every step touches 600,000 fresh pages: each a page fault and a zeroed page (about a sixth of the
-quickstart's step time on a 2-core CPU, most of it system time). ``reuse_freed_memory`` sets three malloc
-parameters (``mallopt``) so that such blocks come from the main heap and stay there once freed: the next
-execution gets the same, already mapped pages back.
+``free``, so every step touches 600,000 fresh pages: each a page fault and a zeroed page (1.5 to 2 s of CPU time a
+step on a 2-core CPU, against 9 s for the step's own work). Two calls change that, for the program run by an entry
+point only (``python -m remix_jax.main`` / ``remix_jax.evaluate``; tests and library users are left alone):
 
-    M_ARENA_MAX 1          every thread allocates from the main arena (a thread's own arena would map a block this
-                           large separately whatever the other settings)
-    M_MMAP_MAX 0           no allocation is served by its own mmap
-    M_TRIM_THRESHOLD -1    the heap is never shrunk
+- ``single_arena`` (the entry point, before jax is imported, when the process will run on the CPU): M_ARENA_MAX 1,
+  every thread allocates from the main heap (a thread's own arena maps a block this large separately whatever the
+  settings). It must come before any thread allocates.
+- ``keep_freed_memory`` (the training loop, before its first step, once the model is loaded and the step
+  compiled): M_MMAP_MAX 0 (no allocation gets its own mapping) and M_TRIM_THRESHOLD -1 (the heap is never shrunk),
+  so the step's buffers stay mapped once freed and the next step gets the same pages back. Only after
+  single_arena; the loading of the model and the step-0 evaluation keep glibc's defaults (their freed buffers go
+  back to the system), so the process's peak memory is what the steps need.
 
-The process's resident memory then stays at its peak instead of falling between executions. Only for processes
-that run on the CPU (``JAX_PLATFORMS`` names cpu first, or no accelerator device is present), on Linux with glibc,
-called before any thread allocates (M_ARENA_MAX applies to threads that have not allocated yet), i.e. before jax is
-imported; ``REMIX_CPU_MALLOC=0`` leaves malloc as it is. The entry points call it (``remix_jax.main``,
-``remix_jax.evaluate``).
+"Runs on the CPU": ``JAX_PLATFORMS`` names cpu first, or (unset) the host has no GPU or TPU device file. Linux with
+glibc only; ``REMIX_CPU_MALLOC=0`` leaves malloc as it is.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import sys
 
 M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8  # glibc's malloc.h
 ACCELERATOR_DEVICES = ("/dev/nvidia0", "/dev/nvidiactl", "/dev/kfd", "/dev/accel0", "/dev/vfio")
-SETTINGS = ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, -1))
+_STATE = {"single_arena": False, "kept": False}
 
 
 def cpu_only() -> bool:
@@ -39,14 +39,28 @@ def cpu_only() -> bool:
     return not any(os.path.exists(p) for p in ACCELERATOR_DEVICES)
 
 
-def reuse_freed_memory() -> bool:
-    """Apply the settings above when the process runs on the CPU (see the module docstring); whether they were."""
-    if (os.environ.get("REMIX_CPU_MALLOC", "1") == "0" or not sys.platform.startswith("linux")
-            or "jax" in sys.modules or not cpu_only()):
-        return False
+def _mallopt():
+    if os.environ.get("REMIX_CPU_MALLOC", "1") == "0" or not sys.platform.startswith("linux"):
+        return None
     try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
+        fn = ctypes.CDLL("libc.so.6").mallopt
     except (OSError, AttributeError):  # not glibc
+        return None
+    fn.argtypes, fn.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    return fn
+
+
+def single_arena() -> bool:
+    """M_ARENA_MAX 1 when the process will run on the CPU and jax is not imported yet; whether it was set."""
+    if "jax" in sys.modules or not cpu_only() or (mallopt := _mallopt()) is None:
         return False
-    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-    return all(mallopt(param, value) == 1 for param, value in SETTINGS)
+    _STATE["single_arena"] = mallopt(M_ARENA_MAX, 1) == 1
+    return _STATE["single_arena"]
+
+
+def keep_freed_memory() -> bool:
+    """M_MMAP_MAX 0 and M_TRIM_THRESHOLD -1 after ``single_arena`` (else nothing); whether they are set."""
+    if _STATE["kept"] or not _STATE["single_arena"] or (mallopt := _mallopt()) is None:
+        return _STATE["kept"]
+    _STATE["kept"] = mallopt(M_MMAP_MAX, 0) == 1 and mallopt(M_TRIM_THRESHOLD, -1) == 1
+    return _STATE["kept"]

@@ -59,8 +59,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from remix_jax.cpu_memory import reuse_freed_memory
-
-    reuse_freed_memory()  # before jax is imported (remix_jax/cpu_memory.py)
     _define_flags()
     cli.run(main)
