@@ -2,9 +2,10 @@
 
 XLA's CPU runtime allocates a compiled program's temporary buffer (the quickstart's train step: 2.3 GiB) afresh at
 every execution and frees it after. glibc serves an allocation that large with a new ``mmap`` and unmaps it on
-``free``, so every step touches 600,000 fresh pages: each a page fault and a zeroed page (1.5 to 2 s of CPU time a
-step on a 2-core CPU, against 9 s for the step's own work). Two calls change that, for the program run by an entry
-point only (``python -m remix_jax.main`` / ``remix_jax.evaluate``; tests and library users are left alone):
+``free``, so every step touches 600,000 fresh pages: each a page fault and a zeroed page (on a 2-core CPU about
+1.5 s of system time a step, against 9 to 10 s of CPU time for the step's own work: the quickstart's run spent 96 s
+in the kernel, 44 s with the settings below). Two calls change that, for a training run started by
+``python -m remix_jax.main`` only (tests and library users are left alone):
 
 - ``single_arena`` (the entry point, before jax is imported, when the process will run on the CPU): M_ARENA_MAX 1,
   every thread allocates from the main heap (a thread's own arena maps a block this large separately whatever the

@@ -36,7 +36,7 @@ def heldout_loss_fn():
 
     The vocabulary projection runs only on the chunks of positions that predict a response token (each row's
     such positions first: ``losses.chunked_token_cross_entropy`` with ``needed``), not on the prompts: the same
-    cross-entropy up to float rounding, with a sixth of the head's products on the quickstart's batches."""
+    cross-entropy up to float rounding, with a quarter of the head's products on the quickstart's batches."""
 
     @functools.partial(jax.jit, static_argnames=("model",))
     def loss_sums(model, variables, batch, rng):
