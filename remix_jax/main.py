@@ -63,5 +63,8 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    from remix_jax.cpu_memory import single_arena
+
+    single_arena()  # before jax is imported: on the CPU, the train step's buffers are reused (remix_jax/cpu_memory.py)
     _define_flags()
     cli.run(main)

@@ -169,14 +169,15 @@ class ModelRunner:
             for batch in scoring.packed_batches(rows, groups + [[i] for i in singles], self.batch_size, pad,
                                                 self.pack_len):
                 self.rng, key = jax.random.split(self.rng)
+                pred, targets, owner = scoring.flat_targets(batch)
                 logp, stats = scoring.score_packed_batch(
                     self.model, self.variables, *(jnp.asarray(a) for a in (
-                        batch.tokens, batch.segment_ids, batch.positions, batch.branch_ids, batch.pred,
-                        batch.targets)), key, with_stats=self.with_stats)
+                        batch.tokens, batch.segment_ids, batch.positions, batch.branch_ids, pred,
+                        targets)), key, with_stats=self.with_stats)
                 if self.with_stats:
                     self.routing.add(jax.device_get(stats), batch.num_tokens())
-                valid = batch.owner >= 0
-                np.add.at(sums, batch.owner[valid], np.asarray(logp, np.float64)[valid])
+                valid = owner >= 0
+                np.add.at(sums, owner[valid], np.asarray(logp, np.float64)[valid])
                 self._collect(rows, batch.rows, sums[batch.rows], sums, counts, bar, per_row)
             return sums, counts
         groups, singles = scoring.context_groups(rows, self.batch_size) if self.share_context else ([], range(n))

@@ -15,7 +15,8 @@ Three ways to score rows, with equal results up to float rounding:
   context then every option, each option's positions continuing from the context's end and its tokens attending
   to the context and to themselves only (``branch_ids``: ``models.attention.attention_mask``); questions are
   packed into rows of a fixed length (best fit, longest first), one forward pass, no cache, no padding between
-  them. Only the hidden states that predict an option token go through the vocabulary projection.
+  them. Only the hidden states that predict an option token go through the vocabulary projection (the batch's
+  target slots as one list: ``flat_targets``).
 
 Shapes are bucketed to powers of two (lengths, and batches below ``batch_size``), so a run compiles a few times.
 A batch holds at most ``batch_size`` rows (shared: continuations, each with its own copy of the cache).
@@ -120,11 +121,15 @@ def score_packed_batch(model: Decoder, variables: dict, tokens: jax.Array, segme
     """Log-probs of the target tokens of packed rows (``packed_batches``), and routing statistics.
 
     tokens, segment_ids, positions, branch_ids [B, T]; pred, targets [B, N]: the column whose hidden state predicts
-    each target token, and the token. Returns (log-probs [B, N], statistics; {} without routing).
+    each target token, and the token; or pred, targets [N] (``flat_targets``): the position in the flattened
+    [B * T] hidden states, and the token. Returns (log-probs shaped as pred, statistics; {} without routing).
     """
     ((hidden, head), _), stats = _apply(model, variables, tokens, rng, with_stats, segment_ids=segment_ids,
                                         positions=positions, branch_ids=branch_ids)
-    h = jnp.take_along_axis(hidden, pred[..., None], axis=1)  # [B, N, d]
+    if pred.ndim == 1:
+        h = jnp.take(hidden.reshape(-1, hidden.shape[-1]), pred, axis=0)  # [N, d]
+    else:
+        h = jnp.take_along_axis(hidden, pred[..., None], axis=1)  # [B, N, d]
     logp = jax.nn.log_softmax(lm_logits(h, head), axis=-1)
     return jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0], stats
 
@@ -278,6 +283,21 @@ def packed_batches(rows: Rows, groups: Sequence[list[int]], batch_size: int, pad
     for start in range(0, len(packed), per_batch):
         yield _packed_arrays(rows, [[groups[u] for u in r] for r in packed[start:start + per_batch]], t,
                              _batch_rows(len(packed[start:start + per_batch]), per_batch), pad)
+
+
+def flat_targets(batch: PackedBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The target slots of all rows of a packed batch as one list, for ``score_packed_batch``: (pred, targets,
+    owner) [N], pred the position in the flattened [B * T] hidden states (row-major: row by row, each row's slots in
+    order), N the slots in use as a power of two >= TARGETS_MIN (padding: position 0, token 0, owner -1). The
+    vocabulary projection then runs on about as many rows as there are target tokens, where the per-row slots
+    [B, N] give every row as many as the fullest one needs (twice the targets on the quickstart's batches)."""
+    valid = batch.owner >= 0
+    rows = np.nonzero(valid)[0]
+    n = bucket_size(rows.size, TARGETS_MIN)
+    pred, targets, owner = np.zeros(n, np.int32), np.zeros(n, np.int32), np.full(n, -1, np.int64)
+    pred[:rows.size] = rows * batch.tokens.shape[1] + batch.pred[valid]
+    targets[:rows.size], owner[:rows.size] = batch.targets[valid], batch.owner[valid]
+    return pred, targets, owner
 
 
 def _packed_arrays(rows: Rows, batch: list[list[list[int]]], t: int, b: int, pad: int) -> PackedBatch:

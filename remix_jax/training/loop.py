@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from remix_jax import rundir
+from remix_jax import cpu_memory, rundir
 from remix_jax.parallel import logical as logical_lib
 from remix_jax.parallel import mesh as mesh_lib
 from remix_jax.run_config import ConfigError, init_from_problems, split_config, validate_config
@@ -390,6 +390,8 @@ def train(config, workdir: str, *, eval_fn: Callable[[int, TrainState], dict] | 
     start = resume(s, log_fn)
     compiled, rng, batch_sharding = compile_step(s, log_fn)
     steps = StepLoop(s, workdir, start, batch_sharding, clock, log_fn)
+    if jax.default_backend() == "cpu":  # the steps reuse their freed buffers (only under an entry point's setting)
+        cpu_memory.keep_freed_memory()
     try:
         if not steps.run(compiled, rng, stop_after):
             s.ckpt.wait()

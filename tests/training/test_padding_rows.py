@@ -20,14 +20,18 @@ def test_cudnn_lengths_count_tokens_and_give_padding_rows_one():
 
 class _NanAtPadding:
     """A stand-in decoder: fixed logits at real tokens, NaN at every padding position (as cuDNN gives rows of
-    length 0)."""
+    length 0). With ``return_hidden`` it gives them as final hidden states and an identity output matrix (the
+    logits are their product)."""
 
     def __init__(self, logits):
         self.logits = logits
 
-    def apply(self, variables, tokens, segment_ids, positions, deterministic, rngs):
+    def apply(self, variables, tokens, segment_ids, positions, deterministic, rngs, return_hidden=False):
         pad = (segment_ids == 0)[..., None]
-        return jnp.where(pad, jnp.nan, self.logits), None
+        out = jnp.where(pad, jnp.nan, self.logits)
+        if return_hidden:
+            return (out, jnp.eye(out.shape[-1], dtype=out.dtype)), None
+        return out, None
 
 
 def test_heldout_loss_ignores_non_finite_values_at_padding():
