@@ -14,6 +14,14 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # independent references within tolerances, so the level changes no verdict (the benchmark scripts keep the default).
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
                            " --xla_backend_optimization_level=0").strip()
+# The reference libraries' thread pools (PyTorch's OpenMP, OpenBLAS under numpy) are sized by the core count of the
+# host; the xdist workers (PYTEST_XDIST_WORKER_COUNT, set before this file is imported) share those cores, and two
+# pools of spinning threads on two cores run a torch reference several times slower than one thread each. Each
+# worker gets its share of the cores (unless OMP_NUM_THREADS is set); a single process keeps the libraries' default.
+# Set before torch or numpy is imported; threads change no verdict (the references are compared within tolerances).
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0))
+                                                      // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
 
 import importlib.metadata  # noqa: E402
 import pathlib  # noqa: E402
