@@ -382,16 +382,14 @@ def train(config, workdir: str, *, eval_fn: Callable[[int, TrainState], dict] | 
     checkpoint: damaged ones are moved aside, see ``checkpointing``, and the metrics rows the interrupted run
     logged after it are dropped, see ``metrics``), ``compile_step``, the step loop (``StepLoop.run`` with its
     logging, evaluation and checkpoint hooks) and ``StepLoop.finish`` (last save, final evaluation, export).
-    stop_after: end after this many steps of this invocation (as if the process were killed), without
-    the final save/export; used to test resumption. clock: the time source of the step rates (tests).
+    stop_after: end after this many steps (as if killed), no final save/export; clock: the step rates' time source.
     """
     s = setup(config, workdir, eval_fn=eval_fn, make_eval_fn=make_eval_fn, bundle=bundle, loader=loader, mesh=mesh,
               log_fn=log_fn)
     start = resume(s, log_fn)
     compiled, rng, batch_sharding = compile_step(s, log_fn)
     steps = StepLoop(s, workdir, start, batch_sharding, clock, log_fn)
-    if jax.default_backend() == "cpu":  # the steps reuse their freed buffers (only under an entry point's setting)
-        cpu_memory.keep_freed_memory()
+    cpu_memory.keep_freed_memory()  # on the CPU, under REMIX_CPU_MALLOC=1 from the entry point: steps reuse buffers
     try:
         if not steps.run(compiled, rng, stop_after):
             s.ckpt.wait()
