@@ -120,18 +120,15 @@ def score_packed_batch(model: Decoder, variables: dict, tokens: jax.Array, segme
                        rng: jax.Array, with_stats: bool):
     """Log-probs of the target tokens of packed rows (``packed_batches``), and routing statistics.
 
-    tokens, segment_ids, positions, branch_ids [B, T]; pred, targets [B, N]: the column whose hidden state predicts
-    each target token, and the token; or pred, targets [N] (``flat_targets``): the position in the flattened
-    [B * T] hidden states, and the token. Returns (log-probs shaped as pred, statistics; {} without routing).
+    tokens, segment_ids, positions, branch_ids [B, T]; pred, targets [N] (``flat_targets``): the position in the
+    flattened [B * T] hidden states that predicts each target token, and the token. Returns (log-probs [N],
+    statistics; {} without routing).
     """
     ((hidden, head), _), stats = _apply(model, variables, tokens, rng, with_stats, segment_ids=segment_ids,
                                         positions=positions, branch_ids=branch_ids)
-    if pred.ndim == 1:
-        h = jnp.take(hidden.reshape(-1, hidden.shape[-1]), pred, axis=0)  # [N, d]
-    else:
-        h = jnp.take_along_axis(hidden, pred[..., None], axis=1)  # [B, N, d]
+    h = jnp.take(hidden.reshape(-1, hidden.shape[-1]), pred, axis=0)  # [N, d]
     logp = jax.nn.log_softmax(lm_logits(h, head), axis=-1)
-    return jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0], stats
+    return jnp.take_along_axis(logp, targets[:, None], axis=-1)[:, 0], stats
 
 
 def _batch_rows(n: int, batch_size: int) -> int:
