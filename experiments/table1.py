@@ -67,10 +67,12 @@ GSM8K = Column(GSM8K_CONFIG, GSM8K_TASK, "accuracy", "GSM8K", "GSM8K", "REMIX_SE
                validation_data, 12)
 # The held-out loss of the new grids reads the whole validation split: it is read once, and 64 batches of 16 rows
 # hold more than any 500-row split.
-# Its cross-entropy runs in chunks of 2048 logits rows instead of the default 8192: with Qwen2.5's 151,936-token
-# vocabulary a 16 x 512 batch in one chunk needs 3 x 4.6 GiB of float32 logits buffers at once (a GSM8K run's step
-# failed to allocate 14.9 GiB beside two others on an 80 GB card); 2048 rows need a quarter of that, so more runs
-# share a GPU. The same loss up to float rounding (training/losses.py).
+# Its cross-entropy runs in chunks of 2048 logits rows instead of the default 8192 (the same loss up to float
+# rounding, training/losses.py). This was meant to save memory, on the reading that a GSM8K-size step's failed 14.9 GiB
+# allocation was three float32 logits buffers (16 x 512 rows x Qwen2.5's 151,936-token vocabulary); it was not: the
+# allocation is the step's whole temporary buffer, and with 2048-row chunks a CodeAlpaca step still asks for 14.1 GiB
+# (LoRA), 15.0 GiB (ReMix, one routing sample at a time) and 18.5 GiB (DoRA) on an H100. Kept so that every run of
+# the column records the same config; about four such runs share an 80 GB card.
 HUMANEVAL = Column(CODEALPACA_CONFIG, HUMANEVAL_TASK, "pass@1", "CodeAlpaca", "HumanEval",
                    "REMIX_CODEALPACA_SELECTED_LR", codealpaca_data, codealpaca_validation_data, 64,
                    memory={"train.loss_chunk_tokens": 2048})
