@@ -31,6 +31,12 @@ from remix_jax.sweep import KEYS
 NUM_STEPS = 1000
 HELDOUT_EVERY = 100
 NO_LOAD_BALANCE = {"adapter.load_balance_coef": 0.0}
+ROUTING_STEPS = [10, 100, 300, 1000]
+# routing/max_load: the share of tokens whose selection includes the block's most-used expert (top-k routers;
+# uniform k/n), or the largest mean weight (dense routers; uniform 1/n). routing/distinct_subsets: the distinct
+# expert subsets a batch uses (of C(n, k)).
+ROUTING_CURVES = [("routing/ess_softmax", "Softmax ESS"), ("routing/max_load", "Max load"),
+                  ("routing/distinct_subsets", "Distinct expert subsets")]
 
 
 def methods() -> list[dict]:
@@ -61,6 +67,14 @@ def get_sweep():
         "seeds": seeds(),
         "report": {
             "tables": [{"title": "Routing ESS after 1,000 steps, and the validation loss", "rows": ["variant"]}],
+            "curves": [
+                {"title": "Validation loss (carved from train) every 100 steps", "metric": "eval/heldout_loss",
+                 "rows": ["variant"]},
+                *({"title": f"{title} on the training batches (mean over blocks)", "metric": metric,
+                   "rows": ["variant"], "steps": ROUTING_STEPS} for metric, title in ROUTING_CURVES),
+                {"title": "Softmax ESS of the last block's router", "metric": "routing/ess_softmax",
+                 "rows": ["variant"], "steps": ROUTING_STEPS, "block": "last"},
+            ],
             "plots": [
                 {"kind": "ess", "series": "variant", "block": "last", "file": "ess_last_block.png",
                  "title": "Routing ESS over 1,000 steps, last block"},
@@ -68,6 +82,11 @@ def get_sweep():
                  "title": "Routing ESS over 1,000 steps, mean over blocks"},
                 {"kind": "ess_blocks", "series": "variant", "metric": "routing/ess_softmax",
                  "file": "ess_softmax_per_block.png", "title": "Softmax ESS of every block's router"},
+                {"kind": "curve", "y": "eval/heldout_loss", "series": "variant", "file": "validation_loss.png",
+                 "title": "Validation loss over 1,000 steps", "ylabel": "validation loss per response token"},
+                {"kind": "curve", "y": "routing/max_load", "series": "variant", "file": "max_load.png",
+                 "title": "Share of tokens routed to each block's most-used expert (mean over blocks)",
+                 "ylabel": "max load"},
             ],
         },
     }

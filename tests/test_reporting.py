@@ -161,6 +161,64 @@ def test_line_and_bar_plots_are_written_and_empty_data_is_refused(tmp_path):
     assert not missing.exists()
 
 
+def _curve_runs(tmp_path):
+    """Two variants x two seeds; variant a logs eval/heldout_loss at steps 10 and 20, seed 1 of b only at 10;
+    one incomplete run that must not count."""
+    runs, rows = [], []
+    values = {("a", 0): {10: 1.0, 20: 0.5}, ("a", 1): {10: 2.0, 20: 0.7}, ("b", 0): {10: 3.0, 20: 1.5},
+              ("b", 1): {10: 5.0}, ("b", 2): {10: 100.0, 20: 100.0}}
+    for (v, seed), by_step in values.items():
+        wd = tmp_path / f"{v}{seed}"
+        wd.mkdir()
+        lines = [{"step": s, "loss": 1.0, "routing/max_load_per_block": [0.2, x], "routing/max_load": 0.1}
+                 for s, x in ((10, 0.3), (20, 0.9))]
+        lines += [{"step": s, "eval/heldout_loss": x} for s, x in by_step.items()]
+        (wd / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+        if seed < 2:
+            (wd / "run_complete.json").write_text(json.dumps({"step": 20, "wall_s": 1.0}))
+        run = Run(f"{v}{seed}", str(wd), "c.py", {}, {"variant": v, "seed": seed})
+        runs.append(run)
+        rows.append(results.collect_run(run))
+    return runs, rows
+
+
+def test_curve_table_means_over_seeds_at_each_step(tmp_path):
+    _, rows = _curve_runs(tmp_path)
+    table = results.curve_table(rows, "eval/heldout_loss", ["variant"]).splitlines()
+    # steps logged by every complete run: 10 only (b's seed 1 has no step 20); the incomplete b2 is left out
+    assert table[0] == "| variant | seeds | step 10 |"
+    assert table[2] == "| a | 2 | 1.5 ± 0.7071 (±6.353, n=2) |"
+    assert table[3] == "| b | 2 | 4 ± 1.414 (±12.71, n=2) |"
+    table = results.curve_table(rows, "eval/heldout_loss", ["variant"], steps=[10, 20]).splitlines()
+    assert table[2].endswith("| 0.6 ± 0.1414 (±1.271, n=2) |")
+    assert table[3].endswith("| 1.5 (n=1) |")  # one of b's two seeds logged step 20
+    last = results.curve_table(rows, "routing/max_load", ["variant"], steps=[20], block="last").splitlines()
+    assert last[2] == "| a | 2 | 0.9 ± 0 (±0, n=2) |"
+
+
+def test_report_curves_and_curve_plot(tmp_path):
+    pytest.importorskip("matplotlib")
+    from remix_jax.sweep import Sweep
+
+    runs, rows = _curve_runs(tmp_path)
+    path = tmp_path / "curve.png"
+    assert plots.plot_curve(rows, {"y": "eval/heldout_loss", "series": "variant"}, path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not plots.plot_curve(rows, {"y": "absent"}, tmp_path / "none.png")
+    assert not (tmp_path / "none.png").exists()
+    spec = {"curves": [{"title": "Held-out", "metric": "eval/heldout_loss", "rows": ["variant"], "steps": [10]}],
+            "plots": [{"kind": "curve", "y": "eval/heldout_loss", "series": "variant", "file": "c.png"}]}
+    sweep = Sweep("s", "s.py", str(tmp_path / "out"), str(tmp_path), "c.py", ("python",), tuple(runs), spec)
+    report.write_report(sweep)
+    md = (tmp_path / "out" / "results.md").read_text()
+    assert "## Held-out\n\n| variant | seeds | step 10 |\n|---|---|---|\n| a | 2 | 1.5 ± 0.7071" in md
+    assert (tmp_path / "out" / "c.png").is_file()
+    bad = Sweep("s", "s.py", str(tmp_path / "out"), str(tmp_path), "c.py", ("python",), tuple(runs),
+                {"curves": [{"title": "no metric"}]})
+    with pytest.raises(results.ReportError, match=r"s.py: report.curves\[0\]: missing 'metric'"):
+        report.write_report(bad)
+
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 COMMITTED = sorted(p.parent.name for p in (REPO / "experiments" / "results").glob("*/results.csv"))
 

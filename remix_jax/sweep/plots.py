@@ -1,5 +1,5 @@
 """The plots of a sweep's report (PNG, matplotlib imported only when one is drawn): ``PLOTTERS`` maps a plot
-spec's kind (line, bar, ess, ess_blocks; ``report``'s docstring) to the function drawing it from the rows of
+spec's kind (line, bar, ess, ess_blocks, curve; ``report``'s docstring) to the function drawing it from the rows of
 ``results.collect_run``. Accuracies are plotted in percent.
 """
 
@@ -176,4 +176,20 @@ def plot_ess_blocks(rows, spec: Mapping, path: pathlib.Path) -> bool:
     return True
 
 
-PLOTTERS = {"line": plot_line, "bar": plot_bar, "ess": plot_ess, "ess_blocks": plot_ess_blocks}
+def plot_curve(rows, spec: Mapping, path: pathlib.Path) -> bool:
+    """A metric of metrics.jsonl (spec "y", e.g. "eval/heldout_loss") over training steps, one line per series (mean
+    over seeds at the steps all of them logged; "block" as for ess). Returns False when no run logged it."""
+    key, block = spec["y"], spec.get("block", "mean")
+    lines = {label: _mean_curve(wds, key, block) for label, wds in _by_series(rows, spec.get("series")).items()}
+    lines = {label: c for label, c in lines.items() if c[0]}
+    if not lines:
+        return False
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for label, (steps, vals) in lines.items():
+        ax.plot(steps, vals, marker="o" if len(steps) <= 30 else None, ms=3, label=str(label))
+    ax.set_xlabel("step")
+    return _finish(plt, fig, ax, spec, f"{key} over training", key, spec.get("series"), path, grid_axis="both")
+
+
+PLOTTERS = {"line": plot_line, "bar": plot_bar, "ess": plot_ess, "ess_blocks": plot_ess_blocks, "curve": plot_curve}

@@ -4,11 +4,15 @@ plots (``write_report``; the rows come from ``results``, the plots from ``plots`
 The ``report`` field of a sweep definition chooses tables and plots:
     {"tables": [{"title": str, "rows": [param columns] (default: every param but seed),
                  "columns": [metric columns] (default: accuracies, held-out losses, final loss and ESS)}],
+     "curves": [{"title": str, "metric": key of metrics.jsonl ("eval/heldout_loss", "routing/max_load", ...),
+                 "rows": [param columns] (default as tables), "steps": [int] (default: every step all runs logged),
+                 "block": "mean" | "last" | int (per-block metrics; default "mean")}],   # a metric over training
      "plots": [{"kind": "line", "x": column, "y": metric, "series": column | None, "file": "a.png",
                 "title": str, "xlog": bool},            # e.g. accuracy against k or M, error bars = std
                {"kind": "bar", "x": column, "y": metric, "series": column | None, "file", "title"},
                {"kind": "ess", "series": column, "block": "last" | "mean" | int, "file", "title"},
-               {"kind": "ess_blocks", "series": column, "metric": "routing/ess_softmax", "file", "title"}]}
+               {"kind": "ess_blocks", "series": column, "metric": "routing/ess_softmax", "file", "title"},
+               {"kind": "curve", "y": key of metrics.jsonl, "series": column, "block", "file", "title", "ylabel"}]}
 Accuracies are fractions in results.csv and percentages in results.md and on plot axes.
 """
 
@@ -24,6 +28,7 @@ from remix_jax.sweep.results import (
     ReportError,
     aggregate,
     collect_run,
+    curve_table,
     default_metric_columns,
     markdown_table,
     param_columns,
@@ -46,10 +51,10 @@ def write_report(sweep, runs: Sequence | None = None) -> list[pathlib.Path]:
     written.append(csv_path)
 
     report = dict(sweep.report)
-    unknown = set(report) - {"tables", "plots"}
+    unknown = set(report) - {"tables", "curves", "plots"}
     if unknown:
         raise ReportError(f"{sweep.path}: report has unknown field(s) {sorted(unknown)}; "
-                          "known: tables, plots")
+                          "known: tables, curves, plots")
     default_rows = [c for c in params if c != "seed"]
     metrics = default_metric_columns(rows)
     tables = report.get("tables") or [{"title": "Results"}]
@@ -66,6 +71,12 @@ def write_report(sweep, runs: Sequence | None = None) -> list[pathlib.Path]:
         cols = list(t.get("columns", metrics))
         md += [f"## {t.get('title', 'Results')}", "", markdown_table(aggregate(rows, group_by, cols),
                                                                      group_by, cols), ""]
+    for i, c in enumerate(report.get("curves", [])):
+        if "metric" not in c:
+            raise ReportError(f"{sweep.path}: report.curves[{i}]: missing 'metric'")
+        md += [f"## {c.get('title', c['metric'] + ' over training')}", "",
+               curve_table(rows, c["metric"], list(c.get("rows", default_rows)), c.get("steps"),
+                           c.get("block", "mean")), ""]
     n_done = sum(r["status"] == "complete" for r in rows)
     md.append(f"{n_done} of {len(rows)} runs complete.")
     unfinished = [r for r in rows if r["status"] != "complete"]
@@ -78,7 +89,7 @@ def write_report(sweep, runs: Sequence | None = None) -> list[pathlib.Path]:
         if kind not in PLOTTERS:
             raise ReportError(f"{sweep.path}: report.plots[{i}]: unknown kind {kind!r}; "
                               f"known: {', '.join(PLOTTERS)}")
-        for field in {"line": ("x", "y"), "bar": ("x", "y")}.get(kind, ()):
+        for field in {"line": ("x", "y"), "bar": ("x", "y"), "curve": ("y",)}.get(kind, ()):
             if field not in spec:
                 raise ReportError(f"{sweep.path}: report.plots[{i}] ({kind}): missing '{field}'")
         path = out / spec.get("file", f"{kind}_{i}.png")

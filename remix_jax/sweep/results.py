@@ -195,6 +195,41 @@ def ci95_half_width(std: float, n: int) -> float:
     return t_quantile_975(n - 1) * std / math.sqrt(n) if n > 1 else math.nan
 
 
+def run_curve(row: Mapping, key: str, block: str | int = "mean") -> dict[int, float]:
+    """{step: value} of ``key`` (``curve``'s block choice) in the metrics.jsonl of a results row's workdir; {} when
+    the run logged none. A metric logged again at a step (a resumed run) keeps its last value."""
+    path = pathlib.Path(row["workdir"]) / "metrics.jsonl"
+    if not path.is_file():
+        return {}
+    rows = read_jsonl(path, allow_partial_last=row.get("status") != "complete")
+    return dict(zip(*curve(rows, key, block), strict=True))
+
+
+def curve_table(rows: Sequence[Mapping], key: str, group_by: Sequence[str], steps: Sequence[int] | None = None,
+                block: str | int = "mean") -> str:
+    """A markdown table of ``key`` over training: one row per group of complete runs (``aggregate``), one column
+    per step (``steps``, else every step that all those runs logged), each cell mean ± std over the group's seeds
+    that logged the step ("(n=1)" after a value only one of several seeds logged; "-" where none did)."""
+    complete = [r for r in rows if r.get("status", "complete") == "complete"]
+    curves = [run_curve(r, key, block) for r in complete]
+    if steps is None:
+        logged = [set(c) for c in curves if c]
+        steps = sorted(set.intersection(*logged)) if logged else []
+    columns = [f"{key}@{s}" for s in steps]
+    widened = [{**r, **{col: c.get(s) for col, s in zip(columns, steps, strict=True)}}
+               for r, c in zip(complete, curves, strict=True)]
+    groups = aggregate(widened, group_by, columns)
+    head = [*group_by, "seeds", *[f"step {s}" for s in steps]]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for g in groups:
+        cells = ["-" if g.get(c) is None else str(g.get(c)) for c in group_by] + [str(g["num_seeds"])]
+        for col in columns:  # a single value of a group of several seeds says so
+            n = g[col][2]
+            cells.append(format_cell(key, g[col]) + (" (n=1)" if n == 1 < g["num_seeds"] else ""))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def aggregate(rows: Sequence[Mapping], group_by: Sequence[str], metrics: Sequence[str]) -> list[dict]:
     """Group complete rows by ``group_by`` (first-seen order) and reduce each metric over the group:
     [{**group values, "num_seeds": n, metric: (mean, std, count), ..., "params/trainable": sorted distinct
