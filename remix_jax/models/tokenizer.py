@@ -156,19 +156,21 @@ class Tokenizer:
         return self.backend_tokenizer.decode([int(i) for i in token_ids], skip_special_tokens=skip_special_tokens)
 
     def apply_chat_template(self, conversation, add_generation_prompt: bool = False, tokenize: bool = True,
-                            chat_template: str | None = None, **kwargs):
-        """The conversation rendered by the chat template as transformers renders it (its jinja environment, the
-        special tokens as template variables, ``kwargs`` over them); with ``tokenize`` its ids (no special tokens
-        added)."""
+                            chat_template: str | None = None, **kwargs) -> str:
+        """The conversation (one list of messages) rendered by the chat template as transformers renders it (its
+        jinja environment, the special tokens as template variables, ``kwargs`` over them). Only the text
+        (``tokenize=False``); its ids are ``encode(text, add_special_tokens=False)``."""
+        if tokenize:
+            raise NotImplementedError("apply_chat_template(..., tokenize=False) gives the text; encode it with "
+                                      "add_special_tokens=False for its ids")
         template = chat_template if chat_template is not None else self.chat_template
         if template is None:
             raise ValueError("Cannot use apply_chat_template because this tokenizer does not have a chat template.")
         if not conversation:
             raise ValueError("Cannot apply chat template to an empty conversation. Provide at least one message.")
-        rendered = _compiled_chat_template(template).render(
+        return _compiled_chat_template(template).render(
             messages=conversation, tools=None, documents=None, add_generation_prompt=add_generation_prompt,
             **{**self.special_tokens_map, **kwargs})
-        return self.encode(rendered, add_special_tokens=False) if tokenize else rendered
 
     # transformers' own object.
     def transformers_tokenizer(self):
@@ -186,7 +188,8 @@ _CHAT_TEMPLATES: dict[str, object] = {}
 
 def _compiled_chat_template(template: str):
     """The template compiled in the jinja environment transformers' chat templates render in (sandboxed, trimmed
-    blocks, loop controls, its ``tojson`` filter, ``raise_exception`` and ``strftime_now``)."""
+    blocks, loop controls, the ``{% generation %}`` tag, its ``tojson`` filter, ``raise_exception`` and
+    ``strftime_now``)."""
     if template not in _CHAT_TEMPLATES:
         import datetime
         import json
@@ -194,6 +197,20 @@ def _compiled_chat_template(template: str):
         import jinja2
         import jinja2.ext
         from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+        class GenerationTag(jinja2.ext.Extension):
+            """``{% generation %}...{% endgeneration %}`` renders its body (transformers marks the assistant's
+            tokens with it when asked for their mask, which is never asked here)."""
+
+            tags = {"generation"}
+
+            def parse(self, parser):
+                lineno = next(parser.stream).lineno
+                body = parser.parse_statements(["name:endgeneration"], drop_needle=True)
+                return jinja2.nodes.CallBlock(self.call_method("_body"), [], [], body).set_lineno(lineno)
+
+            def _body(self, caller):
+                return caller()
 
         def raise_exception(message):
             raise jinja2.exceptions.TemplateError(message)
@@ -204,7 +221,8 @@ def _compiled_chat_template(template: str):
         def strftime_now(format):
             return datetime.datetime.now().strftime(format)
 
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                            extensions=[GenerationTag, jinja2.ext.loopcontrols])
         env.filters["tojson"] = tojson
         env.globals["raise_exception"] = raise_exception
         env.globals["strftime_now"] = strftime_now

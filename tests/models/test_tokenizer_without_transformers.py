@@ -21,8 +21,9 @@ ATTRIBUTES = ("bos_token", "eos_token", "unk_token", "pad_token", "bos_token_id"
               "name_or_path")
 
 CHAT_TEMPLATE = ("{% for m in messages %}{% if m['role'] == 'system' %}[SYS]{{ m['content'] | trim }}\n"
-                 "{% elif m['role'] == 'user' %}{{ bos_token }}U: {{ m['content'] }}\n{% else %}A: {{ m['content'] }}"
-                 "{{ eos_token }}\n{% endif %}{% endfor %}{% if add_generation_prompt %}A:{% endif %}")
+                 "{% elif m['role'] == 'user' %}{{ bos_token }}U: {{ m['content'] | tojson }}\n{% else %}"
+                 "{% generation %}A: {{ m['content'] }}{{ eos_token }}{% endgeneration %}\n{% endif %}"
+                 "{% if loop.index > 5 %}{% break %}{% endif %}{% endfor %}{% if add_generation_prompt %}A:{% endif %}")
 
 CONVERSATIONS = (
     [{"role": "user", "content": "Hi"}],
@@ -61,12 +62,16 @@ def assert_same_tokenizer(ours, ref, texts):
     assert ours.convert_ids_to_tokens(some[0]) == ref.convert_ids_to_tokens(some[0])
     assert ours.convert_tokens_to_ids(ours.convert_ids_to_tokens(some)) == some
     if ref.chat_template:
+        with pytest.raises(NotImplementedError, match="tokenize=False"):  # the text only, never other outputs
+            ours.apply_chat_template(CONVERSATIONS[0])
         for conversation in CONVERSATIONS:
             for prompt in (True, False):
                 rendered = ours.apply_chat_template(conversation, add_generation_prompt=prompt, tokenize=False)
                 assert rendered == ref.apply_chat_template(conversation, add_generation_prompt=prompt, tokenize=False)
-                assert ours.apply_chat_template(conversation, add_generation_prompt=prompt) == ref.encode(
-                    rendered, add_special_tokens=False)
+                assert ours.apply_chat_template(conversation, add_generation_prompt=prompt, tokenize=False,
+                                                chat_template=CHAT_TEMPLATE, bos_token="B") == ref.apply_chat_template(
+                    conversation, add_generation_prompt=prompt, tokenize=False, chat_template=CHAT_TEMPLATE,
+                    bos_token="B")
 
 
 def test_gguf_tokenizer_equals_transformers_tokenizer(smollm2_gguf, data_dir, humaneval_file, tmp_path):
