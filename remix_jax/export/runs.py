@@ -29,7 +29,7 @@ class RunParts:
     base: dict  # the decoder's frozen "params"
     adapter_cfg: AdapterConfig
     trainable: dict  # {"adapter": ..., "router": ...}, numpy, stacked [L, ...]
-    tokenizer: Any  # PreTrainedTokenizerFast, or None for random:SHAPE models
+    tokenizer: Any  # models.tokenizer.load_tokenizer's, or None for random:SHAPE models
     model_path: str
     source: str  # "export DIR" or "checkpoint step N"
 

@@ -1,6 +1,7 @@
 """Hugging Face checkpoint import/export without torch.
 
-Reads a model directory: ``config.json`` (through transformers' AutoConfig) and ``model.safetensors`` or a
+Reads a model directory: ``config.json`` (through transformers' AutoConfig, or directly where it spells out
+every field we read; see ``_complete_llama_config``) and ``model.safetensors`` or a
 sharded ``model.safetensors.index.json``. Writes a directory (safetensors + config.json) that transformers'
 ``AutoModelForCausalLM.from_pretrained`` loads.
 
@@ -71,16 +72,53 @@ def _read_config(path: pathlib.Path, **overrides) -> ModelConfig:
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise ModelLoadError(f"{cfg_file}: unsupported architecture model_type={model_type!r} "
                              f"(supported: {', '.join(SUPPORTED_MODEL_TYPES)})")
-    from transformers import AutoConfig
+    hf_cfg = _complete_llama_config(raw)
+    if hf_cfg is None:
+        from transformers import AutoConfig
 
-    try:
-        hf_cfg = AutoConfig.from_pretrained(str(path), local_files_only=True)
-    except Exception as e:  # transformers raises several types for a bad config
-        raise ModelLoadError(f"{cfg_file}: transformers could not read it ({e})") from e
+        try:
+            hf_cfg = AutoConfig.from_pretrained(str(path), local_files_only=True)
+        except Exception as e:  # transformers raises several types for a bad config
+            raise ModelLoadError(f"{cfg_file}: transformers could not read it ({e})") from e
     try:
         return from_hf_config(hf_cfg, **overrides)
     except ModelLoadError as e:
         raise ModelLoadError(f"{cfg_file}: {e}") from e
+
+
+_INT_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+               "num_key_value_heads", "head_dim", "max_position_embeddings")
+_BOOL_FIELDS = ("tie_word_embeddings", "attention_bias", "mlp_bias")
+
+
+def _complete_llama_config(raw: dict) -> Any | None:
+    """A llama config.json that states every field ``from_hf_config`` reads, with the default rotary embedding, as
+    the attributes transformers' LlamaConfig gives it (the stated values; no default is filled in), without
+    importing transformers (which imports torch: about two seconds at every start of a command). None for any
+    other config (another architecture, a missing field, a rope scaling, a value of an unexpected type): those go
+    through AutoConfig. What ``save_hf_checkpoint`` writes for a llama model qualifies."""
+    import types
+
+    if raw.get("model_type") != "llama" or raw.get("rope_scaling") is not None:
+        return None
+    if not all(type(raw.get(k)) is int for k in _INT_FIELDS) or not all(type(raw.get(k)) is bool
+                                                                         for k in _BOOL_FIELDS):
+        return None
+    if type(raw.get("rms_norm_eps")) not in (int, float) or raw.get("hidden_act") not in ("silu", "swish"):
+        return None
+    rope = raw.get("rope_parameters")
+    theta = raw.get("rope_theta")
+    if rope is not None:
+        if not isinstance(rope, dict) or set(rope) != {"rope_type", "rope_theta"} or rope["rope_type"] != "default":
+            return None
+        if theta is not None and theta != rope["rope_theta"]:
+            return None
+        theta = rope["rope_theta"]
+    if type(theta) not in (int, float):
+        return None
+    fields = {k: raw[k] for k in (*_INT_FIELDS, *_BOOL_FIELDS, "rms_norm_eps", "hidden_act")}
+    return types.SimpleNamespace(model_type="llama", rope_parameters={"rope_type": "default", "rope_theta": theta},
+                                 **fields)
 
 
 def _safetensors_files(path: pathlib.Path) -> dict[str, pathlib.Path]:

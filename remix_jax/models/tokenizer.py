@@ -1,12 +1,21 @@
 """Tokenizers from a Hugging Face model directory or from a GGUF file, behind one API.
 
-Both paths return a transformers ``PreTrainedTokenizerFast`` (encode / decode /
-apply_chat_template, bos/eos/pad ids, chat template):
+Both paths return an object with transformers' ``PreTrainedTokenizerFast`` API for what the package uses
+(encode / decode / apply_chat_template, bos/eos/pad/unk tokens and ids, chat template, vocabulary, special ids,
+save_pretrained):
 
-- a directory: transformers' AutoTokenizer on its tokenizer.json (no torch);
 - a .gguf file: rebuilt with the ``tokenizers`` library from the GGUF vocabulary, merges, token types
   and special tokens, with the pre-tokenizer llama.cpp uses for the file's ``tokenizer.ggml.pre``,
-  plus bos/eos/pad/unk ids and the chat template from the metadata.
+  plus bos/eos/pad/unk ids and the chat template from the metadata, as a ``Tokenizer``;
+- a directory whose tokenizer_config.json names the generic class (``TokenizersBackend`` or
+  ``PreTrainedTokenizerFast``) with plain string special tokens and nothing else to interpret (what
+  ``save_pretrained`` of such a tokenizer writes): its tokenizer.json as a ``Tokenizer``;
+- any other directory: transformers' AutoTokenizer on it.
+
+``Tokenizer`` (models/text_tokenizer.py) gives the ids, texts and rendered chat templates transformers gives
+without importing transformers, which imports torch (about two seconds at every start of a command);
+``save_pretrained`` and ``transformers_tokenizer()`` build transformers' tokenizer as before (tests compare the two
+on real files).
 
 Only byte-level BPE GGUF vocabularies (``tokenizer.ggml.model == "gpt2"``: SmolLM2, Llama 3, Qwen2,
 Mistral-Nemo, ...) are supported; SentencePiece vocabularies (``"llama"``) are refused with a clear
@@ -19,6 +28,7 @@ import os
 from collections.abc import Sequence
 
 from remix_jax.models.model_config import ModelLoadError
+from remix_jax.models.text_tokenizer import SPECIAL_ATTRIBUTES, Tokenizer
 
 # llama.cpp token types (gguf.TokenType).
 _CONTROL, _USER_DEFINED = 3, 4
@@ -56,10 +66,9 @@ def _pre_tokenizer(pre: str, path: str):
     raise ModelLoadError(f"{path}: unsupported GGUF pre-tokenizer tokenizer.ggml.pre={pre!r}")
 
 
-def tokenizer_from_gguf(path: str):
-    """Rebuild the tokenizer of a GGUF file as a transformers PreTrainedTokenizerFast."""
+def _gguf_parts(path: str):
+    """(backend tokenizer, named special tokens, chat template) of a GGUF file's vocabulary."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, processors
-    from transformers import PreTrainedTokenizerFast
 
     from remix_jax.models.gguf_io import _open_reader, field_value
 
@@ -112,30 +121,98 @@ def tokenizer_from_gguf(path: str):
         bos_id = vocab[bos]
         tok.post_processor = processors.TemplateProcessing(
             single=f"{bos}:0 $A:0", pair=f"{bos}:0 $A:0 {bos}:1 $B:1", special_tokens=[(bos, bos_id)])
-    kwargs = dict(bos_token=bos, eos_token=eos, unk_token=token_at("tokenizer.ggml.unknown_token_id"),
-                  pad_token=token_at("tokenizer.ggml.padding_token_id"))
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, clean_up_tokenization_spaces=False,
-                                   **{k: v for k, v in kwargs.items() if v is not None})
-    template = field_value(reader, "tokenizer.chat_template")
+    named = dict(bos_token=bos, eos_token=eos, unk_token=token_at("tokenizer.ggml.unknown_token_id"),
+                 pad_token=token_at("tokenizer.ggml.padding_token_id"))
+    return tok, named, field_value(reader, "tokenizer.chat_template") or None
+
+
+def tokenizer_from_gguf(path: str) -> Tokenizer:
+    """Rebuild the tokenizer of a GGUF file (a ``Tokenizer``; ``transformers_tokenizer()`` gives the
+    ``PreTrainedTokenizerFast`` of the same parts)."""
+    backend, named, template = _gguf_parts(path)
+    return Tokenizer(backend, special=named, chat_template=template,
+                     transformers_factory=lambda: transformers_tokenizer_from_gguf(path))
+
+
+def transformers_tokenizer_from_gguf(path: str):
+    """The tokenizer of a GGUF file as a transformers ``PreTrainedTokenizerFast``."""
+    from transformers import PreTrainedTokenizerFast
+
+    backend, named, template = _gguf_parts(path)
+    fast = PreTrainedTokenizerFast(tokenizer_object=backend, clean_up_tokenization_spaces=False,
+                                   **{k: v for k, v in named.items() if v is not None})
     if template:
         fast.chat_template = template
     return fast
 
 
+# tokenizer_config.json keys a directory's tokenizer may hold for it to load as a ``Tokenizer``: the generic class,
+# named special tokens as strings, and settings that change nothing the package uses.
+_PLAIN_CONFIG_KEYS = {"backend", "tokenizer_class", "model_max_length", "clean_up_tokenization_spaces",
+                      "chat_template", *SPECIAL_ATTRIBUTES}
+_PLAIN_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
+_PLAIN_FILES = {"tokenizer.json", "tokenizer_config.json", "chat_template.jinja"}
+_TOKENIZER_FILES = {"special_tokens_map.json", "added_tokens.json", "chat_template.json", "vocab.json", "merges.txt",
+                    "tokenizer.model", "additional_chat_templates"}
+
+
+def _plain_directory_tokenizer(path: str) -> Tokenizer | None:
+    """The tokenizer of a model directory as a ``Tokenizer`` where transformers would load it as the generic class
+    from its tokenizer.json and nothing more (see ``_PLAIN_CONFIG_KEYS``); None for any other directory."""
+    import json
+
+    try:
+        with open(os.path.join(path, "tokenizer_config.json"), encoding="utf-8") as f:
+            config = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if (not isinstance(config, dict) or set(config) - _PLAIN_CONFIG_KEYS
+            or config.get("tokenizer_class") not in _PLAIN_CLASSES
+            or config.get("backend", "tokenizers") != "tokenizers"
+            or config.get("clean_up_tokenization_spaces", False) is not False
+            or not all(isinstance(config.get(k), str | None) for k in (*SPECIAL_ATTRIBUTES, "chat_template"))
+            or _TOKENIZER_FILES & set(os.listdir(path))):
+        return None
+    template = config.get("chat_template")
+    jinja = os.path.join(path, "chat_template.jinja")
+    if os.path.exists(jinja):
+        if template is not None:
+            return None
+        with open(jinja, encoding="utf-8") as f:
+            template = f.read()
+    from tokenizers import Tokenizer as Backend
+
+    try:
+        backend = Backend.from_file(os.path.join(path, "tokenizer.json"))
+    except Exception:
+        return None  # transformers reports it
+    # transformers keeps a truncation or padding setting of tokenizer.json and may rewrite the pre-tokenizer of a
+    # vocabulary over 100k tokens (older Mistral tokenizers): those load through it.
+    if backend.truncation is not None or backend.padding is not None or backend.get_vocab_size() > 100_000:
+        return None
+    return Tokenizer(backend, special={k: config.get(k) for k in SPECIAL_ATTRIBUTES}, chat_template=template,
+                     name_or_path=path, transformers_factory=lambda: _auto_tokenizer(path))
+
+
+def _auto_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except Exception as e:
+        raise ModelLoadError(f"{path}: cannot load tokenizer: {type(e).__name__}: {e}") from e
+
+
 def load_tokenizer(path: str | os.PathLike):
-    """Tokenizer of a Hugging Face model directory or of a .gguf file (PreTrainedTokenizerFast)."""
+    """Tokenizer of a Hugging Face model directory or of a .gguf file (a ``Tokenizer``, or transformers'
+    ``PreTrainedTokenizerFast`` for a directory that needs transformers to interpret it)."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise ModelLoadError(f"{path}: no such file or directory")
     if os.path.isdir(path):
         if not os.path.exists(os.path.join(path, "tokenizer.json")):
             raise ModelLoadError(f"{path}: model directory has no tokenizer.json")
-        from transformers import AutoTokenizer
-
-        try:
-            return AutoTokenizer.from_pretrained(path)
-        except Exception as e:
-            raise ModelLoadError(f"{path}: cannot load tokenizer: {type(e).__name__}: {e}") from e
+        return _plain_directory_tokenizer(path) or _auto_tokenizer(path)
     if path.endswith(".gguf"):
         return tokenizer_from_gguf(path)
     raise ModelLoadError(f"{path}: unknown tokenizer format (expected a model directory or a .gguf file)")
