@@ -31,6 +31,23 @@ FAKE_TRAINER = textwrap.dedent('''
         time.sleep(0.5)
         with open(os.environ["FAKE_EVENTS"], "a") as f:
             f.write(json.dumps(["end", os.path.basename(wd)]) + "\\n")
+    if os.environ.get("FAKE_OOM_DIR"):  # out of device memory when another run is running at the same time
+        import time
+        me = os.path.join(os.environ["FAKE_OOM_DIR"], os.path.basename(wd))
+        open(me, "w").close()
+        # a run given a share of the device waits for the run started beside it; one with the device to itself
+        # (no memory fraction set) looks once
+        deadline = time.time() + (5.0 if os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION") else 0.0)
+        while True:
+            others = len(os.listdir(os.environ["FAKE_OOM_DIR"])) - 1
+            if others or time.time() >= deadline:
+                break
+            time.sleep(0.05)
+        time.sleep(0.3)  # stays visible to the run beside it
+        os.remove(me)
+        if others or os.environ.get("FAKE_OOM_ALWAYS"):
+            print("jax.errors.JaxRuntimeError: RESOURCE_EXHAUSTED: Out of memory while trying to allocate 14.97GiB")
+            sys.exit(1)
     print("training", variant, k, seed)
     if variant == "lora" and k == 2 and seed == 1:
         print("boom", file=sys.stderr)
@@ -288,6 +305,41 @@ def test_parallel_runs_spread_over_devices(sweep_file, tmp_path, monkeypatch):
     with open(results_of(sweep_file) / "results.csv") as f:
         done = [r for r in csv.DictReader(f) if r["status"] == "complete"]
     assert len(done) == 7
+
+
+def test_out_of_memory_when_sharing_runs_again_alone(sweep_file, tmp_path, monkeypatch, capsys):
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    monkeypatch.setenv("FAKE_OOM_DIR", str(busy))
+    assert sweep_main([f"--sweep={sweep_file}", "--quiet", "--parallel=2", "--devices=0", "--only=^remix"]) == 0
+    out = capsys.readouterr().out
+    calls = _calls(tmp_path)
+    remix = [n for n in EXPECTED_NAMES if n.startswith("remix")]
+    assert sorted(set(calls)) == remix
+    assert sorted(calls) == sorted(remix * 2)  # two at a time, both out of memory; then each alone
+    for name in remix:
+        assert f"{name}: ran out of device memory: exit status 1" in out
+        assert f"{name}: running again, alone" in out
+        log = (results_of(sweep_file) / "runs" / name / "log.txt").read_text()
+        assert "RESOURCE_EXHAUSTED" in log and log.count("$ ") == 2  # both attempts in the run's log
+    with open(results_of(sweep_file) / "results.csv") as f:
+        assert [r["status"] for r in csv.DictReader(f) if r["name"].startswith("remix")] == ["complete"] * 4
+
+
+def test_out_of_memory_alone_is_a_failure(sweep_file, tmp_path, monkeypatch, capsys):
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    monkeypatch.setenv("FAKE_OOM_DIR", str(busy))
+    monkeypatch.setenv("FAKE_OOM_ALWAYS", "1")
+    # one at a time: nothing to wait for, so an out-of-memory failure is final
+    assert sweep_main([f"--sweep={sweep_file}", "--quiet", "--only=^remix__top_k=1"]) == 1
+    assert sorted(_calls(tmp_path)) == ["remix__top_k=1__seed=0", "remix__top_k=1__seed=1"]
+    assert "running again" not in capsys.readouterr().out
+    # shared: run again alone once, then reported as failed (not retried without end)
+    assert sweep_main([f"--sweep={sweep_file}", "--quiet", "--parallel=2", "--only=^remix__top_k=2"]) == 1
+    out = capsys.readouterr().out
+    assert sorted(_calls(tmp_path)[2:]) == sorted(["remix__top_k=2__seed=0", "remix__top_k=2__seed=1"] * 2)
+    assert out.count("FAILED: ran out of device memory: exit status 1") == 2
 
 
 def test_identical_runs_of_two_sweeps_train_once(sweep_file, tmp_path):

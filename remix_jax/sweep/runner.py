@@ -2,7 +2,8 @@
 once over GPUs (``run_local``, ``device_envs``), a run trained once for several sweeps (``link_duplicates``), or a
 commands.sh for a scheduler (``write_commands``). A run is finished when WORKDIR/run_complete.json exists; a
 finished run whose recorded config (WORKDIR/config.json) disagrees with one of the sweep's settings for it is
-reported as a conflict, never taken as this sweep's result (``recorded_conflicts``).
+reported as a conflict, never taken as this sweep's result (``recorded_conflicts``). A run that ran out of device
+memory while sharing a device with other runs is run again alone once the others are done (``run_local``).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import math
 import os
 import pathlib
 import queue
+import re
 import shlex
 import subprocess
 import sys
@@ -22,6 +24,9 @@ from collections.abc import Mapping, Sequence
 from remix_jax.sweep.definition import Run, Sweep, SweepError, fingerprint
 
 RUN_COMPLETE = "run_complete.json"
+# What a failed run printed when the device's memory ran out (XLA's allocator, the CUDA driver).
+_OUT_OF_MEMORY = re.compile(r"RESOURCE_EXHAUSTED.*out of memory|CUDA_ERROR_OUT_OF_MEMORY", re.IGNORECASE)
+OUT_OF_MEMORY = "ran out of device memory"
 
 
 def is_complete(workdir: str | os.PathLike) -> bool:
@@ -63,7 +68,8 @@ def recorded_conflicts(run: Run) -> list[str]:
 
 def run_one(run: Run, runner: Sequence[str], echo: bool = True,
             env: Mapping[str, str] | None = None) -> tuple[bool, str]:
-    """Run one training subprocess, streaming its output to WORKDIR/log.txt. Returns (ok, reason).
+    """Run one training subprocess, streaming its output to WORKDIR/log.txt. Returns (ok, reason); the reason of
+    a failed run that printed an out-of-device-memory error starts with ``OUT_OF_MEMORY``.
     ``env``: variables set for the subprocess on top of this process's environment."""
     wd = pathlib.Path(run.workdir)
     argv = run.command(runner)
@@ -84,7 +90,9 @@ def run_one(run: Run, runner: Sequence[str], echo: bool = True,
         except OSError as e:
             log.write(f"could not start: {e}\n")
             return False, f"could not start: {e}"
+        out_of_memory = False
         for line in proc.stdout:
+            out_of_memory = out_of_memory or bool(_OUT_OF_MEMORY.search(line))
             log.write(line)
             log.flush()
             if echo:
@@ -92,7 +100,7 @@ def run_one(run: Run, runner: Sequence[str], echo: bool = True,
                 sys.stdout.flush()
         rc = proc.wait()
     if rc != 0:
-        return False, f"exit status {rc} (see {wd / 'log.txt'})"
+        return False, (f"{OUT_OF_MEMORY}: " if out_of_memory else "") + f"exit status {rc} (see {wd / 'log.txt'})"
     if not is_complete(wd):
         return False, f"exited 0 but wrote no {RUN_COMPLETE} (see {wd / 'log.txt'})"
     return True, ""
@@ -121,7 +129,9 @@ def run_local(sweep: Sweep | None, runs: Sequence[Run], echo: bool = True, paral
               ) -> dict[str, str]:
     """Run every unfinished run, ``parallel`` at a time (in order when 1); returns {name: reason} of the
     runs that failed. ``runners`` maps a run's workdir to its argv prefix (several sweeps in one queue);
-    otherwise ``sweep.runner`` is used for all."""
+    otherwise ``sweep.runner`` is used for all. With ``parallel`` > 1, a run that fails with an
+    out-of-device-memory error (other runs held the memory it needed) is run again after the queue is done,
+    one such run at a time with the device to itself; it resumes from its workdir as any rerun does."""
     todo = []
     failed: dict[str, str] = {}
     for i, run in enumerate(runs):
@@ -152,17 +162,33 @@ def run_local(sweep: Sweep | None, runs: Sequence[Run], echo: bool = True, paral
             t0 = time.time()
             runner = (runners or {}).get(run.workdir) or sweep.runner
             ok, reason = run_one(run, runner, echo=echo, env=env)
+            if not ok and parallel > 1 and reason.startswith(OUT_OF_MEMORY):
+                print(f"[{i + 1}/{len(runs)}] {run.name}: {reason}; it runs again alone when the queue is done",
+                      flush=True)
+                with lock:
+                    alone.append((i, run, env))
+                continue
             status = f"done in {time.time() - t0:.1f} s" if ok else f"FAILED: {reason}"
             print(f"[{i + 1}/{len(runs)}] {run.name}: {status}", flush=True)
             if not ok:
                 with lock:
                     failed[run.name] = reason
 
+    alone: list = []
     threads = [threading.Thread(target=worker, args=(env,), daemon=True) for env in device_envs(parallel, devices)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    for i, run, env in sorted(alone, key=lambda item: item[0]):
+        env = {k: v for k, v in env.items() if k != "XLA_PYTHON_CLIENT_MEM_FRACTION"}  # the whole device now
+        print(f"[{i + 1}/{len(runs)}] {run.name}: running again, alone", flush=True)
+        t0 = time.time()
+        ok, reason = run_one(run, (runners or {}).get(run.workdir) or sweep.runner, echo=echo, env=env)
+        print(f"[{i + 1}/{len(runs)}] {run.name}: " + (f"done in {time.time() - t0:.1f} s" if ok
+                                                        else f"FAILED: {reason}"), flush=True)
+        if not ok:
+            failed[run.name] = reason
     return failed
 
 
