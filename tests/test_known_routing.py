@@ -20,6 +20,33 @@ _spec.loader.exec_module(kr)
 SMALL = dict(num_layers=2, prompt_len=8, response_len=8, num_train=96, num_heldout=64)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_task_per_setup():
+    """kr.build_task and kr.reference_losses are deterministic functions of the Setup (every draw is seeded by
+    s.seed), and kr.main calls both before it trains: within this module each Setup's task and its references are
+    built once, by the script's own functions, and the runs of kr.main on that Setup get those (main's training
+    copies the arrays it donates and writes to none of them)."""
+    build_task, reference_losses = kr.build_task, kr.reference_losses
+    tasks, refs = {}, {}
+
+    def build_once(s):
+        if s not in tasks:
+            tasks[s] = build_task(s)
+        return tasks[s]
+
+    def references_once(s, task):
+        if task is not tasks.get(s):
+            return reference_losses(s, task)
+        if s not in refs:
+            refs[s] = reference_losses(s, task)
+        return refs[s]
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(kr, "build_task", build_once)
+        mp.setattr(kr, "reference_losses", references_once)
+        yield
+
+
 @pytest.fixture(scope="module")
 def built():
     s = kr.Setup(**SMALL)

@@ -53,8 +53,8 @@ def test_draw_gradients_are_the_objectives():
     assert logit_std.shape == (2,) and row_log_q.shape == (3, 4) and float(num_seq) == 4
     for name, (baseline, credit) in snr.ESTIMATORS.items():
         c = dataclasses.replace(cfg, baseline=baseline, credit=credit)
-        want = jax.grad(lambda r, c=c: adapter_objective(bundle.model.apply, {**trainable, "router": r},
-                                                         bundle.base, batch, key, c)[0])(trainable["router"])
+        want = jax.jit(jax.grad(lambda r, c=c: adapter_objective(bundle.model.apply, {**trainable, "router": r},
+                                                                 bundle.base, batch, key, c)[0]))(trainable["router"])
         assert max(float(jnp.max(jnp.abs(x))) for x in jax.tree.leaves(want)) > 1e-4
         for got, exp in zip(jax.tree.leaves(grads[name]), jax.tree.leaves(want), strict=True):
             np.testing.assert_allclose(np.asarray(got), np.asarray(exp), rtol=2e-4, atol=1e-6, err_msg=name)

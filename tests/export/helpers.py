@@ -74,9 +74,10 @@ def adapted(cfg, **adapter_kw):
     return acfg, build_model(cfg, acfg)
 
 
-def our_logits(model, base, trainable, tokens=TOKENS) -> np.ndarray:
-    logits, _ = model.apply({"params": base, **trainable}, jnp.asarray(tokens))
-    return np.asarray(logits)
+def our_logits(model, base, trainable, tokens=TOKENS, jit: bool = False) -> np.ndarray:
+    """The model's logits; ``jit``: as one program (a real model's forward costs seconds dispatched op by op)."""
+    forward = lambda v, t: model.apply(v, t)[0]  # noqa: E731
+    return np.asarray((jax.jit(forward) if jit else forward)({"params": base, **trainable}, jnp.asarray(tokens)))
 
 
 def torch_logits(model, tokens=TOKENS) -> np.ndarray:

@@ -27,7 +27,7 @@ def test_smollm2_base_and_lora_through_transformers_and_peft(smollm2_gguf, smoll
     cfg, base = smollm2_model  # load_model(smollm2_gguf), shared by the session
     tokens = np.asarray([ids])
     hf = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32, attn_implementation="eager")
-    ours_base = our_logits(Decoder(cfg), base, {}, tokens)
+    ours_base = our_logits(Decoder(cfg), base, {}, tokens, jit=True)
     np.testing.assert_allclose(torch_logits(hf.eval(), tokens), ours_base, atol=TOL, rtol=0)
 
     acfg, model = adapted(cfg, method="lora", targets=("v_proj", "up_proj", "down_proj"), rank=4, alpha=8.0)
@@ -39,7 +39,7 @@ def test_smollm2_base_and_lora_through_transformers_and_peft(smollm2_gguf, smoll
         adapter["layers"].setdefault(group, {})[name] = {
             "lora_a": rng.normal(0, d_in ** -0.5, (cfg.num_layers, d_in, 4)).astype(np.float32),
             "lora_b": rng.normal(0, 0.02, (cfg.num_layers, 4, d_out)).astype(np.float32)}
-    ours = our_logits(model, base, {"adapter": adapter, "router": {}}, tokens)
+    ours = our_logits(model, base, {"adapter": adapter, "router": {}}, tokens, jit=True)
     assert np.abs(ours - ours_base).max() > 0.5
     save_peft_adapter(tmp_path / "peft", adapter, acfg, cfg.num_layers, base, str(out))
     pm = peft.PeftModel.from_pretrained(hf, tmp_path / "peft").eval()

@@ -25,7 +25,7 @@ METHODS = {
 @pytest.mark.parametrize("name", list(METHODS))
 def test_cast_changes_no_logit(name):
     cfg = named_config("tiny", dtype="bfloat16")
-    base = init_params(Decoder(cfg), jax.random.key(0))
+    base = jax.jit(lambda r: init_params(Decoder(cfg), r))(jax.random.key(0))  # one program, not op by op
     model = build_model(cfg, AdapterConfig(**{"targets": "all", **METHODS[name]}))
     extra = init_adapter_variables(model, jax.random.key(1))
     extra["adapter"] = jax.tree.map(lambda x: x + 0.05 * jax.random.normal(jax.random.key(2), x.shape),
@@ -39,8 +39,8 @@ def test_cast_changes_no_logit(name):
     assert all(dtypes[k] == want for k in factors), dtypes
     assert all(dtypes[k] == jnp.float32 for k in dtypes if "router" in k)
     tokens = jax.random.randint(jax.random.key(3), (2, 10), 0, cfg.vocab_size)
-    ref = model.apply(variables, tokens, deterministic=True)[0]
-    got = model.apply(cast, tokens, deterministic=True)[0]
+    forward = jax.jit(lambda v: model.apply(v, tokens, deterministic=True)[0])  # one program per dtype tree
+    ref, got = forward(variables), forward(cast)
     np.testing.assert_array_equal(np.asarray(got), np.asarray(ref))
 
 

@@ -212,7 +212,7 @@ def test_real_gguf_logits_match_transformers(smollm2, smollm2_gguf):
                                                dtype=torch.float32)
     with torch.no_grad():
         want = ref(torch.tensor([ids])).logits[0].numpy()
-    got = np.asarray(Decoder(cfg).apply({"params": params}, jnp.asarray([ids]))[0][0])
+    got = np.asarray(jax.jit(lambda p, x: Decoder(cfg).apply({"params": p}, x)[0])(params, jnp.asarray([ids]))[0])
     # Observed max |diff| ~2e-4 on logits of magnitude ~30 (float32 summation order over 30 layers).
     np.testing.assert_allclose(got, want, atol=1e-3, rtol=0)
     assert tok.decode([int(got[-1].argmax())]) == " Paris"

@@ -1,6 +1,7 @@
 """Logits parity with transformers' PyTorch implementation on small random checkpoints, export round trip,
 and clear errors for bad checkpoints."""
 
+import functools
 import json
 
 import jax
@@ -61,14 +62,21 @@ def _hf_logits(model, tokens, attention_mask=None):
     return out.logits.numpy()
 
 
+@functools.cache
+def _apply(model: Decoder):
+    """model.apply as one jitted program per input shape (a decode step, the prefill, the full forward) instead of
+    op-by-op dispatch."""
+    return jax.jit(model.apply)
+
+
 def _greedy_ours(model, variables, cfg, prompt, n_new):
     cache = init_cache(cfg, 1, len(prompt) + n_new)
-    logits, cache = model.apply(variables, jnp.asarray([prompt]), cache=cache)
+    logits, cache = _apply(model)(variables, jnp.asarray([prompt]), cache=cache)
     out = []
     nxt = int(jnp.argmax(logits[0, -1]))
     for i in range(n_new):
         out.append(nxt)
-        logits, cache = model.apply(variables, jnp.asarray([[nxt]]),
+        logits, cache = _apply(model)(variables, jnp.asarray([[nxt]]),
                                     positions=jnp.asarray([[len(prompt) + i]]), cache=cache)
         nxt = int(jnp.argmax(logits[0, -1]))
     return out
@@ -84,7 +92,7 @@ def test_logits_and_greedy_match_transformers(hf_dir):
     model = Decoder(cfg)
     variables = {"params": jax.tree.map(jnp.asarray, params)}
     tokens = np.random.default_rng(0).integers(0, cfg.vocab_size, size=(2, 48))
-    ours, _ = model.apply(variables, jnp.asarray(tokens))
+    ours, _ = _apply(model)(variables, jnp.asarray(tokens))
     ref = _hf_logits(hf_model, tokens)
     assert np.abs(np.asarray(ours) - ref).max() < 1e-4
 
@@ -109,7 +117,7 @@ def test_padding_matches_transformers_masking(hf_dir):
         t = np.concatenate([pad, tokens], 1) if left else np.concatenate([tokens, pad], 1)
         seg = np.concatenate([np.zeros((1, 5)), np.ones((1, 20))], 1) if left else \
             np.concatenate([np.ones((1, 20)), np.zeros((1, 5))], 1)
-        out, _ = model.apply(variables, jnp.asarray(t), segment_ids=jnp.asarray(seg, jnp.int32))
+        out, _ = _apply(model)(variables, jnp.asarray(t), segment_ids=jnp.asarray(seg, jnp.int32))
         real = np.asarray(out)[0, 5:] if left else np.asarray(out)[0, :20]
         assert np.abs(real - ref).max() < 1e-4
 
@@ -134,14 +142,14 @@ def test_kv_cache_matches_full_forward(hf_dir):
     tokens = jnp.asarray(np.random.default_rng(3).integers(1, cfg.vocab_size, size=(2, 12)))
     # Row 0 left-padded by 3: segment ids mark padding, positions count real tokens.
     seg = jnp.asarray([[0, 0, 0] + [1] * 9, [1] * 12], jnp.int32)
-    full, _ = model.apply(variables, tokens, segment_ids=seg)
+    full, _ = _apply(model)(variables, tokens, segment_ids=seg)
     cache = init_cache(cfg, 2, 16)
     pos = jnp.asarray([[0, 0, 0] + list(range(9)), list(range(12))], jnp.int32)
-    step_logits, cache = model.apply(variables, tokens[:, :5], segment_ids=seg[:, :5], positions=pos[:, :5],
+    step_logits, cache = _apply(model)(variables, tokens[:, :5], segment_ids=seg[:, :5], positions=pos[:, :5],
                                      cache=cache)
     outs = [step_logits]
     for t in range(5, 12):
-        lg, cache = model.apply(variables, tokens[:, t:t + 1], segment_ids=seg[:, t:t + 1],
+        lg, cache = _apply(model)(variables, tokens[:, t:t + 1], segment_ids=seg[:, t:t + 1],
                                 positions=pos[:, t:t + 1], cache=cache)
         outs.append(lg)
     inc = jnp.concatenate(outs, 1)

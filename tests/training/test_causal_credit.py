@@ -208,12 +208,12 @@ def enumerate_case(monkeypatch, targets, n, k, tokens, seg, mask):
     acfg = AdapterConfig(method="remix", targets=targets, num_experts=n, top_k=k, rank=2, alpha=4.0,
                          router_init_std=0.8)
     model = build_model(TINY, acfg)
-    base = llama.init_params(llama.Decoder(TINY), jax.random.key(0))["params"]
+    base = jax.jit(lambda r: llama.init_params(llama.Decoder(TINY), r))(jax.random.key(0))["params"]  # one program
     tr = init_adapter_variables(model, jax.random.key(1))
     leaves, tree = jax.tree.flatten(tr["adapter"])
     keys = jax.random.split(jax.random.key(2), len(leaves))
-    adapter = jax.tree.unflatten(tree, [x + 1.5 * jax.random.normal(kk, x.shape)
-                                        for x, kk in zip(leaves, keys, strict=True)])
+    adapter = jax.jit(lambda ls, ks: jax.tree.unflatten(tree, [x + 1.5 * jax.random.normal(kk, x.shape)
+                                                               for x, kk in zip(ls, ks, strict=True)]))(leaves, keys)
     rows = len(outcomes)
     tok, sg, mk = (jnp.broadcast_to(jnp.asarray(x), (rows, t)) for x in (tokens, seg, mask))
     flat, unravel = ravel_pytree(tr["router"])

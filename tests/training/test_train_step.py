@@ -112,8 +112,10 @@ def test_remix_router_moves_to_the_best_subset(remix_bundle, lora_bundle, make_c
     """End to end with the real model and step. Two plain LoRAs are trained on the synthetic task first,
     one to lower the loss and one (negative learning rate) to raise it. Remix experts 0 and 1 each carry
     half of the good LoRA (selecting {0, 1} reproduces it), experts 2 and 3 half of the bad one. With
-    adapters frozen and only the router learning by RLOO (M=8), within 200 steps top-2 routing moves from
-    under half of the tokens on {0, 1} to most of them, and the loss falls."""
+    adapters frozen and only the router learning by RLOO (M=8), within 100 steps top-2 routing moves from
+    under half of the tokens on {0, 1} to most of them, and the loss falls. (The share on {0, 1} reaches its
+    plateau, 0.85, by step 100: 0.853 at 100 steps, 0.847 at 120; the mean loss of steps 50-99 is 0.60 below
+    that of the first 10.)"""
     from remix_jax.routing.diagnostics import collect_routing_stats
     from remix_jax.training.synthetic import SyntheticLoader
 
@@ -157,7 +159,7 @@ def test_remix_router_moves_to_the_best_subset(remix_bundle, lora_bundle, make_c
     config.optimizer.router_lr = 1e-2
     config.optimizer.warmup_steps = 0
     config.train.num_steps = 10**6  # constant learning rate over the test
-    state, metrics = _run(bundle, config, [next(it) for _ in range(200)], mesh)
+    state, metrics = _run(bundle, config, [next(it) for _ in range(100)], mesh)
     before, after = share_on_best(bundle.trainable), share_on_best(state.trainable)
     # Tokens whose routing barely changes any response loss (early prompt tokens) keep some spread, so
     # the share plateaus near 0.85 rather than 1.
