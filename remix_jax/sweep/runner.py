@@ -151,6 +151,21 @@ def run_local(sweep: Sweep | None, runs: Sequence[Run], echo: bool = True, paral
         work.put(item)
     lock = threading.Lock()
 
+    def attempt(i: int, run: Run, env: dict[str, str], shared: bool) -> None:
+        """One try of a run; a shared-device try that ran out of memory is queued to run again alone."""
+        t0 = time.time()
+        ok, reason = run_one(run, (runners or {}).get(run.workdir) or sweep.runner, echo=echo, env=env)
+        with lock:
+            if not ok and shared and reason.startswith(OUT_OF_MEMORY):
+                print(f"[{i + 1}/{len(runs)}] {run.name}: {reason}; it runs again alone when the queue is done",
+                      flush=True)
+                alone.append((i, run, env))
+                return
+            print(f"[{i + 1}/{len(runs)}] {run.name}: " + (f"done in {time.time() - t0:.1f} s" if ok
+                                                            else f"FAILED: {reason}"), flush=True)
+            if not ok:
+                failed[run.name] = reason
+
     def worker(env: dict[str, str]) -> None:
         while True:
             try:
@@ -159,20 +174,7 @@ def run_local(sweep: Sweep | None, runs: Sequence[Run], echo: bool = True, paral
                 return
             where = f" on GPU {env['CUDA_VISIBLE_DEVICES']}" if "CUDA_VISIBLE_DEVICES" in env else ""
             print(f"[{i + 1}/{len(runs)}] {run.name}: running{where}", flush=True)
-            t0 = time.time()
-            runner = (runners or {}).get(run.workdir) or sweep.runner
-            ok, reason = run_one(run, runner, echo=echo, env=env)
-            if not ok and parallel > 1 and reason.startswith(OUT_OF_MEMORY):
-                print(f"[{i + 1}/{len(runs)}] {run.name}: {reason}; it runs again alone when the queue is done",
-                      flush=True)
-                with lock:
-                    alone.append((i, run, env))
-                continue
-            status = f"done in {time.time() - t0:.1f} s" if ok else f"FAILED: {reason}"
-            print(f"[{i + 1}/{len(runs)}] {run.name}: {status}", flush=True)
-            if not ok:
-                with lock:
-                    failed[run.name] = reason
+            attempt(i, run, env, shared=parallel > 1)
 
     alone: list = []
     threads = [threading.Thread(target=worker, args=(env,), daemon=True) for env in device_envs(parallel, devices)]
@@ -181,14 +183,8 @@ def run_local(sweep: Sweep | None, runs: Sequence[Run], echo: bool = True, paral
     for t in threads:
         t.join()
     for i, run, env in sorted(alone, key=lambda item: item[0]):
-        env = {k: v for k, v in env.items() if k != "XLA_PYTHON_CLIENT_MEM_FRACTION"}  # the whole device now
         print(f"[{i + 1}/{len(runs)}] {run.name}: running again, alone", flush=True)
-        t0 = time.time()
-        ok, reason = run_one(run, (runners or {}).get(run.workdir) or sweep.runner, echo=echo, env=env)
-        print(f"[{i + 1}/{len(runs)}] {run.name}: " + (f"done in {time.time() - t0:.1f} s" if ok
-                                                        else f"FAILED: {reason}"), flush=True)
-        if not ok:
-            failed[run.name] = reason
+        attempt(i, run, {k: v for k, v in env.items() if k != "XLA_PYTHON_CLIENT_MEM_FRACTION"}, shared=False)
     return failed
 
 
