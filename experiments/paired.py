@@ -15,6 +15,14 @@ an error names both files. Writes ``--out`` (default ``<results>/paired_<task>.m
 ``<results>/paired_<task>_<baseline>.md`` against another baseline, so that one baseline's report never replaces
 another's) and prints it.
 ``--backfill`` first writes ``outcomes`` into any json that lacks it, from the predictions beside it.
+
+``--baseline_json=PATH --baseline=NAME`` takes one evaluation (a task json, e.g. the base model's, with its
+outcomes or its predictions file beside it) as the baseline of every seed: each run is paired with it, and the
+"mean" row's interval is then the seed-to-seed variation of the method alone. For example, whether finetuning
+moved HumanEval from the base model's score:
+
+    python experiments/paired.py --results=experiments/results/qwen0.5b/humaneval_table --task=humaneval \
+        --baseline=base --baseline_json=docs/results_data/base_qwen0.5b/humaneval.json
 """
 
 from __future__ import annotations
@@ -91,6 +99,15 @@ def collect(results: pathlib.Path, task: str, backfill: bool = False) -> dict[st
     return found
 
 
+def with_fixed_baseline(found: dict, name: str, path: pathlib.Path) -> dict:
+    """``found`` with one more "method", ``name``: the evaluation at ``path`` standing for every seed of the runs."""
+    if name in found:
+        raise ValueError(f"baseline name {name!r} is also a method of the runs: pick another --baseline")
+    outcomes = run_outcomes(path)
+    seeds = sorted({s for runs in found.values() for s in runs})
+    return {**found, name: {s: (outcomes, path) for s in seeds}}
+
+
 def compare(found: dict, baseline: str) -> list[dict]:
     """One row per (method, seed) the baseline also has, then, with two seeds or more, one "mean" row per method."""
     if baseline not in found:
@@ -139,9 +156,14 @@ def main(argv=None) -> int:
     p.add_argument("--baseline", default="lora")
     p.add_argument("--out", type=pathlib.Path, default=None)
     p.add_argument("--backfill", action="store_true", help="write missing outcomes into the task jsons")
+    p.add_argument("--baseline_json", type=pathlib.Path, default=None,
+                   help="one task json taken as the baseline of every seed, named --baseline (not a method)")
     args = p.parse_args(argv)
     try:
-        rows = compare(collect(args.results, args.task, args.backfill), args.baseline)
+        found = collect(args.results, args.task, args.backfill)
+        if args.baseline_json is not None:
+            found = with_fixed_baseline(found, args.baseline, args.baseline_json)
+        rows = compare(found, args.baseline)
     except (KeyError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

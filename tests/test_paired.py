@@ -105,3 +105,22 @@ def test_cli_writes_report(tmp_path, capsys):
     assert (tmp_path / "paired_gsm8k.md").read_text() == lora_report  # another baseline never replaces it
     assert paired.main([f"--results={tmp_path}", "--baseline=hydralora"]) == 1
     assert "baseline 'hydralora' has no finished run" in capsys.readouterr().err
+
+
+def test_fixed_baseline_pairs_every_seed(tmp_path, capsys):
+    _run(tmp_path, "lora__seed=0", [1, 1, 0, 0])  # +1/4 over the base
+    _run(tmp_path, "lora__seed=1", [1, 1, 1, 0])  # +2/4
+    base = _run(tmp_path / "base", "x", [1, 0, 0, 0])
+    assert paired.main([f"--results={tmp_path}", "--task=gsm8k", "--baseline=base",
+                        f"--baseline_json={base}"]) == 0
+    text = (tmp_path / "paired_gsm8k_base.md").read_text()
+    assert "| lora | 0 | +25.00 |" in text and "| lora | 1 | +50.00 |" in text
+    assert "| lora | mean of 2 | +37.50 |" in text
+    # the name must not shadow a method of the runs; a base scored on other examples is refused
+    assert paired.main([f"--results={tmp_path}", "--task=gsm8k", "--baseline=lora",
+                        f"--baseline_json={base}"]) == 1
+    assert "also a method" in capsys.readouterr().err
+    other = _run(tmp_path / "other", "x", [1, 0, 0, 0], ids=[3, 2, 1, 0])
+    assert paired.main([f"--results={tmp_path}", "--task=gsm8k", "--baseline=base",
+                        f"--baseline_json={other}"]) == 1
+    assert "different examples" in capsys.readouterr().err
