@@ -2,9 +2,12 @@
 baseline), without top-k inference (sampling k experts at inference), 3 seeds each.
 
     python -m remix_jax.sweep --sweep=experiments/ablations.py
+
+With $REMIX_SELECTED_LR (the 0.5B study) every variant trains at ReMix's chosen adapter learning rate, one routing
+sample at a time, as in the main table: "remix" is then the main table's ReMix.
 """
 
-from common import GSM8K_CONFIG, GSM8K_TASK, ROUTED, SEEDS, small_scale, variant
+from common import GSM8K_CONFIG, GSM8K_TASK, ROUTED, SEEDS, as_in_main_table, small_scale, variant
 
 from remix_jax.sweep import KEYS
 
@@ -12,7 +15,7 @@ from remix_jax.sweep import KEYS
 def get_sweep():
     return {
         "config": GSM8K_CONFIG + variant("remix"),
-        "base_overrides": {**small_scale(), **ROUTED},
+        "base_overrides": {**small_scale(), **ROUTED, **as_in_main_table("remix")},
         "grid": [[
             {"name": "remix"},
             {"name": "no_rloo", "overrides": {KEYS.baseline: "none"}},

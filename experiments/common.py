@@ -11,7 +11,8 @@ with a longer schedule). ``$REMIX_TEMPLATE`` ("plain" or "chat") sets the traini
 (``data.template``; the GSM8K ``_small`` configs use "chat", every other config "plain"). The evaluation prompts in
 ``eval.template``, "plain" by default, so the 0.5B study sets "plain" to train and evaluate in one format.
 ``$REMIX_SELECTED_LR`` names the selected_lr.json of ``select_lr.py`` that gives each method of the main table its
-adapter learning rate (``selected_methods``); without it every method keeps its config's rate. The HumanEval and
+adapter learning rate (``selected_methods``), and the study sweeps' runs the same (``as_in_main_table``); without it
+every method keeps its config's rate. The HumanEval and
 ARC-Challenge tables read theirs from $REMIX_CODEALPACA_SELECTED_LR, $REMIX_ARC_C_SELECTED_LR and
 $REMIX_ARC_C_MC_SELECTED_LR (each task and format its own grid, its own rates). ``$REMIX_LR_GRID`` sets the
 learning-rate grids' rates (``learning_rates``).
@@ -222,3 +223,15 @@ def selected_methods(methods: list[dict] = METHODS, env: str = "REMIX_SELECTED_L
     except UserError as e:
         raise UserError(f"${env}: {e}", e.hint) from None
     return [dict(m, overrides={**m["overrides"], KEYS.adapter_lr: lrs[m["name"]]}) for m in methods]
+
+
+def as_in_main_table(method: str) -> dict:
+    """The overrides that make a study sweep's ``method`` runs (k and M sweeps, ablations, rank comparison) train
+    as the main table's ``method`` does once $REMIX_SELECTED_LR is set (the 0.5B study): the adapter learning rate
+    chosen for it, and for ReMix its routing samples one at a time (the same gradients in less memory). Without
+    the variable: none, every run at its config's rate (the 135M results)."""
+    if not os.environ.get("REMIX_SELECTED_LR", ""):
+        return {}
+    base = next(m for m in METHODS if m["name"] == method)
+    chosen = remix_one_sample_at_a_time(selected_methods([dict(base, overrides={})]))[0]
+    return dict(chosen["overrides"])

@@ -4,9 +4,12 @@ budget), n = 8, k = 2, r = 8, 3 seeds each. Runs with M > 8 process the samples 
 all 32 samples at once would not.
 
     python -m remix_jax.sweep --sweep=experiments/m_sweep.py
+
+With $REMIX_SELECTED_LR (the 0.5B study) every M trains at ReMix's chosen adapter learning rate and one routing
+sample at a time, as in the main table (M = 4 is then the main table's ReMix; M = 32 costs 8 times its step).
 """
 
-from common import GSM8K_CONFIG, GSM8K_TASK, ROUTED, SEEDS, small_scale, variant
+from common import GSM8K_CONFIG, GSM8K_TASK, ROUTED, SEEDS, as_in_main_table, small_scale, variant
 
 from remix_jax.sweep import KEYS
 
@@ -15,12 +18,13 @@ CHUNK = 8  # routing samples processed at once when M exceeds it
 
 
 def get_sweep():
+    main = as_in_main_table("remix")  # with $REMIX_SELECTED_LR: the chosen rate, and one sample at a time for every M
     variants = [{"name": f"M{m}", "labels": {KEYS.num_samples: m},
-                 "overrides": {KEYS.num_samples: m, **({KEYS.sample_chunk: CHUNK} if m > CHUNK else {})}}
+                 "overrides": {KEYS.num_samples: m, **({KEYS.sample_chunk: CHUNK} if m > CHUNK and not main else {})}}
                 for m in MS]
     return {
         "config": GSM8K_CONFIG + variant("remix"),
-        "base_overrides": {**small_scale(), **ROUTED},
+        "base_overrides": {**small_scale(), **ROUTED, **main},
         "grid": [variants],
         "seeds": SEEDS,
         "report": {

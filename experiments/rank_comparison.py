@@ -2,9 +2,13 @@
 same activated parameter count, for k = 1..4, 3 seeds each. If ReMix wins, it uses diverse subsets.
 
     python -m remix_jax.sweep --sweep=experiments/rank_comparison.py
+
+With $REMIX_SELECTED_LR (the 0.5B study) ReMix and LoRA train at the adapter learning rates chosen for them on
+validation data (LoRA's chosen at rank 16, used at every rank) and ReMix one routing sample at a time, as in the
+main table.
 """
 
-from common import GSM8K_CONFIG, GSM8K_TASK, SEEDS, N, R, small_scale, variant
+from common import GSM8K_CONFIG, GSM8K_TASK, SEEDS, N, R, as_in_main_table, small_scale, variant
 
 from remix_jax.sweep import KEYS
 
@@ -15,9 +19,10 @@ def get_sweep():
     variants = []
     for k in KS:
         variants.append({"name": f"remix_k{k}", "config": variant("remix"), "labels": {"k": k, "family": "remix"},
-                         "overrides": {KEYS.num_experts: N, KEYS.top_k: k, KEYS.rank: R}})
+                         "overrides": {KEYS.num_experts: N, KEYS.top_k: k, KEYS.rank: R,
+                                       **as_in_main_table("remix")}})
         variants.append({"name": f"lora_r{k * R}", "config": variant("lora"), "labels": {"k": k, "family": "lora"},
-                         "overrides": {KEYS.rank: k * R}})
+                         "overrides": {KEYS.rank: k * R, **as_in_main_table("lora")}})
     return {
         "config": GSM8K_CONFIG + variant("remix"),
         "base_overrides": small_scale(),

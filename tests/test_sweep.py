@@ -4,6 +4,7 @@ continuing past a failed run, commands mode, aggregation and plots."""
 import csv
 import json
 import math
+import os
 import pathlib
 import textwrap
 
@@ -383,3 +384,23 @@ def test_fingerprint_resolves_the_config(tmp_path):
     assert fp(run("a")) != fp(run("a", **{"adapter.top_k": 3}))
     assert fp(run("a")) != fp(run("b"))
     assert fp(run("a", seed=1)) != fp(run("a", seed=2))
+
+
+def test_results_root_moves_every_sweep_and_keeps_sharing(sweep_file, tmp_path, capsys):
+    other = sweep_file.parent / "other.py"
+    text = sweep_file.read_text()
+    grid_start, grid_end = text.index('"grid"'), text.index('"seeds"')
+    other.write_text(text[:grid_start] + '"grid": [{KEYS.top_k: [2]}],\n            ' + text[grid_end:]
+                     .replace('"seeds": [0, 1]', '"seeds": [0]'))
+    root = tmp_path / "study"
+    assert sweep_main([f"--sweep={sweep_file},{other}", f"--results_root={root}", "--quiet",
+                       "--only=^remix__top_k=2__seed=0|^top_k"]) == 0
+    assert _calls(tmp_path) == ["remix__top_k=2__seed=0"]  # the shared run trained once
+    link = root / "other" / "runs" / "top_k=2__seed=0"
+    assert link.is_symlink() and not os.path.isabs(os.readlink(link))
+    assert link.resolve() == (root / sweep_file.stem / "runs" / "remix__top_k=2__seed=0").resolve()
+    for name in (sweep_file.stem, "other"):
+        assert (root / name / "results.csv").exists() and not (sweep_file.parent / "results" / name).exists()
+    capsys.readouterr()
+    assert sweep_main([f"--sweep={other}", f"--results_root={root}", f"--out_dir={tmp_path / 'x'}"]) != 0
+    assert "not both" in capsys.readouterr().err

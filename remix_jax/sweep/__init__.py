@@ -1,6 +1,7 @@
 """Sweeps: expand a grid of config overrides into runs, run them (or write their commands), aggregate.
 
     python -m remix_jax.sweep --sweep=experiments/NAME.py [--sweep=experiments/OTHER.py ...]
+                              [--out_dir=DIR | --results_root=DIR]
                               [--mode=local|commands] [--parallel=N --devices=0,1,2,3] [--dry_run]
                               [--only=REGEX] [--report_only] [--params_only [--model_path=PATH]]
 
@@ -41,7 +42,9 @@ round-robin: each run sees only its GPU (CUDA_VISIBLE_DEVICES) and takes 0.9/(ru
 Several ``--sweep`` files in one invocation share one queue. Runs that are the same run (the config file
 and variant with all overrides applied give the same resolved config, seed included) are trained once: the
 later ones' workdirs become symbolic links to the first's, so e.g. the k sweep's k=2 point and the main
-table's ReMix row are one run. Each sweep is then aggregated on its own.
+table's ReMix row are one run. Each sweep is then aggregated on its own. ``--results_root=DIR`` puts each sweep's
+results in DIR/NAME (NAME.py's results folder moved under DIR), so the sweeps of one study share a queue and a
+folder of their own (``--out_dir`` moves a single sweep's).
 A run is finished when WORKDIR/run_complete.json exists; finished runs are skipped, so re-invoking a sweep
 resumes it. Mode "commands" writes one shell command per unfinished run to <results dir>/commands.sh for a
 cluster or TPU-pod scheduler. Both modes then aggregate every run's outputs into <results dir>/results.csv,

@@ -1,6 +1,7 @@
 """The sweep command line (the options and the definition format: ``remix_jax.sweep``'s docstring).
 
     python -m remix_jax.sweep --sweep=experiments/NAME.py [--sweep=experiments/OTHER.py ...]
+                              [--out_dir=DIR | --results_root=DIR]
                               [--mode=local|commands] [--parallel=N --devices=0,1,2,3] [--dry_run]
                               [--only=REGEX] [--report_only] [--params_only [--model_path=PATH]]
 """
@@ -8,6 +9,7 @@
 from __future__ import annotations
 
 import argparse
+import pathlib
 import shlex
 import sys
 from collections.abc import Sequence
@@ -44,6 +46,9 @@ def _main(argv: Sequence[str]) -> int:
     p.add_argument("--out_dir", default=None,
                    help="where results and plots go (default: results/NAME beside the sweep file; one sweep "
                         "only)")
+    p.add_argument("--results_root", default=None,
+                   help="each sweep's results go to RESULTS_ROOT/NAME instead of results/NAME beside its file (several "
+                        "sweeps of one study in one queue, e.g. experiments/results/qwen0.5b)")
     p.add_argument("--parallel", type=int, default=1, help="runs at once in local mode")
     p.add_argument("--devices", default="",
                    help="comma-separated GPU ids the concurrent runs are spread over (CUDA_VISIBLE_DEVICES)")
@@ -61,8 +66,13 @@ def _main(argv: Sequence[str]) -> int:
     args = p.parse_args(argv)
     files = [f for arg in args.sweep for f in arg.split(",") if f]
     if len(files) > 1 and (args.workdir_root or args.out_dir):
-        raise SweepError("--workdir_root / --out_dir apply to a single --sweep")
-    sweeps = [load_sweep(f, workdir_root=args.workdir_root, out_dir=args.out_dir) for f in files]
+        raise SweepError("--workdir_root / --out_dir apply to a single --sweep (--results_root to several)")
+    if args.results_root and args.out_dir:
+        raise SweepError("give --out_dir (one sweep) or --results_root (each sweep under it), not both")
+    sweeps = [load_sweep(f, workdir_root=args.workdir_root,
+                         out_dir=args.out_dir or (args.results_root and str(pathlib.Path(args.results_root)
+                                                                          / pathlib.Path(f).stem)))
+              for f in files]
     if args.model_path and not args.params_only:
         raise SweepError("--model_path applies to --params_only")
     if args.params_only:

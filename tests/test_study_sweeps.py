@@ -1,0 +1,72 @@
+"""The study sweeps (k_sweep.py, m_sweep.py, ablations.py, rank_comparison.py) with $REMIX_SELECTED_LR, as the 0.5B
+study runs them: every ReMix run at ReMix's chosen adapter rate and one routing sample at a time, so that k = 2,
+M = 4 and the full-ReMix ablation resolve to exactly the main table's ReMix run; LoRA of the rank comparison at
+LoRA's chosen rate. Without the variable nothing changes (the 135M results). Every command resolves to a config
+that validates."""
+
+import json
+import pathlib
+import sys
+
+import pytest
+from test_table1_sweeps import problems, resolve
+
+from remix_jax.sweep import KEYS, load_sweep
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+EXPERIMENTS = REPO / "experiments"
+ENV = ("REMIX_MODEL_PATH", "REMIX_SCALE", "REMIX_TEMPLATE", "REMIX_SELECTED_LR", "REMIX_GSM8K_DIR", "REMIX_SEEDS")
+RATES = {"remix": 1e-3, "lora": 3e-4, "rslora": 1e-4, "dora": 3e-4, "mixlora": 3e-3, "hydralora": 3e-4}
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch, data_dir):
+    monkeypatch.chdir(REPO)
+    for name in ENV:
+        monkeypatch.delenv(name, raising=False)
+    for name in ("common", "select_lr", "table1"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    model = tmp_path / "model.gguf"
+    model.write_bytes(b"")
+    selected = tmp_path / "selected_lr.json"
+    selected.write_text(json.dumps({m: {"adapter_lr": lr} for m, lr in RATES.items()}))
+    for k, v in {"REMIX_MODEL_PATH": model, "REMIX_TEMPLATE": "plain", "REMIX_GSM8K_DIR": data_dir / "gsm8k"}.items():
+        monkeypatch.setenv(k, str(v))
+    return {"root": tmp_path, "selected": str(selected)}
+
+
+def _runs(name, root):
+    for mod in ("common", "select_lr", "table1"):
+        sys.modules.pop(mod, None)
+    return {r.name: r for r in load_sweep(EXPERIMENTS / f"{name}.py", workdir_root=str(root / name)).runs}
+
+
+def test_study_cells_are_the_main_table_remix(env, monkeypatch):
+    monkeypatch.setenv("REMIX_SELECTED_LR", env["selected"])
+    main = resolve(_runs("main_table", env["root"])["remix__seed=0"])
+    assert main.optimizer.adapter_lr == RATES["remix"] and main.train.sample_chunk == 1
+    cells = {"k_sweep": "top_k=2__seed=0", "m_sweep": "M4__seed=0", "ablations": "remix__seed=0",
+             "rank_comparison": "remix_k2__seed=0"}
+    for sweep, name in cells.items():
+        runs = _runs(sweep, env["root"])
+        assert name in runs, (sweep, sorted(runs))
+        assert resolve(runs[name]).to_dict() == main.to_dict(), sweep
+        for run in runs.values():
+            assert problems(run) == [], run.name
+            c = resolve(run)
+            if c.adapter.method == "remix":
+                assert c.optimizer.adapter_lr == RATES["remix"] and c.train.sample_chunk == 1, run.name
+            else:
+                assert c.adapter.method == "lora" and c.optimizer.adapter_lr == RATES["lora"], run.name
+    m32 = resolve(_runs("m_sweep", env["root"])["M32__seed=0"])
+    assert m32.train.num_samples == 32 and m32.train.sample_chunk == 1
+
+
+def test_without_the_variable_nothing_changes(env):
+    k2 = resolve(_runs("k_sweep", env["root"])["top_k=2__seed=0"])
+    assert k2.train.sample_chunk == 0 and k2.optimizer.adapter_lr != RATES["remix"]
+    m = _runs("m_sweep", env["root"])
+    assert resolve(m["M32__seed=0"]).train.sample_chunk == 8 and resolve(m["M4__seed=0"]).train.sample_chunk == 0
+    lora = resolve(_runs("rank_comparison", env["root"])["lora_r16__seed=0"])
+    assert lora.adapter.rank == 16 and lora.optimizer.adapter_lr != RATES["lora"]
+    assert KEYS.adapter_lr == "optimizer.adapter_lr"
