@@ -62,6 +62,13 @@ class Target:
     def topology_name(self) -> str:
         return f"{self.gen.libtpu_prefix}:{self.grid}"
 
+    @property
+    def host_bounds(self) -> tuple[int, int, int]:
+        """Chips per host along each axis: a 2x2 block (4 chips a host, as libtpu assumes by default), or the
+        whole grid where it is smaller (a single-chip v5e-1 / v6e-1, a v5e:1x2)."""
+        dims = [int(d) for d in self.grid.split("x")] + [1] * (3 - len(self.grid.split("x")))
+        return tuple(min(b, g) for b, g in zip((2, 2, 1), dims, strict=True))
+
 
 def parse_topology(name: str) -> Target:
     """``v5p-128`` / ``v5e-16`` / ``v6e-64`` / ``v4-32`` (Cloud TPU names) or ``v5p:4x4x4`` (chip grid); a
@@ -102,7 +109,8 @@ def topology_devices(target: Target, num_slices: int = 1) -> list:
         from jax.experimental import topologies
 
         desc = topologies.get_topology_desc(platform="tpu", topology_name=target.topology_name,
-                                            chip_config_name=target.gen.chip_config, chips_per_host_bounds=(2, 2, 1),
+                                            chip_config_name=target.gen.chip_config,
+                                            chips_per_host_bounds=target.host_bounds,
                                             num_slices=num_slices)
     except Exception as e:  # no libtpu: jax has no TPU compiler to ask
         if "tpu" in str(e).lower() and ("not" in str(e).lower() or "unknown" in str(e).lower()):

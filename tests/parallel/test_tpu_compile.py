@@ -149,6 +149,18 @@ def test_topology_names(name, libtpu_name, chips):
     assert (t.topology_name, t.chips) == (libtpu_name, chips)
 
 
+@pytest.mark.parametrize("name,bounds", [("v6e-1", (1, 1, 1)), ("v5e:1x2", (1, 2, 1)), ("v5e-16", (2, 2, 1)),
+                                         ("v5p-128", (2, 2, 1)), ("v4-8", (2, 2, 1))])
+def test_host_bounds_fit_small_grids(name, bounds):
+    assert topology.parse_topology(name).host_bounds == bounds
+
+
+@needs_libtpu
+def test_single_chip_topology():
+    # a 1x1 grid is not divisible by libtpu's default 2x2 chips per host: the bounds follow the grid
+    assert len(topology.topology_devices(topology.parse_topology("v6e-1"))) == 1
+
+
 @pytest.mark.parametrize("name,match", [("v5p-127", "TensorCores"), ("v5e-12", "unknown slice size"),
                                         ("v7x-8", "generations"), ("v5e:2x2x2", "2 positive dimensions")])
 def test_bad_topology_names(name, match):
