@@ -3,12 +3,10 @@ load-balancing loss and HydraLoRA, trained on a GSM8K carve and scored on its va
 set), each at the rate chosen on the GSM8K grid (MixLoRA's for both MixLoRA runs); every command resolves to a
 config that validates."""
 
-import json
 import pathlib
-import sys
 
 import pytest
-from test_table1_sweeps import problems, resolve
+from test_table1_sweeps import isolated_sweep_env, problems, resolve
 
 from remix_jax.data import carve as carve_lib
 from remix_jax.sweep import KEYS, load_sweep
@@ -21,17 +19,9 @@ RATES = {"remix": 1e-3, "lora": 3e-4, "rslora": 1e-4, "dora": 3e-4, "mixlora": 3
 
 @pytest.fixture
 def env(tmp_path, monkeypatch, data_dir):
-    monkeypatch.chdir(REPO)
-    for name in ENV:
-        monkeypatch.delenv(name, raising=False)
-    for name in ("common", "select_lr"):
-        monkeypatch.delitem(sys.modules, name, raising=False)
-    model = tmp_path / "model.gguf"
-    model.write_bytes(b"")
+    selected = isolated_sweep_env(monkeypatch, tmp_path, ENV, RATES)["selected"]
     carve_lib.carve(data_dir / "gsm8k" / "train.jsonl", tmp_path / "gsm8k_val", 10)
-    selected = tmp_path / "selected_lr.json"
-    selected.write_text(json.dumps({m: {"adapter_lr": lr} for m, lr in RATES.items()}))
-    for k, v in {"REMIX_MODEL_PATH": model, "REMIX_TEMPLATE": "plain", "REMIX_GSM8K_VAL_DIR": tmp_path / "gsm8k_val",
+    for k, v in {"REMIX_TEMPLATE": "plain", "REMIX_GSM8K_VAL_DIR": tmp_path / "gsm8k_val",
                  "REMIX_SELECTED_LR": selected}.items():
         monkeypatch.setenv(k, str(v))
     return tmp_path

@@ -4,12 +4,11 @@ M = 4 and the full-ReMix ablation resolve to exactly the main table's ReMix run;
 LoRA's chosen rate. Without the variable nothing changes (the 135M results). Every command resolves to a config
 that validates."""
 
-import json
 import pathlib
 import sys
 
 import pytest
-from test_table1_sweeps import problems, resolve
+from test_table1_sweeps import isolated_sweep_env, problems, resolve
 
 from remix_jax.sweep import KEYS, load_sweep
 
@@ -21,16 +20,8 @@ RATES = {"remix": 1e-3, "lora": 3e-4, "rslora": 1e-4, "dora": 3e-4, "mixlora": 3
 
 @pytest.fixture
 def env(tmp_path, monkeypatch, data_dir):
-    monkeypatch.chdir(REPO)
-    for name in ENV:
-        monkeypatch.delenv(name, raising=False)
-    for name in ("common", "select_lr", "table1"):
-        monkeypatch.delitem(sys.modules, name, raising=False)
-    model = tmp_path / "model.gguf"
-    model.write_bytes(b"")
-    selected = tmp_path / "selected_lr.json"
-    selected.write_text(json.dumps({m: {"adapter_lr": lr} for m, lr in RATES.items()}))
-    for k, v in {"REMIX_MODEL_PATH": model, "REMIX_TEMPLATE": "plain", "REMIX_GSM8K_DIR": data_dir / "gsm8k"}.items():
+    selected = isolated_sweep_env(monkeypatch, tmp_path, ENV, RATES)["selected"]
+    for k, v in {"REMIX_TEMPLATE": "plain", "REMIX_GSM8K_DIR": data_dir / "gsm8k"}.items():
         monkeypatch.setenv(k, str(v))
     return {"root": tmp_path, "selected": str(selected)}
 

@@ -41,23 +41,34 @@ def _code_alpaca_rows(n):
              "output": f"def f():\n    return {i}"} for i in range(n)]
 
 
-@pytest.fixture
-def env(tmp_path, monkeypatch, data_dir):
-    """The repository as the working directory, the sweep variables cleared, the experiments' modules unloaded (they
-    read $REMIX_SCALE when imported), a model file, a CodeAlpaca file and carves of it and of ARC-Challenge train."""
+def isolated_sweep_env(monkeypatch, tmp_path, names, rates=None) -> dict:
+    """The repository as the working directory, the sweep variables ``names`` cleared, the experiments' modules
+    unloaded (they read $REMIX_SCALE when imported), an empty model file set as $REMIX_MODEL_PATH and, with
+    ``rates`` ({method: adapter_lr}), a selected_lr.json of them: {"model": path, "selected": path or None}."""
     monkeypatch.chdir(REPO)
-    for name in ENV:
+    for name in names:
         monkeypatch.delenv(name, raising=False)
     for name in ("common", "table1", "select_lr"):
         monkeypatch.delitem(sys.modules, name, raising=False)
     model = tmp_path / "model.gguf"
     model.write_bytes(b"")
+    monkeypatch.setenv("REMIX_MODEL_PATH", str(model))
+    selected = None
+    if rates is not None:
+        selected = tmp_path / "selected_lr.json"
+        selected.write_text(json.dumps({m: {"adapter_lr": lr} for m, lr in rates.items()}))
+    return {"model": model, "selected": selected}
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch, data_dir):
+    """``isolated_sweep_env``, a CodeAlpaca file and carves of it and of ARC-Challenge train."""
+    model = isolated_sweep_env(monkeypatch, tmp_path, ENV)["model"]
     code = tmp_path / "code_alpaca.json"
     code.write_text(json.dumps(_code_alpaca_rows(30), indent=4))
     arc_train = data_dir / "llm_adapters" / "ARC-Challenge" / "train.json"
     carve_lib.carve(code, tmp_path / "codealpaca_val", 6)
     carve_lib.carve(arc_train, tmp_path / "arc_c_val", 20)
-    monkeypatch.setenv("REMIX_MODEL_PATH", str(model))
     return {"model": str(model), "codealpaca": str(code), "codealpaca_val": tmp_path / "codealpaca_val",
             "llm_adapters": data_dir / "llm_adapters", "arc_c_val": tmp_path / "arc_c_val"}
 
