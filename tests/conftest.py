@@ -164,12 +164,13 @@ SLOW_FILES_FIRST = (
 
 
 def pytest_collection_modifyitems(session, config, items):
-    rank = {str(REPO / "tests" / f): i for i, f in enumerate(SLOW_FILES_FIRST)}
+    ranks = {REPO / "tests" / f: i for i, f in enumerate(SLOW_FILES_FIRST)}
+    rank = {path: ranks.get(path.resolve()) for path in {it.path for it in items}}
     workers = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
     slow = [[] for _ in range(workers)]  # the slow files of each worker's share, most costly first
-    for item in sorted((it for it in items if str(it.path) in rank), key=lambda it: rank[str(it.path)]):
-        slow[rank[str(item.path)] % workers].append(item)
-    rest = [it for it in items if str(it.path) not in rank]
+    for item in sorted((it for it in items if rank[it.path] is not None), key=lambda it: rank[it.path]):
+        slow[rank[item.path] % workers].append(item)
+    rest = [it for it in items if rank[it.path] is None]
     order, left = [], len(items)
     for w in range(workers):  # shares as xdist deals them: len(pending) // workers still to serve
         share = left // (workers - w)
