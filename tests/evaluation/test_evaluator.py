@@ -3,6 +3,7 @@ GSM8K by generation, ARC-Challenge by log-likelihood (parity with a plain forwar
 HumanEval with fake generators, and routing statistics of a remix adapter."""
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -141,9 +142,14 @@ def _reference_logliks(model, variables, tok, context, continuations, length=102
         ids = tok.encode(cont, add_special_tokens=False)
         tokens[i, : len(ctx) + len(ids)], seg[i, : len(ctx) + len(ids)] = ctx + ids, 1
         mask[i, len(ctx) : len(ctx) + len(ids)] = 1
-    apply = jax.jit(lambda v, t, s: model.apply(v, t, segment_ids=s, rngs={"routing": jax.random.key(0)})[0])
-    logits = apply(variables, jnp.asarray(tokens), jnp.asarray(seg))
+    logits = _plain_apply(model)(variables, jnp.asarray(tokens), jnp.asarray(seg))
     return [float(x) for x in multiple_choice.continuation_logprob(np.asarray(logits), tokens, mask)]
+
+
+@functools.cache
+def _plain_apply(model):
+    """The model's logits, one jitted function per model (its compiled programs kept for every question)."""
+    return jax.jit(lambda v, t, s: model.apply(v, t, segment_ids=s, rngs={"routing": jax.random.key(0)})[0])
 
 
 @pytest.mark.parametrize("style", ["label", "text"])

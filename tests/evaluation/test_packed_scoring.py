@@ -5,7 +5,6 @@ KV-cache form (``pack_len=0``), on a tiny random decoder with LoRA and ReMix ada
 
 import itertools
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -13,7 +12,7 @@ import pytest
 from remix_jax.evaluation import evaluator, scoring
 from remix_jax.evaluation.eval_config import EvalConfigError, default_eval_config, validate_eval_config
 from remix_jax.models.attention import attention_mask
-from tests.evaluation.test_shared_context import adapted  # the same tiny decoder with LoRA / ReMix adapters
+from tests.evaluation.test_shared_context import adapted, plain_logliks  # the same tiny decoders, reference
 from tests.tiny_run import byte_tokenizer
 
 
@@ -131,18 +130,14 @@ def test_packed_equals_whole_sequences_and_the_cache_form(tok, method, pack_len,
 
 
 def test_packed_scores_equal_one_plain_forward_per_option(tok):
-    """Against the definition: log p(option | context) from one unpadded forward pass of context + option."""
+    """Against the definition: log p(option | context) from a plain forward pass of context + option (no mask, no
+    padding; test_shared_context.plain_logliks: every row in one batch, followed by random filler that a causal
+    decoder's logits at earlier positions do not see, one program instead of one per row length)."""
     model, variables, _ = adapted("remix")
     ctxs, conts = ["Q: abc\nA:"] * 3 + ["x:"], [" yes", " no", " maybe", " z"]
     runner = evaluator.ModelRunner(model, variables, tok, batch_size=4, pack_len=16)
     got, _ = runner.loglik(ctxs, conts)
-    fwd = jax.jit(lambda t: model.apply(variables, t, rngs={"routing": jax.random.key(0)})[0])
-    for (ctx, cont), g in zip(encoded(tok, ctxs, conts), got, strict=True):
-        logits = np.asarray(fwd(jnp.asarray([ctx + cont], jnp.int32))[0], np.float64)
-        logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) \
-            - logits.max(-1, keepdims=True)
-        np.testing.assert_allclose(g, sum(logp[len(ctx) - 1 + j, t] for j, t in enumerate(cont)), rtol=1e-5,
-                                   atol=1e-4)
+    np.testing.assert_allclose(got, plain_logliks(model, variables, tok, ctxs, conts), rtol=1e-5, atol=1e-4)
 
 
 def test_pack_len_is_checked():

