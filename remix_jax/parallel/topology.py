@@ -66,8 +66,8 @@ class Target:
     def host_bounds(self) -> tuple[int, int, int]:
         """Chips per host along each axis: a 2x2 block (4 chips a host, as libtpu assumes by default), or the
         whole grid where it is smaller (a single-chip v5e-1 / v6e-1, a v5e:1x2)."""
-        dims = [int(d) for d in self.grid.split("x")] + [1] * (3 - len(self.grid.split("x")))
-        return tuple(min(b, g) for b, g in zip((2, 2, 1), dims, strict=True))
+        dims = [int(d) for d in self.grid.split("x")]
+        return tuple(min(b, g) for b, g in zip((2, 2, 1), dims + [1] * (3 - len(dims)), strict=True))
 
 
 def parse_topology(name: str) -> Target:
