@@ -22,7 +22,7 @@ SEGMENTS = jnp.array([[1] * 8, [1] * 5 + [0] * 3], jnp.int32)  # row 2 right-pad
 
 @functools.cache
 def base_params():
-    return jax.jit(lambda r: init_params(Decoder(TINY), r))(jax.random.key(0))
+    return init_params(Decoder(TINY), jax.random.key(0))
 
 
 @functools.cache

@@ -22,7 +22,7 @@ def _inputs():
     """Base weights, trainable variables and a batch, made once: the policy changes no parameter."""
     cfg = _config("none")
     model = build_model(cfg, ACFG)
-    base = jax.jit(lambda r: init_params(Decoder(cfg), r))(jax.random.key(0))["params"]  # one program, not op by op
+    base = init_params(Decoder(cfg), jax.random.key(0))["params"]
     variables = init_adapter_variables(model, jax.random.key(1))
     trainable = {k: variables.get(k, {}) for k in ("adapter", "router")}
     # Nonzero B so the adapter path carries gradient everywhere.
