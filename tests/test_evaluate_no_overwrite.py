@@ -21,7 +21,20 @@ def trained_run(tmp_path_factory):
                        **{"eval.heldout.num_batches": 0, "train.num_steps": 1, "eval.at_start": False})
     r = cli("main", f"--config={cfg}", f"--workdir={d / 'run'}")
     assert r.returncode == 0, r.stderr[-3000:]
-    return {"run": d / "run", "cfg": cfg, "model": model, "test": d / "test.jsonl"}
+    return {"run": d / "run", "cfg": cfg, "model": model, "test": d / "test.jsonl", "stdout": r.stdout}
+
+
+def test_the_evaluation_says_where_its_time_went(trained_run):
+    """The run's end-of-training evaluation logs its time by part and writes each task's seconds."""
+    line = next(x for x in trained_run["stdout"].splitlines() if "evaluation at step 1 (" in x)
+    m = re.search(r"evaluation at step 1 \(([\d.]+) s; gsm8k ([\d.]+) s \(generation ([\d.]+) s, "
+                  r"routing statistics ([\d.]+) s\)\): ", line)
+    assert m, line
+    total, task, gen, stats = map(float, m.groups())
+    assert 0 < gen + stats <= task <= total + 0.1
+    seconds = json.loads((trained_run["run"] / "eval" / "gsm8k.json").read_text())["seconds"]
+    assert set(seconds) == {"total", "generation", "routing statistics"}
+    assert seconds["generation"] + seconds["routing statistics"] <= seconds["total"] + 0.02
 
 
 def _snapshot(folder):
@@ -57,6 +70,8 @@ def test_named_evaluations_are_never_overwritten(trained_run):
     out = run / "evals" / "limit1"
     assert json.loads((out / "gsm8k.json").read_text())["metrics"]["num_examples"] == 1
     assert logs[-1] == f"results written to {out}"
+    took = next(line for line in logs if line.startswith("gsm8k took "))
+    assert re.fullmatch(r"gsm8k took [\d.]+ s \(generation [\d.]+ s, routing statistics [\d.]+ s\)", took), took
     before = _snapshot(out)
     r = cli("evaluate", f"--config={cfg}", f"--workdir={run}", "--eval_name=limit1")
     assert (r.returncode, stderr_lines(r)) == (2, [f"error: {out} already holds results",

@@ -14,13 +14,17 @@ with the collection immutable, so nothing slows them down).
 Tests can pass any callable as the generator of a task (a fake returning canonical solutions, say).
 
 With ``ModelRunner(progress=True)`` each task shows a progress bar on a terminal (remix_jax/progress.py): questions
-scored (multiple choice), prompts generated (GSM8K, HumanEval), with their rate and ETA.
+scored (multiple choice), prompts generated (GSM8K, HumanEval), with their rate and ETA. ``ModelRunner.take_seconds()``
+gives the wall time spent since the last call in each of the three (compiling included): "generation", "scoring" and
+"routing statistics".
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import jax
@@ -38,7 +42,8 @@ from remix_jax.inference.generation import GenerationConfig, generate_text
 from remix_jax.inference.prefill import DEFAULT_PREFILL_CHUNK, check_prefill_chunk
 from remix_jax.models.llama import Decoder
 
-__all__ = ["Generator", "ModelRunner", "RoutingAccumulator", "TaskResult", "run_task"]
+__all__ = ["Generator", "ModelRunner", "RoutingAccumulator", "TaskResult", "format_seconds", "run_task",
+           "run_task_timed"]
 ROUTING_KEYS = scoring.ROUTING_KEYS
 
 
@@ -117,6 +122,21 @@ class ModelRunner:
         self.with_stats = routing_stats and _has_routing(variables, model)
         self.rng = jax.random.key(seed)
         self.routing = RoutingAccumulator()
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def _timed(self, what: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[what] = self.seconds.get(what, 0.0) + time.perf_counter() - t0
+
+    def take_seconds(self) -> dict[str, float]:
+        """Wall seconds per kind of work ("generation", "scoring", "routing statistics") since the last call;
+        kinds not run are absent."""
+        out, self.seconds = self.seconds, {}
+        return out
 
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer.encode(text, add_special_tokens=False))
@@ -128,7 +148,7 @@ class ModelRunner:
         """Completions of ``texts``, run shortest-first (fewer prompt buckets, less padding).
         ``add_special_tokens=False`` for texts that hold them already (a rendered chat template: no second BOS)."""
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        with self._bar(len(texts), "prompt", "generating") as bar:
+        with self._timed("generation"), self._bar(len(texts), "prompt", "generating") as bar:
             out = generate_text(
                 self.model,
                 self.variables,
@@ -224,15 +244,16 @@ class ModelRunner:
         if questions is None:
             questions = sum(i == 0 or contexts[i] != contexts[i - 1] for i in range(len(contexts)))
         total = questions or len(rows)
-        with self._bar(total, "question", "scoring") as bar:
+        with self._timed("scoring"), self._bar(total, "question", "scoring") as bar:
             return self._score(rows, bar, total / max(len(rows), 1))
 
     def record_routing(self, prompts_: Sequence[str], completions: Sequence[str]) -> None:
         """One teacher-forced pass over prompt + completion to collect routing statistics."""
         if not self.with_stats:
             return
-        rows = [(self.encode(p), self.encode(c)) for p, c in zip(prompts_, completions, strict=True)]
-        self._score([(ctx, cont) for ctx, cont in rows if ctx])
+        with self._timed("routing statistics"):
+            rows = [(self.encode(p), self.encode(c)) for p, c in zip(prompts_, completions, strict=True)]
+            self._score([(ctx, cont) for ctx, cont in rows if ctx])
 
     def take_routing(self) -> dict | None:
         out = self.routing.result()
@@ -327,6 +348,23 @@ def run_humaneval(runner: ModelRunner, eval_cfg, generator: Generator | None = N
     metrics["shots"] = int(h.shots)
     metrics["template"] = "plain"
     return TaskResult("humaneval", metrics, records, runner.take_routing())
+
+
+def run_task_timed(task: str, runner: ModelRunner, eval_cfg,
+                   generator: Generator | None = None) -> tuple[TaskResult, dict[str, float]]:
+    """``run_task`` and the wall seconds it took: {"total": ..., then the runner's "generation", "scoring" and
+    "routing statistics" that ran}; the rest of the total is reading data, prompts, answers and (HumanEval) the
+    sandboxed test runs."""
+    runner.take_seconds()
+    t0 = time.perf_counter()
+    res = run_task(task, runner, eval_cfg, generator)
+    return res, {"total": time.perf_counter() - t0, **runner.take_seconds()}
+
+
+def format_seconds(seconds: dict[str, float]) -> str:
+    """'84.3 s (generation 60.2 s, routing statistics 20.1 s)' from ``run_task_timed``'s seconds."""
+    parts = [f"{k} {v:.1f} s" for k, v in seconds.items() if k != "total"]
+    return f"{seconds['total']:.1f} s" + (f" ({', '.join(parts)})" if parts else "")
 
 
 def run_task(task: str, runner: ModelRunner, eval_cfg, generator: Generator | None = None) -> TaskResult:

@@ -123,18 +123,20 @@ def run(config, workdir: str, log=print, generators: dict | None = None, name: s
     )
     out = {}
     for task in tasks:
-        res = evaluator.run_task(task, runner, ev, (generators or {}).get(task))
+        res, seconds = evaluator.run_task_timed(task, runner, ev, (generators or {}).get(task))
         extra = {
             "model_path": config.model.path,
             "adapters": loaded.source,
             "adapter_config": loaded.adapter,
             "routing_stats": res.routing_stats,
+            "seconds": {k: round(v, 2) for k, v in seconds.items()},
         }
         path = results.write_task_results(
             out_dir, task, res.metrics, res.predictions, config=config, extra=extra, subdir=""
         )
         scalars = {k: v for k, v in res.metrics.items() if not isinstance(v, dict)}
         log(f"{task}: {json.dumps(scalars)} -> {path}")
+        log(f"{task} took {evaluator.format_seconds(seconds)}")
         out[task] = res.metrics
     named = [m for m in ("acc", "acc_norm") if any(m in metrics for metrics in out.values())]
     log(results.format_table(out, columns=["accuracy", *named, "num_correct", "num_examples"]))

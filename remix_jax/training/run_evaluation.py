@@ -129,9 +129,12 @@ class RunEvaluator:
         is_main = jax.process_index() == 0
         scalars: dict[str, float] = {}
         heldout = None
+        parts = []  # where the time went, for the log line
         if self.heldout:
+            t_heldout = time.perf_counter()
             heldout = self.heldout_loss(variables)
             scalars["heldout_loss"] = heldout
+            parts.append(f"held-out loss {time.perf_counter() - t_heldout:.1f} s")
         extra = {"model_path": self.train_cfg.model.path, "adapters": f"training step {step}",
                  "adapter_config": dict(self.train_cfg.adapter), "step": step}
         if heldout is not None and is_main:
@@ -150,19 +153,22 @@ class RunEvaluator:
                                            pack_len=int(self.ev.get("pack_len", DEFAULT_PACK_LEN)),
                                            progress=self.progress)
             for task in self.tasks:
-                res = evaluator.run_task(task, runner, self.ev)
+                res, seconds = evaluator.run_task_timed(task, runner, self.ev)
+                parts.append(f"{task} {evaluator.format_seconds(seconds)}")
                 metrics = dict(res.metrics)
                 if heldout is not None:
                     metrics["heldout_loss"] = heldout
                 if is_main:
                     results.write_task_results(out_dir, task, metrics, res.predictions, config=self.config,
-                                               extra={**extra, "routing_stats": res.routing_stats})
+                                               extra={**extra, "routing_stats": res.routing_stats,
+                                                      "seconds": {k: round(v, 2) for k, v in seconds.items()}})
                 if metrics.get("accuracy") is not None:
                     scalars[f"{task}/accuracy"] = float(metrics["accuracy"])
                 if res.routing_stats and "ess_applied_mean" in res.routing_stats:
                     scalars[f"{task}/ess_applied"] = float(res.routing_stats["ess_applied_mean"])
         shown = ", ".join(f"{k}={v:.4f}" for k, v in scalars.items())
-        self.log(f"evaluation at step {step} ({time.perf_counter() - t0:.1f} s): {shown}")
+        where = f"; {'; '.join(parts)}" if parts else ""
+        self.log(f"evaluation at step {step} ({time.perf_counter() - t0:.1f} s{where}): {shown}")
         bad = [k for k, v in scalars.items() if not math.isfinite(v)]
         if bad:
             self.log(f"warning: evaluation at step {step}: {', '.join(bad)} not finite (written as null in "

@@ -83,7 +83,10 @@ def test_gsm8k_end_to_end(base, tok, data_dir):
     cfg, variables = base
     runner = evaluator.ModelRunner(Decoder(cfg), variables, tok, batch_size=4)
     c = eval_cfg(data_dir)
-    res = evaluator.run_gsm8k(runner, c)
+    res, seconds = evaluator.run_task_timed("gsm8k", runner, c)
+    # the base model routes nothing, so no routing-statistics pass; the runner's clock starts again after each task
+    assert set(seconds) == {"total", "generation"} and 0 < seconds["generation"] <= seconds["total"]
+    assert runner.take_seconds() == {}
     m = res.metrics
     assert m["num_examples"] == 3 and len(res.predictions) == 3 and m["shots"] == 1
     assert (
@@ -157,7 +160,8 @@ def test_arc_c_loglik_matches_plain_forward(remix, tok, data_dir, style):
     model, variables, acfg = remix
     runner = evaluator.ModelRunner(model, variables, tok, batch_size=4)
     c = eval_cfg(data_dir, mc_style=style)
-    res = evaluator.run_multiple_choice("arc_c", runner, c)
+    res, seconds = evaluator.run_task_timed("arc_c", runner, c)
+    assert set(seconds) == {"total", "scoring"} and 0 < seconds["scoring"] <= seconds["total"]
     examples = evaluator._examples(c.arc_c.path, "alpaca", 3)
     assert res.metrics["num_examples"] == 3 and res.metrics["mode"] == "loglik"
     for e, r in zip(examples, res.predictions, strict=True):
@@ -175,6 +179,12 @@ def test_arc_c_loglik_matches_plain_forward(remix, tok, data_dir, style):
     np.testing.assert_allclose(np.sum(rs["load"], axis=-1), k, atol=1e-5)
     np.testing.assert_allclose(rs["ess_applied"], [k] * L, atol=1e-4)
     assert all(1.0 <= x <= n + 1e-5 for x in rs["ess_softmax"])
+
+
+def test_format_seconds():
+    assert evaluator.format_seconds({"total": 84.31, "generation": 60.24, "routing statistics": 20.06}) == \
+        "84.3 s (generation 60.2 s, routing statistics 20.1 s)"
+    assert evaluator.format_seconds({"total": 2.0}) == "2.0 s"
 
 
 def test_arc_c_by_generation(base, tok, data_dir):
