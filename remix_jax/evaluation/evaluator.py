@@ -352,13 +352,14 @@ def run_humaneval(runner: ModelRunner, eval_cfg, generator: Generator | None = N
 
 def run_task_timed(task: str, runner: ModelRunner, eval_cfg,
                    generator: Generator | None = None) -> tuple[TaskResult, dict[str, float]]:
-    """``run_task`` and the wall seconds it took: {"total": ..., then the runner's "generation", "scoring" and
-    "routing statistics" that ran}; the rest of the total is reading data, prompts, answers and (HumanEval) the
+    """``run_task`` and the wall seconds it took, to 0.01 s: {"total": ..., then the runner's "generation", "scoring"
+    and "routing statistics" that ran}; the rest of the total is reading data, prompts, answers and (HumanEval) the
     sandboxed test runs."""
     runner.take_seconds()
     t0 = time.perf_counter()
     res = run_task(task, runner, eval_cfg, generator)
-    return res, {"total": time.perf_counter() - t0, **runner.take_seconds()}
+    seconds = {"total": time.perf_counter() - t0, **runner.take_seconds()}
+    return res, {k: round(v, 2) for k, v in seconds.items()}
 
 
 def format_seconds(seconds: dict[str, float]) -> str:

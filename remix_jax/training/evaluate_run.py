@@ -129,7 +129,7 @@ def run(config, workdir: str, log=print, generators: dict | None = None, name: s
             "adapters": loaded.source,
             "adapter_config": loaded.adapter,
             "routing_stats": res.routing_stats,
-            "seconds": {k: round(v, 2) for k, v in seconds.items()},
+            "seconds": seconds,
         }
         path = results.write_task_results(
             out_dir, task, res.metrics, res.predictions, config=config, extra=extra, subdir=""

@@ -161,7 +161,7 @@ class RunEvaluator:
                 if is_main:
                     results.write_task_results(out_dir, task, metrics, res.predictions, config=self.config,
                                                extra={**extra, "routing_stats": res.routing_stats,
-                                                      "seconds": {k: round(v, 2) for k, v in seconds.items()}})
+                                                      "seconds": seconds})
                 if metrics.get("accuracy") is not None:
                     scalars[f"{task}/accuracy"] = float(metrics["accuracy"])
                 if res.routing_stats and "ess_applied_mean" in res.routing_stats:
