@@ -56,6 +56,13 @@ REMAT_POLICIES = {
     # (norms, rope, activations, the LoRA x @ A products) is recomputed. dots_no_batch instead saves the base
     # product and the adapter delta separately, doubling the adapted projections' activations.
     "save_proj_out": jax.checkpoint_policies.save_only_these_names(PROJ_OUT, "attn_out"),
+    # The same tensors as save_proj_out, moved to pinned host memory after the forward pass and back for the
+    # backward pass (XLA's host offloading on GPU and TPU): device memory close to "full" without its recompute of
+    # every projection, paid for in host transfers. On the CPU backend host and device memory are one, and the
+    # policy computes what save_proj_out computes.
+    "offload_proj_out": jax.checkpoint_policies.save_and_offload_only_these_names(
+        names_which_can_be_saved=[], names_which_can_be_offloaded=[PROJ_OUT, "attn_out"],
+        offload_src="device", offload_dst="pinned_host"),
 }
 
 
