@@ -113,9 +113,11 @@ def test_remix_router_moves_to_the_best_subset(remix_bundle, lora_bundle, make_c
     one to lower the loss and one (negative learning rate) to raise it. Remix experts 0 and 1 each carry
     half of the good LoRA (selecting {0, 1} reproduces it), experts 2 and 3 half of the bad one. With
     adapters frozen and only the router learning by RLOO (M=8), within 100 steps top-2 routing moves from
-    under half of the tokens on {0, 1} to most of them, and the loss falls. (The share on {0, 1} reaches its
-    plateau, 0.85, by step 100: 0.853 at 100 steps, 0.847 at 120; the mean loss of steps 50-99 is 0.60 below
-    that of the first 10.)"""
+    under half of the tokens on {0, 1} to most of them, and the loss falls. At the constant router rate the share
+    on {0, 1} keeps moving around its plateau, and float rounding that differs between CPUs (XLA's code for
+    the host's instruction set) changes the sampled routings, so where step 100 falls differs by host: 0.853 at
+    100 steps and 0.847 at 120 on one; 0.86, 0.73, 0.74 and 0.87 at steps 50, 100, 150 and 200 on another. The
+    bound, 0.65, is well above the untrained 0.44 and below that swing."""
     from remix_jax.routing.diagnostics import collect_routing_stats
     from remix_jax.training.synthetic import SyntheticLoader
 
@@ -162,7 +164,7 @@ def test_remix_router_moves_to_the_best_subset(remix_bundle, lora_bundle, make_c
     state, metrics = _run(bundle, config, [next(it) for _ in range(100)], mesh)
     before, after = share_on_best(bundle.trainable), share_on_best(state.trainable)
     # Tokens whose routing barely changes any response loss (early prompt tokens) keep some spread, so
-    # the share plateaus near 0.85 rather than 1.
-    assert before < 0.6 and after > 0.75, (before, after)
+    # the share plateaus near 0.85 rather than 1 (and swings below it: docstring).
+    assert before < 0.6 and after > 0.65, (before, after)
     losses = [float(m["loss"]) for m in metrics]
     assert np.mean(losses[-50:]) < np.mean(losses[:10]) - 0.5
