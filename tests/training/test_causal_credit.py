@@ -156,8 +156,10 @@ def test_objective_router_gradient_is_the_causal_estimator(remix_bundle, perturb
     diff = max(float(jnp.max(jnp.abs(a - b))) for a, b in
                zip(jax.tree.leaves(g_causal["router"]), jax.tree.leaves(g_seq["router"]), strict=True))
     assert diff > 1e-5  # a different estimator of the same expectation
+    # The same adapter gradient from two programs (the router's part differs), so float32 rounding of their
+    # fused sums may differ: equal to a millionth of each leaf's largest entry.
     for a, b in zip(jax.tree.leaves(g_causal["adapter"]), jax.tree.leaves(g_seq["adapter"]), strict=True):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-9)
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6 * float(np.abs(b).max()))
     assert sorted(met_causal) == sorted(met_seq)
     per_block = np.asarray(met_seq["routing/logit_std_per_block"])  # the router logits' scale, logged per block
     assert per_block.shape == (2,) and np.all(per_block > 0)
