@@ -31,7 +31,9 @@ def test_the_evaluation_says_where_its_time_went(trained_run):
                   r"routing statistics ([\d.]+) s\)\): ", line)
     assert m, line
     total, task, gen, stats = map(float, m.groups())
-    assert 0 < gen + stats <= task <= total + 0.1
+    # Each figure is rounded to 0.1 s on its own: a sum of two may exceed the rounded whole by up to 0.15 s (and
+    # 2.6 + 1.3 is 3.9000000000000004 in floating point).
+    assert 0 < gen + stats <= task + 0.15 + 1e-9 and task <= total + 0.1 + 1e-9
     seconds = json.loads((trained_run["run"] / "eval" / "gsm8k.json").read_text())["seconds"]
     assert set(seconds) == {"total", "generation", "routing statistics"}
     assert seconds["generation"] + seconds["routing statistics"] <= seconds["total"] + 0.02
