@@ -9,14 +9,11 @@ the repository and those packages is read.
 import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-# The CPU backend's code generation at optimisation level 0: most of the suite's time is compiling small programs
-# that then run for milliseconds. Tests compare programs compiled under the same flags with each other, or with
-# independent references within tolerances, so the level changes no verdict (the benchmark scripts keep the default).
-# The CPU backend's older loop emitters for fusions instead of its MLIR fusion emitters: the same programs compile
-# about 30% faster (the suite 1073 s -> 660 s on two cores: docs/notes/test-suite-time-2026-12-06.md); they round
-# fused float32 sums in another order, within the tolerances of the tests that compare two programs.
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-                           " --xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false").strip()
+# 8 fake CPU devices and the quick code generation of tests/tiny_run.py (stdlib imports only: jax is not imported yet).
+from tests.tiny_run import CHILD_XLA_FLAGS  # noqa: E402
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8 "
+                           + CHILD_XLA_FLAGS).strip()
 # The reference libraries' thread pools (PyTorch's OpenMP, OpenBLAS under numpy) are sized by the core count of the
 # host; the xdist workers (PYTEST_XDIST_WORKER_COUNT, set before this file is imported) share those cores, and two
 # pools of spinning threads on two cores run a torch reference several times slower than one thread each. Each
