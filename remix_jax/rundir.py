@@ -382,7 +382,7 @@ def finished_summary(workdir: str) -> dict:
     export = os.path.join(workdir, "export")
     return {"step": done["step"], "metrics": train_rows[-1] if train_rows else {},
             "export": export if os.path.isdir(export) else None, "eval": evaluations(workdir), "complete": True,
-            "wall_s": done.get("wall_s"), "skipped": True, "workdir": workdir}
+            "wall_s": done.get("wall_s"), "compile_s": done.get("compile_s"), "skipped": True, "workdir": workdir}
 
 
 def _fmt_list(values) -> str:
@@ -400,8 +400,10 @@ def format_summary(summary: dict) -> str:
     evals = {int(k): v for k, v in (summary.get("eval") or {}).items()}
     step = int(summary["step"])
     first, last = evals.get(0, {}), evals.get(step, {})
-    lines.append(f"steps: {step}" + (f", wall time {summary['wall_s']:.0f} s"
-                                     if summary.get("wall_s") is not None else ""))
+    wall = f", wall time {summary['wall_s']:.0f} s" if summary.get("wall_s") is not None else ""
+    if wall and summary.get("compile_s") is not None:
+        wall += f" ({summary['compile_s']:.0f} s of it compiling)"
+    lines.append(f"steps: {step}" + wall)
     if "loss" in m:
         lines.append(f"training loss (last logged step {m.get('step', step)}): {m['loss']:.4f}")
     if "heldout_loss" in first or "heldout_loss" in last:

@@ -25,18 +25,28 @@ def trained_run(tmp_path_factory):
 
 
 def test_the_evaluation_says_where_its_time_went(trained_run):
-    """The run's end-of-training evaluation logs its time by part and writes each task's seconds."""
+    """The run's end-of-training evaluation logs its time by part, and how much of each part was compiling, and
+    writes each task's seconds."""
     line = next(x for x in trained_run["stdout"].splitlines() if "evaluation at step 1 (" in x)
-    m = re.search(r"evaluation at step 1 \(([\d.]+) s; gsm8k ([\d.]+) s \(generation ([\d.]+) s, "
-                  r"routing statistics ([\d.]+) s\)\): ", line)
+    c = r"(?: \[compiling ([\d.]+) s\])?"
+    m = re.search(rf"evaluation at step 1 \(([\d.]+) s; gsm8k ([\d.]+) s \(generation ([\d.]+) s{c}, "
+                  rf"routing statistics ([\d.]+) s{c}\)\): ", line)
     assert m, line
-    total, task, gen, stats = map(float, m.groups())
+    total, task, gen, gen_c, stats, stats_c = (float(x or 0.0) for x in m.groups())
     # Each figure is rounded to 0.1 s on its own: a sum of two may exceed the rounded whole by up to 0.15 s (and
     # 2.6 + 1.3 is 3.9000000000000004 in floating point).
     assert 0 < gen + stats <= task + 0.15 + 1e-9 and task <= total + 0.1 + 1e-9
+    assert gen_c <= gen + 0.1 and stats_c <= stats + 0.1
     seconds = json.loads((trained_run["run"] / "eval" / "gsm8k.json").read_text())["seconds"]
-    assert set(seconds) == {"total", "generation", "routing statistics"}
+    assert set(seconds) == {"total", "generation", "generation compiling", "routing statistics",
+                            "routing statistics compiling"}
     assert seconds["generation"] + seconds["routing statistics"] <= seconds["total"] + 0.02
+    # this process compiled the generation program for this evaluation (a new model: nothing was cached)
+    assert 0 < seconds["generation compiling"] <= seconds["generation"] + 0.01
+    assert 0 <= seconds["routing statistics compiling"] <= seconds["routing statistics"] + 0.01
+    done = json.loads((trained_run["run"] / "run_complete.json").read_text())
+    assert 0 < done["compile_s"] < done["wall_s"]
+    assert f"({done['compile_s']:.0f} s of it compiling)" in trained_run["stdout"]
 
 
 def _snapshot(folder):
@@ -73,7 +83,8 @@ def test_named_evaluations_are_never_overwritten(trained_run):
     assert json.loads((out / "gsm8k.json").read_text())["metrics"]["num_examples"] == 1
     assert logs[-1] == f"results written to {out}"
     took = next(line for line in logs if line.startswith("gsm8k took "))
-    assert re.fullmatch(r"gsm8k took [\d.]+ s \(generation [\d.]+ s, routing statistics [\d.]+ s\)", took), took
+    c = r"(?: \[compiling [\d.]+ s\])?"
+    assert re.fullmatch(rf"gsm8k took [\d.]+ s \(generation [\d.]+ s{c}, routing statistics [\d.]+ s{c}\)", took), took
     before = _snapshot(out)
     r = cli("evaluate", f"--config={cfg}", f"--workdir={run}", "--eval_name=limit1")
     assert (r.returncode, stderr_lines(r)) == (2, [f"error: {out} already holds results",

@@ -6,14 +6,15 @@ What a run's workdir holds (written by ``python -m remix_jax.main``):
     metrics.jsonl        one JSON object per logged step: {"step", "loss", "routing/ess_softmax", ...};
                          per-block diagnostics as lists ("routing/ess_softmax_per_block": [L floats])
     eval/<task>.json     {"task", "accuracy", "heldout_loss"?, ...} (metrics at top level or under "metrics")
-    run_complete.json    {"step", "wall_s"}: written last; only complete runs enter the aggregates
+    run_complete.json    {"step", "wall_s", "compile_s"}: written last; only complete runs enter the aggregates
     params.json          {"trainable", "active"}: parameter counts, written when training starts (absent from runs
                          that predate it: ``python -m remix_jax.sweep --params_only`` back-fills them)
 
 Columns of results.csv, one row per run: name, status (complete | incomplete | missing), the run's params
 (grid columns, variant labels, seed), metrics ("<task>/accuracy", "<task>/heldout_loss", ...,
 "train/final_loss", "routing/ess_softmax_final", "routing/ess_applied_final", "train/tokens_per_s",
-"wall_s"), "params/trainable" and "params/active" (when params.json exists), workdir and the exact command.
+"wall_s", "compile_s"), "params/trainable" and "params/active" (when params.json exists), workdir and the exact
+command.
 
 The tables give each metric as "mean ± std (±h, n=N)": the sample standard deviation over the N seeds and the
 half-width h of the 95% Student t interval of the mean, t_{0.975, N-1} std / sqrt(N) (one seed: the value alone).
@@ -127,8 +128,9 @@ def collect_run(run) -> dict:
                            **run.params}
     if complete:
         done = _read_json(wd / "run_complete.json")
-        if _is_number(done.get("wall_s")):
-            row["wall_s"] = float(done["wall_s"])
+        for key in ("wall_s", "compile_s"):  # compile_s: runs written before it existed have none
+            if _is_number(done.get(key)):
+                row[key] = float(done[key])
     if (wd / "metrics.jsonl").is_file():
         rows = read_jsonl(wd / "metrics.jsonl", allow_partial_last=not complete)
         losses = [r["loss"] for r in rows if _is_number(r.get("loss"))]

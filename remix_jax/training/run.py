@@ -6,7 +6,8 @@ whole before any model is loaded or compiled (``run_config.check_config``: every
 also those read only at the end of training, and the PEFT directory of ``adapter.init_from`` when the run starts
 from scratch: a resumed run takes its adapter from its checkpoint and does not read it), recorded in
 WORKDIR/config.json, trained (resuming from the newest checkpoint: ``training.loop.train``), evaluated, and
-WORKDIR/run_complete.json ({"step", "wall_s"}) is written last. WORKDIR/params.json ({"trainable", "active"}
+WORKDIR/run_complete.json ({"step", "wall_s", "compile_s": the seconds of it this process spent lowering and
+compiling programs, ``remix_jax.compile_clock``}) is written last. WORKDIR/params.json ({"trainable", "active"}
 parameter counts, ``training.param_record``) is written once the trainable state is built.
 
 Evaluation (the optional ``config.eval`` section, ``run_config.eval_config()``): when ``eval.tasks`` names
@@ -31,7 +32,7 @@ import time
 
 import jax
 
-from remix_jax import rundir
+from remix_jax import compile_clock, rundir
 from remix_jax.parallel.mesh import maybe_initialize_distributed
 from remix_jax.run_config import check_config, eval_enabled, resolve_dtypes, split_config
 from remix_jax.training import loop, param_record
@@ -48,10 +49,10 @@ def has_checkpoint(workdir: str) -> bool:
 def run(config, workdir: str, log=print, continue_with_changes: bool = False) -> dict:
     """Check the config against DIR's record, validate it, train (resuming), evaluate, write
     run_complete.json. Returns {"step", "metrics" (last logged row), "export", "eval": {step: scalars},
-    "complete": bool, "wall_s", "skipped": True when the run had already finished}. Raises
+    "complete": bool, "wall_s", "compile_s", "skipped": True when the run had already finished}. Raises
     rundir.RunConfigError for a config that differs from DIR/config.json (see remix_jax/rundir.py)."""
     maybe_initialize_distributed()
-    t0 = time.time()
+    t0, c0 = time.time(), compile_clock.seconds()
     auto = [f"model.{k}" for k in ("dtype", "param_dtype") if config.model[k] == "auto"]
     config = copy.deepcopy(config)
     with config.unlocked():
@@ -85,7 +86,7 @@ def run(config, workdir: str, log=print, continue_with_changes: bool = False) ->
 
     summary = loop.train(train_cfg, workdir, make_eval_fn=make_eval_fn, log_fn=log)
     summary.pop("state", None)
-    wall = time.time() - t0
+    wall, compiling = time.time() - t0, compile_clock.seconds() - c0
     # From the run's files, not from this process's memory: a resumed run keeps its step-0 evaluation.
     summary["eval"] = rundir.evaluations(workdir) if jax.process_index() == 0 else (
         evaluator_box[0].history if evaluator_box else {})
@@ -93,7 +94,7 @@ def run(config, workdir: str, log=print, continue_with_changes: bool = False) ->
         done_path = os.path.join(workdir, rundir.RUN_COMPLETE)
         tmp = done_path + ".tmp"
         with open(tmp, "w") as f:
-            json.dump({"step": int(summary["step"]), "wall_s": wall}, f)
+            json.dump({"step": int(summary["step"]), "wall_s": wall, "compile_s": compiling}, f)
         os.replace(tmp, done_path)
-    summary.update(complete=True, wall_s=wall, skipped=False, workdir=workdir)
+    summary.update(complete=True, wall_s=wall, compile_s=compiling, skipped=False, workdir=workdir)
     return summary
