@@ -6,7 +6,9 @@ all 32 samples at once would not.
     python -m remix_jax.sweep --sweep=experiments/m_sweep.py
 
 With $REMIX_SELECTED_LR (the 0.5B study) every M trains at ReMix's chosen adapter learning rate and one routing
-sample at a time, as in the main table (M = 4 is then the main table's ReMix; M = 32 costs 8 times its step).
+sample at a time, as in the main table (M = 4 is then the main table's ReMix; M = 32 costs 8 times its step: about
+18 minutes of training alone on an H100). Its runs with M > 4 save a checkpoint every 50 steps, so a run stopped by
+a job's time limit resumes where it stopped when the sweep is started again (the checkpoints change nothing else).
 """
 
 from common import GSM8K_CONFIG, GSM8K_TASK, ROUTED, SEEDS, as_in_main_table, small_scale, variant
@@ -15,12 +17,14 @@ from remix_jax.sweep import KEYS
 
 MS = (2, 4, 8, 32)
 CHUNK = 8  # routing samples processed at once when M exceeds it
+RESUMABLE = {"train.checkpoint_every": 50}  # 0.5B study, M > 4: runs longer than a job's time limit
 
 
 def get_sweep():
     main = as_in_main_table("remix")  # with $REMIX_SELECTED_LR: the chosen rate, and one sample at a time for every M
     variants = [{"name": f"M{m}", "labels": {KEYS.num_samples: m},
-                 "overrides": {KEYS.num_samples: m, **({KEYS.sample_chunk: CHUNK} if m > CHUNK and not main else {})}}
+                 "overrides": {KEYS.num_samples: m, **({KEYS.sample_chunk: CHUNK} if m > CHUNK and not main else {}),
+                               **(RESUMABLE if m > 4 and main else {})}}
                 for m in MS]
     return {
         "config": GSM8K_CONFIG + variant("remix"),
