@@ -8,6 +8,12 @@ for the four tasks); set $REMIX_LLM_ADAPTERS_DIR to the folder of the LLM-Adapte
     REMIX_LLM_ADAPTERS_DIR=DATA python -m remix_jax.sweep --sweep=experiments/multitask.py
     python experiments/specialisation.py --results=experiments/results/multitask
 
+Learning rates: every method at the config's 2e-4 (router 1e-3), or, with $REMIX_MULTITASK_SELECTED_LR naming a
+``select_lr.py`` output, each method at the adapter learning rate chosen there. No grid has been run on the
+mixture itself; the 0.5B study points the variable at the GSM8K grid's choice
+(``experiments/results/qwen0.5b/lr_grid/selected_lr.json``), rates chosen on another task's validation loss, and
+says so beside the results.
+
 Scoring: zero-shot; each option is the continuation "the correct answer is <label>" (answer1 ... answer5, or true /
 false for BoolQ: the training target) and the options are ranked by their log-likelihood per token
 (``eval.mc_normalize``: the summed log-probability divided by the continuation's token count), so a label is not
@@ -19,7 +25,16 @@ block); ``specialisation.py`` reads them and reports which experts each task use
 routing differs (Jensen-Shannon divergence), for the routed methods (MixLoRA, HydraLoRA, ReMix).
 """
 
-from common import METHODS, MULTITASK_CONFIG, MULTITASK_TASKS, SEEDS, model_path, multitask_data, variant
+from common import (
+    METHODS,
+    MULTITASK_CONFIG,
+    MULTITASK_TASKS,
+    SEEDS,
+    model_path,
+    multitask_data,
+    selected_methods,
+    variant,
+)
 
 from remix_jax.sweep import KEYS
 
@@ -33,7 +48,7 @@ def get_sweep():
     return {
         "config": MULTITASK_CONFIG + variant("remix"),
         "base_overrides": {KEYS.model_path: model_path(), **multitask_data(), **SCORING},
-        "grid": [SHOWN],
+        "grid": [selected_methods(SHOWN, env="REMIX_MULTITASK_SELECTED_LR")],
         "seeds": SEEDS,
         "report": {
             "tables": [{"title": "One model, four tasks: accuracy (options ranked by per-token log-likelihood)",
