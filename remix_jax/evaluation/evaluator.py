@@ -175,7 +175,7 @@ class ModelRunner:
         return progress_lib.bar(total, f"{self.task or 'evaluation'}: {what}", unit, self.progress)
 
     def _score(self, rows: Sequence[tuple[list[int], list[int]]], bar=None,
-               per_row: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+               per_row: float = 1.0, stats_only: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """rows: (context ids, continuation ids) -> (summed log-probs [N], continuation lengths [N]).
 
         With ``share_context``, runs of consecutive rows with the same context (the options of a question) run
@@ -184,17 +184,25 @@ class ModelRunner:
         prefill and the options against its cache (``scoring.score_shared_batch``; rows alone run as whole
         sequences). Without it every row runs as a whole sequence (``scoring.score_batch``). At most
         ``batch_size`` rows a batch, or packed ``batch_size`` x ``scoring.PACKED_TOKENS_PER_ROW`` tokens (scoring.py).
-        ``bar`` advances ``per_row`` a row.
+        ``bar`` advances ``per_row`` a row. ``stats_only`` (the routing-statistics pass, which discards the log-probs):
+        packed batches all take one shape (full rows, no target slots), so the pass compiles one program; the
+        returned sums are then zeros.
         """
         n = len(rows)
         sums, counts = np.zeros(n), np.zeros(n, np.int64)
         pad = self.tokenizer.pad_token_id or 0
         if self.share_context and self.pack_len:
             groups, singles = scoring.context_groups(rows, self.batch_size)
-            for batch in scoring.packed_batches(rows, groups + [[i] for i in singles], self.batch_size, pad,
-                                                self.pack_len):
+            batches = scoring.packed_batches(rows, groups + [[i] for i in singles], self.batch_size, pad,
+                                             self.pack_len)
+            for batch in batches:
                 self.rng, key = jax.random.split(self.rng)
-                pred, targets, owner = scoring.flat_targets(batch)
+                if stats_only:
+                    t = batch.tokens.shape[1]
+                    batch = scoring.full_batch(batch, max(1, self.batch_size * scoring.PACKED_TOKENS_PER_ROW // t))
+                    pred, targets, owner = scoring.no_targets()
+                else:
+                    pred, targets, owner = scoring.flat_targets(batch)
                 logp, stats = scoring.score_packed_batch(
                     self.model, self.variables, *(jnp.asarray(a) for a in (
                         batch.tokens, batch.segment_ids, batch.positions, batch.branch_ids, pred,
@@ -258,7 +266,7 @@ class ModelRunner:
             return
         with self._timed("routing statistics"):
             rows = [(self.encode(p), self.encode(c)) for p, c in zip(prompts_, completions, strict=True)]
-            self._score([(ctx, cont) for ctx, cont in rows if ctx])
+            self._score([(ctx, cont) for ctx, cont in rows if ctx], stats_only=True)
 
     def take_routing(self) -> dict | None:
         out = self.routing.result()

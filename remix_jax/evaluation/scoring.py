@@ -282,6 +282,28 @@ def packed_batches(rows: Rows, groups: Sequence[list[int]], batch_size: int, pad
                              _batch_rows(len(packed[start:start + per_batch]), per_batch), pad)
 
 
+def full_batch(batch: PackedBatch, rows: int) -> PackedBatch:
+    """``batch`` padded to ``rows`` packed rows (segment 0: no token of them is scored or counted), so that every batch
+    of a pass has one shape (``packed_batches`` gives the last batch fewer rows)."""
+    extra = rows - batch.tokens.shape[0]
+    if extra < 0:
+        raise ValueError(f"a batch of {batch.tokens.shape[0]} rows cannot be padded to {rows}")
+    if not extra:
+        return batch
+
+    def pad(a, value=0):
+        return np.concatenate([a, np.full((extra,) + a.shape[1:], value, a.dtype)])
+
+    return PackedBatch(batch.rows, pad(batch.tokens), pad(batch.segment_ids), pad(batch.positions),
+                       pad(batch.branch_ids), pad(batch.pred), pad(batch.targets), pad(batch.owner, -1))
+
+
+def no_targets() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``flat_targets``'s (pred, targets, owner) for a pass that needs only the routing statistics: TARGETS_MIN
+    padding slots, the same for every batch (the forward pass, and so the statistics, do not depend on them)."""
+    return (np.zeros(TARGETS_MIN, np.int32), np.zeros(TARGETS_MIN, np.int32), np.full(TARGETS_MIN, -1, np.int64))
+
+
 def flat_targets(batch: PackedBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The target slots of all rows of a packed batch as one list, for ``score_packed_batch``: (pred, targets,
     owner) [N], pred the position in the flattened [B * T] hidden states (row-major: row by row, each row's slots in

@@ -148,3 +148,29 @@ def test_pack_len_is_checked():
         validate_eval_config(c)
     with pytest.raises(ValueError, match="pack_len"):
         evaluator.ModelRunner(None, {}, None, pack_len=-1)
+
+
+def test_the_routing_statistics_pass_runs_one_program_shape(tok, monkeypatch):
+    """record_routing (the teacher-forced pass after generation, which discards the log-probs) pads every packed batch
+    to full rows and drops the target slots: one program shape where the scoring pass of the same rows takes
+    several, and the same statistics."""
+    model, variables, _ = adapted("remix")
+    ctxs, conts = questions()
+    shapes, real = [], scoring.score_packed_batch
+
+    def spy(model, variables, tokens, segment_ids, positions, branch_ids, pred, targets, rng, with_stats):
+        shapes.append((tokens.shape, pred.shape))
+        return real(model, variables, tokens, segment_ids, positions, branch_ids, pred, targets, rng,
+                    with_stats=with_stats)
+
+    monkeypatch.setattr(scoring, "score_packed_batch", spy)
+    runner = evaluator.ModelRunner(model, variables, tok, batch_size=3, pack_len=64)
+    runner.loglik(ctxs, conts)
+    scored, scored_shapes = runner.take_routing(), set(shapes)
+    shapes.clear()
+    runner.record_routing(ctxs, conts)
+    recorded = runner.take_routing()
+    assert len(scored_shapes) > 1 and len(set(shapes)) == 1, (scored_shapes, set(shapes))
+    assert recorded["num_tokens"] == scored["num_tokens"]
+    for k in ("load", "ess_applied", "ess_softmax", "entropy", "distinct_subsets"):
+        np.testing.assert_allclose(recorded[k], scored[k], rtol=1e-6, atol=1e-6, err_msg=k)
