@@ -28,6 +28,12 @@ def test_no_import_cycle():
     assert ig.cycles(ig.graph()) == []
 
 
+def test_leaves_import_nothing_of_the_package():
+    g = ig.graph()
+    assert {m for m in g if ig.room(m) in ig.LEAVES} >= {f"remix_jax.{leaf}" for leaf in ig.LEAVES}
+    assert {m: sorted(e) for m, e in g.items() if ig.room(m) in ig.LEAVES and e} == {}
+
+
 @pytest.mark.parametrize("name", sorted(UPPER))
 def test_upper_room_imports_only_what_sits_below_it(name):
     assert ig.imports_from_above({name: UPPER[name]}) == {}, f"remix_jax/{name} imports from above it"

@@ -142,7 +142,8 @@ def _parse_run(run):
     return fv.config
 
 
-NOT_SWEEPS = ("common", "paired", "select_lr", "specialisation", "table1")  # experiments/ modules that define no sweep
+# experiments/ modules that define no sweep
+NOT_SWEEPS = ("common", "paired", "select_lr", "specialisation", "table1", "trend")
 
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in (REPO / "experiments").glob("*.py")
