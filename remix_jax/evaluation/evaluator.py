@@ -198,8 +198,8 @@ class ModelRunner:
             for batch in batches:
                 self.rng, key = jax.random.split(self.rng)
                 if stats_only:
-                    t = batch.tokens.shape[1]
-                    batch = scoring.full_batch(batch, max(1, self.batch_size * scoring.PACKED_TOKENS_PER_ROW // t))
+                    rows_per_batch = scoring.rows_per_packed_batch(self.batch_size, batch.tokens.shape[1])
+                    batch = scoring.pad_packed_rows(batch, rows_per_batch)
                     pred, targets, owner = scoring.no_targets()
                 else:
                     pred, targets, owner = scoring.flat_targets(batch)

@@ -276,13 +276,18 @@ def packed_batches(rows: Rows, groups: Sequence[list[int]], batch_size: int, pad
             r = free[c].pop()
         packed[r].append(u)
         free[c - size[u]].append(r)
-    per_batch = max(1, batch_size * PACKED_TOKENS_PER_ROW // t)
+    per_batch = rows_per_packed_batch(batch_size, t)
     for start in range(0, len(packed), per_batch):
         yield _packed_arrays(rows, [[groups[u] for u in r] for r in packed[start:start + per_batch]], t,
                              _batch_rows(len(packed[start:start + per_batch]), per_batch), pad)
 
 
-def full_batch(batch: PackedBatch, rows: int) -> PackedBatch:
+def rows_per_packed_batch(batch_size: int, t: int) -> int:
+    """Packed rows of ``t`` tokens in a batch of ``packed_batches`` (its last batch may hold fewer)."""
+    return max(1, batch_size * PACKED_TOKENS_PER_ROW // t)
+
+
+def pad_packed_rows(batch: PackedBatch, rows: int) -> PackedBatch:
     """``batch`` padded to ``rows`` packed rows (segment 0: no token of them is scored or counted), so that every batch
     of a pass has one shape (``packed_batches`` gives the last batch fewer rows)."""
     extra = rows - batch.tokens.shape[0]
