@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import math
 import pathlib
 import sys
 
@@ -26,7 +25,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from remix_jax.sweep.results import t_quantile_975  # noqa: E402
+from remix_jax.sweep.results import ci95_half_width, mean_std  # noqa: E402
 
 
 def slope(xs: list[float], ys: list[float]) -> float:
@@ -40,12 +39,8 @@ def slope(xs: list[float], ys: list[float]) -> float:
 
 def mean_interval(values: list[float]) -> tuple[float, float | None]:
     """(mean, 95% t-interval half-width over the values; None for one value)."""
-    n = len(values)
-    m = sum(values) / n
-    if n < 2:
-        return m, None
-    sd = math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1))
-    return m, t_quantile_975(n - 1) * sd / math.sqrt(n)
+    m, sd, n = mean_std(values)
+    return m, (ci95_half_width(sd, n) if n > 1 else None)
 
 
 def read_runs(path: pathlib.Path, x: str, y: str, where: dict[str, str]) -> dict[int, dict[float, float]]:
