@@ -193,16 +193,10 @@ class ModelRunner:
         pad = self.tokenizer.pad_token_id or 0
         if self.share_context and self.pack_len:
             groups, singles = scoring.context_groups(rows, self.batch_size)
-            batches = scoring.packed_batches(rows, groups + [[i] for i in singles], self.batch_size, pad,
-                                             self.pack_len)
-            for batch in batches:
+            for batch in scoring.packed_batches(rows, groups + [[i] for i in singles], self.batch_size, pad,
+                                                self.pack_len, full_rows=stats_only):
                 self.rng, key = jax.random.split(self.rng)
-                if stats_only:
-                    rows_per_batch = scoring.rows_per_packed_batch(self.batch_size, batch.tokens.shape[1])
-                    batch = scoring.pad_packed_rows(batch, rows_per_batch)
-                    pred, targets, owner = scoring.no_targets()
-                else:
-                    pred, targets, owner = scoring.flat_targets(batch)
+                pred, targets, owner = scoring.no_targets() if stats_only else scoring.flat_targets(batch)
                 logp, stats = scoring.score_packed_batch(
                     self.model, self.variables, *(jnp.asarray(a) for a in (
                         batch.tokens, batch.segment_ids, batch.positions, batch.branch_ids, pred,

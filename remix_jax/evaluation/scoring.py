@@ -255,12 +255,13 @@ class PackedBatch:
 
 
 def packed_batches(rows: Rows, groups: Sequence[list[int]], batch_size: int, pad: int,
-                   pack_len: int) -> Iterator[PackedBatch]:
+                   pack_len: int, full_rows: bool = False) -> Iterator[PackedBatch]:
     """Batches of rows of ``T = max(pack_len, the longest question's tokens as a power of two)`` tokens, each
     holding whole questions (``groups``: rows sharing one context; a row alone is a group of one), laid out as
     context, option 1, option 2, ... Questions go longest first into the fullest row they fit (best fit
     decreasing). A batch holds max(1, batch_size * PACKED_TOKENS_PER_ROW // T) rows; its target slots are the
-    most any of its rows needs, as a power of two >= TARGETS_MIN."""
+    most any of its rows needs, as a power of two >= TARGETS_MIN. ``full_rows``: the last batch too gets the full
+    number of rows (padding rows: segment 0), so that every batch has one shape."""
     if not groups:
         return
     size = [len(rows[g[0]][0]) + sum(len(rows[i][1]) for i in g) for g in groups]
@@ -276,31 +277,10 @@ def packed_batches(rows: Rows, groups: Sequence[list[int]], batch_size: int, pad
             r = free[c].pop()
         packed[r].append(u)
         free[c - size[u]].append(r)
-    per_batch = rows_per_packed_batch(batch_size, t)
+    per_batch = max(1, batch_size * PACKED_TOKENS_PER_ROW // t)
     for start in range(0, len(packed), per_batch):
-        yield _packed_arrays(rows, [[groups[u] for u in r] for r in packed[start:start + per_batch]], t,
-                             _batch_rows(len(packed[start:start + per_batch]), per_batch), pad)
-
-
-def rows_per_packed_batch(batch_size: int, t: int) -> int:
-    """Packed rows of ``t`` tokens in a batch of ``packed_batches`` (its last batch may hold fewer)."""
-    return max(1, batch_size * PACKED_TOKENS_PER_ROW // t)
-
-
-def pad_packed_rows(batch: PackedBatch, rows: int) -> PackedBatch:
-    """``batch`` padded to ``rows`` packed rows (segment 0: no token of them is scored or counted), so that every batch
-    of a pass has one shape (``packed_batches`` gives the last batch fewer rows)."""
-    extra = rows - batch.tokens.shape[0]
-    if extra < 0:
-        raise ValueError(f"a batch of {batch.tokens.shape[0]} rows cannot be padded to {rows}")
-    if not extra:
-        return batch
-
-    def pad(a, value=0):
-        return np.concatenate([a, np.full((extra,) + a.shape[1:], value, a.dtype)])
-
-    return PackedBatch(batch.rows, pad(batch.tokens), pad(batch.segment_ids), pad(batch.positions),
-                       pad(batch.branch_ids), pad(batch.pred), pad(batch.targets), pad(batch.owner, -1))
+        b = per_batch if full_rows else _batch_rows(len(packed[start:start + per_batch]), per_batch)
+        yield _packed_arrays(rows, [[groups[u] for u in r] for r in packed[start:start + per_batch]], t, b, pad)
 
 
 def no_targets() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
