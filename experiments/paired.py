@@ -23,6 +23,13 @@ moved HumanEval from the base model's score:
 
     python experiments/paired.py --results=experiments/results/qwen0.5b/humaneval_table --task=humaneval \
         --baseline=base --baseline_json=docs/results_data/base_qwen0.5b/humaneval.json
+
+``--pairs=METHOD:BASELINE,...`` gives each listed method its own baseline instead (written to
+``<results>/paired_<task>_pairs.md``), e.g. the rank comparison's ReMix with k experts against the LoRA of the same
+active rank:
+
+    python experiments/paired.py --results=experiments/results/qwen0.5b/rank_comparison --task=gsm8k \
+        --pairs=remix_k1:lora_r8,remix_k2:lora_r16,remix_k3:lora_r24,remix_k4:lora_r32
 """
 
 from __future__ import annotations
@@ -131,19 +138,49 @@ def compare(found: dict, baseline: str) -> list[dict]:
     return rows
 
 
-def markdown(rows: list[dict], task: str, baseline: str) -> str:
-    lines = [f"# Paired differences to {baseline} on {task}", "",
-             f"Accuracy of the method minus {baseline}'s, in points, on the same examples. Per seed: 95% interval "
+def parse_pairs(text: str) -> list[tuple[str, str]]:
+    """"a:b,c:d" -> [("a", "b"), ("c", "d")]; a malformed entry is an error naming it."""
+    pairs = []
+    for entry in text.split(","):
+        method, sep, baseline = entry.strip().partition(":")
+        if not sep or not method or not baseline or ":" in baseline:
+            raise ValueError(f"--pairs: {entry.strip()!r} is not METHOD:BASELINE")
+        pairs.append((method, baseline))
+    return pairs
+
+
+def compare_pairs(found: dict, pairs: list[tuple[str, str]]) -> list[dict]:
+    """Each method of ``pairs`` against its own baseline: ``compare``'s rows, each naming its "baseline"."""
+    rows = []
+    for method, baseline in pairs:
+        if method not in found:
+            raise KeyError(f"method {method!r} has no finished run (methods found: {sorted(found)})")
+        sub = {method: found[method], **({baseline: found[baseline]} if baseline in found else {})}
+        rows += [{**r, "baseline": baseline} for r in compare(sub, baseline) if r["method"] == method]
+    return rows
+
+
+def markdown(rows: list[dict], task: str, baseline: str | None) -> str:
+    """The report; ``baseline`` None for rows of ``compare_pairs`` (each names its own)."""
+    against = baseline if baseline is not None else "its baseline"
+    title = f"# Paired differences to {baseline} on {task}" if baseline is not None else \
+        f"# Paired differences on {task}, each method against its own baseline"
+    pair_col = baseline is None
+    lines = [title, "",
+             f"Accuracy of the method minus {against}'s, in points, on the same examples. Per seed: 95% interval "
              "over the examples (normal approximation), discordant counts, McNemar's exact p. Row \"mean\": mean "
              "over seeds (two or more), 95% t-interval over seeds.", "",
-             f"| method | seed | difference (points) | 95% interval | method right, {baseline} wrong | "
-             f"{baseline} right, method wrong | McNemar p |", "|---|---|---|---|---|---|---|"]
+             "| method | " + ("baseline | " if pair_col else "") + f"seed | difference (points) | 95% interval | "
+             f"method right, {'baseline' if pair_col else baseline} wrong | "
+             f"{'baseline' if pair_col else baseline} right, method wrong | McNemar p |",
+             "|---|" + ("---|" if pair_col else "") + "---|---|---|---|---|---|"]
     for r in rows:
+        head = f"| {r['method']} | " + (f"{r['baseline']} | " if pair_col else "")
         if r["seed"] == "mean":
             ci = f"[{r['diff'] - r['half95']:+.2f}, {r['diff'] + r['half95']:+.2f}]"
-            lines.append(f"| {r['method']} | mean of {r['n']} | {r['diff']:+.2f} | {ci} | | | |")
+            lines.append(f"{head}mean of {r['n']} | {r['diff']:+.2f} | {ci} | | | |")
         else:
-            lines.append(f"| {r['method']} | {r['seed']} | {r['diff']:+.2f} | [{r['diff'] - r['half95']:+.2f}, "
+            lines.append(f"{head}{r['seed']} | {r['diff']:+.2f} | [{r['diff'] - r['half95']:+.2f}, "
                          f"{r['diff'] + r['half95']:+.2f}] | {r['method_only']} | {r['baseline_only']} | "
                          f"{r['p_mcnemar']:.3g} |")
     return "\n".join(lines) + "\n"
@@ -158,17 +195,24 @@ def main(argv=None) -> int:
     p.add_argument("--backfill", action="store_true", help="write missing outcomes into the task jsons")
     p.add_argument("--baseline_json", type=pathlib.Path, default=None,
                    help="one task json taken as the baseline of every seed, named --baseline (not a method)")
+    p.add_argument("--pairs", default="",
+                   help="METHOD:BASELINE,...: each listed method against its own baseline (instead of --baseline)")
     args = p.parse_args(argv)
+    if args.pairs and args.baseline_json is not None:
+        p.error("--pairs and --baseline_json do not combine")
     try:
         found = collect(args.results, args.task, args.backfill)
-        if args.baseline_json is not None:
-            found = with_fixed_baseline(found, args.baseline, args.baseline_json)
-        rows = compare(found, args.baseline)
+        if args.pairs:
+            rows = compare_pairs(found, parse_pairs(args.pairs))
+        else:
+            if args.baseline_json is not None:
+                found = with_fixed_baseline(found, args.baseline, args.baseline_json)
+            rows = compare(found, args.baseline)
     except (KeyError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    text = markdown(rows, args.task, args.baseline)
-    suffix = "" if args.baseline == "lora" else f"_{args.baseline}"
+    text = markdown(rows, args.task, None if args.pairs else args.baseline)
+    suffix = "_pairs" if args.pairs else "" if args.baseline == "lora" else f"_{args.baseline}"
     out = args.out or args.results / f"paired_{args.task}{suffix}.md"
     out.write_text(text, encoding="utf-8")
     print(text, end="")

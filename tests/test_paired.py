@@ -124,3 +124,23 @@ def test_fixed_baseline_pairs_every_seed(tmp_path, capsys):
     assert paired.main([f"--results={tmp_path}", "--task=gsm8k", "--baseline=base",
                         f"--baseline_json={other}"]) == 1
     assert "different examples" in capsys.readouterr().err
+
+
+def test_pairs_give_each_method_its_own_baseline(tmp_path, capsys):
+    _run(tmp_path, "lora_r8__seed=0", [1, 0, 0, 0])
+    _run(tmp_path, "lora_r16__seed=0", [1, 1, 1, 0])
+    _run(tmp_path, "remix_k1__seed=0", [1, 1, 0, 0])  # +1/4 over lora_r8, -1/4 under lora_r16
+    _run(tmp_path, "remix_k2__seed=0", [1, 1, 1, 1])  # +1/4 over lora_r16
+    assert paired.main([f"--results={tmp_path}", "--task=gsm8k",
+                        "--pairs=remix_k1:lora_r8,remix_k2:lora_r16"]) == 0
+    text = (tmp_path / "paired_gsm8k_pairs.md").read_text()
+    assert text == capsys.readouterr().out
+    assert "| remix_k1 | lora_r8 | 0 | +25.00 |" in text and "| remix_k2 | lora_r16 | 0 | +25.00 |" in text
+    assert not [line for line in text.splitlines() if line.startswith("| lora_r")]  # only the listed methods
+    assert not (tmp_path / "paired_gsm8k.md").exists()
+    assert paired.main([f"--results={tmp_path}", "--pairs=remix_k1:lora_r24"]) == 1
+    assert "baseline 'lora_r24' has no finished run" in capsys.readouterr().err
+    assert paired.main([f"--results={tmp_path}", "--pairs=remix_k3:lora_r8"]) == 1
+    assert "method 'remix_k3' has no finished run" in capsys.readouterr().err
+    assert paired.main([f"--results={tmp_path}", "--pairs=remix_k1"]) == 1
+    assert "'remix_k1' is not METHOD:BASELINE" in capsys.readouterr().err
