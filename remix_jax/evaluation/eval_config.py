@@ -46,8 +46,9 @@ def default_eval_config() -> ml_collections.ConfigDict:
     template: how contexts are written: "plain" (plain_format around every demonstration and the query, the
       demonstrations joined by the task's delimiters) or "chat" (the tokenizer's chat template over a conversation:
       each demonstration a user turn and an assistant turn, the query the last user turn, then the generation
-      prompt; a task's description a system turn; remix_jax/evaluation/chat_format.py). HumanEval stays a plain
-      code completion either way. Each task's results record the template used (metrics["template"]).
+      prompt; a task's description a system turn; remix_jax/evaluation/chat_format.py). HumanEval in chat is
+      lm-eval's humaneval_instruct form (humaneval.py). Each task's results record the template used
+      (metrics["template"]).
     plain_format: the prompt template around every demonstration and the query (template "plain").
     batch_size: prompts per generation call / sequences per scoring forward pass.
     share_context: log-likelihood scoring runs the context of a question once for all its options (routing

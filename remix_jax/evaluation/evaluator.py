@@ -316,28 +316,33 @@ def run_multiple_choice(
 
 def run_humaneval(runner: ModelRunner, eval_cfg, generator: Generator | None = None) -> TaskResult:
     """HumanEval: eval.humaneval.shots other problems as demonstrations, num_samples completions per
-    problem, each run in the sandbox; pass@k for every k in eval.humaneval.ks. A plain code completion under
-    either eval.template: the program run is the problem's prompt + the completion, which a chat turn does not
-    continue (chat models answer with a whole, usually fenced, program: another task, as lm-eval's
-    humaneval_instruct is)."""
+    problem, each run in the sandbox; pass@k for every k in eval.humaneval.ks. With eval.template="chat" the
+    problems are asked in the chat form of lm-eval's humaneval_instruct (humaneval.chat_parts); either way the
+    program run is the problem's prompt + the completion."""
     h = eval_cfg.humaneval
     all_problems = humaneval.load_problems(h.path)
     start = int(eval_cfg.get("offset", 0))
     problems = all_problems[start : start + _limit(eval_cfg) if _limit(eval_cfg) else None]
     if not problems:
         raise DataError(f"{h.path}: {len(all_problems)} problems; eval.offset={start} skips them all")
-    texts = [humaneval.few_shot_prompt(p, all_problems, h.shots) for p in problems]
-    gen = gen_config(h.max_new_tokens, runner.tokenizer, h.temperature, h.top_p)
+    chat = chat_format.template_of(eval_cfg) == "chat"
+    if chat:
+        texts = []
+        for p in problems:
+            turns, query, prefix = humaneval.chat_parts(p, all_problems, h.shots)
+            texts.append(chat_format.context(runner.tokenizer, "", turns, query) + prefix)
+    else:
+        texts = [humaneval.few_shot_prompt(p, all_problems, h.shots) for p in problems]
+    stops = humaneval.CHAT_STOP_SEQUENCES if chat else humaneval.STOP_SEQUENCES
+    gen = gen_config(h.max_new_tokens, runner.tokenizer, h.temperature, h.top_p, chat=chat)
     repeated = [t for t in texts for _ in range(h.num_samples)]
-    raw = (generator or runner.generate)(
-        repeated, gen, humaneval.STOP_SEQUENCES, jax.random.key(eval_cfg.seed)
-    )
+    special = {"add_special_tokens": False} if chat else {}
+    raw = (generator or runner.generate)(repeated, gen, stops, jax.random.key(eval_cfg.seed), **special)
+    cut = [humaneval.truncate_completion(text, stops) for text in raw]
     completions: dict[str, list[str]] = {}
-    for j, text in enumerate(raw):
-        completions.setdefault(problems[j // h.num_samples]["task_id"], []).append(
-            humaneval.truncate_completion(text)
-        )
-    runner.record_routing(repeated, [humaneval.truncate_completion(t) for t in raw])
+    for j, text in enumerate(cut):
+        completions.setdefault(problems[j // h.num_samples]["task_id"], []).append(text)
+    runner.record_routing(repeated, cut)
     s = eval_cfg.sandbox
     limits = sandbox.SandboxLimits(
         timeout_s=float(s.timeout_s),
@@ -353,7 +358,7 @@ def run_humaneval(runner: ModelRunner, eval_cfg, generator: Generator | None = N
     metrics["num_correct"] = metrics["num_passed"]  # samples passing; pass@k are per-problem means
     metrics["num_examples"] = metrics["num_problems"]
     metrics["shots"] = int(h.shots)
-    metrics["template"] = "plain"
+    metrics["template"] = "chat" if chat else "plain"
     return TaskResult("humaneval", metrics, records, runner.take_routing())
 
 

@@ -12,6 +12,13 @@ HumanEval problem's prompt followed by its canonical solution, as plain code sep
 the query's prompt. Shots are fixed problems (the first ``n`` task ids other than the query), so the query
 never sees its own solution. The model continues the function body; ``truncate_completion`` cuts the text at
 the first line that starts a new top-level statement (the usual Codex stop sequences).
+
+Chat form (``eval.template="chat"``, ``chat_parts``), as lm-evaluation-harness's ``humaneval_instruct`` writes it:
+the user turn asks for a solution of the problem's prompt (``INSTRUCT_USER``), and the assistant turn is begun for
+the model with the prompt itself in a Python code block (``INSTRUCT_PREFIX``), so the model again continues the
+function body and the program run is the same ``prompt + completion``; the completion also ends at the closing
+code fence (``CHAT_STOP_SEQUENCES``). Demonstrations, when asked for, are earlier turns whose assistant answer is
+the prefix, the canonical solution and the closing fence.
 """
 
 from __future__ import annotations
@@ -27,6 +34,9 @@ from remix_jax.evaluation import sandbox
 
 STOP_SEQUENCES = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#", "\nassert ", '\n"""', "\n@")
 _KEYS = ("task_id", "prompt", "canonical_solution", "test", "entry_point")
+INSTRUCT_USER = "Write a solution to the following problem and make sure that it passes the tests:\n```{prompt}"
+INSTRUCT_PREFIX = "Here is the completed function:\n```python\n{prompt}\n"
+CHAT_STOP_SEQUENCES = (*STOP_SEQUENCES, "```")
 
 
 def load_problems(path: str | os.PathLike) -> list[dict]:
@@ -68,6 +78,18 @@ def few_shot_prompt(problem: Mapping, problems: Sequence[Mapping], n_shots: int 
         raise ValueError(f"only {len(shots)} other problems for {n_shots} shots")
     demos = "".join(p["prompt"] + p["canonical_solution"].rstrip() + "\n\n\n" for p in shots)
     return demos + problem["prompt"]
+
+
+def chat_parts(problem: Mapping, problems: Sequence[Mapping], n_shots: int = 0
+               ) -> tuple[list[tuple[str, str]], str, str]:
+    """The chat form: (demonstrations as (user, assistant) turns, the query's user turn, the text that begins the
+    assistant's answer). The demonstrations are the same fixed problems as ``few_shot_prompt``'s."""
+    shots = [p for p in problems if p["task_id"] != problem["task_id"]][:n_shots]
+    if len(shots) < n_shots:
+        raise ValueError(f"only {len(shots)} other problems for {n_shots} shots")
+    turns = [(INSTRUCT_USER.format(prompt=p["prompt"]),
+              INSTRUCT_PREFIX.format(prompt=p["prompt"]) + p["canonical_solution"].rstrip() + "\n```") for p in shots]
+    return turns, INSTRUCT_USER.format(prompt=problem["prompt"]), INSTRUCT_PREFIX.format(prompt=problem["prompt"])
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:

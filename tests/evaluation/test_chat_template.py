@@ -1,7 +1,8 @@
 """eval.template="chat": contexts written by the tokenizer's chat template (few-shot as a multi-turn conversation, as
 lm-eval's --apply_chat_template --fewshot_as_multiturn), checked against strings written out by hand for a 2-shot
 GSM8K question and an ARC-style multiple-choice question; the plain format unchanged; one BOS; generation stopping at
-the template's end-of-turn token; the errors; and ``python -m remix_jax.evaluate --config.eval.template=chat``."""
+the template's end-of-turn token; HumanEval in lm-eval's humaneval_instruct form; the errors; and
+``python -m remix_jax.evaluate --config.eval.template=chat``."""
 
 import json
 import random
@@ -226,6 +227,52 @@ def test_chat_generation_stops_at_end_of_turn(files, monkeypatch):
     bos = tok.bos_token_id
     assert chat_ids[:2] == [bos, tok.convert_tokens_to_ids("<start_of_turn>")] and chat_ids.count(bos) == 1
     assert plain_ids[0] == bos and plain_ids.count(bos) == 1  # the plain prompt as before: the tokenizer's BOS
+
+
+HUMANEVAL = [
+    {"task_id": "T/0", "prompt": 'def add(a, b):\n    """Sum."""\n', "canonical_solution": "    return a + b\n",
+     "test": "def check(f):\n    assert f(1, 2) == 3\n", "entry_point": "add"},
+    {"task_id": "T/1", "prompt": 'def neg(a):\n    """Negate."""\n', "canonical_solution": "    return -a\n",
+     "test": "def check(f):\n    assert f(2) == -2\n", "entry_point": "neg"},
+]
+# T/0 with one demonstration (T/1) in the chat form of lm-eval's humaneval_instruct: the assistant's turn is begun
+# with the prompt in a code block, which the model continues.
+HUMANEVAL_CHAT_0 = (
+    "<s><|im_start|>user\nWrite a solution to the following problem and make sure that it passes the tests:\n"
+    '```def neg(a):\n    """Negate."""\n<|im_end|>\n'
+    '<|im_start|>assistant\nHere is the completed function:\n```python\ndef neg(a):\n    """Negate."""\n\n'
+    "    return -a\n```<|im_end|>\n"
+    "<|im_start|>user\nWrite a solution to the following problem and make sure that it passes the tests:\n"
+    '```def add(a, b):\n    """Sum."""\n<|im_end|>\n'
+    '<|im_start|>assistant\nHere is the completed function:\n```python\ndef add(a, b):\n    """Sum."""\n\n'
+)
+HUMANEVAL_PLAIN_0 = ('def neg(a):\n    """Negate."""\n    return -a\n\n\n'
+                     'def add(a, b):\n    """Sum."""\n')
+
+
+@pytest.mark.parametrize("template", ["chat", "plain"])
+def test_humaneval_chat_form(chatml, tmp_path, template):
+    """The chat form's context written out by hand, the closing fence among the stop strings and cutting the
+    completion, and the program run still the prompt + the completion (both problems pass in the sandbox)."""
+    c = default_eval_config()
+    c.template, c.tasks = template, "humaneval"
+    c.humaneval.path, c.humaneval.shots = _write(tmp_path / "he.jsonl", HUMANEVAL), 1
+    seen = []
+
+    def generator(texts, gen, stops, rng, **kw):
+        seen.append((list(texts), list(stops), kw, gen.stop_token_ids))
+        bodies = ["    return a + b\n", "    return -a\n"]
+        return [b + "```\nThis function works." if template == "chat" else b + "\ndef more():\n" for b in bodies]
+
+    res = evaluator.run_task("humaneval", FakeRunner(chatml), c, generator)
+    ((texts, stops, kw, stop_ids),) = seen
+    if template == "chat":
+        assert texts[0] == HUMANEVAL_CHAT_0 and texts[1].endswith('```python\ndef neg(a):\n    """Negate."""\n\n')
+        assert (stops[-1], kw, stop_ids) == ("```", {"add_special_tokens": False}, (1, 3))
+    else:
+        assert texts[0] == HUMANEVAL_PLAIN_0 and (kw, stop_ids) == ({}, (1, 3)) and "```" not in stops
+    assert [r["completion"] for r in res.predictions] == ["    return a + b\n", "    return -a\n"]
+    assert res.metrics["pass@1"] == 1.0 and res.metrics["template"] == template
 
 
 def test_no_chat_template_is_one_line_error(files):
