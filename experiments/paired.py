@@ -30,6 +30,12 @@ active rank:
 
     python experiments/paired.py --results=experiments/results/qwen0.5b/rank_comparison --task=gsm8k \
         --pairs=remix_k1:lora_r8,remix_k2:lora_r16,remix_k3:lora_r24,remix_k4:lora_r32
+
+``--jsons=A.json,B.json`` compares two single evaluations directly (A minus B; printed, and written to ``--out`` when
+given), e.g. the base model in its chat format against the plain one:
+
+    python experiments/paired.py --task=gsm8k --jsons=docs/results_data/base_qwen0.5b/chat/gsm8k.json,\
+    docs/results_data/base_qwen0.5b/gsm8k.json
 """
 
 from __future__ import annotations
@@ -160,6 +166,14 @@ def compare_pairs(found: dict, pairs: list[tuple[str, str]]) -> list[dict]:
     return rows
 
 
+def compare_jsons(a: pathlib.Path, b: pathlib.Path) -> list[dict]:
+    """One row: the evaluation at ``a`` against the one at ``b`` (the same examples in the same order)."""
+    oa, ob = run_outcomes(a), run_outcomes(b)
+    if oa["ids_sha256"] != ob["ids_sha256"]:
+        raise ValueError(f"{a} and {b} scored different examples (or in a different order)")
+    return [{"method": str(a), "seed": "-", **paired_difference(oa["values"], ob["values"])}]
+
+
 def markdown(rows: list[dict], task: str, baseline: str | None) -> str:
     """The report; ``baseline`` None for rows of ``compare_pairs`` (each names its own)."""
     against = baseline if baseline is not None else "its baseline"
@@ -188,7 +202,7 @@ def markdown(rows: list[dict], task: str, baseline: str | None) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--results", required=True, type=pathlib.Path, help="a sweep's --out_dir")
+    p.add_argument("--results", type=pathlib.Path, default=None, help="a sweep's --out_dir")
     p.add_argument("--task", default="gsm8k")
     p.add_argument("--baseline", default="lora")
     p.add_argument("--out", type=pathlib.Path, default=None)
@@ -197,9 +211,25 @@ def main(argv=None) -> int:
                    help="one task json taken as the baseline of every seed, named --baseline (not a method)")
     p.add_argument("--pairs", default="",
                    help="METHOD:BASELINE,...: each listed method against its own baseline (instead of --baseline)")
+    p.add_argument("--jsons", default="", help="A,B: two task jsons compared directly (A minus B), instead of runs")
     args = p.parse_args(argv)
     if args.pairs and args.baseline_json is not None:
         p.error("--pairs and --baseline_json do not combine")
+    if args.jsons:
+        paths = [pathlib.Path(x) for x in args.jsons.split(",")]
+        if len(paths) != 2 or args.results or args.pairs or args.baseline_json:
+            p.error("--jsons takes two paths A,B and no --results, --pairs or --baseline_json")
+        try:
+            text = markdown(compare_jsons(*paths), args.task, str(paths[1]))
+        except (ValueError, FileNotFoundError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        if args.out:
+            args.out.write_text(text, encoding="utf-8")
+        print(text, end="")
+        return 0
+    if args.results is None:
+        p.error("--results is required (or --jsons)")
     try:
         found = collect(args.results, args.task, args.backfill)
         if args.pairs:

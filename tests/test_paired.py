@@ -144,3 +144,19 @@ def test_pairs_give_each_method_its_own_baseline(tmp_path, capsys):
     assert "method 'remix_k3' has no finished run" in capsys.readouterr().err
     assert paired.main([f"--results={tmp_path}", "--pairs=remix_k1"]) == 1
     assert "'remix_k1' is not METHOD:BASELINE" in capsys.readouterr().err
+
+
+def test_jsons_compare_two_evaluations(tmp_path, capsys):
+    a = _run(tmp_path / "a", "x", [1, 1, 1, 0])
+    b = _run(tmp_path / "b", "x", [1, 0, 0, 0])  # a right and b wrong on 2 of 4: +50 points
+    out = tmp_path / "ab.md"
+    assert paired.main([f"--jsons={a},{b}", f"--out={out}"]) == 0
+    text = capsys.readouterr().out
+    assert out.read_text() == text and f"| {a} | - | +50.00 |" in text and "| 2 | 0 | 0.5 |" in text
+    other = _run(tmp_path / "c", "x", [1, 0, 0, 0], ids=[3, 2, 1, 0])
+    assert paired.main([f"--jsons={a},{other}"]) == 1
+    assert "different examples" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        paired.main([f"--jsons={a}"])
+    with pytest.raises(SystemExit):
+        paired.main([])  # neither --results nor --jsons
