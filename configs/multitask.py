@@ -18,9 +18,9 @@ sources are sampled in proportion to their sizes (weights = train rows: 1119, 22
 is seen about equally often. Schedule: about three epochs of the mixture, LLM-Adapters' count: in the plain
 template the 17,754 training examples hold 1.07M tokens with Qwen2.5's tokenizer and 1.17M with SmolLM2's
 (``python -m remix_jax.data --config=configs/multitask.py:remix_small:DATA_DIR --tokenizer=MODEL.gguf``), 260-290
-packed rows of 16 x 256 tokens an epoch, so 800 steps; at 512 tokens a row (the 8B variants) 400. Evaluation: zero-shot, options ranked by the log-likelihood of
-"the correct answer is answerN" (the training target); every task's eval/<task>.json gets the held-out
-loss on the first batches of the ARC-Challenge test split.
+packed rows of 16 x 256 tokens an epoch, so 800 steps; at 512 tokens a row (the 8B variants) 400. Evaluation:
+zero-shot, options ranked by the log-likelihood of "the correct answer is answerN" (the training target); every
+task's eval/<task>.json gets the held-out loss on the first batches of the ARC-Challenge test split.
 """
 
 from remix_jax.data import source_config

@@ -71,11 +71,17 @@ def truncate_completion(text: str, stops: Sequence[str] = STOP_SEQUENCES) -> str
     return text[:cut]
 
 
-def few_shot_prompt(problem: Mapping, problems: Sequence[Mapping], n_shots: int = 4) -> str:
-    """n_shots other problems as prompt + canonical solution, then the query's prompt (0: prompt only)."""
+def _shots(problem: Mapping, problems: Sequence[Mapping], n_shots: int) -> list[Mapping]:
+    """The demonstrations of ``problem``: the first ``n_shots`` other problems."""
     shots = [p for p in problems if p["task_id"] != problem["task_id"]][:n_shots]
     if len(shots) < n_shots:
         raise ValueError(f"only {len(shots)} other problems for {n_shots} shots")
+    return shots
+
+
+def few_shot_prompt(problem: Mapping, problems: Sequence[Mapping], n_shots: int = 4) -> str:
+    """n_shots other problems as prompt + canonical solution, then the query's prompt (0: prompt only)."""
+    shots = _shots(problem, problems, n_shots)
     demos = "".join(p["prompt"] + p["canonical_solution"].rstrip() + "\n\n\n" for p in shots)
     return demos + problem["prompt"]
 
@@ -84,11 +90,9 @@ def chat_parts(problem: Mapping, problems: Sequence[Mapping], n_shots: int = 0
                ) -> tuple[list[tuple[str, str]], str, str]:
     """The chat form: (demonstrations as (user, assistant) turns, the query's user turn, the text that begins the
     assistant's answer). The demonstrations are the same fixed problems as ``few_shot_prompt``'s."""
-    shots = [p for p in problems if p["task_id"] != problem["task_id"]][:n_shots]
-    if len(shots) < n_shots:
-        raise ValueError(f"only {len(shots)} other problems for {n_shots} shots")
     turns = [(INSTRUCT_USER.format(prompt=p["prompt"]),
-              INSTRUCT_PREFIX.format(prompt=p["prompt"]) + p["canonical_solution"].rstrip() + "\n```") for p in shots]
+              INSTRUCT_PREFIX.format(prompt=p["prompt"]) + p["canonical_solution"].rstrip() + "\n```")
+             for p in _shots(problem, problems, n_shots)]
     return turns, INSTRUCT_USER.format(prompt=problem["prompt"]), INSTRUCT_PREFIX.format(prompt=problem["prompt"])
 
 
