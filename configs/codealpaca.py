@@ -27,7 +27,8 @@ Prompt format. Training rows are instruction -> code in the plain (Alpaca-style)
 ("### Instruction:\\n{instruction}[\\n\\n{input}]\\n\\n### Response:\\n" + output), for every variant, the small
 ones included. HumanEval is not evaluated in that template: the ``humaneval`` task sends the model plain code (four
 problems' signature + docstring + canonical body, then the query's signature + docstring) and runs the query's
-prompt + the completion cut at the first new top-level statement; it does so under either ``eval.template``.
+prompt + the completion cut at the first new top-level statement (under ``eval.template="chat"``, which no config
+here sets, it is asked in lm-eval's humaneval_instruct form instead: docs/tasks.md).
 This is the common practice of LoRA papers that train on CodeAlpaca (train on the instruction template, score
 HumanEval in its own completion format): the score is comparable with theirs and with the base model's
 (docs/results.md, same task), and the data stay as published, where rewriting CodeAlpaca's instructions into
