@@ -12,7 +12,9 @@ Learning rates: every method at the config's 2e-4 (router 1e-3), or, with $REMIX
 ``select_lr.py`` output, each method at the adapter learning rate chosen there. No grid has been run on the
 mixture itself; the 0.5B study points the variable at the GSM8K grid's choice
 (``experiments/results/qwen0.5b/lr_grid/selected_lr.json``), rates chosen on another task's validation loss, and
-says so beside the results.
+says so beside the results. With the variable set, ReMix also processes its routing samples one at a time
+(``train.sample_chunk`` = 1, the same gradients in less memory), as in the 0.5B study's other sweeps, so that
+several 0.5B runs share one GPU.
 
 Scoring: zero-shot; each option is the continuation "the correct answer is <label>" (answer1 ... answer5, or true /
 false for BoolQ: the training target) and the options are ranked by their log-likelihood per token
@@ -25,6 +27,8 @@ block); ``specialisation.py`` reads them and reports which experts each task use
 routing differs (Jensen-Shannon divergence), for the routed methods (MixLoRA, HydraLoRA, ReMix).
 """
 
+import os
+
 from common import (
     METHODS,
     MULTITASK_CONFIG,
@@ -32,6 +36,7 @@ from common import (
     SEEDS,
     model_path,
     multitask_data,
+    remix_one_sample_at_a_time,
     selected_methods,
     variant,
 )
@@ -39,8 +44,15 @@ from common import (
 from remix_jax.sweep import KEYS
 
 SHOWN = [m for m in METHODS if m["name"] in ("lora", "mixlora", "hydralora", "remix")]
+LR_ENV = "REMIX_MULTITASK_SELECTED_LR"
 # Rank options by per-token log-likelihood, and record each task's routing statistics (specialisation.py).
 SCORING = {"eval.mc_normalize": True, "eval.routing_stats": True}
+
+
+def methods() -> list[dict]:
+    """SHOWN at the rates $REMIX_MULTITASK_SELECTED_LR names (the 0.5B study: then ReMix one sample at a time)."""
+    chosen = selected_methods(SHOWN, env=LR_ENV)
+    return remix_one_sample_at_a_time(chosen) if os.environ.get(LR_ENV, "") else chosen
 
 
 def get_sweep():
@@ -48,7 +60,7 @@ def get_sweep():
     return {
         "config": MULTITASK_CONFIG + variant("remix"),
         "base_overrides": {KEYS.model_path: model_path(), **multitask_data(), **SCORING},
-        "grid": [selected_methods(SHOWN, env="REMIX_MULTITASK_SELECTED_LR")],
+        "grid": [methods()],
         "seeds": SEEDS,
         "report": {
             "tables": [{"title": "One model, four tasks: accuracy (options ranked by per-token log-likelihood)",

@@ -1,5 +1,6 @@
 """experiments/multitask.py: four methods x 3 seeds on the four-task mixture, at the config's learning rate, or at the
-rates of the select_lr.py output that $REMIX_MULTITASK_SELECTED_LR names (never $REMIX_SELECTED_LR's)."""
+rates of the select_lr.py output that $REMIX_MULTITASK_SELECTED_LR names (never $REMIX_SELECTED_LR's), with ReMix's
+routing samples then one at a time."""
 
 import json
 import pathlib
@@ -25,12 +26,14 @@ def test_the_multitask_rates_come_from_their_own_variable(monkeypatch, tmp_path,
     default = load_sweep(EXPERIMENTS / "multitask.py", workdir_root="/nonexistent").runs
     assert sorted({r.params["variant"] for r in default}) == sorted(RATES)
     assert len(default) == 12 and all(KEYS.adapter_lr not in r.overrides for r in default)
+    assert all(KEYS.sample_chunk not in r.overrides for r in default)  # 135M: all samples at once
     assert resolve(default[0]).optimizer.adapter_lr == 2e-4
     monkeypatch.setenv("REMIX_MULTITASK_SELECTED_LR", str(paths["selected"]))
     runs = load_sweep(EXPERIMENTS / "multitask.py", workdir_root="/nonexistent").runs
     assert [r.name for r in runs] == [r.name for r in default]
     for run, before in zip(runs, default, strict=True):
-        assert run.overrides == {**before.overrides, KEYS.adapter_lr: RATES[run.params["variant"]]}
+        one_at_a_time = {KEYS.sample_chunk: 1} if run.params["variant"] == "remix" else {}
+        assert run.overrides == {**before.overrides, KEYS.adapter_lr: RATES[run.params["variant"]], **one_at_a_time}
     for run in runs[::3]:
         assert resolve(run).optimizer.adapter_lr == RATES[run.params["variant"]]
     paths["selected"].write_text(json.dumps({m: {"adapter_lr": 1e-4} for m in RATES if m != "remix"}))
