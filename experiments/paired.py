@@ -176,17 +176,18 @@ def compare_jsons(a: pathlib.Path, b: pathlib.Path) -> list[dict]:
 
 def markdown(rows: list[dict], task: str, baseline: str | None) -> str:
     """The report; ``baseline`` None for rows of ``compare_pairs`` (each names its own)."""
-    against = baseline if baseline is not None else "its baseline"
-    title = f"# Paired differences to {baseline} on {task}" if baseline is not None else \
-        f"# Paired differences on {task}, each method against its own baseline"
     pair_col = baseline is None
+    if pair_col:
+        title, against, col = f"# Paired differences on {task}, each method against its own baseline", \
+            "its baseline", "baseline"
+    else:
+        title, against, col = f"# Paired differences to {baseline} on {task}", baseline, baseline
     lines = [title, "",
              f"Accuracy of the method minus {against}'s, in points, on the same examples. Per seed: 95% interval "
              "over the examples (normal approximation), discordant counts, McNemar's exact p. Row \"mean\": mean "
              "over seeds (two or more), 95% t-interval over seeds.", "",
              "| method | " + ("baseline | " if pair_col else "") + f"seed | difference (points) | 95% interval | "
-             f"method right, {'baseline' if pair_col else baseline} wrong | "
-             f"{'baseline' if pair_col else baseline} right, method wrong | McNemar p |",
+             f"method right, {col} wrong | {col} right, method wrong | McNemar p |",
              "|---|" + ("---|" if pair_col else "") + "---|---|---|---|---|---|"]
     for r in rows:
         head = f"| {r['method']} | " + (f"{r['baseline']} | " if pair_col else "")
@@ -215,36 +216,30 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.pairs and args.baseline_json is not None:
         p.error("--pairs and --baseline_json do not combine")
-    if args.jsons:
-        paths = [pathlib.Path(x) for x in args.jsons.split(",")]
-        if len(paths) != 2 or args.results or args.pairs or args.baseline_json:
-            p.error("--jsons takes two paths A,B and no --results, --pairs or --baseline_json")
-        try:
-            text = markdown(compare_jsons(*paths), args.task, str(paths[1]))
-        except (ValueError, FileNotFoundError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 1
-        if args.out:
-            args.out.write_text(text, encoding="utf-8")
-        print(text, end="")
-        return 0
-    if args.results is None:
+    paths = [pathlib.Path(x) for x in args.jsons.split(",")] if args.jsons else []
+    if args.jsons and (len(paths) != 2 or args.results or args.pairs or args.baseline_json):
+        p.error("--jsons takes two paths A,B and no --results, --pairs or --baseline_json")
+    if not args.jsons and args.results is None:
         p.error("--results is required (or --jsons)")
     try:
-        found = collect(args.results, args.task, args.backfill)
-        if args.pairs:
-            rows = compare_pairs(found, parse_pairs(args.pairs))
+        if args.jsons:  # printed, and written only to --out
+            text, out = markdown(compare_jsons(*paths), args.task, str(paths[1])), args.out
         else:
-            if args.baseline_json is not None:
-                found = with_fixed_baseline(found, args.baseline, args.baseline_json)
-            rows = compare(found, args.baseline)
+            found = collect(args.results, args.task, args.backfill)
+            if args.pairs:
+                rows = compare_pairs(found, parse_pairs(args.pairs))
+            else:
+                if args.baseline_json is not None:
+                    found = with_fixed_baseline(found, args.baseline, args.baseline_json)
+                rows = compare(found, args.baseline)
+            text = markdown(rows, args.task, None if args.pairs else args.baseline)
+            suffix = "_pairs" if args.pairs else "" if args.baseline == "lora" else f"_{args.baseline}"
+            out = args.out or args.results / f"paired_{args.task}{suffix}.md"
     except (KeyError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    text = markdown(rows, args.task, None if args.pairs else args.baseline)
-    suffix = "_pairs" if args.pairs else "" if args.baseline == "lora" else f"_{args.baseline}"
-    out = args.out or args.results / f"paired_{args.task}{suffix}.md"
-    out.write_text(text, encoding="utf-8")
+    if out is not None:
+        out.write_text(text, encoding="utf-8")
     print(text, end="")
     return 0
 
