@@ -30,6 +30,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import jinja2
 import numpy as np
 
 from remix_jax import compile_clock
@@ -330,7 +331,10 @@ def run_humaneval(runner: ModelRunner, eval_cfg, generator: Generator | None = N
         texts = []
         for p in problems:
             turns, query, prefix = humaneval.chat_parts(p, all_problems, h.shots)
-            texts.append(chat_format.context(runner.tokenizer, "", turns, query) + prefix)
+            try:
+                texts.append(chat_format.context(runner.tokenizer, "", turns, query) + prefix)
+            except jinja2.TemplateError as e:
+                raise DataError(f"{h.path}: problem {p['task_id']}, the chat template: {e}") from None
     else:
         texts = [humaneval.few_shot_prompt(p, all_problems, h.shots) for p in problems]
     stops = humaneval.CHAT_STOP_SEQUENCES if chat else humaneval.STOP_SEQUENCES

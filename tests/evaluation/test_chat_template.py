@@ -304,6 +304,17 @@ def test_template_refusing_a_system_turn_names_the_question(files):
     assert str(e.value) == f"{files['arc_test']}:1: task arc_toy, the chat template: System role not supported"
 
 
+def test_template_refusing_humaneval_turns_names_the_problem(tmp_path):
+    strict = ("{% for m in messages %}{% if m['role'] == 'assistant' %}{{ raise_exception('no assistant turns') }}"
+              "{% endif %}{% endfor %}" + CHATML)
+    c = default_eval_config()
+    c.template, c.tasks = "chat", "humaneval"
+    c.humaneval.path, c.humaneval.shots = _write(tmp_path / "he.jsonl", HUMANEVAL), 1
+    with pytest.raises(DataError) as e:
+        evaluator.run_task("humaneval", FakeRunner(make_tokenizer(template=strict)), c, lambda *a, **k: [""])
+    assert str(e.value) == f"{c.humaneval.path}: problem T/0, the chat template: no assistant turns"
+
+
 def test_command_line_chat(tmp_path, data_dir):
     """python -m remix_jax.evaluate --config.eval.template=chat on the tiny model: the results record the template;
     a tokenizer without a chat template is a one-line error naming it."""
