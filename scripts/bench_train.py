@@ -18,11 +18,19 @@ samples processed at once, 0 = all M), alpha, targets (ffn|all).
 JSON line and a table on stderr; scripts/profile_ops.py).
 --peer=peft|mixlora|peft,mixlora runs scripts/bench_peers.py on the same shape in the same invocation, first (a
 subprocess per peer, before this process takes the device, so each gets the whole device).
+
+Memory: "peak_gib" is the device's peak over the whole process (what the peers report: torch's
+max_memory_allocated), "step_gib" the compiled step's own memory (arguments + outputs - aliased + temporaries, XLA's
+count) and "init_peak_gib" the peak once the state is placed, before the first step. The random weights are drawn
+on the host and then placed on the device (--init=host, the default), as a checkpoint's are loaded; drawn on the
+device (--init=device) their initialiser's temporaries, about 2 GiB at the 1B shape, can exceed a lean step's
+memory and set the process peak.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -57,6 +65,14 @@ def measure_matmul_tflops() -> float:
         c = f(a, b)
     c.block_until_ready()
     return 2 * n**3 * 10 / (time.perf_counter() - t) / 1e12
+
+
+def step_bytes(compiled) -> int:
+    """The compiled step's device memory by XLA's count: arguments + outputs - aliased (donated) + temporaries."""
+    ma = compiled.memory_analysis()
+    if ma is None:
+        return 0
+    return ma.argument_size_in_bytes + ma.output_size_in_bytes - ma.alias_size_in_bytes + ma.temp_size_in_bytes
 
 
 def build_config(a, run: dict):
@@ -125,10 +141,13 @@ def run_ours(a, run: dict, peak_tflops: float) -> dict:
     from remix_jax.training.train_step import compile_train_step, make_train_step
 
     config = build_config(a, run)
-    bundle = loop.build_model_bundle(config)
+    with jax.default_device(jax.devices("cpu")[0]) if a.init == "host" else contextlib.nullcontext():
+        bundle = loop.build_model_bundle(config)
     tx, schedules = opt_lib.make_optimizer(loop.optimizer_config(config))
     mesh = mesh_lib.make_mesh(dict(config.mesh))
     state, state_sh = loop.shard_state(bundle, tx, mesh, copy_base=False)
+    jax.block_until_ready(state)
+    init_peak = (jax.local_devices()[0].memory_stats() or {}).get("peak_bytes_in_use", 0)
     bsh = mesh_lib.batch_sharding(mesh)
     rng = np.random.default_rng(0)
     toks = rng.integers(0, bundle.model_cfg.vocab_size, (a.batch, a.seq), dtype=np.int32)
@@ -176,6 +195,8 @@ def run_ours(a, run: dict, peak_tflops: float) -> dict:
         "step_ms": round(dt * 1e3, 2), "tokens_per_s": round(tokens / dt, 1),
         "sample_tokens_per_s": round(sample_tokens / dt, 1),
         "peak_gib": round(stats.get("peak_bytes_in_use", 0) / 2**30, 2),
+        "step_gib": round(step_bytes(compiled) / 2**30, 2), "init_peak_gib": round(init_peak / 2**30, 2),
+        "init": a.init,
         "trainable_params": int(adapter_params), "compile_s": round(compile_s, 1),
         "loss": float(m["loss"]),
         # per device: the step's FLOPs over (devices x the one-device ceiling)
@@ -218,6 +239,8 @@ def main():
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--peak_tflops", type=float, default=0.0)
     ap.add_argument("--set", default="", help="comma list of config overrides KEY=VALUE")
+    ap.add_argument("--init", choices=("host", "device"), default="host",
+                    help="where the random weights are drawn before being placed on the device (module docstring)")
     ap.add_argument("--profile", type=int, default=0, help="trace this many extra steps per configuration")
     ap.add_argument("--isolate", action="store_true",
                     help="run each of our configurations in its own subprocess (clean peak memory)")
