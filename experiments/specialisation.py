@@ -26,9 +26,14 @@ one panel per task, one row of panels per seed) and the top-k lists are per seed
 
 "At initialisation": the same measure on the evaluation before training (``eval_history/step_0/eval/``, written
 with eval.at_start), where it exists: how far the tasks' inputs alone separate the routing of the untrained routers.
-It is not an estimate of evaluation noise. That one needs the routing of each question (the JS between two halves of
-one task's questions), and the evaluation records only the mean over all of a task's tokens, so the report says
-that no noise reference is available.
+It is not an estimate of evaluation noise.
+
+"Within task (halves)": the noise reference. The evaluation also records the load over the even- and the
+odd-numbered scoring batches of a task apart (``routing_stats.load_halves``: two disjoint halves of its questions);
+the JS between a task's two halves, averaged over blocks and then over tasks, is what two samples of one task give.
+Each half holds half the task's tokens, so for sampling noise it is about twice the chance divergence of two whole
+tasks: a conservative reference, and a specialisation at or below it shows nothing beyond chance. Evaluations written
+before the halves were recorded have none; the report then says that no noise reference is available.
 
 Runs whose jsons hold no routing statistics (LoRA, or eval.routing_stats off) are listed as "no routing"; runs
 missing a task's json as incomplete. Writes ``<results>/specialisation.md`` and the PNGs, and prints the summary and
@@ -105,17 +110,27 @@ def top_experts(p: Sequence[float], k: int) -> list[int]:
     return [int(i) for i in np.argsort(-np.asarray(p), kind="stable")[:k]]
 
 
-def run_measures(loads: Mapping[str, np.ndarray], top: int) -> dict:
+def block_js(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """JS per block of two normalised loads [L, n]: [L]."""
+    return np.array([js_divergence(a, b) for a, b in zip(p, q, strict=True)])
+
+
+def run_measures(loads: Mapping[str, np.ndarray], top: int,
+                 halves: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None) -> dict:
     """Measures of one run from its tasks' normalised loads {task: [L, n]} (same shape):
     {"pairs": {(a, b): [L] JS per block}, "per_block": [L] mean over pairs, "specialisation": mean over blocks,
-    "top": {task: [[k experts] per block]}}."""
+    "top": {task: [[k experts] per block]}}, and with ``halves`` ({task: its two halves' normalised loads})
+    "within": {task: mean over blocks of the JS between its halves} and "within_mean" (mean over tasks)."""
     tasks = list(loads)
     first = loads[tasks[0]]
-    pairs = {(a, b): np.array([js_divergence(pa, pb) for pa, pb in zip(loads[a], loads[b], strict=True)])
-             for a, b in itertools.combinations(tasks, 2)}
+    pairs = {(a, b): block_js(loads[a], loads[b]) for a, b in itertools.combinations(tasks, 2)}
     per_block = np.mean(np.stack(list(pairs.values())), axis=0) if pairs else np.zeros(first.shape[0])
-    return {"pairs": pairs, "per_block": per_block, "specialisation": float(np.mean(per_block)),
-            "top": {t: [top_experts(p, top) for p in loads[t]] for t in tasks}}
+    out = {"pairs": pairs, "per_block": per_block, "specialisation": float(np.mean(per_block)),
+           "top": {t: [top_experts(p, top) for p in loads[t]] for t in tasks}}
+    if halves:
+        out["within"] = {t: float(np.mean(block_js(*halves[t]))) for t in tasks}
+        out["within_mean"] = float(np.mean(list(out["within"].values())))
+    return out
 
 
 # ------------------------------------------------------------------ reading runs
@@ -131,10 +146,27 @@ def _read(path: pathlib.Path) -> dict:
     return record
 
 
-def read_loads(eval_dir: pathlib.Path, tasks: Sequence[str]) -> tuple[dict[str, np.ndarray] | None, dict]:
+def read_halves(stats: Mapping, shape: tuple, where: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """``routing_stats.load_halves`` (two [L][n] loads) normalised, or None when the json has none; halves not of
+    the load's shape are an error naming the file."""
+    halves = stats.get("load_halves")
+    if halves is None:
+        return None
+    if not isinstance(halves, list) or len(halves) != 2:
+        raise SpecialisationError(f"{where}: routing_stats.load_halves is not a list of two loads")
+    out = tuple(normalised_load(h, f"{where}: load_halves[{i}]") for i, h in enumerate(halves))
+    if any(h.shape != shape for h in out):
+        raise SpecialisationError(f"{where}: routing_stats.load_halves has shapes {[list(h.shape) for h in out]}, "
+                                  f"the load {list(shape)}")
+    return out
+
+
+def read_loads(eval_dir: pathlib.Path, tasks: Sequence[str], halves: dict | None = None
+               ) -> tuple[dict[str, np.ndarray] | None, dict]:
     """({task: normalised load [L, n]} or None when no json holds routing statistics, the adapter config of the
     first json). Every task's json must exist; routing statistics in some tasks' jsons and not others', or loads of
-    different shapes, are errors naming the files."""
+    different shapes, are errors naming the files. ``halves``, a dict, receives {task: its two halves' normalised
+    loads} for the tasks whose json has them (``read_halves``)."""
     loads, without, adapter = {}, [], {}
     for task in tasks:
         path = eval_dir / f"{task}.json"
@@ -147,6 +179,9 @@ def read_loads(eval_dir: pathlib.Path, tasks: Sequence[str]) -> tuple[dict[str, 
         if not isinstance(stats, dict) or "load" not in stats:
             raise SpecialisationError(f"{path}: routing_stats has no 'load'")
         loads[task] = normalised_load(stats["load"], str(path))
+        pair = read_halves(stats, loads[task].shape, str(path))
+        if pair is not None and halves is not None:
+            halves[task] = pair
     if not loads:
         return None, adapter
     if without:
@@ -175,12 +210,14 @@ def collect(runs_dir: pathlib.Path, tasks: Sequence[str], top: int = 0) -> dict:
         if missing:
             out["incomplete"].append((run.name, f"eval/{missing[0]}.json"))
             continue
-        loads, adapter = read_loads(run / "eval", tasks)
+        halves = {}
+        loads, adapter = read_loads(run / "eval", tasks, halves)
         if loads is None:
             out["no_routing"].setdefault(method, []).append(seed)
             continue
         k = top or int(adapter.get("top_k") or 2)
-        entry = {"loads": loads, "measures": run_measures(loads, k), "top_k": k}
+        entry = {"loads": loads, "measures": run_measures(loads, k, halves if len(halves) == len(tasks) else None),
+                 "top_k": k}
         init_dir = run / INIT_DIR
         if all((init_dir / f"{t}.json").is_file() for t in tasks):
             init_loads, _ = read_loads(init_dir, tasks)
@@ -207,13 +244,15 @@ def _pair_name(pair: tuple[str, str]) -> str:
 
 def summary_table(found: dict, tasks: Sequence[str]) -> str:
     pairs = list(itertools.combinations(tasks, 2))
-    head = ["method", "seeds", "specialisation", "at initialisation", *(f"JS {_pair_name(p)}" for p in pairs)]
+    head = ["method", "seeds", "specialisation", "at initialisation", "within task (halves)",
+            *(f"JS {_pair_name(p)}" for p in pairs)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for method, seeds in found["routed"].items():
         runs = [seeds[s] for s in sorted(seeds)]
         cells = [method, ",".join(map(str, sorted(seeds))),
                  _stat([r["measures"]["specialisation"] for r in runs]),
                  _stat([r["init"] for r in runs if "init" in r]),
+                 _stat([r["measures"]["within_mean"] for r in runs if "within_mean" in r["measures"]]),
                  *(_stat([float(np.mean(r["measures"]["pairs"][p])) for r in runs]) for p in pairs)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -242,12 +281,27 @@ def top_table(entry: dict, tasks: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
-NOISE_NOTE = ("No evaluation-noise reference: the evaluation records each task's routing as one mean over all its "
-              "tokens, not per question, so the JS divergence between two halves of one task's questions (what two "
-              "samples of the same task give) cannot be computed from these files. A specialisation above zero "
-              "therefore shows that the tasks' tokens are routed differently, not by how much that exceeds what a "
-              "finite test set gives by chance; the column \"at initialisation\" (where present) gives what the "
-              "untrained routers already do with the four tasks' inputs.")
+NOISE_NOTE = ("No evaluation-noise reference: these evaluations record each task's routing as one mean over all its "
+              "tokens (written before the evaluation kept the load of two halves of a task's questions), so the JS "
+              "divergence between two halves of one task's questions (what two samples of the same task give) "
+              "cannot be computed from these files. A specialisation above zero therefore shows that the tasks' "
+              "tokens are routed differently, not by how much that exceeds what a finite test set gives by chance; "
+              "the column \"at initialisation\" (where present) gives what the untrained routers already do with "
+              "the four tasks' inputs.")
+HALVES_NOTE = ("Noise reference, the column \"within task (halves)\": the JS between the load of a task's even- and "
+               "odd-numbered scoring batches (two disjoint halves of its questions), mean over blocks, then over "
+               "tasks. Each half has half the task's tokens, so for sampling noise it is about twice the chance "
+               "divergence of two whole tasks: a specialisation at or below it shows nothing beyond chance. Per "
+               "task (mean over seeds): {per_task}.")
+
+
+def noise_note(found: dict, tasks: Sequence[str]) -> str:
+    """HALVES_NOTE with each task's within-task JS when every routed run has halves, else NOISE_NOTE."""
+    runs = [r for seeds in found["routed"].values() for r in seeds.values()]
+    if not runs or any("within" not in r["measures"] for r in runs):
+        return NOISE_NOTE
+    per_task = ", ".join(f"{t} {np.mean([r['measures']['within'][t] for r in runs]):.3f}" for t in tasks)
+    return HALVES_NOTE.format(per_task=per_task)
 
 
 def markdown(found: dict, tasks: Sequence[str], results: pathlib.Path, plots: Mapping[str, str]) -> tuple[str, str]:
@@ -264,7 +318,7 @@ def markdown(found: dict, tasks: Sequence[str], results: pathlib.Path, plots: Ma
             f"{m} (seeds {', '.join(map(str, sorted(s)))})" for m, s in found["no_routing"].items()), ""]
     if found["incomplete"]:
         head += ["Incomplete (left out): " + "; ".join(f"{n} (no {f})" for n, f in found["incomplete"]), ""]
-    head += ["## Reference", "", NOISE_NOTE, ""]
+    head += ["## Reference", "", noise_note(found, tasks), ""]
     blocks, tops = [], []
     for method, seeds in found["routed"].items():
         blocks += [f"## {method}: JS per block", "", block_table(seeds, tasks), ""]

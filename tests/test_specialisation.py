@@ -58,14 +58,17 @@ def test_normalised_load_and_its_errors():
             sp.normalised_load(load, "f.json")
 
 
-def _write_run(root, name, loads, method="remix", subdir="eval", top_k=2, skip=()):
+def _write_run(root, name, loads, method="remix", subdir="eval", top_k=2, skip=(), halves=None):
     """The four task jsons of a run, with routing statistics where the evaluation puts them (``routing_stats``
-    beside the metrics, as training.run_evaluation writes it); ``loads``: {task: [L][n]} or None (no routing)."""
+    beside the metrics, as training.run_evaluation writes it); ``loads``: {task: [L][n]} or None (no routing);
+    ``halves``: {task: two [L][n] loads} recorded as ``load_halves``."""
     run = root / "runs" / name
     for task in TASKS:
         if task in skip:
             continue
         stats = None if loads is None else {"num_tokens": 100, "load": loads[task], "ess_applied": [2.0]}
+        if halves and task in halves:
+            stats["load_halves"] = halves[task]
         write_task_results(run, task, {"accuracy": 0.5, "num_examples": 2}, [{"id": 0, "correct": True}],
                            extra={"adapter_config": {"method": method, "top_k": top_k}, "routing_stats": stats},
                            subdir=subdir)
@@ -119,7 +122,7 @@ def test_report_on_jsons_of_the_evaluation_writer(tmp_path):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # mean of (1/3, 1/8) = 0.229167, sample std |1/3 - 1/8| / sqrt(2) = 0.147314; at initialisation: seed 0 only
     assert "| remix | 0,1 | 0.229 ± 0.147 (n=2) | 0.000 |" in md
-    assert "| hydralora | 0 | 0.156 | - | 0.311 | 0.311 | 0.311 | 0.000 | 0.000 | 0.000 |" in md
+    assert "| hydralora | 0 | 0.156 | - | - | 0.311 | 0.311 | 0.311 | 0.000 | 0.000 | 0.000 |" in md
     assert "No routing (no routing statistics in the jsons): lora (seeds 0, 1)" in md
     assert "Incomplete (left out): mixlora__seed=0 (no eval/obqa.json)" in md
     assert "No evaluation-noise reference" in md
@@ -130,6 +133,33 @@ def test_report_on_jsons_of_the_evaluation_writer(tmp_path):
     assert "| 0 | 0 (50%), 1 (50%) | 0 (50%), 1 (50%) | 2 (50%), 3 (50%) | 2 (50%), 3 (50%) |" in md
     assert "![remix: expert load per block](specialisation_remix.png)" in md
     assert printed in md and "## Summary" in printed and "### remix, seed 0" not in printed
+
+
+def test_within_task_reference_from_the_halves(tmp_path):
+    # arc_c's two halves route block 0 to disjoint pairs (JS 1) and block 1 alike (0): within 1/2; the other
+    # tasks' halves are identical (0). Mean over tasks 1/8; the tasks themselves as in seed 0 above (1/3).
+    loads = {"arc_c": [A, HALF], "arc_e": [A, HALF], "boolq": [B, HALF], "obqa": [B, HALF]}
+    halves = {t: [v, v] for t, v in loads.items()}
+    halves["arc_c"] = [[A, HALF], [B, HALF]]
+    _write_run(tmp_path, "remix__seed=0", loads, halves=halves)
+    m = sp.collect(tmp_path / "runs", TASKS)["routed"]["remix"][0]["measures"]
+    assert m["within"] == {"arc_c": 0.5, "arc_e": 0.0, "boolq": 0.0, "obqa": 0.0} and m["within_mean"] == 0.125
+    sp.report(tmp_path, TASKS)
+    md = (tmp_path / "specialisation.md").read_text()
+    assert "| remix | 0 | 0.333 | - | 0.125 |" in md
+    assert "No evaluation-noise reference" not in md
+    assert "Per task (mean over seeds): arc_c 0.500, arc_e 0.000, boolq 0.000, obqa 0.000." in md
+    # one seed without halves (an older evaluation): its column cell is left out, and the note says no reference
+    _write_run(tmp_path, "remix__seed=1", loads)
+    sp.report(tmp_path, TASKS)
+    md = (tmp_path / "specialisation.md").read_text()
+    assert "| remix | 0,1 | 0.333 ± 0.000 (n=2) | - | 0.125 |" in md and "No evaluation-noise reference" in md
+    # halves of another shape than the load: an error naming the file
+    halves["obqa"] = [[A], [A]]
+    _write_run(tmp_path / "bad", "remix__seed=0", loads, halves=halves)
+    with pytest.raises(sp.SpecialisationError, match=r"remix__seed=0/eval/obqa\.json: routing_stats\.load_halves "
+                                                     r"has shapes \[\[1, 4\], \[1, 4\]\], the load \[2, 4\]"):
+        sp.collect(tmp_path / "bad" / "runs", TASKS)
 
 
 def test_cli_errors_name_the_file_and_write_nothing(tmp_path, capsys):
@@ -188,7 +218,7 @@ def tiny_run(tmp_path_factory, data_dir):
     root = tmp_path_factory.mktemp("specialisation")
     model = make_tiny_hf(root / "model")
     train = write_gsm8k(root / "train.jsonl")
-    extra = {"eval.tasks": ",".join(TASKS), "eval.mc_normalize": True}
+    extra = {"eval.tasks": ",".join(TASKS), "eval.mc_normalize": True, "eval.batch_size": 1}  # several batches
     folders = {"arc_c": "ARC-Challenge", "arc_e": "ARC-Easy", "boolq": "boolq", "obqa": "openbookqa"}
     for task, folder in folders.items():
         extra[f"eval.{task}.path"] = str(data_dir / "llm_adapters" / folder / "test.json")
@@ -209,6 +239,11 @@ def test_real_evaluation_jsons(tiny_run):
         load = record["routing_stats"]["load"]  # where the training run's evaluation puts the routing statistics
         assert np.asarray(load).shape == (2, 4)  # [blocks of the tiny model, experts]
         np.testing.assert_allclose(np.sum(load, axis=1), 2.0, atol=1e-5)  # top-2: k slots per token
+        # the two halves of the task's batches: together they are the whole, token-weighted
+        stats = record["routing_stats"]
+        (h0, h1), (n0, n1) = np.asarray(stats["load_halves"]), stats["num_tokens_halves"]
+        assert h0.shape == h1.shape == (2, 4) and n0 > 0 and n1 > 0 and n0 + n1 == stats["num_tokens"]
+        np.testing.assert_allclose((n0 * h0 + n1 * h1) / (n0 + n1), load, atol=1e-6)
         assert record["adapter_config"]["top_k"] == 2
     found = sp.collect(results / "runs", TASKS)
     entry = found["routed"]["remix"][0]
@@ -218,3 +253,4 @@ def test_real_evaluation_jsons(tiny_run):
     assert all(len(e) == 2 for t in TASKS for e in entry["measures"]["top"][t])
     printed, written = sp.report(results, TASKS)
     assert "| remix | 0 |" in printed and (results / "specialisation_remix.png").is_file()
+    assert 0.0 <= entry["measures"]["within_mean"] <= 1.0 and "Noise reference" in printed

@@ -74,7 +74,8 @@ def default_eval_config() -> ml_collections.ConfigDict:
       "token" (continuation tokens) or "char" (continuation characters, ai2-olmo-eval's acc_per_char).
       Rows of other formats always use tokens.
     routing_stats: run a scoring forward pass with the "routing_stats" collection mutable and save expert
-      load / ESS per block beside the accuracy (routed adapters only).
+      load / ESS per block beside the accuracy (routed adapters only), and the load over the even- and the
+      odd-numbered scoring batches apart ("load_halves"), two halves of the task's questions.
     remix_kernels: ReMix's decode kernels for generation calls of at most 16 tokens (GenerationConfig.remix_kernels):
       "auto" (CUDA GPUs), "xla" (never), "pallas" (always; Pallas's interpreter off GPUs, slow).
     humaneval.num_samples / temperature / top_p / ks: sampling for pass@k (num_samples 1 + temperature 0 is

@@ -26,7 +26,6 @@ import contextlib
 import dataclasses
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -40,6 +39,7 @@ from remix_jax.evaluation import builtin_tasks, chat_format, gen_runner, humanev
 from remix_jax.evaluation.eval_config import MC_TASKS, humaneval_ks, task_specs
 from remix_jax.evaluation.gen_runner import Generator, gen_config
 from remix_jax.evaluation.results import TaskResult
+from remix_jax.evaluation.routing_record import RoutingAccumulator
 from remix_jax.evaluation.task_spec import TaskSpec
 from remix_jax.inference.generation import GenerationConfig, generate_text
 from remix_jax.inference.prefill import DEFAULT_PREFILL_CHUNK, check_prefill_chunk
@@ -47,37 +47,7 @@ from remix_jax.models.llama import Decoder
 
 __all__ = ["Generator", "ModelRunner", "RoutingAccumulator", "TaskResult", "format_seconds", "run_task",
            "run_task_timed"]
-ROUTING_KEYS = scoring.ROUTING_KEYS
 COMPILING = "compiling"  # take_seconds's "<kind> compiling": the part of that kind's seconds spent building programs
-
-
-class RoutingAccumulator:
-    """Token-weighted mean of per-block routing statistics over scoring batches."""
-
-    def __init__(self):
-        self.sums: dict[str, np.ndarray] = {}
-        self.tokens = 0
-
-    def add(self, stats: dict, num_tokens: int) -> None:
-        if not stats or num_tokens == 0:
-            return
-        for k in ROUTING_KEYS:
-            if k in stats:
-                v = np.asarray(stats[k], np.float64) * num_tokens
-                self.sums[k] = self.sums[k] + v if k in self.sums else v
-        self.tokens += int(num_tokens)
-
-    def result(self) -> dict | None:
-        """{"num_tokens", "ess_applied" [L], "ess_softmax" [L], "entropy" [L], "load" [L][n],
-        "distinct_subsets" [L] (mean per batch), "ess_applied_mean"}; None when nothing routed."""
-        if not self.sums:
-            return None
-        out: dict[str, Any] = {"num_tokens": self.tokens}
-        for k, v in self.sums.items():
-            out[k] = (v / self.tokens).tolist()
-        if "ess_applied" in out:
-            out["ess_applied_mean"] = float(np.mean(out["ess_applied"]))
-        return out
 
 
 def _has_routing(variables: dict, model: Decoder) -> bool:
@@ -192,6 +162,7 @@ class ModelRunner:
         n = len(rows)
         sums, counts = np.zeros(n), np.zeros(n, np.int64)
         pad = self.tokenizer.pad_token_id or 0
+        nb = 0  # batches so far: the routing statistics' half (RoutingAccumulator)
         if self.share_context and self.pack_len:
             groups, singles = scoring.context_groups(rows, self.batch_size)
             for batch in scoring.packed_batches(rows, groups + [[i] for i in singles], self.batch_size, pad,
@@ -203,7 +174,8 @@ class ModelRunner:
                         batch.tokens, batch.segment_ids, batch.positions, batch.branch_ids, pred,
                         targets)), key, with_stats=self.with_stats)
                 if self.with_stats:
-                    self.routing.add(jax.device_get(stats), batch.num_tokens())
+                    self.routing.add(jax.device_get(stats), batch.num_tokens(), part=nb)
+                nb += 1
                 valid = owner >= 0
                 np.add.at(sums, owner[valid], np.asarray(logp, np.float64)[valid])
                 self._collect(rows, batch.rows, sums[batch.rows], sums, counts, bar, per_row)
@@ -217,8 +189,9 @@ class ModelRunner:
                 with_stats=self.with_stats, prefill_chunk=self.prefill_chunk)
             if self.with_stats:
                 n_ctx, n_cont = batch.num_tokens()
-                self.routing.add(jax.device_get(ctx_stats), n_ctx)
-                self.routing.add(jax.device_get(cont_stats), n_cont)
+                self.routing.add(jax.device_get(ctx_stats), n_ctx, part=nb)
+                self.routing.add(jax.device_get(cont_stats), n_cont, part=nb)
+            nb += 1
             self._collect(rows, batch.rows, ll, sums, counts, bar, per_row)
         for batch in scoring.full_batches(rows, singles, self.batch_size, pad):
             self.rng, key = jax.random.split(self.rng)
@@ -226,7 +199,8 @@ class ModelRunner:
                 self.model, self.variables, jnp.asarray(batch.tokens), jnp.asarray(batch.segment_ids),
                 jnp.asarray(batch.target_mask), key, num_targets=batch.num_targets, with_stats=self.with_stats)
             if self.with_stats:
-                self.routing.add(jax.device_get(stats), int(batch.segment_ids.sum()))
+                self.routing.add(jax.device_get(stats), int(batch.segment_ids.sum()), part=nb)
+            nb += 1
             self._collect(rows, batch.rows, ll, sums, counts, bar, per_row)
         return sums, counts
 

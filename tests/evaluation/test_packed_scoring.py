@@ -174,3 +174,20 @@ def test_the_routing_statistics_pass_runs_one_program_shape(tok, monkeypatch):
     assert recorded["num_tokens"] == scored["num_tokens"]
     for k in ("load", "ess_applied", "ess_softmax", "entropy", "distinct_subsets"):
         np.testing.assert_allclose(recorded[k], scored[k], rtol=1e-6, atol=1e-6, err_msg=k)
+
+
+def test_routing_accumulator_keeps_two_halves_of_the_batches():
+    """Token-weighted means over all batches, and the load over even- and odd-numbered batches apart; with one half
+    empty there are no halves."""
+    from remix_jax.evaluation.routing_record import RoutingAccumulator
+
+    acc = RoutingAccumulator()
+    acc.add({"load": [[2.0, 0.0]], "ess_applied": [2.0]}, 3, part=0)
+    acc.add({"load": [[0.0, 2.0]], "ess_applied": [1.0]}, 1, part=1)
+    acc.add({"load": [[1.0, 1.0]], "ess_applied": [2.0]}, 1, part=2)
+    out = acc.result()
+    assert out["num_tokens"] == 5 and out["load"] == [[7 / 5, 3 / 5]] and out["ess_applied"] == [9 / 5]
+    assert out["load_halves"] == [[[7 / 4, 1 / 4]], [[0.0, 2.0]]] and out["num_tokens_halves"] == [4, 1]
+    one = RoutingAccumulator()
+    one.add({"load": [[2.0, 0.0]]}, 3, part=0)
+    assert "load_halves" not in one.result() and RoutingAccumulator().result() is None
