@@ -161,13 +161,12 @@ def read_halves(stats: Mapping, shape: tuple, where: str) -> tuple[np.ndarray, n
     return out
 
 
-def read_loads(eval_dir: pathlib.Path, tasks: Sequence[str], halves: dict | None = None
-               ) -> tuple[dict[str, np.ndarray] | None, dict]:
+def read_loads(eval_dir: pathlib.Path, tasks: Sequence[str]) -> tuple[dict[str, np.ndarray] | None, dict, dict]:
     """({task: normalised load [L, n]} or None when no json holds routing statistics, the adapter config of the
-    first json). Every task's json must exist; routing statistics in some tasks' jsons and not others', or loads of
-    different shapes, are errors naming the files. ``halves``, a dict, receives {task: its two halves' normalised
-    loads} for the tasks whose json has them (``read_halves``)."""
-    loads, without, adapter = {}, [], {}
+    first json, {task: its two halves' normalised loads} for the tasks whose json has them (``read_halves``)). Every
+    task's json must exist; routing statistics in some tasks' jsons and not others', or loads of different shapes,
+    are errors naming the files."""
+    loads, without, adapter, halves = {}, [], {}, {}
     for task in tasks:
         path = eval_dir / f"{task}.json"
         record = _read(path)
@@ -180,10 +179,10 @@ def read_loads(eval_dir: pathlib.Path, tasks: Sequence[str], halves: dict | None
             raise SpecialisationError(f"{path}: routing_stats has no 'load'")
         loads[task] = normalised_load(stats["load"], str(path))
         pair = read_halves(stats, loads[task].shape, str(path))
-        if pair is not None and halves is not None:
+        if pair is not None:
             halves[task] = pair
     if not loads:
-        return None, adapter
+        return None, adapter, halves
     if without:
         raise SpecialisationError(f"{without[0]}: no routing statistics, but {eval_dir / (next(iter(loads)) + '.json')}"
                                   " has them (evaluations of one run with different settings?)")
@@ -191,7 +190,7 @@ def read_loads(eval_dir: pathlib.Path, tasks: Sequence[str], halves: dict | None
     if len(set(shapes.values())) > 1:
         raise SpecialisationError(f"{eval_dir}: load shapes differ between tasks: "
                                   + ", ".join(f"{t}.json {list(s)}" for t, s in shapes.items()))
-    return loads, adapter
+    return loads, adapter, halves
 
 
 def collect(runs_dir: pathlib.Path, tasks: Sequence[str], top: int = 0) -> dict:
@@ -210,8 +209,7 @@ def collect(runs_dir: pathlib.Path, tasks: Sequence[str], top: int = 0) -> dict:
         if missing:
             out["incomplete"].append((run.name, f"eval/{missing[0]}.json"))
             continue
-        halves = {}
-        loads, adapter = read_loads(run / "eval", tasks, halves)
+        loads, adapter, halves = read_loads(run / "eval", tasks)
         if loads is None:
             out["no_routing"].setdefault(method, []).append(seed)
             continue
@@ -220,7 +218,7 @@ def collect(runs_dir: pathlib.Path, tasks: Sequence[str], top: int = 0) -> dict:
                  "top_k": k}
         init_dir = run / INIT_DIR
         if all((init_dir / f"{t}.json").is_file() for t in tasks):
-            init_loads, _ = read_loads(init_dir, tasks)
+            init_loads, _, _ = read_loads(init_dir, tasks)
             if init_loads is not None:
                 entry["init"] = run_measures(init_loads, k)["specialisation"]
         out["routed"].setdefault(method, {})[seed] = entry
