@@ -1,5 +1,7 @@
 """Paper Table 2: one LoRA of rank k*r against ReMix with k active rank-r experts (n = 8, r = 8), at the
-same activated parameter count, for k = 1..4, 3 seeds each. If ReMix wins, it uses diverse subsets.
+same activated parameter count, for k = 1..4, 3 seeds each. If ReMix wins, it uses diverse subsets. A LoRA of
+rank n*r = 64 (labelled k = 8) is the control for parameter count: as many trainable adapter parameters as
+ReMix's eight experts, all of them active.
 
     python -m remix_jax.sweep --sweep=experiments/rank_comparison.py
 
@@ -13,6 +15,7 @@ from common import GSM8K_CONFIG, GSM8K_TASK, SEEDS, N, R, as_in_main_table, smal
 from remix_jax.sweep import KEYS
 
 KS = (1, 2, 3, 4)
+CONTROL_K = N  # LoRA of rank N * R: ReMix's trainable adapter parameters in one adapter
 
 
 def get_sweep():
@@ -23,6 +26,9 @@ def get_sweep():
                                        **as_in_main_table("remix")}})
         variants.append({"name": f"lora_r{k * R}", "config": variant("lora"), "labels": {"k": k, "family": "lora"},
                          "overrides": {KEYS.rank: k * R, **as_in_main_table("lora")}})
+    variants.append({"name": f"lora_r{CONTROL_K * R}", "config": variant("lora"),
+                     "labels": {"k": CONTROL_K, "family": "lora"},
+                     "overrides": {KEYS.rank: CONTROL_K * R, **as_in_main_table("lora")}})
     return {
         "config": GSM8K_CONFIG + variant("remix"),
         "base_overrides": small_scale(),

@@ -28,8 +28,9 @@ from remix_jax.sweep import KEYS
 
 ROUTER_LRS = [3e-4, 1e-3, 3e-3, 1e-2]
 # Four such runs sharing one H100 take about 1.9 s a step each (300 steps: about 10 minutes), so a run cut by a
-# job's time limit resumes from its last checkpoint when the sweep is started again on the same workdirs.
-RESUMABLE = {"train.checkpoint_every": 100}
+# job's time limit resumes from its last checkpoint (every 50 steps) when the sweep is started again on the same
+# workdirs.
+RESUMABLE = {"train.checkpoint_every": 50}
 
 
 def get_sweep():

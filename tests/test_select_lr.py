@@ -301,6 +301,6 @@ def test_router_lr_sweep_trains_remix_at_its_selected_adapter_rate(tmp_path, mon
         assert run.params["variant"] == "remix"
         assert run.overrides[KEYS.adapter_lr] == 2e-3 and run.overrides[KEYS.router_lr] == run.params[KEYS.router_lr]
         assert run.overrides[KEYS.sample_chunk] == 1 and run.overrides["data.template"] == "plain"
-        assert run.overrides["train.checkpoint_every"] == 100  # resumable after a job's time limit
+        assert run.overrides["train.checkpoint_every"] == 50  # resumable after a job's time limit
         assert run.overrides["eval.tasks"] == "" and run.overrides[KEYS.heldout_path] == os.path.join("val",
                                                                                                       "validation.jsonl")

@@ -61,3 +61,12 @@ def test_without_the_variable_nothing_changes(env):
     lora = resolve(_runs("rank_comparison", env["root"])["lora_r16__seed=0"])
     assert lora.adapter.rank == 16 and lora.optimizer.adapter_lr != RATES["lora"]
     assert KEYS.adapter_lr == "optimizer.adapter_lr"
+
+
+def test_rank_comparison_has_a_rank_64_lora_control(env, monkeypatch):
+    monkeypatch.setenv("REMIX_SELECTED_LR", env["selected"])
+    runs = _runs("rank_comparison", env["root"])
+    control = [resolve(runs[f"lora_r64__seed={s}"]) for s in (0, 1, 2)]
+    assert all(c.adapter.method == "lora" and c.adapter.rank == 64 for c in control)
+    assert all(c.optimizer.adapter_lr == RATES["lora"] for c in control)
+    assert {k: runs["lora_r64__seed=0"].params[k] for k in ("k", "family")} == {"k": 8, "family": "lora"}
