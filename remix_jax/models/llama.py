@@ -41,6 +41,7 @@ from remix_jax.parallel.logical import constrain
 Array = jax.Array
 
 PROJ_OUT = "proj_out"  # checkpoint name of every projection's output (see REMAT_POLICIES)
+LAYER_INPUT = "layer_input"  # checkpoint name of each block's input (the residual stream entering the layer)
 
 # Logical axis names of the activations (parallel/logical.py maps them to the mesh; no-ops without a mesh).
 BTD = ("activation_batch", "activation_length", "activation_embed")
@@ -62,6 +63,13 @@ REMAT_POLICIES = {
     # policy computes what save_proj_out computes.
     "offload_proj_out": jax.checkpoint_policies.save_and_offload_only_these_names(
         names_which_can_be_saved=[], names_which_can_be_offloaded=[PROJ_OUT, "attn_out"],
+        offload_src="device", offload_dst="pinned_host"),
+    # "full" with each block's input moved to pinned host memory: the only tensor "full" keeps per layer (its
+    # input, [B, T, d]) leaves the device after the forward pass and comes back for the layer's recompute, so the
+    # device holds the weights, one layer's recompute and the loss chunk (what offloaded gradient checkpointing,
+    # as Unsloth's, keeps). On the CPU backend it computes what "full" computes.
+    "offload_layer_input": jax.checkpoint_policies.save_and_offload_only_these_names(
+        names_which_can_be_saved=[], names_which_can_be_offloaded=[LAYER_INPUT],
         offload_src="device", offload_dst="pinned_host"),
 }
 
@@ -211,7 +219,7 @@ class Block(nn.Module):
         positions of its own slice in place instead of the loop slicing out and restacking every layer's
         cache at each step."""
         x, cache, layer = carry
-        x = constrain(x, BTD)
+        x = checkpoint_name(constrain(x, BTD), LAYER_INPUT)
         cfg = self.config
         dt, pdt = _dt(cfg.dtype), _dt(cfg.param_dtype)
         token_mask = segment_ids != 0

@@ -1,4 +1,5 @@
-"""Rematerialisation policies: same objective and gradients; save_proj_out keeps less than dots_no_batch."""
+"""Rematerialisation policies: same objective and gradients (the offloading ones too: on the CPU backend host and
+device memory are one); save_proj_out keeps less than dots_no_batch."""
 
 import jax
 import jax.numpy as jnp
@@ -47,7 +48,7 @@ def test_policies_agree_and_save_proj_out_saves_memory():
     inputs = _inputs()
     (v_ref, g_ref), temp_none = _objective_grad("none", *inputs)
     temps = {}
-    for remat in ("dots_no_batch", "save_proj_out", "full"):
+    for remat in ("dots_no_batch", "save_proj_out", "full", "offload_proj_out", "offload_layer_input"):
         (v, g), temps[remat] = _objective_grad(remat, *inputs)
         np.testing.assert_allclose(v, v_ref, rtol=1e-4)  # remat reorders float32 sums
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-3, atol=1e-5), g, g_ref)
