@@ -68,14 +68,6 @@ def measure_matmul_tflops() -> float:
     return 2 * n**3 * 10 / (time.perf_counter() - t) / 1e12
 
 
-def step_bytes(compiled) -> int:
-    """The compiled step's device memory by XLA's count: arguments + outputs - aliased (donated) + temporaries."""
-    ma = compiled.memory_analysis()
-    if ma is None:
-        return 0
-    return ma.argument_size_in_bytes + ma.output_size_in_bytes - ma.alias_size_in_bytes + ma.temp_size_in_bytes
-
-
 def build_config(a, run: dict):
     from remix_jax.run_config import default_config
 
@@ -139,7 +131,7 @@ def run_ours(a, run: dict, peak_tflops: float) -> dict:
     from remix_jax.parallel import mesh as mesh_lib
     from remix_jax.training import loop
     from remix_jax.training import optimizer as opt_lib
-    from remix_jax.training.train_step import compile_train_step, make_train_step
+    from remix_jax.training.train_step import compile_train_step, compiled_memory, make_train_step
 
     config = build_config(a, run)
     with jax.default_device(jax.devices("cpu")[0]) if a.init == "host" else contextlib.nullcontext():
@@ -196,8 +188,8 @@ def run_ours(a, run: dict, peak_tflops: float) -> dict:
         "step_ms": round(dt * 1e3, 2), "tokens_per_s": round(tokens / dt, 1),
         "sample_tokens_per_s": round(sample_tokens / dt, 1),
         "peak_gib": round(stats.get("peak_bytes_in_use", 0) / 2**30, 2),
-        "step_gib": round(step_bytes(compiled) / 2**30, 2), "init_peak_gib": round(init_peak / 2**30, 2),
-        "init": a.init,
+        "step_gib": round((compiled_memory(compiled) or {"total": 0})["total"] / 2**30, 2),
+        "init_peak_gib": round(init_peak / 2**30, 2), "init": a.init,
         "trainable_params": int(adapter_params), "compile_s": round(compile_s, 1),
         "loss": float(m["loss"]),
         # per device: the step's FLOPs over (devices x the one-device ceiling)

@@ -55,10 +55,12 @@ def test_a_missing_peer_package_is_one_json_error_line():
     assert line["impl"] == "unsloth" and "unsloth" in line["error"]
 
 
-def test_step_bytes_counts_donated_buffers_once():
-    """The step's memory: arguments + outputs - aliased (a donated state is both argument and output) + temporaries."""
-    bench = _load("bench_train")
+def test_step_memory_counts_donated_buffers_once():
+    """The step's memory (bench_train's step_gib, the TPU compile report's total): arguments + outputs - aliased (a
+    donated state is both argument and output) + temporaries."""
+    from remix_jax.training.train_step import compiled_memory
+
     ma = types.SimpleNamespace(argument_size_in_bytes=10, output_size_in_bytes=8, alias_size_in_bytes=7,
                                temp_size_in_bytes=5)
-    assert bench.step_bytes(types.SimpleNamespace(memory_analysis=lambda: ma)) == 16
-    assert bench.step_bytes(types.SimpleNamespace(memory_analysis=lambda: None)) == 0
+    assert compiled_memory(types.SimpleNamespace(memory_analysis=lambda: ma))["total"] == 16
+    assert compiled_memory(types.SimpleNamespace(memory_analysis=lambda: None)) is None

@@ -121,7 +121,7 @@ def compile_for_topology(config, topology: str, num_slices: int = 1, hlo: bool =
     compiled HLO text when asked). Raises ConfigError for a config that does not validate on that many chips."""
     from remix_jax.parallel import mesh as mesh_lib
     from remix_jax.run_config import validate_config
-    from remix_jax.training.train_step import compile_train_step
+    from remix_jax.training.train_step import compile_train_step, compiled_memory
 
     target = parse_topology(topology)
     if num_slices < 1:
@@ -154,10 +154,7 @@ def compile_for_topology(config, topology: str, num_slices: int = 1, hlo: bool =
         report.update(compile_s=time.perf_counter() - t0, fits=False, compiler_oom=oom)
         return report
     report["compile_s"] = time.perf_counter() - t0
-    ma = compiled.memory_analysis()
-    mem = {f: int(getattr(ma, f"{f}_size_in_bytes")) for f in ("argument", "output", "temp", "alias",
-                                                                  "generated_code")}
-    mem["total"] = mem["argument"] + mem["output"] - mem["alias"] + mem["temp"]
+    mem = compiled_memory(compiled)
     report["memory"] = mem
     report["fits"] = mem["total"] <= report["hbm_capacity_bytes"]
     if hlo:

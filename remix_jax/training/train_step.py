@@ -111,16 +111,27 @@ def compile_train_step(step: Callable, state: TrainState, state_shardings, batch
     return compiled
 
 
-def memory_report(compiled) -> str:
-    """One line with the compiled step's memory analysis (bytes per device), or why it is unavailable."""
+MEMORY_FIELDS = ("argument", "output", "temp", "alias", "generated_code")
+
+
+def compiled_memory(compiled) -> dict | None:
+    """XLA's memory analysis of a compiled program, bytes per device: {argument, output, temp, alias,
+    generated_code, total}, total = argument + output - alias (donated) + temp, what the program holds while it
+    runs; None where the backend has no analysis."""
     try:
         ma = compiled.memory_analysis()
-    except Exception as e:  # some backends do not implement it
-        return f"memory analysis unavailable: {e}"
+    except Exception:  # some backends do not implement it
+        return None
     if ma is None:
+        return None
+    mem = {f: int(getattr(ma, f"{f}_size_in_bytes", 0)) for f in MEMORY_FIELDS}
+    mem["total"] = mem["argument"] + mem["output"] - mem["alias"] + mem["temp"]
+    return mem
+
+
+def memory_report(compiled) -> str:
+    """One line with the compiled step's memory analysis (bytes per device), or that it is unavailable."""
+    mem = compiled_memory(compiled)
+    if mem is None:
         return "memory analysis unavailable on this backend"
-    gib = 1 / 2**30
-    fields = ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes",
-              "alias_size_in_bytes", "generated_code_size_in_bytes")
-    parts = [f"{f.replace('_size_in_bytes', '')}={getattr(ma, f, 0) * gib:.3f}GiB" for f in fields]
-    return "train step memory per device: " + " ".join(parts)
+    return "train step memory per device: " + " ".join(f"{f}={mem[f] / 2**30:.3f}GiB" for f in MEMORY_FIELDS)
