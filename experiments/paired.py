@@ -62,7 +62,8 @@ def mcnemar_exact(b: int, c: int) -> float:
     n = b + c
     if n == 0:
         return 1.0
-    tail = sum(math.comb(n, i) for i in range(min(b, c) + 1)) / 2.0 ** n
+    # integer division, correctly rounded: 2.0 ** n overflows a float past n = 1023
+    tail = sum(math.comb(n, i) for i in range(min(b, c) + 1)) / (1 << n)
     return min(1.0, 2.0 * tail)
 
 

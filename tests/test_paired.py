@@ -160,3 +160,16 @@ def test_jsons_compare_two_evaluations(tmp_path, capsys):
         paired.main([f"--jsons={a}"])
     with pytest.raises(SystemExit):
         paired.main([])  # neither --results nor --jsons
+
+
+def test_mcnemar_with_more_than_1023_discordant_questions():
+    """2.0 ** n overflows a float past n = 1023 (an ARC-Easy test split has 2,376 questions): the p-value is still
+    computed, here against a log-space sum of the binomial tail."""
+    assert paired.mcnemar_exact(600, 600) == 1.0
+    b, c = 600, 500
+    n = b + c
+    logs = [math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) - n * math.log(2) for i in range(c + 1)]
+    top = max(logs)
+    expected = 2 * math.exp(top) * sum(math.exp(v - top) for v in logs)
+    assert 1e-4 < expected < 1e-2
+    assert paired.mcnemar_exact(b, c) == pytest.approx(expected, rel=1e-9)
