@@ -39,3 +39,26 @@ def test_the_multitask_rates_come_from_their_own_variable(monkeypatch, tmp_path,
     paths["selected"].write_text(json.dumps({m: {"adapter_lr": 1e-4} for m in RATES if m != "remix"}))
     with pytest.raises(UserError, match=r"^\$REMIX_MULTITASK_SELECTED_LR: .*no learning rate for method\(s\) remix"):
         load_sweep(EXPERIMENTS / "multitask.py", workdir_root="/nonexistent")
+
+
+def test_the_rate_control_trains_each_method_at_the_others_rates(monkeypatch, tmp_path, data_dir):
+    """multitask_rates.py: with chosen rates {3e-4, 1e-3} each method runs at the one it was not given, ReMix still
+    one sample at a time, and the runs are otherwise multitask.py's; without the variable it is an error."""
+    rates = {"lora": 3e-4, "mixlora": 1e-3, "hydralora": 1e-3, "remix": 1e-3}
+    paths = isolated_sweep_env(monkeypatch, tmp_path, ENV, rates=rates)
+    monkeypatch.setenv("REMIX_LLM_ADAPTERS_DIR", str(data_dir / "llm_adapters"))
+    with pytest.raises(UserError, match=r"REMIX_MULTITASK_SELECTED_LR is not set"):
+        load_sweep(EXPERIMENTS / "multitask_rates.py", workdir_root="/nonexistent")
+    monkeypatch.setenv("REMIX_MULTITASK_SELECTED_LR", str(paths["selected"]))
+    main = {r.name: r for r in load_sweep(EXPERIMENTS / "multitask.py", workdir_root="/nonexistent").runs}
+    runs = load_sweep(EXPERIMENTS / "multitask_rates.py", workdir_root="/nonexistent").runs
+    assert sorted(r.name for r in runs) == sorted(
+        f"{m}_at_{rate}__seed={s}" for m, rate in [("lora", "0.001"), ("mixlora", "0.0003"), ("hydralora", "0.0003"),
+                                                   ("remix", "0.0003")] for s in (0, 1, 2))
+    for run in runs:
+        method, rate = run.params["variant"].split("_at_")
+        twin = main[f"{method}__seed={run.params['seed']}"]
+        assert run.overrides == {**twin.overrides, KEYS.adapter_lr: float(rate)}, run.name
+        assert run.config == twin.config
+    remix = resolve(next(r for r in runs if r.name == "remix_at_0.0003__seed=1"))
+    assert remix.optimizer.adapter_lr == 3e-4 and remix.train.sample_chunk == 1 and remix.seed == 1
