@@ -12,34 +12,17 @@ import pytest
 
 from remix_jax.adapters import AdapterConfig, build_model, init_adapter_variables
 from remix_jax.evaluation.eval_config import default_eval_config
-from remix_jax.models.hf_io import save_hf_checkpoint
-from remix_jax.models.llama import Decoder, init_params
-from remix_jax.models.model_config import named_config
 from remix_jax.run_config import default_config
 from remix_jax.training import evaluate_run, trained_model
+from tests.tiny_run import make_tiny_hf
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _byte_tokenizer():
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    tok = Tokenizer(models.BPE({c: i for i, c in enumerate(alphabet)}, []))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
-
-
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tiny_hf")
-    cfg = named_config("tiny", vocab_size=272)
-    params = init_params(Decoder(cfg), jax.random.key(0))["params"]
-    save_hf_checkpoint(d, cfg, jax.tree.map(lambda x: x * 3.0 if x.ndim >= 2 else x, params))
-    _byte_tokenizer().save_pretrained(str(d))
-    return d
+    """random:tiny's shape (vocabulary 272) with weights x3 and the byte-level tokenizer (tiny_run.make_tiny_hf)."""
+    return make_tiny_hf(tmp_path_factory.mktemp("tiny_hf"))
 
 
 ADAPTER = dict(method="remix", num_experts=4, top_k=2, rank=4, alpha=8.0)

@@ -1,11 +1,14 @@
 """Helpers for tests that run the entry points on a tiny model: a Hugging Face directory with random weights and a
 byte-level tokenizer, small GSM8K-style data files, config files, and the command lines as subprocesses."""
 
+import atexit
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
+import tempfile
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 ADAPTER = dict(method="remix", num_experts=4, top_k=2, rank=4, alpha=8.0)
@@ -22,19 +25,35 @@ def byte_tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
 
 
+# The directory this process made first; shared with this file's other module object where the tests import it
+# both as tests.tiny_run and as tiny_run.
+_OTHER_NAME = "tiny_run" if __name__ == "tests.tiny_run" else "tests.tiny_run"
+_TINY_HF: list[pathlib.Path] = getattr(sys.modules.get(_OTHER_NAME), "_TINY_HF", [])
+
+
 def make_tiny_hf(d: pathlib.Path) -> pathlib.Path:
-    """random:tiny's shape (vocabulary 272 >= the byte tokenizer's 257) saved as a Hugging Face directory."""
-    import jax
+    """random:tiny's shape (vocabulary 272 >= the byte tokenizer's 257) saved as a Hugging Face directory.
 
-    from remix_jax.models.hf_io import save_hf_checkpoint
-    from remix_jax.models.llama import Decoder, init_params
-    from remix_jax.models.model_config import named_config
+    The files are a fixed function of nothing (seeded weights, the byte tokenizer): a test process makes them once
+    (~1 s each time after the first: the initialisation program, the safetensors, the tokenizer files) and copies
+    them to ``d`` at every call, so each caller still gets its own directory to read or change."""
+    if not _TINY_HF or not _TINY_HF[0].is_dir():
+        import jax
 
-    d.mkdir(parents=True, exist_ok=True)
-    cfg = named_config("tiny", vocab_size=272)
-    params = init_params(Decoder(cfg), jax.random.key(0))["params"]
-    save_hf_checkpoint(d, cfg, jax.tree.map(lambda x: x * 3.0 if x.ndim >= 2 else x, params))
-    byte_tokenizer().save_pretrained(str(d))
+        from remix_jax.models.hf_io import save_hf_checkpoint
+        from remix_jax.models.llama import Decoder, init_params
+        from remix_jax.models.model_config import named_config
+
+        src = pathlib.Path(tempfile.mkdtemp(prefix="remix-tiny-hf-")) / "model"
+        atexit.register(shutil.rmtree, src.parent, ignore_errors=True)
+        src.mkdir()
+        cfg = named_config("tiny", vocab_size=272)
+        params = init_params(Decoder(cfg), jax.random.key(0))["params"]
+        save_hf_checkpoint(src, cfg, jax.tree.map(lambda x: x * 3.0 if x.ndim >= 2 else x, params))
+        byte_tokenizer().save_pretrained(str(src))
+        _TINY_HF[:] = [src]
+    # new files (not their first modification times), in d and its parents made as d.mkdir(parents=True) made them
+    shutil.copytree(_TINY_HF[0], d, copy_function=shutil.copy, dirs_exist_ok=True)
     return d
 
 
