@@ -55,18 +55,23 @@ def methods() -> list[dict]:
     return remix_one_sample_at_a_time(chosen) if os.environ.get(LR_ENV, "") else chosen
 
 
-def get_sweep():
+def sweep_for(variants: list[dict], title: str, accuracy_plots: bool = True) -> dict:
+    """The multi-task sweep over ``variants`` (x SEEDS): the mixture, the scoring, one table of the four tasks'
+    accuracies titled ``title``, per-task bar plots (unless ``accuracy_plots`` is False) and the ESS plot."""
     columns = [f"{t}/accuracy" for t in MULTITASK_TASKS]
+    bars = [{"kind": "bar", "x": "variant", "y": c, "file": f"accuracy_{c.split('/')[0]}.png",
+             "title": f"{c.split('/')[0]} accuracy (multi-task model)"} for c in columns] if accuracy_plots else []
     return {
         "config": MULTITASK_CONFIG + variant("remix"),
         "base_overrides": {KEYS.model_path: model_path(), **multitask_data(), **SCORING},
-        "grid": [methods()],
+        "grid": [variants],
         "seeds": SEEDS,
         "report": {
-            "tables": [{"title": "One model, four tasks: accuracy (options ranked by per-token log-likelihood)",
-                        "rows": ["variant"], "columns": columns}],
-            "plots": [{"kind": "bar", "x": "variant", "y": c, "file": f"accuracy_{c.split('/')[0]}.png",
-                       "title": f"{c.split('/')[0]} accuracy (multi-task model)"} for c in columns]
-                     + [{"kind": "ess", "series": "variant", "file": "ess_last_block.png"}],
+            "tables": [{"title": title, "rows": ["variant"], "columns": columns}],
+            "plots": bars + [{"kind": "ess", "series": "variant", "file": "ess_last_block.png"}],
         },
     }
+
+
+def get_sweep():
+    return sweep_for(methods(), "One model, four tasks: accuracy (options ranked by per-token log-likelihood)")

@@ -19,8 +19,7 @@ rates there is nothing to swap.
 
 import os
 
-from common import MULTITASK_CONFIG, MULTITASK_TASKS, SEEDS, model_path, multitask_data, variant
-from multitask import LR_ENV, SCORING, methods
+from multitask import LR_ENV, methods, sweep_for
 
 from remix_jax.cli import UserError
 from remix_jax.sweep import KEYS
@@ -38,15 +37,5 @@ def swapped_methods() -> list[dict]:
 
 
 def get_sweep():
-    columns = [f"{t}/accuracy" for t in MULTITASK_TASKS]
-    return {
-        "config": MULTITASK_CONFIG + variant("remix"),
-        "base_overrides": {KEYS.model_path: model_path(), **multitask_data(), **SCORING},
-        "grid": [swapped_methods()],
-        "seeds": SEEDS,
-        "report": {
-            "tables": [{"title": "One model, four tasks, each method at the other methods' rates: accuracy",
-                        "rows": ["variant"], "columns": columns}],
-            "plots": [{"kind": "ess", "series": "variant", "file": "ess_last_block.png"}],
-        },
-    }
+    return sweep_for(swapped_methods(), "One model, four tasks, each method at the other methods' rates: accuracy",
+                     accuracy_plots=False)

@@ -144,6 +144,9 @@ def _parse_run(run):
 
 # experiments/ modules that define no sweep
 NOT_SWEEPS = ("common", "paired", "select_lr", "specialisation", "table1", "trend")
+# sweeps that need a variable to define their runs: set to a committed file, as the study sets it
+SWEEP_ENV = {"multitask_rates": {
+    "REMIX_MULTITASK_SELECTED_LR": "experiments/results/qwen0.5b/lr_grid/selected_lr.json"}}
 
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in (REPO / "experiments").glob("*.py")
@@ -152,6 +155,8 @@ def test_experiment_sweeps_match_the_config_schema(name, monkeypatch):
     from remix_jax.run_config import split_config, validate_config
 
     monkeypatch.chdir(REPO)
+    for key, value in SWEEP_ENV.get(name, {}).items():
+        monkeypatch.setenv(key, str(REPO / value))
     sweep = sweep_lib.load_sweep(REPO / "experiments" / f"{name}.py", workdir_root="/nonexistent")
     assert sweep.runs
     for run in sweep.runs:
