@@ -31,6 +31,13 @@ active rank:
     python experiments/paired.py --results=experiments/results/qwen0.5b/rank_comparison --task=gsm8k \
         --pairs=remix_k1:lora_r8,remix_k2:lora_r16,remix_k3:lora_r24,remix_k4:lora_r32
 
+``--also=DIR,...`` adds the runs of other sweeps' folders (a method found in two folders is an error), e.g. the
+rate control's runs against the multi-task run's LoRA at its own rate:
+
+    python experiments/paired.py --results=experiments/results/qwen0.5b/multitask_rates \
+        --also=experiments/results/qwen0.5b/multitask --task=arc_c \
+        --pairs=mixlora_at_0.0003:lora,lora_at_0.001:lora,mixlora_at_0.0003:mixlora
+
 ``--jsons=A.json,B.json`` compares two single evaluations directly (A minus B; printed, and written to ``--out`` when
 given), e.g. the base model in its chat format against the plain one:
 
@@ -111,6 +118,15 @@ def collect(results: pathlib.Path, task: str, backfill: bool = False) -> dict[st
         if m and path.exists():
             found.setdefault(m["method"], {})[int(m["seed"])] = (run_outcomes(path, backfill), path)
     return found
+
+
+def merge(found: dict, other: dict, where: pathlib.Path) -> dict:
+    """``found`` with the methods of ``other`` (runs collected from the folder ``where``); a method in both is an
+    error, so that no run silently stands for another."""
+    both = sorted(set(found) & set(other))
+    if both:
+        raise ValueError(f"method(s) {', '.join(both)} found both in --results and in {where}")
+    return {**found, **other}
 
 
 def with_fixed_baseline(found: dict, name: str, path: pathlib.Path) -> dict:
@@ -214,12 +230,13 @@ def main(argv=None) -> int:
     p.add_argument("--pairs", default="",
                    help="METHOD:BASELINE,...: each listed method against its own baseline (instead of --baseline)")
     p.add_argument("--jsons", default="", help="A,B: two task jsons compared directly (A minus B), instead of runs")
+    p.add_argument("--also", default="", help="DIR,...: other sweeps' --out_dir folders whose runs join --results'")
     args = p.parse_args(argv)
     if args.pairs and args.baseline_json is not None:
         p.error("--pairs and --baseline_json do not combine")
     paths = [pathlib.Path(x) for x in args.jsons.split(",")] if args.jsons else []
-    if args.jsons and (len(paths) != 2 or args.results or args.pairs or args.baseline_json):
-        p.error("--jsons takes two paths A,B and no --results, --pairs or --baseline_json")
+    if args.jsons and (len(paths) != 2 or args.results or args.pairs or args.baseline_json or args.also):
+        p.error("--jsons takes two paths A,B and no --results, --pairs, --baseline_json or --also")
     if not args.jsons and args.results is None:
         p.error("--results is required (or --jsons)")
     try:
@@ -227,6 +244,10 @@ def main(argv=None) -> int:
             text, out = markdown(compare_jsons(*paths), args.task, str(paths[1])), args.out
         else:
             found = collect(args.results, args.task, args.backfill)
+            for where in [pathlib.Path(x) for x in args.also.split(",") if x]:
+                if not (where / "runs").is_dir():
+                    raise FileNotFoundError(f"--also: {where} holds no runs/ folder")
+                found = merge(found, collect(where, args.task, args.backfill), where)
             if args.pairs:
                 rows = compare_pairs(found, parse_pairs(args.pairs))
             else:

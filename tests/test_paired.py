@@ -146,6 +146,25 @@ def test_pairs_give_each_method_its_own_baseline(tmp_path, capsys):
     assert "'remix_k1' is not METHOD:BASELINE" in capsys.readouterr().err
 
 
+def test_also_joins_the_runs_of_another_sweep(tmp_path, capsys):
+    main, rates = tmp_path / "main", tmp_path / "rates"
+    _run(main, "lora__seed=0", [1, 0, 0, 0])
+    _run(main, "lora__seed=1", [1, 1, 0, 0])
+    _run(rates, "mixlora_at_3e-4__seed=0", [1, 1, 1, 0])  # +2/4 over seed 0's LoRA
+    _run(rates, "mixlora_at_3e-4__seed=1", [1, 1, 0, 0])  # +0 over seed 1's
+    assert paired.main([f"--results={rates}", f"--also={main}", "--pairs=mixlora_at_3e-4:lora"]) == 0
+    text = (rates / "paired_gsm8k_pairs.md").read_text()
+    assert text == capsys.readouterr().out
+    assert "| mixlora_at_3e-4 | lora | 0 | +50.00 |" in text and "| mixlora_at_3e-4 | lora | 1 | +0.00 |" in text
+    assert "| mixlora_at_3e-4 | lora | mean of 2 | +25.00 |" in text
+    assert not list(main.glob("paired_*"))  # the report goes to --results only
+    _run(rates, "lora__seed=0", [0, 0, 0, 0])
+    assert paired.main([f"--results={rates}", f"--also={main}", "--pairs=mixlora_at_3e-4:lora"]) == 1
+    assert "method(s) lora found both in --results and in" in capsys.readouterr().err
+    assert paired.main([f"--results={rates}", f"--also={tmp_path / 'none'}"]) == 1
+    assert "holds no runs/ folder" in capsys.readouterr().err
+
+
 def test_jsons_compare_two_evaluations(tmp_path, capsys):
     a = _run(tmp_path / "a", "x", [1, 1, 1, 0])
     b = _run(tmp_path / "b", "x", [1, 0, 0, 0])  # a right and b wrong on 2 of 4: +50 points
