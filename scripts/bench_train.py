@@ -21,14 +21,16 @@ subprocess per peer, before this process takes the device, so each gets the whol
 
 Memory: "peak_gib" is the device's peak over the whole process (what the peers report: torch's
 max_memory_allocated), "step_gib" the compiled step's own memory (arguments + outputs - aliased + temporaries, XLA's
-count), "init_peak_gib" the peak once the state is placed and "compile_peak_gib" once the step is compiled, both
-before the first step. The random weights are drawn
+count), "compile_peak_gib" the peak once the step is compiled (from the state's layout, before the state is
+placed, as the trainer does) and "init_peak_gib" once the state is placed, both before the first step. The random
+weights are drawn
 on the host and then placed on the device (--init=host, the default), as a checkpoint's are loaded; drawn on the
 device (--init=device) the initialiser's temporaries (gigabytes at the 1B shape) are held before the first step;
 on an H100 at the 1B shape they stayed below the step's own memory. With host-drawn weights the process peak
 equalled step_gib in every configuration measured except `offload_layer_input`, whose peak (3.89 GiB on an H200)
-is above XLA's count of its step (3.38 GiB): it is reached while the step compiles, by the GPU compiler's
-autotuning of the matrix products with the weights already placed (compile_peak_gib; docs/performance.md).
+is above XLA's count of its step (3.38 GiB): it was reached while the step compiled, by the GPU compiler's
+autotuning of the matrix products with the weights already placed (docs/performance.md), which is why the step is
+now compiled before the state is placed.
 """
 
 from __future__ import annotations
@@ -141,23 +143,24 @@ def run_ours(a, run: dict, peak_tflops: float) -> dict:
         bundle = loop.build_model_bundle(config)
     tx, schedules = opt_lib.make_optimizer(loop.optimizer_config(config))
     mesh = mesh_lib.make_mesh(dict(config.mesh))
-    state, state_sh = loop.shard_state(bundle, tx, mesh, copy_base=False)
+    layout, state_sh = loop.state_layout(bundle, tx, mesh)
+    bsh = mesh_lib.batch_sharding(mesh)
+    abstract = loop.abstract_batch(bsh, a.batch, a.seq)
+    step = make_train_step(bundle.model.apply, tx, loop.objective_config(config), schedules)
+    key = jax.random.key(0)
+    t0 = time.perf_counter()  # compiled from the layout before the state is placed, as the trainer does
+    compiled = compile_train_step(step, layout, state_sh, bsh, abstract, key, log=None)
+    compile_s = time.perf_counter() - t0
+    compile_peak = (jax.local_devices()[0].memory_stats() or {}).get("peak_bytes_in_use", 0)
+    state, _ = loop.shard_state(bundle, tx, mesh, copy_base=False, shardings=state_sh)
     jax.block_until_ready(state)
     init_peak = (jax.local_devices()[0].memory_stats() or {}).get("peak_bytes_in_use", 0)
-    bsh = mesh_lib.batch_sharding(mesh)
     rng = np.random.default_rng(0)
     toks = rng.integers(0, bundle.model_cfg.vocab_size, (a.batch, a.seq), dtype=np.int32)
     batch = {"tokens": toks, "loss_mask": np.ones((a.batch, a.seq), np.float32),
              "segment_ids": np.ones((a.batch, a.seq), np.int32),
              "positions": np.broadcast_to(np.arange(a.seq, dtype=np.int32), (a.batch, a.seq)).copy()}
     batch = jax.device_put(batch, bsh)
-    abstract = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=bsh) for k, v in batch.items()}
-    step = make_train_step(bundle.model.apply, tx, loop.objective_config(config), schedules)
-    key = jax.random.key(0)
-    t0 = time.perf_counter()
-    compiled = compile_train_step(step, state, state_sh, bsh, abstract, key, log=None)
-    compile_s = time.perf_counter() - t0
-    compile_peak = (jax.local_devices()[0].memory_stats() or {}).get("peak_bytes_in_use", 0)
     for _ in range(a.warmup):
         state, m = compiled(state, batch, key)
     jax.block_until_ready(state)

@@ -62,38 +62,27 @@ def abstract_train_state(config, mesh):
     """(step function, abstract TrainState, its shardings, abstract batch, batch sharding, abstract rng, model
     config) of ``config``'s run on ``mesh``, every array a ShapeDtypeStruct (nothing is allocated)."""
     import jax
-    import jax.numpy as jnp
 
     from remix_jax.adapters import AdapterConfig, build_model, init_adapter_variables
     from remix_jax.models import llama
-    from remix_jax.parallel import logical as logical_lib
     from remix_jax.parallel import mesh as mesh_lib
     from remix_jax.training import loop
     from remix_jax.training import optimizer as opt_lib
-    from remix_jax.training.train_state import TrainState
     from remix_jax.training.train_step import make_train_step
 
     model_cfg = read_model_config(config.model)
-    model = build_model(model_cfg, AdapterConfig.from_dict(dict(config.adapter)))
+    adapter_cfg = AdapterConfig.from_dict(dict(config.adapter))
+    model = build_model(model_cfg, adapter_cfg)
     key = jax.random.key(0)
     base = jax.eval_shape(lambda: llama.init_params(llama.Decoder(model_cfg), key))["params"]
     trainable = jax.eval_shape(lambda: init_adapter_variables(model, key))
     trainable = {k: trainable.get(k, {}) for k in loop.TRAINABLE}
-    specs = llama.logical_axes(model)
+    bundle = loop.ModelBundle(model, model_cfg, adapter_cfg, base, trainable, llama.logical_axes(model))
     tx, schedules = opt_lib.make_optimizer(loop.optimizer_config(config))
-    opt_state = jax.eval_shape(tx.init, trainable)
+    state, shardings = loop.state_layout(bundle, tx, mesh)
     rep = mesh_lib.replicated(mesh)
-    base_sh = logical_lib.tree_shardings(base, specs.get("params"), mesh)
-    tr_sh = {k: logical_lib.tree_shardings(v, specs.get(k), mesh) for k, v in trainable.items()}
-    opt_sh = logical_lib.shardings_like_params(opt_state, tr_sh, rep)
-    state = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), base=base, trainable=trainable,
-                       opt_state=opt_state)
-    shardings = TrainState(step=rep, base=base_sh, trainable=tr_sh, opt_state=opt_sh)
     bsh = mesh_lib.batch_sharding(mesh)
-    gbs, seq = config.data.batch_size, config.data.max_length
-    batch = {k: jax.ShapeDtypeStruct((gbs, seq), dt, sharding=bsh) for k, dt in
-             (("tokens", jnp.int32), ("loss_mask", jnp.float32), ("segment_ids", jnp.int32),
-              ("positions", jnp.int32))}
+    batch = loop.abstract_batch(bsh, config.data.batch_size, config.data.max_length)
     step = make_train_step(model.apply, tx, loop.objective_config(config), schedules,
                            grad_accum_steps=config.train.grad_accum_steps)
     rng = jax.ShapeDtypeStruct((), jax.eval_shape(lambda: key).dtype, sharding=rep)

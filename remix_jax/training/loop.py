@@ -1,8 +1,8 @@
 """The training loop: build everything from the config, resume, run the compiled step, log, save, export.
 
 ``train(config, workdir)`` is what ``python -m remix_jax.main`` calls (through ``training.run``), in named steps:
-``setup``, ``resume``, ``compile_step``, ``StepLoop.run`` (the steps and their logging, evaluation and checkpoint
-hooks), ``StepLoop.finish`` (last save, final evaluation, export). Pieces a caller may replace:
+``setup``, ``compile_step``, ``place_state``, ``resume``, ``StepLoop.run`` (the steps and their logging, evaluation
+and checkpoint hooks), ``StepLoop.finish`` (last save, final evaluation, export). Pieces a caller may replace:
 ``eval_fn(step, state) -> {name: float}`` called every ``train.eval_every`` steps and at the end (or
 ``make_eval_fn(bundle) -> eval_fn | None``, called once the initial state is built and before the first step,
 with ``bundle.base`` and ``bundle.trainable`` the state's initial weights, placed as the state holds them);
@@ -132,26 +132,37 @@ def _placed_copy(tree, shardings):
     return jax.jit(lambda t: jax.tree.map(jnp.copy, t), out_shardings=shardings)(tree)
 
 
-def shard_state(bundle: ModelBundle, tx, mesh, copy_base: bool = True) -> tuple[TrainState, Any]:
-    """The initial TrainState placed on ``mesh``, and its sharding pytree.
+def state_layout(bundle: ModelBundle, tx, mesh) -> tuple[TrainState, TrainState]:
+    """(the initial TrainState as ShapeDtypeStructs, its sharding pytree), placing nothing: what compiling the
+    step needs, so that it can compile before the weights are on the device (``train``)."""
+    specs = bundle.logical_specs
+    base_sh = logical_lib.tree_shardings(bundle.base, specs.get("params"), mesh)
+    tr_sh = {k: logical_lib.tree_shardings(v, specs.get(k), mesh) for k, v in bundle.trainable.items()}
+    rep = mesh_lib.replicated(mesh)
+    # The optimizer state follows its parameters; counters are replicated.
+    opt_abstract = jax.eval_shape(tx.init, bundle.trainable)
+    opt_sh = logical_lib.shardings_like_params(opt_abstract, tr_sh, rep)
+    shardings = TrainState(step=rep, base=base_sh, trainable=tr_sh, opt_state=opt_sh)
+    tree = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), base=bundle.base, trainable=bundle.trainable,
+                      opt_state=opt_abstract)
+    abstract = jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh), tree, shardings)
+    return abstract, shardings
+
+
+def shard_state(bundle: ModelBundle, tx, mesh, copy_base: bool = True,
+                shardings: TrainState | None = None) -> tuple[TrainState, Any]:
+    """The initial TrainState placed on ``mesh``, and its sharding pytree (``state_layout``'s, or ``shardings``).
 
     copy_base=False moves the base without a copy where possible (the bundle's base may then be donated
     by the first step); adapters and routers are always copied.
     """
-    specs = bundle.logical_specs
-    base_sh = logical_lib.tree_shardings(bundle.base, specs.get("params"), mesh)
-    tr_sh = {k: logical_lib.tree_shardings(v, specs.get(k), mesh) for k, v in bundle.trainable.items()}
-    base = _placed_copy(bundle.base, base_sh) if copy_base else jax.device_put(bundle.base, base_sh)
-    trainable = _placed_copy(bundle.trainable, tr_sh)
-    rep = mesh_lib.replicated(mesh)
-    # The optimizer state follows its parameters; counters are replicated.
-    opt_state = jax.jit(tx.init)(trainable)
-    opt_sh = logical_lib.shardings_like_params(opt_state, tr_sh, rep)
-    opt_state = jax.device_put(opt_state, opt_sh)
-    state = TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), rep), base=base, trainable=trainable,
+    sh = shardings if shardings is not None else state_layout(bundle, tx, mesh)[1]
+    base = _placed_copy(bundle.base, sh.base) if copy_base else jax.device_put(bundle.base, sh.base)
+    trainable = _placed_copy(bundle.trainable, sh.trainable)
+    opt_state = jax.jit(tx.init, out_shardings=sh.opt_state)(trainable)
+    state = TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), sh.step), base=base, trainable=trainable,
                        opt_state=opt_state)
-    shardings = TrainState(step=rep, base=base_sh, trainable=tr_sh, opt_state=opt_sh)
-    return state, shardings
+    return state, sh
 
 
 def _gather_to_host(tree):
@@ -196,17 +207,21 @@ class TrainSetup:
     eval_fn: Callable[[int, TrainState], dict] | None
     tx: Any  # the optax optimizer
     schedules: Any  # its learning-rate schedules (logged by the step)
-    state: TrainState
+    state: TrainState  # its layout (ShapeDtypeStructs) until ``place_state``
     shardings: TrainState  # the sharding of every leaf of ``state``
     ckpt: checkpointing.Checkpointer
     init_record: dict | None = None  # fingerprint of adapter.init_from (read at step 0, or from the checkpoint)
+    make_eval_fn: Callable | None = None  # called by ``place_state``
+    copy_base: bool = True  # place a copy of the bundle's base (a caller's bundle must survive the donated steps)
 
 
 def setup(config, workdir: str, *, eval_fn=None, make_eval_fn=None, bundle: ModelBundle | None = None,
-          loader=None, mesh=None, log_fn: Callable[[str], None] = print) -> TrainSetup:
+          loader=None, mesh=None, log_fn: Callable[[str], None] = print, place: bool = True) -> TrainSetup:
     """Validate the config and build the mesh, model, data, evaluation hook, optimizer, the sharded initial
     state and the checkpointer of ``workdir`` (see ``train`` for the arguments). A run without a checkpoint
-    starts from ``adapter.init_from`` when it is set (checked before the model loads; ``initial_adapter``)."""
+    starts from ``adapter.init_from`` when it is set (checked before the model loads; ``initial_adapter``).
+    With ``place=False`` the state is only laid out (``state_layout``); ``place_state`` places it and builds the
+    evaluation hook."""
     mesh_lib.maybe_initialize_distributed()
     if "eval" in config:  # the evaluation section belongs to the caller's eval_fn (training.run)
         config, _ = split_config(config)
@@ -226,12 +241,24 @@ def setup(config, workdir: str, *, eval_fn=None, make_eval_fn=None, bundle: Mode
     if make_eval_fn is not None and eval_fn is not None:
         raise ValueError("train: pass eval_fn or make_eval_fn, not both")
     tx, schedules = opt_lib.make_optimizer(optimizer_config(config))
-    state, state_sh = shard_state(bundle, tx, mesh, copy_base=not own_bundle)
-    if make_eval_fn is not None:  # placed as the state holds them: step-0 and later evaluations share compiled programs
-        eval_fn = make_eval_fn(dataclasses.replace(bundle, base=state.base, trainable=state.trainable))
+    layout, state_sh = state_layout(bundle, tx, mesh)
     ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
                                       max_to_keep=config.train.max_checkpoints)
-    return TrainSetup(config, mesh, bundle, loader, eval_fn, tx, schedules, state, state_sh, ckpt, init_record)
+    s = TrainSetup(config, mesh, bundle, loader, eval_fn, tx, schedules, layout, state_sh, ckpt, init_record,
+                   make_eval_fn=make_eval_fn, copy_base=not own_bundle)
+    if place:
+        place_state(s)
+    return s
+
+
+def place_state(s: TrainSetup) -> None:
+    """Place the initial state of ``s`` on its mesh (``s.state`` was its layout) and build the evaluation hook
+    from it (``make_eval_fn``: placed as the state holds them, step-0 and later evaluations share compiled
+    programs)."""
+    s.state, _ = shard_state(s.bundle, s.tx, s.mesh, copy_base=s.copy_base, shardings=s.shardings)
+    if s.make_eval_fn is not None:
+        s.eval_fn = s.make_eval_fn(dataclasses.replace(s.bundle, base=s.state.base, trainable=s.state.trainable))
+        s.make_eval_fn = None
 
 
 def resume(s: TrainSetup, log_fn: Callable[[str], None] = print) -> int:
@@ -250,20 +277,23 @@ def resume(s: TrainSetup, log_fn: Callable[[str], None] = print) -> int:
     return int(jax.device_get(s.state.step))
 
 
+def abstract_batch(batch_sharding, batch_size: int, seq: int) -> dict:
+    """The train step's batch as ShapeDtypeStructs: {tokens, loss_mask, segment_ids, positions} [batch, seq]."""
+    return {k: jax.ShapeDtypeStruct((batch_size, seq), dt, sharding=batch_sharding) for k, dt in
+            (("tokens", jnp.int32), ("loss_mask", jnp.float32), ("segment_ids", jnp.int32), ("positions", jnp.int32))}
+
+
 def compile_step(s: TrainSetup, log_fn: Callable[[str], None] = print) -> tuple[Callable, Any, Any]:
     """(the compiled train step (state, batch, rng) -> (state, metrics), the replicated rng key, the batch
     sharding)."""
     config = s.config
     bsh = mesh_lib.batch_sharding(s.mesh)
-    gbs, seq = config.data.batch_size, config.data.max_length
-    abstract_batch = {k: jax.ShapeDtypeStruct((gbs, seq), dt, sharding=bsh) for k, dt in
-                      (("tokens", jnp.int32), ("loss_mask", jnp.float32), ("segment_ids", jnp.int32),
-                       ("positions", jnp.int32))}
+    abstract = abstract_batch(bsh, config.data.batch_size, config.data.max_length)
     step_fn = make_train_step(s.bundle.model.apply, s.tx, objective_config(config), s.schedules,
                               grad_accum_steps=config.train.grad_accum_steps)
     # Made inside jit: device_put cannot place a key array on devices of other processes.
     rng = jax.jit(lambda: jax.random.key(config.seed), out_shardings=mesh_lib.replicated(s.mesh))()
-    compiled = compile_train_step(step_fn, s.state, s.shardings, bsh, abstract_batch, rng, log=log_fn)
+    compiled = compile_train_step(step_fn, s.state, s.shardings, bsh, abstract, rng, log=log_fn)
     return compiled, rng, bsh
 
 
@@ -378,16 +408,19 @@ def train(config, workdir: str, *, eval_fn: Callable[[int, TrainState], dict] | 
           log_fn: Callable[[str], None] = print, clock: Callable[[], float] = time.perf_counter) -> dict:
     """Run (or resume) training in ``workdir``. Returns {"step", "metrics" (last logged row), "export"}.
 
-    In order: ``setup`` (validate, build the model, data and sharded state), ``resume`` (the newest intact
-    checkpoint: damaged ones are moved aside, see ``checkpointing``, and the metrics rows the interrupted run
-    logged after it are dropped, see ``metrics``), ``compile_step``, the step loop (``StepLoop.run`` with its
+    In order: ``setup`` (validate, build the model, data and the state's layout), ``compile_step`` (from the
+    layout, before the weights are on the device: the GPU compiler's autotuning holds scratch memory while it
+    compiles, and with the weights placed the two would add up to the process peak), ``place_state``, ``resume``
+    (the newest intact checkpoint: damaged ones are moved aside, see ``checkpointing``, and the metrics rows the
+    interrupted run logged after it are dropped, see ``metrics``), the step loop (``StepLoop.run`` with its
     logging, evaluation and checkpoint hooks) and ``StepLoop.finish`` (last save, final evaluation, export).
     stop_after: end after this many steps (as if killed), no final save/export; clock: the step rates' time source.
     """
     s = setup(config, workdir, eval_fn=eval_fn, make_eval_fn=make_eval_fn, bundle=bundle, loader=loader, mesh=mesh,
-              log_fn=log_fn)
-    start = resume(s, log_fn)
+              log_fn=log_fn, place=False)
     compiled, rng, batch_sharding = compile_step(s, log_fn)
+    place_state(s)
+    start = resume(s, log_fn)
     steps = StepLoop(s, workdir, start, batch_sharding, clock, log_fn)
     cpu_memory.keep_freed_memory()  # on the CPU, under REMIX_CPU_MALLOC=1 from the entry point: steps reuse buffers
     try:

@@ -17,9 +17,14 @@ def _train(config, workdir, bundle, **kw):
     return loop.train(config, str(workdir), bundle=bundle, mesh=mesh, log_fn=lambda s: None, **kw)
 
 
-def test_resume_equals_uninterrupted(tmp_path, make_config, remix_bundle):
+def test_resume_equals_uninterrupted(tmp_path, make_config, remix_bundle, monkeypatch):
     config = make_config("remix", num_steps=4, checkpoint_every=2, log_every=2)
+    compiled_from = []  # the step compiles from the state's layout, before anything of the state is placed
+    real_compile = loop.compile_train_step
+    monkeypatch.setattr(loop, "compile_train_step", lambda step, state, *a, **k: (
+        compiled_from.extend(type(x) for x in jax.tree.leaves(state)), real_compile(step, state, *a, **k))[1])
     full = _train(config, tmp_path / "full", remix_bundle)
+    assert compiled_from and set(compiled_from) == {jax.ShapeDtypeStruct}
     part = _train(config, tmp_path / "resumed", remix_bundle, stop_after=2)
     assert part["step"] == 2 and part["export"] is None
     rest = _train(config, tmp_path / "resumed", remix_bundle)
