@@ -25,18 +25,16 @@ from typing import Any
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from remix_jax import cpu_memory, rundir
-from remix_jax.parallel import logical as logical_lib
 from remix_jax.parallel import mesh as mesh_lib
 from remix_jax.run_config import ConfigError, init_from_problems, split_config, validate_config
 from remix_jax.training import checkpointing, initial_adapter
 from remix_jax.training import metrics as metrics_lib
 from remix_jax.training import optimizer as opt_lib
 from remix_jax.training.objective import ObjectiveConfig
-from remix_jax.training.train_state import TrainState
+from remix_jax.training.train_state import TrainState, abstract_batch, shard_state, state_layout
 from remix_jax.training.train_step import compile_train_step, make_train_step
 
 log = logging.getLogger(__name__)
@@ -127,44 +125,6 @@ def optimizer_config(config) -> opt_lib.OptimizerConfig:
         b1=o.b1, b2=o.b2, eps=o.eps, grad_clip_norm=o.grad_clip_norm)
 
 
-def _placed_copy(tree, shardings):
-    """A fresh on-device copy (the step donates its state; the caller's arrays must survive)."""
-    return jax.jit(lambda t: jax.tree.map(jnp.copy, t), out_shardings=shardings)(tree)
-
-
-def state_layout(bundle: ModelBundle, tx, mesh) -> tuple[TrainState, TrainState]:
-    """(the initial TrainState as ShapeDtypeStructs, its sharding pytree), placing nothing: what compiling the
-    step needs, so that it can compile before the weights are on the device (``train``)."""
-    specs = bundle.logical_specs
-    base_sh = logical_lib.tree_shardings(bundle.base, specs.get("params"), mesh)
-    tr_sh = {k: logical_lib.tree_shardings(v, specs.get(k), mesh) for k, v in bundle.trainable.items()}
-    rep = mesh_lib.replicated(mesh)
-    # The optimizer state follows its parameters; counters are replicated.
-    opt_abstract = jax.eval_shape(tx.init, bundle.trainable)
-    opt_sh = logical_lib.shardings_like_params(opt_abstract, tr_sh, rep)
-    shardings = TrainState(step=rep, base=base_sh, trainable=tr_sh, opt_state=opt_sh)
-    tree = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), base=bundle.base, trainable=bundle.trainable,
-                      opt_state=opt_abstract)
-    abstract = jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh), tree, shardings)
-    return abstract, shardings
-
-
-def shard_state(bundle: ModelBundle, tx, mesh, copy_base: bool = True,
-                shardings: TrainState | None = None) -> tuple[TrainState, Any]:
-    """The initial TrainState placed on ``mesh``, and its sharding pytree (``state_layout``'s, or ``shardings``).
-
-    copy_base=False moves the base without a copy where possible (the bundle's base may then be donated
-    by the first step); adapters and routers are always copied.
-    """
-    sh = shardings if shardings is not None else state_layout(bundle, tx, mesh)[1]
-    base = _placed_copy(bundle.base, sh.base) if copy_base else jax.device_put(bundle.base, sh.base)
-    trainable = _placed_copy(bundle.trainable, sh.trainable)
-    opt_state = jax.jit(tx.init, out_shardings=sh.opt_state)(trainable)
-    state = TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), sh.step), base=base, trainable=trainable,
-                       opt_state=opt_state)
-    return state, sh
-
-
 def _gather_to_host(tree):
     """Numpy copies of (possibly multi-host sharded) arrays."""
     if jax.process_count() == 1:
@@ -209,10 +169,11 @@ class TrainSetup:
     schedules: Any  # its learning-rate schedules (logged by the step)
     state: TrainState  # its layout (ShapeDtypeStructs) until ``place_state``
     shardings: TrainState  # the sharding of every leaf of ``state``
-    ckpt: checkpointing.Checkpointer
+    workdir: str
     init_record: dict | None = None  # fingerprint of adapter.init_from (read at step 0, or from the checkpoint)
     make_eval_fn: Callable | None = None  # called by ``place_state``
     copy_base: bool = True  # place a copy of the bundle's base (a caller's bundle must survive the donated steps)
+    ckpt: checkpointing.Checkpointer | None = None  # made by ``place_state``
 
 
 def setup(config, workdir: str, *, eval_fn=None, make_eval_fn=None, bundle: ModelBundle | None = None,
@@ -242,9 +203,7 @@ def setup(config, workdir: str, *, eval_fn=None, make_eval_fn=None, bundle: Mode
         raise ValueError("train: pass eval_fn or make_eval_fn, not both")
     tx, schedules = opt_lib.make_optimizer(optimizer_config(config))
     layout, state_sh = state_layout(bundle, tx, mesh)
-    ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
-                                      max_to_keep=config.train.max_checkpoints)
-    s = TrainSetup(config, mesh, bundle, loader, eval_fn, tx, schedules, layout, state_sh, ckpt, init_record,
+    s = TrainSetup(config, mesh, bundle, loader, eval_fn, tx, schedules, layout, state_sh, workdir, init_record,
                    make_eval_fn=make_eval_fn, copy_base=not own_bundle)
     if place:
         place_state(s)
@@ -259,6 +218,9 @@ def place_state(s: TrainSetup) -> None:
     if s.make_eval_fn is not None:
         s.eval_fn = s.make_eval_fn(dataclasses.replace(s.bundle, base=s.state.base, trainable=s.state.trainable))
         s.make_eval_fn = None
+    # after the evaluator: a run its evaluator refuses leaves no checkpoints folder
+    s.ckpt = checkpointing.Checkpointer(os.path.join(s.workdir, "checkpoints"),
+                                        max_to_keep=s.config.train.max_checkpoints)
 
 
 def resume(s: TrainSetup, log_fn: Callable[[str], None] = print) -> int:
@@ -275,12 +237,6 @@ def resume(s: TrainSetup, log_fn: Callable[[str], None] = print) -> int:
         s.init_record = meta.get(initial_adapter.KEY)  # what the run started from, carried by its checkpoints
         log_fn(f"resumed from step {int(s.state.step)} in {s.ckpt.directory}")
     return int(jax.device_get(s.state.step))
-
-
-def abstract_batch(batch_sharding, batch_size: int, seq: int) -> dict:
-    """The train step's batch as ShapeDtypeStructs: {tokens, loss_mask, segment_ids, positions} [batch, seq]."""
-    return {k: jax.ShapeDtypeStruct((batch_size, seq), dt, sharding=batch_sharding) for k, dt in
-            (("tokens", jnp.int32), ("loss_mask", jnp.float32), ("segment_ids", jnp.int32), ("positions", jnp.int32))}
 
 
 def compile_step(s: TrainSetup, log_fn: Callable[[str], None] = print) -> tuple[Callable, Any, Any]:
