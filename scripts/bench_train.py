@@ -23,14 +23,13 @@ Memory: "peak_gib" is the device's peak over the whole process (what the peers r
 max_memory_allocated), "step_gib" the compiled step's own memory (arguments + outputs - aliased + temporaries, XLA's
 count), "compile_peak_gib" the peak once the step is compiled (from the state's layout, before the state is
 placed, as the trainer does) and "init_peak_gib" once the state is placed, both before the first step. The random
-weights are drawn
-on the host and then placed on the device (--init=host, the default), as a checkpoint's are loaded; drawn on the
-device (--init=device) the initialiser's temporaries (gigabytes at the 1B shape) are held before the first step;
-on an H100 at the 1B shape they stayed below the step's own memory. With host-drawn weights the process peak
-equalled step_gib in every configuration measured except `offload_layer_input`, whose peak (3.89 GiB on an H200)
-is above XLA's count of its step (3.38 GiB): it was reached while the step compiled, by the GPU compiler's
-autotuning of the matrix products with the weights already placed (docs/performance.md), which is why the step is
-now compiled before the state is placed.
+weights are drawn on the host and then placed on the device (--init=host, the default), as a checkpoint's are
+loaded; drawn on the device (--init=device) the initialiser's temporaries (gigabytes at the 1B shape) are held
+before the first step; on an H100 at the 1B shape they stayed below the step's own memory. With host-drawn
+weights the process peak equalled step_gib in every configuration measured except `offload_layer_input`, whose
+peak (3.89 GiB on an H200) is above XLA's count of its step (3.38 GiB): it was reached while the step compiled, by
+the GPU compiler's autotuning of the matrix products with the weights already placed (docs/performance.md), which
+is why the step is now compiled before the state is placed.
 """
 
 from __future__ import annotations

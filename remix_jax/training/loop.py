@@ -178,11 +178,10 @@ class TrainSetup:
 
 def setup(config, workdir: str, *, eval_fn=None, make_eval_fn=None, bundle: ModelBundle | None = None,
           loader=None, mesh=None, log_fn: Callable[[str], None] = print, place: bool = True) -> TrainSetup:
-    """Validate the config and build the mesh, model, data, evaluation hook, optimizer, the sharded initial
-    state and the checkpointer of ``workdir`` (see ``train`` for the arguments). A run without a checkpoint
-    starts from ``adapter.init_from`` when it is set (checked before the model loads; ``initial_adapter``).
-    With ``place=False`` the state is only laid out (``state_layout``); ``place_state`` places it and builds the
-    evaluation hook."""
+    """Validate the config and build the mesh, model, data, optimizer and the initial state's layout, then
+    (``place_state``) the sharded initial state, the evaluation hook and the checkpointer of ``workdir`` (see
+    ``train`` for the arguments); with ``place=False`` the caller calls ``place_state``. A run without a checkpoint
+    starts from ``adapter.init_from`` when it is set (checked before the model loads; ``initial_adapter``)."""
     mesh_lib.maybe_initialize_distributed()
     if "eval" in config:  # the evaluation section belongs to the caller's eval_fn (training.run)
         config, _ = split_config(config)
@@ -211,9 +210,9 @@ def setup(config, workdir: str, *, eval_fn=None, make_eval_fn=None, bundle: Mode
 
 
 def place_state(s: TrainSetup) -> None:
-    """Place the initial state of ``s`` on its mesh (``s.state`` was its layout) and build the evaluation hook
-    from it (``make_eval_fn``: placed as the state holds them, step-0 and later evaluations share compiled
-    programs)."""
+    """Place the initial state of ``s`` on its mesh (``s.state`` was its layout), build the evaluation hook from
+    it (``make_eval_fn``: placed as the state holds them, step-0 and later evaluations share compiled programs),
+    then the checkpointer."""
     s.state, _ = shard_state(s.bundle, s.tx, s.mesh, copy_base=s.copy_base, shardings=s.shardings)
     if s.make_eval_fn is not None:
         s.eval_fn = s.make_eval_fn(dataclasses.replace(s.bundle, base=s.state.base, trainable=s.state.trainable))
