@@ -359,6 +359,7 @@ class StepLoop:
 
 def train(config, workdir: str, *, eval_fn: Callable[[int, TrainState], dict] | None = None,
           make_eval_fn: Callable[[ModelBundle], Callable[[int, TrainState], dict] | None] | None = None,
+          after_model: Callable[[ModelBundle], None] | None = None,
           bundle: ModelBundle | None = None, loader=None, mesh=None, stop_after: int | None = None,
           log_fn: Callable[[str], None] = print, clock: Callable[[], float] = time.perf_counter) -> dict:
     """Run (or resume) training in ``workdir``. Returns {"step", "metrics" (last logged row), "export"}.
@@ -369,10 +370,14 @@ def train(config, workdir: str, *, eval_fn: Callable[[int, TrainState], dict] | 
     (the newest intact checkpoint: damaged ones are moved aside, see ``checkpointing``, and the metrics rows the
     interrupted run logged after it are dropped, see ``metrics``), the step loop (``StepLoop.run`` with its
     logging, evaluation and checkpoint hooks) and ``StepLoop.finish`` (last save, final evaluation, export).
-    stop_after: end after this many steps (as if killed), no final save/export; clock: the step rates' time source.
+    after_model(bundle): a caller's records and checks of the built model (its parameter counts, the evaluation's
+    tokenizer), before the step compiles; stop_after: end after this many steps (as if killed), no final
+    save/export; clock: the step rates' time source.
     """
     s = setup(config, workdir, eval_fn=eval_fn, make_eval_fn=make_eval_fn, bundle=bundle, loader=loader, mesh=mesh,
               log_fn=log_fn, place=False)
+    if after_model is not None:
+        after_model(s.bundle)
     compiled, rng, batch_sharding = compile_step(s, log_fn)
     place_state(s)
     start = resume(s, log_fn)

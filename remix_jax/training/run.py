@@ -37,7 +37,7 @@ from remix_jax.parallel.mesh import maybe_initialize_distributed
 from remix_jax.run_config import check_config, eval_enabled, resolve_dtypes, split_config
 from remix_jax.training import loop, param_record
 from remix_jax.training import metrics as metrics_lib
-from remix_jax.training.run_evaluation import RunEvaluator
+from remix_jax.training.run_evaluation import RunEvaluator, eval_tokenizer
 
 
 def has_checkpoint(workdir: str) -> bool:
@@ -70,9 +70,13 @@ def run(config, workdir: str, log=print, continue_with_changes: bool = False) ->
 
     evaluator_box: list[RunEvaluator] = []
 
-    def make_eval_fn(bundle):  # called once the trainable state is built, before the first step
+    def after_model(bundle):  # once the model is built, before the step compiles
         if jax.process_index() == 0:
             param_record.record(workdir, bundle.trainable, bundle.adapter_cfg)
+        if eval_enabled(ev):  # a run the evaluation refuses stops here, before the compile
+            eval_tokenizer(train_cfg, ev, bundle)
+
+    def make_eval_fn(bundle):  # called once the trainable state is placed, before the first step
         if not eval_enabled(ev):
             return None
         ret = RunEvaluator(config, train_cfg, ev, workdir, bundle, log=log)
@@ -84,7 +88,7 @@ def run(config, workdir: str, log=print, continue_with_changes: bool = False) ->
             writer.close()
         return ret
 
-    summary = loop.train(train_cfg, workdir, make_eval_fn=make_eval_fn, log_fn=log)
+    summary = loop.train(train_cfg, workdir, make_eval_fn=make_eval_fn, after_model=after_model, log_fn=log)
     summary.pop("state", None)
     wall, compiling = time.time() - t0, compile_clock.seconds() - c0
     # From the run's files, not from this process's memory: a resumed run keeps its step-0 evaluation.

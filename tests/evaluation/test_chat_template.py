@@ -361,5 +361,6 @@ def test_training_with_chat_eval_and_no_chat_template_stops_before_training(tmp_
     assert tiny_run.stderr_lines(r)[-1] == (
         f"error: eval.template='chat': the tokenizer of model.path={str(model)!r} has no chat_template (use "
         "eval.template='plain', or set eval.tokenizer to a tokenizer with a chat template)")
+    assert "train step memory" not in r.stdout + r.stderr  # refused before the step compiled
     # the run's records (its config, its parameter counts), no step, no checkpoint
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["config.json", "params.json"]
