@@ -37,7 +37,7 @@ from remix_jax.parallel.mesh import maybe_initialize_distributed
 from remix_jax.run_config import check_config, eval_enabled, resolve_dtypes, split_config
 from remix_jax.training import loop, param_record
 from remix_jax.training import metrics as metrics_lib
-from remix_jax.training.run_evaluation import RunEvaluator, eval_tokenizer
+from remix_jax.training.run_evaluation import RunEvaluator
 
 
 def has_checkpoint(workdir: str) -> bool:
@@ -73,14 +73,13 @@ def run(config, workdir: str, log=print, continue_with_changes: bool = False) ->
     def after_model(bundle):  # once the model is built, before the step compiles
         if jax.process_index() == 0:
             param_record.record(workdir, bundle.trainable, bundle.adapter_cfg)
-        if eval_enabled(ev):  # a run the evaluation refuses stops here, before the compile
-            eval_tokenizer(train_cfg, ev, bundle)
+        if eval_enabled(ev):  # the evaluator uses the model and tokenizer, not the weights: a run it refuses stops here
+            evaluator_box.append(RunEvaluator(config, train_cfg, ev, workdir, bundle, log=log))
 
     def make_eval_fn(bundle):  # called once the trainable state is placed, before the first step
-        if not eval_enabled(ev):
+        if not evaluator_box:
             return None
-        ret = RunEvaluator(config, train_cfg, ev, workdir, bundle, log=log)
-        evaluator_box.append(ret)
+        ret = evaluator_box[0]
         if ev.get("at_start", True) and not has_checkpoint(workdir):
             scalars = ret.evaluate(0, ret.variables(bundle.base, bundle.trainable))
             writer = metrics_lib.MetricWriter(workdir, tensorboard=False)

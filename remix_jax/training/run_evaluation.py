@@ -84,33 +84,25 @@ def heldout_data(train_cfg, ev, bundle) -> list[dict]:
     return batches
 
 
-def eval_tokenizer(train_cfg, ev, bundle) -> tuple[list, object]:
-    """(the evaluation's tasks, its tokenizer: eval.tokenizer where set, else the model's), checked: a task needs a
-    tokenizer, and eval.template="chat" one with a chat template. ``training.run`` also calls it once the model is
-    built, before the step compiles (``loop.train``'s ``after_model``), so that a refused run stops early."""
-    from remix_jax.models.loading import load_tokenizer
-
-    tasks = validate_eval(ev, train_cfg)
-    tokenizer = load_tokenizer(ev.tokenizer) if ev.tokenizer else bundle.tokenizer
-    if tasks and tokenizer is None:
-        raise ValueError(f"model.path={train_cfg.model.path!r} has no tokenizer; set eval.tokenizer")
-    if tasks:
-        from remix_jax.evaluation import chat_format
-
-        chat_format.check_tokenizer(ev, tokenizer, train_cfg.model.path)
-    return tasks, tokenizer
-
-
 class RunEvaluator:
     """Evaluates the model being trained: ``__call__(step, state) -> {"<task>/accuracy", "heldout_loss"}``
     (the loop prefixes "eval/"), writing the result files described in the module docstring."""
 
     def __init__(self, config, train_cfg, ev, workdir: str, bundle, log=print):
+        from remix_jax.models.loading import load_tokenizer
+
         self.config, self.train_cfg, self.ev, self.workdir, self.log = config, train_cfg, ev, workdir, log
         self.bundle = bundle
         self.progress = bool(train_cfg.train.get("progress", True))
         self.total = int(train_cfg.train.num_steps)
-        self.tasks, self.tokenizer = eval_tokenizer(train_cfg, ev, bundle)
+        self.tasks = validate_eval(ev, train_cfg)
+        self.tokenizer = load_tokenizer(ev.tokenizer) if ev.tokenizer else bundle.tokenizer
+        if self.tasks and self.tokenizer is None:
+            raise ValueError(f"model.path={train_cfg.model.path!r} has no tokenizer; set eval.tokenizer")
+        if self.tasks:
+            from remix_jax.evaluation import chat_format
+
+            chat_format.check_tokenizer(ev, self.tokenizer, train_cfg.model.path)
         self.heldout = heldout_data(train_cfg, ev, bundle) if heldout_batches(ev) else []
         self._loss = heldout_loss_fn() if self.heldout else None
         self.rng = jax.random.key(int(ev.seed))
