@@ -29,7 +29,8 @@ before the first step; on an H100 at the 1B shape they stayed below the step's o
 weights the process peak equalled step_gib in every configuration measured except `offload_layer_input`, whose
 peak (3.89 GiB on an H200) is above XLA's count of its step (3.38 GiB): it was reached while the step compiled, by
 the GPU compiler's autotuning of the matrix products with the weights already placed (docs/performance.md), which
-is why the step is now compiled before the state is placed.
+is why the step is now compiled before the state is placed; so compiled, the process peak equals step_gib in every
+mode measured (H100, docs/performance.md).
 """
 
 from __future__ import annotations
