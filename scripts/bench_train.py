@@ -14,6 +14,7 @@ measured on the same GPU at start-up unless given).
 --runs is a space-separated list of METHOD[:key=value,...] with keys r, n, k, M, c (train.sample_chunk: routing
 samples processed at once, 0 = all M), alpha, targets (ffn|all).
 --set=KEY=VALUE,... overrides any config field (e.g. train.loss_chunk_tokens=8192,model.scan_unroll=2).
+Compiler flags come from the environment (XLA_FLAGS=...); each row records them as "xla_flags".
 --profile=N traces N more steps of each configuration and prints where the device time goes (a "profile"
 JSON line and a table on stderr; scripts/profile_ops.py).
 --peer=peft|mixlora|peft,mixlora runs scripts/bench_peers.py on the same shape in the same invocation, first (a
@@ -206,6 +207,7 @@ def run_ours(a, run: dict, peak_tflops: float) -> dict:
         "num_devices": jax.device_count(),
         "peak_tflops": round(peak_tflops, 1), "attention": a.attention, "remat": a.remat,
         "jax": jax.__version__, "device": jax.devices()[0].device_kind, "overrides": a.set,
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),  # compiler flags change speed and memory: keep them with the row
     }
     if profile is not None:
         out["profile"] = profile
