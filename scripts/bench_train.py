@@ -137,6 +137,7 @@ def run_ours(a, run: dict, peak_tflops: float) -> dict:
     from remix_jax.parallel import mesh as mesh_lib
     from remix_jax.training import loop
     from remix_jax.training import optimizer as opt_lib
+    from remix_jax.training.train_state import abstract_batch, shard_state, state_layout
     from remix_jax.training.train_step import compile_train_step, compiled_memory, make_train_step
 
     config = build_config(a, run)
@@ -144,16 +145,16 @@ def run_ours(a, run: dict, peak_tflops: float) -> dict:
         bundle = loop.build_model_bundle(config)
     tx, schedules = opt_lib.make_optimizer(loop.optimizer_config(config))
     mesh = mesh_lib.make_mesh(dict(config.mesh))
-    layout, state_sh = loop.state_layout(bundle, tx, mesh)
+    layout, state_sh = state_layout(bundle, tx, mesh)
     bsh = mesh_lib.batch_sharding(mesh)
-    abstract = loop.abstract_batch(bsh, a.batch, a.seq)
+    abstract = abstract_batch(bsh, a.batch, a.seq)
     step = make_train_step(bundle.model.apply, tx, loop.objective_config(config), schedules)
     key = jax.random.key(0)
     t0 = time.perf_counter()  # compiled from the layout before the state is placed, as the trainer does
     compiled = compile_train_step(step, layout, state_sh, bsh, abstract, key, log=None)
     compile_s = time.perf_counter() - t0
     compile_peak = (jax.local_devices()[0].memory_stats() or {}).get("peak_bytes_in_use", 0)
-    state, _ = loop.shard_state(bundle, tx, mesh, copy_base=False, shardings=state_sh)
+    state, _ = shard_state(bundle, tx, mesh, copy_base=False, shardings=state_sh)
     jax.block_until_ready(state)
     init_peak = (jax.local_devices()[0].memory_stats() or {}).get("peak_bytes_in_use", 0)
     rng = np.random.default_rng(0)

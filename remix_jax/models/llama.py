@@ -67,9 +67,9 @@ REMAT_POLICIES = {
     # "full" with each block's input moved to pinned host memory: the only tensor "full" keeps per layer (its
     # input, [B, T, d]) leaves the device after the forward pass and comes back for the layer's recompute, so the
     # device holds the weights, one layer's recompute and the loss chunk (what offloaded gradient checkpointing,
-    # as Unsloth's, keeps). On the CPU backend it computes what "full" computes. On a GPU (1B LoRA) XLA counts
-    # 0.5 GiB less for the step than under "full" and the step is 12% slower; the process peak stays at full's,
-    # set by the compiler's autotuning while the weights are placed (docs/performance.md).
+    # as Unsloth's, keeps). On the CPU backend it computes what "full" computes. On a GPU (1B LoRA) the step
+    # holds 0.5 GiB less than under "full" and is 12% slower; with the step compiled before the weights are
+    # placed (loop.train) the process peak is the step's own (docs/performance.md).
     "offload_layer_input": jax.checkpoint_policies.save_and_offload_only_these_names(
         names_which_can_be_saved=[], names_which_can_be_offloaded=[LAYER_INPUT],
         offload_src="device", offload_dst="pinned_host"),

@@ -68,6 +68,7 @@ def abstract_train_state(config, mesh):
     from remix_jax.parallel import mesh as mesh_lib
     from remix_jax.training import loop
     from remix_jax.training import optimizer as opt_lib
+    from remix_jax.training.train_state import abstract_batch, state_layout
     from remix_jax.training.train_step import make_train_step
 
     model_cfg = read_model_config(config.model)
@@ -79,10 +80,10 @@ def abstract_train_state(config, mesh):
     trainable = {k: trainable.get(k, {}) for k in loop.TRAINABLE}
     bundle = loop.ModelBundle(model, model_cfg, adapter_cfg, base, trainable, llama.logical_axes(model))
     tx, schedules = opt_lib.make_optimizer(loop.optimizer_config(config))
-    state, shardings = loop.state_layout(bundle, tx, mesh)
+    state, shardings = state_layout(bundle, tx, mesh)
     rep = mesh_lib.replicated(mesh)
     bsh = mesh_lib.batch_sharding(mesh)
-    batch = loop.abstract_batch(bsh, config.data.batch_size, config.data.max_length)
+    batch = abstract_batch(bsh, config.data.batch_size, config.data.max_length)
     step = make_train_step(model.apply, tx, loop.objective_config(config), schedules,
                            grad_accum_steps=config.train.grad_accum_steps)
     rng = jax.ShapeDtypeStruct((), jax.eval_shape(lambda: key).dtype, sharding=rep)
