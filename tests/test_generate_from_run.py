@@ -6,21 +6,17 @@ import shutil
 
 import jax
 import pytest
-from tiny_run import cli, make_tiny_hf, stderr_lines, write_config, write_gsm8k
+from tiny_run import cli, copy_run, stderr_lines
 
 PROMPT = "What is 3 plus 4?"
 NEW_TOKENS = 12
 
 
 @pytest.fixture(scope="module")
-def trained_run(tmp_path_factory):
-    d = tmp_path_factory.mktemp("gen")
-    model = make_tiny_hf(d / "model")
-    cfg = write_config(d / "cfg.py", model, write_gsm8k(d / "train.jsonl"), write_gsm8k(d / "test.jsonl", 4),
-                       **{"eval.tasks": "", "eval.heldout.num_batches": 0, "train.num_steps": 4})
-    r = cli("main", f"--config={cfg}", f"--workdir={d / 'run'}")
-    assert r.returncode == 0, r.stderr[-3000:]
-    return {"run": d / "run", "model": model}
+def trained_run(tiny_gsm8k_run, tmp_path_factory):
+    """A finished 4-step run with its export and its step-4 checkpoint (this module's copy of the tiny_gsm8k_run
+    fixture's run, tests/conftest.py)."""
+    return copy_run(tiny_gsm8k_run, tmp_path_factory.mktemp("gen") / "run")
 
 
 def _evaluator_greedy(workdir, prompt):
@@ -68,9 +64,10 @@ def test_generate_from_the_newest_checkpoint(trained_run, from_export, tmp_path)
     shutil.rmtree(run / "export")  # as in an unfinished run
     text, err = _generate(f"--run={run}")
     expected, source = _evaluator_greedy(run, PROMPT)
-    assert source == "checkpoint step 4" and "with adapters from checkpoint step 4" in err
+    steps = trained_run["steps"]
+    assert source == f"checkpoint step {steps}" and f"with adapters from checkpoint step {steps}" in err
     assert text == expected
-    # the export holds the same final adapters as the step-4 checkpoint
+    # the export holds the same final adapters as the newest (final) checkpoint
     assert text == from_export[0]
 
 

@@ -116,5 +116,12 @@ def cli(module: str, *args, timeout: int = 600, **env_extra) -> subprocess.Compl
                           env=env(**env_extra), capture_output=True, text=True, timeout=timeout)
 
 
+def copy_run(run: dict, dest: pathlib.Path) -> dict:
+    """``run`` (a dict whose "run" is a run folder, as the tiny_gsm8k_run fixture's) with that folder copied to
+    ``dest``: a module's own copy to change."""
+    shutil.copytree(run["run"], dest)
+    return {**run, "run": dest}
+
+
 def stderr_lines(r: subprocess.CompletedProcess) -> list[str]:
     return r.stderr.strip().splitlines()
