@@ -86,8 +86,8 @@ def test_scorer_logliks_equal_plain_forward(smollm2, plain_forward, task, limit)
                                                for r in res.predictions])
 
 
-# 5 ARC-Challenge questions of 4 options: 20 rows, in batches of 8 (whole questions when sharing contexts): two
-# full batches and a partial last one either way. (10 questions, 40 rows, made five full batches and cost 5 s more.)
+# 5 ARC-Challenge questions of 4 options: 20 rows; scored as whole sequences in batches of 8 rows, two full batches
+# and a partial last one (10 questions, 40 rows, made five full batches, and cost 5 s more).
 LIMIT = 5
 
 
@@ -103,7 +103,7 @@ def test_shared_context_equals_whole_sequences(smollm2):
            for share in (True, False)}
     shared, whole = (np.concatenate([r["logliks"] for r in res[s].predictions]) for s in (True, False))
     assert len(shared) == sum(len(q.choices) for q in build_questions(REGISTRY["arc_challenge"], 0, LIMIT))
-    assert len(shared) > 2 * 8 and len(shared) % 8  # several batches, the last one partial
+    assert len(shared) > 2 * 8 and len(shared) % 8  # whole sequences: several batches, the last one partial
     assert np.max(np.abs(shared - whole)) <= 1e-4
     assert [r["predictions"] for r in res[True].predictions] == [r["predictions"] for r in res[False].predictions]
     assert res[True].metrics == res[False].metrics
