@@ -51,8 +51,8 @@ def default_config() -> ml_collections.ConfigDict:
         param_dtype="float32",  # storage dtype of the frozen base
         remat="none",  # a key of remix_jax.models.llama.REMAT_POLICIES: none | full | dots | dots_no_batch | ...
         attention_impl="xla",  # xla | cudnn | auto
-        scan_unroll=1,  # layers per iteration of the layer loop (1 = rolled; num_layers = unrolled: faster
-        # steps for long runs, slower compile and more memory; see ModelConfig.scan_unroll)
+        scan_unroll=1,  # layers per iteration of the layer loop (1 = rolled; see ModelConfig.scan_unroll)
+        offload_keep_fraction=0.0,  # remat=offload_layer_input: share of each layer input kept on device
         init_seed=0,  # random:SHAPE only
     ))
     c.adapter = adapter_defaults()

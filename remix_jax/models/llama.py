@@ -42,6 +42,7 @@ Array = jax.Array
 
 PROJ_OUT = "proj_out"  # checkpoint name of every projection's output (see REMAT_POLICIES)
 LAYER_INPUT = "layer_input"  # checkpoint name of each block's input (the residual stream entering the layer)
+LAYER_INPUT_KEPT = "layer_input_kept"  # the part of it kept on device (ModelConfig.offload_keep_fraction)
 
 # Logical axis names of the activations (parallel/logical.py maps them to the mesh; no-ops without a mesh).
 BTD = ("activation_batch", "activation_length", "activation_embed")
@@ -69,9 +70,11 @@ REMAT_POLICIES = {
     # device holds the weights, one layer's recompute and the loss chunk (what offloaded gradient checkpointing,
     # as Unsloth's, keeps). On the CPU backend it computes what "full" computes. On a GPU (1B LoRA) the step
     # holds 0.5 GiB less than under "full" and is 12% slower; with the step compiled before the weights are
-    # placed (loop.train) the process peak is the step's own (docs/performance.md).
+    # placed (loop.train) the process peak is the step's own (docs/performance.md). With
+    # ModelConfig.offload_keep_fraction > 0 the first positions of each input stay on device (LAYER_INPUT_KEPT)
+    # and only the rest travels: a dial between this policy's memory and "full"'s speed.
     "offload_layer_input": jax.checkpoint_policies.save_and_offload_only_these_names(
-        names_which_can_be_saved=[], names_which_can_be_offloaded=[LAYER_INPUT],
+        names_which_can_be_saved=[LAYER_INPUT_KEPT], names_which_can_be_offloaded=[LAYER_INPUT],
         offload_src="device", offload_dst="pinned_host"),
 }
 
@@ -205,6 +208,26 @@ class MLP(nn.Module):
         return fused_product(self, h, "down_kernel", down, kw)
 
 
+def kept_positions(cfg: ModelConfig, seq_len: int) -> int:
+    """How many leading positions of a block's input stay on device under remat "offload_layer_input"
+    (``cfg.offload_keep_fraction`` of ``seq_len``, rounded); 0 under any other policy."""
+    if cfg.remat != "offload_layer_input" or not cfg.offload_keep_fraction:
+        return 0
+    return min(int(round(seq_len * cfg.offload_keep_fraction)), seq_len)
+
+
+def _name_layer_input(x: Array, cfg: ModelConfig) -> Array:
+    """The block's input under its checkpoint name(s): LAYER_INPUT, or, when part of it stays on device, its first
+    ``kept_positions`` positions as LAYER_INPUT_KEPT and the rest as LAYER_INPUT (joined again: one copy)."""
+    keep = kept_positions(cfg, x.shape[1])
+    if keep == 0:
+        return checkpoint_name(x, LAYER_INPUT)
+    if keep == x.shape[1]:
+        return checkpoint_name(x, LAYER_INPUT_KEPT)
+    kept, moved = checkpoint_name(x[:, :keep], LAYER_INPUT_KEPT), checkpoint_name(x[:, keep:], LAYER_INPUT)
+    return constrain(jnp.concatenate([kept, moved], axis=1), BTD)
+
+
 class Block(nn.Module):
     config: ModelConfig
     proj_cls: Any = Projection
@@ -221,8 +244,8 @@ class Block(nn.Module):
         positions of its own slice in place instead of the loop slicing out and restacking every layer's
         cache at each step."""
         x, cache, layer = carry
-        x = checkpoint_name(constrain(x, BTD), LAYER_INPUT)
         cfg = self.config
+        x = _name_layer_input(constrain(x, BTD), cfg)
         dt, pdt = _dt(cfg.dtype), _dt(cfg.param_dtype)
         token_mask = segment_ids != 0
         kw = dict(deterministic=self.deterministic, token_mask=token_mask)

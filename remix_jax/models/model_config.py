@@ -54,6 +54,10 @@ class ModelConfig:
     # buffers of saved activations to fill and copy out per layer) and faster decoding at batch 1 (loop control),
     # at 5-10x the compile time and more peak memory (docs/notes/benchmarks-log.md, training and generation runs G).
     scan_unroll: int = 1
+    # Under remat "offload_layer_input": the fraction of each block input's positions (the first ones of every row)
+    # kept in device memory for the backward pass; the rest goes to host memory. 0 offloads all of it; larger
+    # values move less over the host link (faster) and hold more on the device (layers x batch x positions x d).
+    offload_keep_fraction: float = 0.0
 
     def __post_init__(self):
         if self.num_heads % self.num_kv_heads:
@@ -67,6 +71,11 @@ class ModelConfig:
             raise ModelLoadError(f"attention_impl={self.attention_impl!r}: expected xla, cudnn, splash or auto")
         if not isinstance(self.scan_unroll, int) or self.scan_unroll < 1:
             raise ModelLoadError(f"scan_unroll={self.scan_unroll!r}: expected an integer >= 1")
+        if not 0.0 <= self.offload_keep_fraction < 1.0:
+            raise ModelLoadError(f"offload_keep_fraction={self.offload_keep_fraction!r}: expected a fraction in [0, 1)")
+        if self.offload_keep_fraction and self.remat != "offload_layer_input":
+            raise ModelLoadError(f"offload_keep_fraction={self.offload_keep_fraction!r} applies only to "
+                                 f"remat='offload_layer_input' (not {self.remat!r})")
 
     @property
     def rope_scaling_dict(self) -> dict[str, Any]:

@@ -43,7 +43,8 @@ def read_model_config(model_section):
 
     overrides = dict(dtype=model_section.dtype, param_dtype=model_section.param_dtype, remat=model_section.remat,
                      attention_impl=model_section.attention_impl,
-                     scan_unroll=int(model_section.get("scan_unroll", 1)))
+                     scan_unroll=int(model_section.get("scan_unroll", 1)),
+                     offload_keep_fraction=float(model_section.get("offload_keep_fraction", 0.0)))
     path = model_section.path
     if path.startswith("random:"):
         return named_config(path[len("random:"):], **overrides)

@@ -90,7 +90,7 @@ def _config_drift(config, workdir: str) -> list[str]:
     changes = rundir.added_with_default(old, rundir.diff(old, {s: now.get(s, {}) for s in ("model", "adapter")}))
     return [f"{k}: {json.dumps(a)} -> {json.dumps(b)}" for k, a, b in changes
             if not k.startswith(("model.dtype", "model.param_dtype", "model.remat", "model.scan_unroll",
-                                 "adapter.init_from"))]
+                                 "model.offload_keep_fraction", "adapter.init_from"))]
 
 
 def run(config, workdir: str, log=print, generators: dict | None = None, name: str = "",

@@ -11,9 +11,9 @@ from remix_jax.models.model_config import named_config
 from remix_jax.training.objective import ObjectiveConfig, adapter_objective
 
 
-def _config(remat: str):
+def _config(remat: str, keep: float = 0.0):
     return named_config("tiny", hidden_size=128, intermediate_size=512, num_layers=2, num_heads=4, num_kv_heads=2,
-                        head_dim=32, vocab_size=256, remat=remat)
+                        head_dim=32, vocab_size=256, remat=remat, offload_keep_fraction=keep)
 
 
 ACFG = AdapterConfig(method="remix", num_experts=8, top_k=2, rank=8)
@@ -35,8 +35,8 @@ def _inputs():
     return base, trainable, batch
 
 
-def _objective_grad(remat: str, base, trainable, batch):
-    model = build_model(_config(remat), ACFG)
+def _objective_grad(remat: str, base, trainable, batch, keep: float = 0.0):
+    model = build_model(_config(remat, keep), ACFG)
     obj = ObjectiveConfig(num_samples=4, sampling_router=True)
     fn = jax.jit(jax.value_and_grad(
         lambda tr: adapter_objective(model.apply, tr, base, batch, jax.random.key(2), obj)[0]))
@@ -54,3 +54,26 @@ def test_policies_agree_and_save_proj_out_saves_memory():
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-3, atol=1e-5), g, g_ref)
     assert temps["save_proj_out"] < 0.9 * temps["dots_no_batch"], temps
     assert temps["full"] <= temps["save_proj_out"] < temp_none, (temps, temp_none)
+    # Part of each layer's input kept on device (the first 3/8 of the positions here): the same gradients.
+    (v, g), _ = _objective_grad("offload_layer_input", *inputs, keep=0.375)
+    np.testing.assert_allclose(v, v_ref, rtol=1e-4)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-3, atol=1e-5), g, g_ref)
+
+
+def test_kept_positions():
+    from remix_jax.models.llama import kept_positions
+
+    assert kept_positions(_config("offload_layer_input", 0.375), 128) == 48
+    assert kept_positions(_config("offload_layer_input", 0.999), 128) == 128  # rounds to all: nothing moves
+    assert kept_positions(_config("offload_layer_input"), 128) == 0
+
+
+def test_offload_keep_fraction_is_checked():
+    import pytest
+
+    from remix_jax.models.model_config import ModelLoadError
+
+    with pytest.raises(ModelLoadError, match=r"offload_keep_fraction=1.0: expected a fraction in \[0, 1\)"):
+        _config("offload_layer_input", 1.0)
+    with pytest.raises(ModelLoadError, match="applies only to remat='offload_layer_input' \\(not 'full'\\)"):
+        _config("full", 0.5)

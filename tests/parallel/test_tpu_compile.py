@@ -210,3 +210,20 @@ def test_offload_policy_puts_saved_activations_in_host_memory(remat):
     if remat == "offload_layer_input":  # the policy it offloads from keeps nothing in host memory
         c.model.remat = "full"
         assert "S(5)" not in aot_compile.compile_for_topology(c, "v6e-1", hlo=True)["hlo"]
+
+
+@needs_libtpu
+@pytest.mark.slow
+def test_offload_keep_fraction_moves_only_the_rest():
+    """model.offload_keep_fraction under offload_layer_input: the first quarter of each block input's positions stays
+    in device memory, so the host-memory (S(5)) copy of the stacked inputs is [layers, batch, 3/4 of T, d]
+    instead of [layers, batch, T, d]."""
+    c = smoke_config("auto")
+    c.adapter.method, c.train.num_samples = "lora", 1
+    c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, 1, 1
+    c.model.remat, c.model.offload_keep_fraction = "offload_layer_input", 0.25
+    hlo = aot_compile.compile_for_topology(c, "v6e-1", hlo=True)["hlo"]
+    host = set(re.findall(r"\w+\[([\d,]*)\]\{[^}]*S\(5\)[^}]*\}", hlo))
+    moved = T - T // 4
+    assert host and all(f",{moved}," in f",{dims}," for dims in host), host
+    assert not any(f",{T}," in f",{dims}," for dims in host), host
