@@ -56,7 +56,7 @@ class ModelConfig:
     scan_unroll: int = 1
     # Under remat "offload_layer_input": the fraction of each block input's positions (the first ones of every row)
     # kept in device memory for the backward pass; the rest goes to host memory. 0 offloads all of it; larger
-    # values move less over the host link (faster) and hold more on the device (layers x batch x positions x d).
+    # values move less over the host link and hold more on the device (layers x batch x positions x d).
     offload_keep_fraction: float = 0.0
 
     def __post_init__(self):
