@@ -209,10 +209,8 @@ class MLP(nn.Module):
 
 
 def kept_positions(cfg: ModelConfig, seq_len: int) -> int:
-    """How many leading positions of a block's input stay on device under remat "offload_layer_input"
-    (``cfg.offload_keep_fraction`` of ``seq_len``, rounded); 0 under any other policy."""
-    if cfg.remat != "offload_layer_input" or not cfg.offload_keep_fraction:
-        return 0
+    """How many leading positions of a block's input stay on device under remat "offload_layer_input":
+    ``cfg.offload_keep_fraction`` of ``seq_len``, rounded (ModelConfig allows the fraction with that policy only)."""
     return min(int(round(seq_len * cfg.offload_keep_fraction)), seq_len)
 
 
