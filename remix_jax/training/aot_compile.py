@@ -40,11 +40,9 @@ def read_model_config(model_section):
     weights, with the section's dtype / remat / attention / unroll settings."""
     from remix_jax.models.loading import model_format
     from remix_jax.models.model_config import named_config
+    from remix_jax.training.loop import model_overrides
 
-    overrides = dict(dtype=model_section.dtype, param_dtype=model_section.param_dtype, remat=model_section.remat,
-                     attention_impl=model_section.attention_impl,
-                     scan_unroll=int(model_section.get("scan_unroll", 1)),
-                     offload_keep_fraction=float(model_section.get("offload_keep_fraction", 0.0)))
+    overrides = model_overrides(model_section)
     path = model_section.path
     if path.startswith("random:"):
         return named_config(path[len("random:"):], **overrides)

@@ -59,15 +59,20 @@ class ModelBundle:
     tokenizer: Any = None
 
 
+def model_overrides(model_section) -> dict:
+    """The ModelConfig fields the ``model`` section sets over the checkpoint's own (dtypes, remat, attention, layer
+    loop); keys a recorded older config lacks take their defaults."""
+    return dict(dtype=model_section.dtype, param_dtype=model_section.param_dtype, remat=model_section.remat,
+                attention_impl=model_section.attention_impl, scan_unroll=int(model_section.get("scan_unroll", 1)),
+                offload_keep_fraction=float(model_section.get("offload_keep_fraction", 0.0)))
+
+
 def load_base_model(model_section) -> tuple[Any, Any, Any]:
     """(ModelConfig, base params, tokenizer or None) for ``model.path`` (HF dir, .gguf, or random:SHAPE)."""
     from remix_jax.models import llama
     from remix_jax.models.model_config import named_config
 
-    overrides = dict(dtype=model_section.dtype, param_dtype=model_section.param_dtype,
-                     remat=model_section.remat, attention_impl=model_section.attention_impl,
-                     scan_unroll=int(model_section.get("scan_unroll", 1)),
-                     offload_keep_fraction=float(model_section.get("offload_keep_fraction", 0.0)))
+    overrides = model_overrides(model_section)
     path = model_section.path
     if path.startswith("random:"):
         cfg = named_config(path[len("random:"):], **overrides)
