@@ -26,6 +26,15 @@ Array = jax.Array
 BTHD = ("activation_batch", "activation_length", "activation_heads", "activation_kv")
 BTKD = ("activation_batch", "activation_length", "activation_kv_heads", "activation_kv")
 
+# The primitive of cuDNN flash attention's forward pass. Its backward needs the forward's output and softmax
+# statistics; under a remat policy that saves neither, the backward pass runs the attention forward again to get
+# them. The policies of llama.REMAT_POLICIES named here also save this primitive's two outputs, so the forward runs
+# once; the output then carries no "attn_out" name (saved under both, a scanned layer stack would store it twice).
+# The statistics are float32 [B, heads, T] (1 MiB a layer at 8 x 1024 tokens and 32 heads); the output is what
+# "attn_out" names, which the other policies save only when the output projection is adapted.
+CUDNN_ATTENTION_FWD = "dot_product_attention_fwd_wrapper"
+REMAT_SAVING_CUDNN_FORWARD = frozenset({"save_proj_out_attention"})
+
 
 def rope_tables(cfg: ModelConfig, positions: Array) -> tuple[Array, Array]:
     """cos, sin [B, T, 1, hd/2] float32 of the rotary angles positions x inv_freq: computed once per forward
@@ -173,7 +182,10 @@ class Attention(nn.Module):
                 implementation="cudnn")
         else:
             out = xla_attention(q, k, v, mask, heads_first=cache is not None)
-        out = checkpoint_name(constrain(out, BTHD), "attn_out").reshape(b, t, h * hd)
+        out = constrain(out, BTHD)
+        if impl != "cudnn" or cfg.remat not in REMAT_SAVING_CUDNN_FORWARD:
+            out = checkpoint_name(out, "attn_out")
+        out = out.reshape(b, t, h * hd)
         o = fused_product(self, out, "o_kernel", mk(cfg.hidden_size, ("heads", "embed"), name="o_proj"), kw)
         return o, new_cache
 

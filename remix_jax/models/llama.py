@@ -33,7 +33,8 @@ import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
-from remix_jax.models.attention import Attention, attention_mask, resolve_attention_impl, rope_tables
+from remix_jax.models.attention import (CUDNN_ATTENTION_FWD, REMAT_SAVING_CUDNN_FORWARD, Attention, attention_mask,
+                                        resolve_attention_impl, rope_tables)
 from remix_jax.models.fused import STACKED, fused_product, fused_products
 from remix_jax.models.model_config import ModelConfig
 from remix_jax.parallel.logical import constrain
@@ -58,6 +59,9 @@ REMAT_POLICIES = {
     # (norms, rope, activations, the LoRA x @ A products) is recomputed. dots_no_batch instead saves the base
     # product and the adapter delta separately, doubling the adapted projections' activations.
     "save_proj_out": jax.checkpoint_policies.save_only_these_names(PROJ_OUT, "attn_out"),
+    # save_proj_out, and with cuDNN attention its forward's output and softmax statistics
+    # (attention.CUDNN_ATTENTION_FWD): the backward pass does not run the attention forward again.
+    "save_proj_out_attention": jax.checkpoint_policies.save_only_these_names(PROJ_OUT, "attn_out"),
     # The same tensors as save_proj_out, moved to pinned host memory after the forward pass and back for the
     # backward pass (XLA's host offloading on GPU and TPU): device memory close to "full" without its recompute of
     # every projection, paid for in host transfers. On the CPU backend host and device memory are one, and the
@@ -77,6 +81,16 @@ REMAT_POLICIES = {
         names_which_can_be_saved=[LAYER_INPUT_KEPT], names_which_can_be_offloaded=[LAYER_INPUT],
         offload_src="device", offload_dst="pinned_host"),
 }
+
+
+def _saving_cudnn_forward(policy):
+    """``policy``, and the cuDNN attention forward's outputs saved too (attention.CUDNN_ATTENTION_FWD)."""
+    def saves(prim, *avals, **params):
+        return prim.name == CUDNN_ATTENTION_FWD or policy(prim, *avals, **params)
+    return saves
+
+
+REMAT_POLICIES.update({name: _saving_cudnn_forward(REMAT_POLICIES[name]) for name in REMAT_SAVING_CUDNN_FORWARD})
 
 
 def _dt(name: str):

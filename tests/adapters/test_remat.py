@@ -48,7 +48,8 @@ def test_policies_agree_and_save_proj_out_saves_memory():
     inputs = _inputs()
     (v_ref, g_ref), temp_none = _objective_grad("none", *inputs)
     temps = {}
-    for remat in ("dots_no_batch", "save_proj_out", "full", "offload_proj_out", "offload_layer_input"):
+    for remat in ("dots_no_batch", "save_proj_out", "save_proj_out_attention", "full", "offload_proj_out",
+                  "offload_layer_input"):
         (v, g), temps[remat] = _objective_grad(remat, *inputs)
         np.testing.assert_allclose(v, v_ref, rtol=1e-4)  # remat reorders float32 sums
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-3, atol=1e-5), g, g_ref)
@@ -77,3 +78,47 @@ def test_offload_keep_fraction_is_checked():
         _config("offload_layer_input", 1.0)
     with pytest.raises(ModelLoadError, match="applies only to remat='offload_layer_input' \\(not 'full'\\)"):
         _config("full", 0.5)
+
+
+def _attention_forward_trace(monkeypatch, remat: str):
+    """The gradient's jaxpr with cuDNN flash attention, traced on the CPU (its device checks patched out: tracing
+    needs no GPU): how many times the attention forward appears (once per layer body in the forward scan; again in
+    the backward scan when the backward recomputes it) and how many [L, B, T, H, hd] stacks the forward scan saves."""
+    import jax._src.cudnn.fused_attention_stablehlo as cudnn_attention
+
+    from remix_jax.models.attention import CUDNN_ATTENTION_FWD
+
+    monkeypatch.setattr(cudnn_attention, "check_cudnn_version", lambda *a, **k: 91000)
+    monkeypatch.setattr(cudnn_attention, "check_is_flash_attention", lambda *a, **k: None)
+    monkeypatch.setattr(cudnn_attention, "check_compute_capability", lambda *a, **k: True)
+    cfg = named_config("tiny", hidden_size=128, intermediate_size=256, num_layers=2, num_heads=4, num_kv_heads=2,
+                       head_dim=32, vocab_size=256, remat=remat, attention_impl="cudnn", dtype="bfloat16")
+    model = build_model(cfg, AdapterConfig(method="lora", rank=8))
+    base = jax.eval_shape(lambda: init_params(Decoder(cfg), jax.random.key(0))["params"])
+    trainable = {"adapter": jax.eval_shape(lambda: init_adapter_variables(model, jax.random.key(1)))["adapter"]}
+    b, t = 2, 128
+    batch = {"tokens": jnp.zeros((b, t), jnp.int32), "loss_mask": jnp.ones((b, t)),
+             "segment_ids": jnp.ones((b, t), jnp.int32), "positions": jnp.broadcast_to(jnp.arange(t), (b, t))}
+    obj = ObjectiveConfig(num_samples=1, sampling_router=False)
+    jaxpr = jax.make_jaxpr(jax.grad(
+        lambda tr, base: adapter_objective(model.apply, tr, base, batch, jax.random.key(2), obj)[0]))(trainable, base)
+    forwards = str(jaxpr).count(CUDNN_ATTENTION_FWD)
+    scans = [e for e in jaxpr.jaxpr.eqns if e.primitive.name == "scan"]
+    stacks = sum(v.aval.shape == (2, b, t, 4, 32) for v in scans[0].outvars)
+    return forwards, stacks
+
+
+def test_cudnn_attention_forward_runs_once_under_save_proj_out_attention(monkeypatch):
+    import jax._src.cudnn.fused_attention_stablehlo as cudnn_attention
+
+    from remix_jax.models.attention import CUDNN_ATTENTION_FWD
+
+    assert cudnn_attention._dot_product_attention_fwd_p_wrapper.name == CUDNN_ATTENTION_FWD  # jax's name for it
+    # save_proj_out_attention saves the forward's output and softmax statistics: no second forward, one output
+    # stack (not two: the output is saved once, not also as "attn_out").
+    assert _attention_forward_trace(monkeypatch, "save_proj_out_attention") == (1, 1)
+    # save_proj_out saves the attention output only where a backward pass reads it (an adapted o_proj; here the
+    # adapters are on the FFN), and never the statistics: the backward pass runs the forward again.
+    assert _attention_forward_trace(monkeypatch, "save_proj_out") == (2, 0)
+    # full saves nothing: the backward pass runs the forward again, and no output stack is saved.
+    assert _attention_forward_trace(monkeypatch, "full") == (2, 0)
