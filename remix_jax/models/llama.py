@@ -33,8 +33,14 @@ import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
-from remix_jax.models.attention import (CUDNN_ATTENTION_FWD, REMAT_SAVING_CUDNN_FORWARD, Attention, attention_mask,
-                                        resolve_attention_impl, rope_tables)
+from remix_jax.models.attention import (
+    CUDNN_ATTENTION_FWD,
+    REMAT_SAVING_CUDNN_FORWARD,
+    Attention,
+    attention_mask,
+    resolve_attention_impl,
+    rope_tables,
+)
 from remix_jax.models.fused import STACKED, fused_product, fused_products
 from remix_jax.models.model_config import ModelConfig
 from remix_jax.parallel.logical import constrain
