@@ -53,6 +53,7 @@ def default_config() -> ml_collections.ConfigDict:
         attention_impl="xla",  # xla | cudnn | auto
         scan_unroll=1,  # layers per iteration of the layer loop (1 = rolled; see ModelConfig.scan_unroll)
         offload_keep_fraction=0.0,  # remat=offload_layer_input: share of each layer input kept on device
+        mlp_chunks=1,  # the FFN over this many chunks of positions, one recomputed at a time (LoRA-family adapters)
         init_seed=0,  # random:SHAPE only
     ))
     c.adapter = adapter_defaults()

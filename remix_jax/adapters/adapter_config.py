@@ -233,4 +233,8 @@ def validate_adapter_config(adapter_cfg: AdapterConfig | Mapping[str, Any], mode
             raise AdapterConfigError(
                 f"adapter config key 'rank': r={adapter_cfg.rank} exceeds min(d_in, d_out)="
                 f"{min(d_in, d_out)} of {name}")
+    if getattr(model_cfg, "mlp_chunks", 1) > 1 and adapter_cfg.routed:
+        raise AdapterConfigError(
+            f"model.mlp_chunks={model_cfg.mlp_chunks} applies to the unrouted adapters (lora, rslora, dora), "
+            f"not to method {adapter_cfg.method!r}: a routed FFN would route each chunk on its own")
     return adapter_cfg

@@ -11,7 +11,7 @@ Parameter tree (kernels are [in, out]; L = num_layers):
     layers/post_attn_norm/scale         [L, d]
     layers/mlp/{gate,up,down}_proj/kernel
     final_norm/scale                    [d]
-    lm_head                             [d, vocab]   (absent when embeddings are tied)
+    lm_head                             [d, vocab]   (absent when embeddings are tied: the embedding is the head)
 
 Adapters attach without editing this file: ``Decoder(config, proj_cls=..., mlp_cls=...)`` takes the
 module classes used for every linear projection and for the FFN. Replacements must keep the base
@@ -41,7 +41,7 @@ from remix_jax.models.attention import (
     resolve_attention_impl,
     rope_tables,
 )
-from remix_jax.models.fused import STACKED, fused_product, fused_products
+from remix_jax.models.fused import FUSED, STACKED, fused_product, fused_products
 from remix_jax.models.model_config import ModelConfig
 from remix_jax.parallel.logical import constrain
 
@@ -217,11 +217,34 @@ class MLP(nn.Module):
         """row_scale: x is the un-normalised block input and row_scale its RMSNorm factor (fold_norms).
         residual: returns residual + FFN(x) (the block's residual add) instead of FFN(x). layer: the block's index
         (for kernels that read stacked weights, see ``adapters.modules.AdaptedMLP``)."""
+        if self.chunks(row_scale):
+            return add_residual(residual, self.chunked(x, deterministic, token_mask))
         gate, up, down = self.projections()
         kw = dict(deterministic=deterministic, token_mask=token_mask)
         g, u = self.gate_up(x, gate, up, kw, row_scale)
         h = checkpoint_name(constrain(nn.silu(g) * u, BTF), "ffn_hidden")
         return add_residual(residual, self.down_product(h, down, kw))
+
+    def chunks(self, row_scale: Array | None) -> bool:
+        """Whether this FFN runs in ``config.mlp_chunks`` chunks: set above 1, and not with inference's fused
+        kernels or folded norms."""
+        return self.config.mlp_chunks > 1 and row_scale is None and not self.has_variable(FUSED, "gate_up_kernel")
+
+    def chunked(self, x: Array, deterministic: bool, token_mask: Array | None) -> Array:
+        """down(silu(gate(x)) * up(x)) over ``config.mlp_chunks`` chunks of positions, each under its own remat
+        (nothing saved, CSE prevented): the backward pass recomputes and differentiates one chunk at a time. The
+        projections are made inside each lifted call (the same names, so the same parameters)."""
+        def piece(module, xc, mc):
+            gate, up, down = module.projections()
+            kw = dict(deterministic=deterministic, token_mask=mc)
+            return down(constrain(nn.silu(gate(xc, **kw)) * up(xc, **kw), BTF), **kw)
+
+        piece = nn.remat(piece, policy=jax.checkpoint_policies.nothing_saveable, prevent_cse=True)
+        t = x.shape[1]
+        size = -(-t // self.config.mlp_chunks)
+        outs = [piece(self, x[:, s:s + size], None if token_mask is None else token_mask[:, s:s + size])
+                for s in range(0, t, size)]
+        return constrain(jnp.concatenate(outs, axis=1), BTD)
 
     def down_product(self, h: Array, down, kw: dict) -> Array:
         """down(h): with the "fused" down_kernel when present (inference), else the projection itself."""
@@ -351,7 +374,10 @@ class Decoder(nn.Module):
             new_cache = {**new_kv, "pos": key_pos, "seg": key_seg,
                          "index": idx + tokens.shape[1]}
         if cfg.tie_embeddings:
-            head = embed.embedding.T
+            # The embedding as stored, [vocab, d] (lm_logits reads either orientation): its transpose would be a
+            # materialised [d, vocab] copy wherever the head enters a loop (the chunked loss: 0.5 GiB at 1B).
+            # A square one is transposed, since [d, d] reads as [d, vocab].
+            head = embed.embedding if cfg.vocab_size != cfg.hidden_size else embed.embedding.T
         else:
             head = self.param("lm_head", nn.with_logical_partitioning(
                 nn.initializers.lecun_normal(), ("embed", "vocab")), (cfg.hidden_size, cfg.vocab_size), pdt)
@@ -360,9 +386,19 @@ class Decoder(nn.Module):
         return lm_logits(h, head), new_cache
 
 
+def vocab_major(head: Array, d: int) -> bool:
+    """Whether the output matrix ``head`` is [vocab, d] (a tied embedding as stored) rather than [d, vocab]: its
+    first axis is not the hidden size d (a [d, d] matrix reads as [d, vocab])."""
+    if head.ndim != 2 or d not in head.shape:
+        raise ValueError(f"output matrix {head.shape} has no axis of the hidden size {d}")
+    return head.shape[0] != d
+
+
 def lm_logits(h: Array, head: Array) -> Array:
-    """Logits [..., vocab] in float32 from final hidden states and the [d, vocab] output matrix."""
-    return jnp.einsum("...d,dv->...v", h, head.astype(h.dtype), preferred_element_type=jnp.float32)
+    """Logits [..., vocab] in float32 from final hidden states [..., d] and the output matrix, [d, vocab] or
+    [vocab, d] (``vocab_major``): the product reads either layout without a transposed copy."""
+    spec = "...d,vd->...v" if vocab_major(head, h.shape[-1]) else "...d,dv->...v"
+    return jnp.einsum(spec, h, head.astype(h.dtype), preferred_element_type=jnp.float32)
 
 
 def init_params(model: Decoder, rng: Array, seq_len: int = 8) -> dict:

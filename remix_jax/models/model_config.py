@@ -59,6 +59,11 @@ class ModelConfig:
     # kept in device memory for the backward pass; the rest goes to host memory. 0 offloads all of it; larger
     # values move less over the host link and hold more on the device (layers x batch x positions x d).
     offload_keep_fraction: float = 0.0
+    # Training: the FFN (models.llama.MLP, so LoRA, rsLoRA and DoRA; not the routed mixtures) runs over this many
+    # chunks of positions, each recomputed on its own in the backward pass, so one layer's backward holds its
+    # [B, T, intermediate] tensors for T / mlp_chunks positions at a time. Same result; each chunk's FFN forward
+    # runs once more in the backward pass, which "full" and "offload_layer_input" already pay. 1 = no chunks.
+    mlp_chunks: int = 1
 
     def __post_init__(self):
         if self.num_heads % self.num_kv_heads:
@@ -72,6 +77,8 @@ class ModelConfig:
             raise ModelLoadError(f"attention_impl={self.attention_impl!r}: expected xla, cudnn, splash or auto")
         if not isinstance(self.scan_unroll, int) or self.scan_unroll < 1:
             raise ModelLoadError(f"scan_unroll={self.scan_unroll!r}: expected an integer >= 1")
+        if not isinstance(self.mlp_chunks, int) or self.mlp_chunks < 1:
+            raise ModelLoadError(f"mlp_chunks={self.mlp_chunks!r}: expected an integer >= 1")
         if not 0.0 <= self.offload_keep_fraction < 1.0:
             raise ModelLoadError(f"offload_keep_fraction={self.offload_keep_fraction!r}: expected a fraction in [0, 1)")
         if self.offload_keep_fraction and self.remat != "offload_layer_input":

@@ -64,7 +64,8 @@ def model_overrides(model_section) -> dict:
     loop); keys a recorded older config lacks take their defaults."""
     return dict(dtype=model_section.dtype, param_dtype=model_section.param_dtype, remat=model_section.remat,
                 attention_impl=model_section.attention_impl, scan_unroll=int(model_section.get("scan_unroll", 1)),
-                offload_keep_fraction=float(model_section.get("offload_keep_fraction", 0.0)))
+                offload_keep_fraction=float(model_section.get("offload_keep_fraction", 0.0)),
+                mlp_chunks=int(model_section.get("mlp_chunks", 1)))
 
 
 def load_base_model(model_section) -> tuple[Any, Any, Any]:

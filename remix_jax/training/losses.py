@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from remix_jax.models.llama import lm_logits
+from remix_jax.models.llama import lm_logits, vocab_major
 
 Array = jax.Array
 
@@ -53,13 +53,18 @@ def _logits_lse_nll(hidden: Array, head: Array, targets: Array) -> tuple[Array, 
     return logits, lse, lse - target_logit
 
 
-def _hidden_grad(scaled_probs: Array, head_c: Array, targets: Array, scale: Array | float) -> Array:
+def _hidden_grad(scaled_probs: Array, head_c: Array, targets: Array, scale: Array | float, d: int) -> Array:
     """scaled_probs @ head^T - scale * head[:, target]^T, float32 [B, C, d]: d nll / d hidden times the
     per-position ``scale`` (scaled_probs = scale * softmax, in the compute dtype). The one-hot part never
-    touches a [B, C, V] buffer: the target columns of the head are gathered."""
-    target_cols = jnp.moveaxis(jnp.take(head_c, targets, axis=1), 0, -1).astype(jnp.float32)  # [B, C, d]
-    return (jnp.einsum("...v,dv->...d", scaled_probs, head_c, preferred_element_type=jnp.float32)
-            - scale * target_cols)
+    touches a [B, C, V] buffer: the target columns of the head are gathered. head_c: [d, V] or [V, d]
+    (``lm_logits``), d the hidden size."""
+    if vocab_major(head_c, d):
+        target_cols = jnp.take(head_c, targets, axis=0).astype(jnp.float32)  # [B, C, d]
+        spec = "...v,vd->...d"
+    else:
+        target_cols = jnp.moveaxis(jnp.take(head_c, targets, axis=1), 0, -1).astype(jnp.float32)
+        spec = "...v,dv->...d"
+    return jnp.einsum(spec, scaled_probs, head_c, preferred_element_type=jnp.float32) - scale * target_cols
 
 
 def _chunk_nll_fwd(hidden: Array, head: Array, targets: Array):
@@ -78,12 +83,14 @@ def _chunk_nll_bwd(res, g):
     cdt = hidden.dtype
     logits = lm_logits(hidden, head)
     dsoft = (g[..., None] * jnp.exp(logits - lse[..., None])).astype(cdt)  # the compute dtype, as forward
-    dh = _hidden_grad(dsoft, head.astype(cdt), targets, g[..., None])
+    dh = _hidden_grad(dsoft, head.astype(cdt), targets, g[..., None], hidden.shape[-1])
     # The head's cotangent; unused (and removed by XLA) when the head is frozen, as in the objective.
     d = hidden.shape[-1]
     dhead = jnp.einsum("...d,...v->dv", hidden, dsoft, preferred_element_type=jnp.float32)
     gh = (g[..., None] * hidden.astype(jnp.float32)).reshape(-1, d)
     dhead = dhead.at[:, targets.reshape(-1)].add(-gh.T)
+    if vocab_major(head, d):
+        dhead = dhead.T
     return dh.astype(cdt), dhead.astype(head.dtype), np.zeros(targets.shape, jax.dtypes.float0)
 
 
@@ -111,7 +118,7 @@ def _frozen_fwd(hidden: Array, head: Array, targets: Array):
     cdt = hidden.dtype
     logits, lse, nll = _logits_lse_nll(hidden, head, targets)
     probs = jnp.exp(logits - lse[..., None]).astype(cdt)  # the compute dtype, as the recomputing form
-    u = _hidden_grad(probs, head.astype(cdt), targets, 1.0)
+    u = _hidden_grad(probs, head.astype(cdt), targets, 1.0, hidden.shape[-1])
     # (an empty array carries hidden's dtype to the backward pass: the cotangent must have it)
     return nll, (u, head, jnp.zeros((0,), cdt))
 
@@ -136,7 +143,7 @@ def chunked_token_cross_entropy(hidden: Array, head: Array, tokens: Array, chunk
                                 frozen_head: bool = False, needed: Array | None = None) -> Array:
     """ce [B, T] equal to ``token_cross_entropy(lm_logits(hidden, head), tokens)``, in chunks of positions.
 
-    hidden [B, T, d] (the compute dtype), head [d, V], tokens [B, T] int; chunk_len: positions per chunk
+    hidden [B, T, d] (the compute dtype), head [d, V] or [V, d] (``lm_logits``), tokens [B, T] int; chunk_len: positions per chunk
     (any value >= 1; T need not be a multiple: the remainder is one smaller chunk). Live memory of the
     forward and backward pass is O(B * chunk_len * V) instead of O(B * T * V).
     frozen_head: the head gets no gradient (it is treated as a constant), and d ce / d hidden is formed in

@@ -122,3 +122,49 @@ def test_cudnn_attention_forward_runs_once_under_save_proj_out_attention(monkeyp
     assert _attention_forward_trace(monkeypatch, "save_proj_out") == (2, 0)
     # full saves nothing: the backward pass runs the forward again, and no output stack is saved.
     assert _attention_forward_trace(monkeypatch, "full") == (2, 0)
+
+
+def _lora_grad(method: str, remat: str, chunks: int, t: int = 96):
+    cfg = named_config("tiny", hidden_size=64, intermediate_size=1024, num_layers=2, num_heads=4, num_kv_heads=2,
+                       head_dim=16, vocab_size=128, remat=remat, mlp_chunks=chunks)
+    model = build_model(cfg, AdapterConfig(method=method, rank=4))
+    base = init_params(Decoder(cfg), jax.random.key(0))["params"]
+    variables = init_adapter_variables(model, jax.random.key(1))
+    trainable = {"adapter": jax.tree.map(lambda a: a + 0.01, variables["adapter"])}  # nonzero B
+    b = 2
+    batch = {"tokens": jax.random.randint(jax.random.key(3), (b, t), 0, cfg.vocab_size),
+             "loss_mask": jnp.ones((b, t)), "segment_ids": jnp.ones((b, t), jnp.int32),
+             "positions": jnp.broadcast_to(jnp.arange(t), (b, t))}
+    obj = ObjectiveConfig(num_samples=1, sampling_router=False)
+    fn = jax.jit(jax.value_and_grad(
+        lambda tr: adapter_objective(model.apply, tr, base, batch, jax.random.key(2), obj)[0]))
+    compiled = fn.lower(trainable).compile()
+    return variables, compiled(trainable), compiled.memory_analysis().temp_size_in_bytes
+
+
+def test_mlp_chunks_same_gradients_less_memory():
+    for method in ("lora", "dora"):
+        variables, (v_ref, g_ref), temp_ref = _lora_grad(method, "full", 1)
+        # 96 positions in 4 chunks of 24, and in 5 (20, 20, 20, 20, 16): the last chunk may be shorter.
+        # (DoRA's weight-sized temporaries weigh as much as these small activations: memory is checked on LoRA.)
+        for chunks in (4, 5):
+            chunked_vars, (v, g), temp = _lora_grad(method, "full", chunks)
+            # The same parameters under the same names: chunking adds no level to the tree.
+            assert jax.tree.structure(chunked_vars) == jax.tree.structure(variables)
+            np.testing.assert_allclose(v, v_ref, rtol=1e-5)
+            jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-3, atol=1e-6), g, g_ref)
+            # One layer's backward holds its [B, T, 1024] FFN tensors for a chunk of positions at a time.
+            assert method == "dora" or temp < 0.9 * temp_ref, (method, chunks, temp, temp_ref)
+
+
+def test_mlp_chunks_is_checked():
+    import pytest
+
+    from remix_jax.adapters.adapter_config import AdapterConfigError
+    from remix_jax.models.model_config import ModelLoadError
+
+    with pytest.raises(ModelLoadError, match="mlp_chunks=0: expected an integer >= 1"):
+        named_config("tiny", mlp_chunks=0)
+    cfg = named_config("tiny", mlp_chunks=2)
+    with pytest.raises(AdapterConfigError, match="model.mlp_chunks=2 applies to the unrouted adapters"):
+        build_model(cfg, AdapterConfig(method="remix", num_experts=4, top_k=2, rank=4))

@@ -98,6 +98,34 @@ def test_head_gradient_of_chunked_loss(loss_inputs):
     np.testing.assert_allclose(np.asarray(jax.grad(f)(head, 5)), np.asarray(ref), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("frozen_head", [False, True])
+def test_vocab_major_head(loss_inputs, loss_and_grad, frozen_head):
+    """The head as a tied embedding is stored, [V, d] (the decoder hands it over untransposed): the same values
+    and hidden-state gradients as its [d, V] transpose, and (unfrozen) the head's gradient in its own layout."""
+    hidden, head, tokens, seg, mask, slot_w = loss_inputs
+    (ref, ref_ce), ref_g = loss_and_grad(hidden, head, tokens, seg, mask, slot_w, 5, frozen_head)
+    (val, ce), g = loss_and_grad(hidden, head.T, tokens, seg, mask, slot_w, 5, frozen_head)
+    np.testing.assert_allclose(np.asarray(ce), np.asarray(ref_ce), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(float(val), float(ref), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(g), np.asarray(ref_g), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(np.asarray(lm_logits(hidden[0], head.T)), np.asarray(lm_logits(hidden[0], head)),
+                               rtol=1e-6, atol=1e-6)
+    if not frozen_head:
+        def f(hd):
+            return jnp.sum(chunked_token_cross_entropy(hidden[0], hd, tokens, 5) * mask)
+        np.testing.assert_allclose(np.asarray(jax.grad(f)(head.T)), np.asarray(jax.grad(f)(head)).T,
+                                   rtol=1e-5, atol=1e-6)
+
+
+def test_head_without_a_hidden_size_axis_is_rejected(loss_inputs):
+    from remix_jax.models.llama import vocab_major
+
+    hidden, head = loss_inputs[:2]
+    with pytest.raises(ValueError, match=r"output matrix \(16, 49\) has no axis of the hidden size 17"):
+        lm_logits(jnp.zeros((2, 17)), head[:, :49])
+    assert vocab_major(head.T, D) and not vocab_major(head, D) and not vocab_major(jnp.zeros((D, D)), D)
+
+
 def test_chunked_matches_numpy_reference(loss_inputs):
     hidden, head, tokens = (np.asarray(x) for x in loss_inputs[:3])
     ce = np.asarray(chunked_token_cross_entropy(jnp.asarray(hidden[1]), jnp.asarray(head),
