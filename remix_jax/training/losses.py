@@ -1,8 +1,8 @@
 """Token and sequence cross-entropy, with a chunked form that never holds the full-vocabulary logits.
 
 ``token_cross_entropy`` takes logits [B, T, V]; ``chunked_token_cross_entropy`` takes the decoder's final
-hidden states [B, T, d] and the frozen output matrix, [d, V] or a tied embedding's [V, d] (``Decoder(..., return_hidden=True)``), and
-gives the same values without materialising [B, T, V]:
+hidden states [B, T, d] and the frozen output matrix, [d, V] or a tied embedding's [V, d]
+(``Decoder(..., return_hidden=True)``), and gives the same values without materialising [B, T, V]:
 
     for each chunk of C positions:  logits = hidden[:, chunk] @ head     [B, C, V] (compute dtype, f32 acc)
                                     nll    = logsumexp(logits) - logits[target]
@@ -144,8 +144,8 @@ def chunked_token_cross_entropy(hidden: Array, head: Array, tokens: Array, chunk
     """ce [B, T] equal to ``token_cross_entropy(lm_logits(hidden, head), tokens)``, in chunks of positions.
 
     hidden [B, T, d] (the compute dtype), head [d, V] or [V, d] (``lm_logits``), tokens [B, T] int;
-    chunk_len: positions per chunk (any value >= 1; T need not be a multiple: the remainder is one smaller chunk). Live memory of the
-    forward and backward pass is O(B * chunk_len * V) instead of O(B * T * V).
+    chunk_len: positions per chunk (any value >= 1; T need not be a multiple: the remainder is one smaller chunk).
+    Live memory of the forward and backward pass is O(B * chunk_len * V) instead of O(B * T * V).
     frozen_head: the head gets no gradient (it is treated as a constant), and d ce / d hidden is formed in
     the forward pass (``_frozen_fwd``): one product with the [d, V] head fewer per chunk than recomputing
     the logits in the backward pass. The objective uses it (the head is frozen base weight).
