@@ -49,11 +49,10 @@ def default_config() -> ml_collections.ConfigDict:
         path="",  # HF directory, GGUF file, or random:SHAPE
         dtype="float32",  # compute dtype (bfloat16 on accelerators)
         param_dtype="float32",  # storage dtype of the frozen base
-        remat="none",  # a key of remix_jax.models.llama.REMAT_POLICIES: none | full | dots | dots_no_batch | ...
+        remat="none",  # a key of remix_jax.models.remat.REMAT_POLICIES: none | full | dots | dots_no_batch | ...
         attention_impl="xla",  # xla | cudnn | auto
         scan_unroll=1,  # layers per iteration of the layer loop (1 = rolled; see ModelConfig.scan_unroll)
-        offload_keep_fraction=0.0,  # remat=offload_layer_input: share of each layer input kept on device
-        mlp_chunks=1,  # the FFN over this many chunks of positions, one recomputed at a time (LoRA-family adapters)
+        offload_keep_fraction=0.0, mlp_chunks=1,  # see ModelConfig (part of each layer input kept; FFN in chunks)
         init_seed=0,  # random:SHAPE only
     ))
     c.adapter = adapter_defaults()
@@ -263,7 +262,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
         errors.append(f"optimizer.warmup_steps={o.warmup_steps} exceeds train.num_steps={t.num_steps}")
     if o.adapter_lr < 0 or o.router_lr < 0:
         errors.append("optimizer.adapter_lr / router_lr: must be >= 0")
-    from remix_jax.models.llama import REMAT_POLICIES
+    from remix_jax.models.remat import REMAT_POLICIES
 
     if config.model.remat not in REMAT_POLICIES:
         errors.append(f"model.remat: {config.model.remat!r} is not a known policy")

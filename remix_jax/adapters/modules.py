@@ -38,7 +38,8 @@ from remix_jax.adapters import moe
 from remix_jax.adapters.adapter_config import FFN_PROJECTIONS, AdapterConfig, validate_adapter_config
 from remix_jax.inference.remix_ffn import precomputed_ffn, remix_inference_front
 from remix_jax.models.fused import fused_products
-from remix_jax.models.llama import MLP, PROJ_OUT, Decoder, Projection, add_residual
+from remix_jax.models.llama import MLP, Decoder, Projection, add_residual
+from remix_jax.models.remat import PROJ_OUT
 from remix_jax.routing.diagnostics import routing_diagnostics
 from remix_jax.routing.routers import RouterOutput, load_balancing_loss, route
 

@@ -28,7 +28,7 @@ BTKD = ("activation_batch", "activation_length", "activation_kv_heads", "activat
 
 # The primitive of cuDNN flash attention's forward pass. Its backward needs the forward's output and softmax
 # statistics; under a remat policy that saves neither, the backward pass runs the attention forward again to get
-# them. The policies of llama.REMAT_POLICIES named here also save this primitive's two outputs, so the forward runs
+# them. The policies of remat.REMAT_POLICIES named here also save this primitive's two outputs, so the forward runs
 # once; the output then carries no "attn_out" name (saved under both, a scanned layer stack would store it twice).
 # The statistics are float32 [B, heads, T] (1 MiB a layer at 8 x 1024 tokens and 32 heads); the output is what
 # "attn_out" names, which the other policies save only when the output projection is adapted.

@@ -48,7 +48,7 @@ class ModelConfig:
     attention_impl: str = "xla"
     # Rematerialisation of each block in the backward pass: "none", "full", "dots", "dots_no_batch",
     # "save_qkv_ffn", "save_proj_out", "save_proj_out_attention", "offload_proj_out", "offload_layer_input" (see
-    # llama.REMAT_POLICIES).
+    # remat.REMAT_POLICIES).
     remat: str = "none"
     # Layers per iteration of the scanned layer loop (lax.scan's unroll): 1 = a rolled loop (fastest compile),
     # num_layers = fully unrolled: training steps 10-15% faster on an H200 for 1B/8B LoRA (most likely no stacked
