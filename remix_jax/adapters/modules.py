@@ -251,7 +251,7 @@ class AdaptedMLP(MLP):
         with the fused kernels of an FFN whose gate/up have no adapter delta, or ReMix's precomputed FFN).
         layer: the block's index (ReMix's decode kernels read the stacked B matrices at it)."""
         cfg: AdapterConfig = self.adapter
-        if not self.block_routed() and (cfg is None or not cfg.routed) and self.chunks(row_scale):
+        if (cfg is None or not cfg.routed) and self.chunks(row_scale):
             return add_residual(residual, self.chunked(x, deterministic, token_mask))  # model.mlp_chunks
         gate, up, down = self.projections()
         kw = dict(deterministic=deterministic, token_mask=token_mask)
