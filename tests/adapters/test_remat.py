@@ -19,6 +19,21 @@ def _config(remat: str, keep: float = 0.0):
 ACFG = AdapterConfig(method="remix", num_experts=8, top_k=2, rank=8)
 
 
+def _batch(tokens):
+    """A batch of full rows, one sequence each, from tokens [B, T]."""
+    b, t = tokens.shape
+    return {"tokens": tokens, "loss_mask": jnp.ones((b, t)), "segment_ids": jnp.ones((b, t), jnp.int32),
+            "positions": jnp.broadcast_to(jnp.arange(t), (b, t))}
+
+
+def _compiled_grad(model, base, trainable, batch, obj):
+    """(objective value, gradient) of the compiled step and its temporary memory in bytes."""
+    fn = jax.jit(jax.value_and_grad(
+        lambda tr: adapter_objective(model.apply, tr, base, batch, jax.random.key(2), obj)[0]))
+    compiled = fn.lower(trainable).compile()
+    return compiled(trainable), compiled.memory_analysis().temp_size_in_bytes
+
+
 def _inputs():
     """Base weights, trainable variables and a batch, made once: the policy changes no parameter."""
     cfg = _config("none")
@@ -28,20 +43,12 @@ def _inputs():
     trainable = {k: variables.get(k, {}) for k in ("adapter", "router")}
     # Nonzero B so the adapter path carries gradient everywhere.
     trainable = jax.tree.map(lambda x: x + 0.01, trainable)
-    b, t = 2, 128
-    tokens = jax.random.randint(jax.random.key(3), (b, t), 0, cfg.vocab_size)
-    batch = {"tokens": tokens, "loss_mask": jnp.ones((b, t)), "segment_ids": jnp.ones((b, t), jnp.int32),
-             "positions": jnp.broadcast_to(jnp.arange(t), (b, t))}
-    return base, trainable, batch
+    return base, trainable, _batch(jax.random.randint(jax.random.key(3), (2, 128), 0, cfg.vocab_size))
 
 
 def _objective_grad(remat: str, base, trainable, batch, keep: float = 0.0):
-    model = build_model(_config(remat, keep), ACFG)
-    obj = ObjectiveConfig(num_samples=4, sampling_router=True)
-    fn = jax.jit(jax.value_and_grad(
-        lambda tr: adapter_objective(model.apply, tr, base, batch, jax.random.key(2), obj)[0]))
-    compiled = fn.lower(trainable).compile()
-    return compiled(trainable), compiled.memory_analysis().temp_size_in_bytes
+    return _compiled_grad(build_model(_config(remat, keep), ACFG), base, trainable, batch,
+                          ObjectiveConfig(num_samples=4, sampling_router=True))
 
 
 def test_policies_agree_and_save_proj_out_saves_memory():
@@ -97,8 +104,7 @@ def _attention_forward_trace(monkeypatch, remat: str):
     base = jax.eval_shape(lambda: init_params(Decoder(cfg), jax.random.key(0))["params"])
     trainable = {"adapter": jax.eval_shape(lambda: init_adapter_variables(model, jax.random.key(1)))["adapter"]}
     b, t = 2, 128
-    batch = {"tokens": jnp.zeros((b, t), jnp.int32), "loss_mask": jnp.ones((b, t)),
-             "segment_ids": jnp.ones((b, t), jnp.int32), "positions": jnp.broadcast_to(jnp.arange(t), (b, t))}
+    batch = _batch(jnp.zeros((b, t), jnp.int32))
     obj = ObjectiveConfig(num_samples=1, sampling_router=False)
     jaxpr = jax.make_jaxpr(jax.grad(
         lambda tr, base: adapter_objective(model.apply, tr, base, batch, jax.random.key(2), obj)[0]))(trainable, base)
@@ -131,15 +137,9 @@ def _lora_grad(method: str, remat: str, chunks: int, t: int = 96):
     base = init_params(Decoder(cfg), jax.random.key(0))["params"]
     variables = init_adapter_variables(model, jax.random.key(1))
     trainable = {"adapter": jax.tree.map(lambda a: a + 0.01, variables["adapter"])}  # nonzero B
-    b = 2
-    batch = {"tokens": jax.random.randint(jax.random.key(3), (b, t), 0, cfg.vocab_size),
-             "loss_mask": jnp.ones((b, t)), "segment_ids": jnp.ones((b, t), jnp.int32),
-             "positions": jnp.broadcast_to(jnp.arange(t), (b, t))}
+    batch = _batch(jax.random.randint(jax.random.key(3), (2, t), 0, cfg.vocab_size))
     obj = ObjectiveConfig(num_samples=1, sampling_router=False)
-    fn = jax.jit(jax.value_and_grad(
-        lambda tr: adapter_objective(model.apply, tr, base, batch, jax.random.key(2), obj)[0]))
-    compiled = fn.lower(trainable).compile()
-    return variables, compiled(trainable), compiled.memory_analysis().temp_size_in_bytes
+    return variables, *_compiled_grad(model, base, trainable, batch, obj)
 
 
 def test_mlp_chunks_same_gradients_less_memory():
