@@ -4,12 +4,14 @@ form). Each column has a learning-rate grid scored on validation rows carved fro
 (``lr_grid_sweep``: lr_grid.py, lr_grid_codealpaca.py, lr_grid_arc_c.py, lr_grid_arc_c_mc.py) and a main table at
 the rates ``select_lr.py`` chose from it (``table_sweep``: main_table.py, humaneval_table.py, arc_c_table.py,
 arc_c_mc_table.py): the methods of common.py at comparable activated rank, ReMix first and
-processing its routing samples one at a time (same gradients, less memory, so several runs share a GPU).
+processing its routing samples one at a time (same gradients, less memory, so several runs share a GPU). A table's
+rate control (``rate_control_sweep``: arc_c_mc_rates.py) trains each method at the rates chosen for the others.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable
 
 from common import (
@@ -39,6 +41,7 @@ from common import (
     variant,
 )
 
+from remix_jax.cli import UserError
 from remix_jax.sweep import KEYS
 
 
@@ -111,14 +114,38 @@ def lr_grid_sweep(col: Column) -> dict:
 def table_sweep(col: Column) -> dict:
     """The six methods x SEEDS on the column's full training data, scored on its test set: each method at the
     adapter learning rate in the selected_lr.json named by $``col.selected_lr_env``, else its config's rate."""
+    return _test_sweep(col, _remix_first(selected_methods(METHODS, env=col.selected_lr_env)),
+                       f"{col.eval_title} (test), mean ± std over seeds")
+
+
+def rate_control_sweep(col: Column) -> dict:
+    """The column's table with each method at every adapter learning rate chosen for another method but not for
+    itself (variants ``<method>_at_<rate>``), SEEDS seeds, the runs otherwise ``table_sweep``'s: together with the
+    table, every method is trained at every rate any of them was given, so that a gap the rate explains is not
+    read as the method's. Needs $``col.selected_lr_env`` (without chosen rates there is nothing to swap)."""
+    if not os.environ.get(col.selected_lr_env, ""):
+        raise UserError(f"${col.selected_lr_env} is not set: this sweep trains each method at the rates chosen for "
+                        "the others", "point it at the select_lr.py output of the column's grid")
+    chosen = _remix_first(selected_methods(METHODS, env=col.selected_lr_env))
+    rates = sorted({m["overrides"][KEYS.adapter_lr] for m in chosen})
+    swapped = [dict(m, name=f"{m['name']}_at_{rate:g}", overrides={**m["overrides"], KEYS.adapter_lr: rate})
+               for m in chosen for rate in rates if rate != m["overrides"][KEYS.adapter_lr]]
+    if not swapped:
+        raise UserError(f"${col.selected_lr_env}: every method was given the rate {rates[0]:g}: there is no other "
+                        "rate to train them at")
+    return _test_sweep(col, swapped, f"{col.eval_title} (test), each method at the other methods' rates")
+
+
+def _test_sweep(col: Column, methods: list[dict], title: str) -> dict:
+    """``methods`` x SEEDS on the column's full training data, scored on its test set."""
     return {
         "config": col.config + variant("remix"),
         "base_overrides": {KEYS.model_path: model_path(), **col.data(), **template(), **col.memory,
                            "eval.at_start": False},
-        "grid": [_remix_first(selected_methods(METHODS, env=col.selected_lr_env))],
+        "grid": [methods],
         "seeds": SEEDS,
         "report": {
-            "tables": [{"title": f"{col.eval_title} (test), mean ± std over seeds", "rows": ["variant"]}],
+            "tables": [{"title": title, "rows": ["variant"]}],
             "plots": [
                 {"kind": "bar", "x": "variant", "y": col.metric, "file": "accuracy.png",
                  "title": f"{col.eval_title} {col.score} by method"},

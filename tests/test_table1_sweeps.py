@@ -247,3 +247,36 @@ def test_each_table_takes_the_rates_chosen_on_its_own_grid(env, monkeypatch, tmp
         load_sweep(EXPERIMENTS / table, workdir_root="/nonexistent")
     assert str(e.value) == (f"${var}: {out}: no learning rate for method(s) mixlora (it has remix, lora, rslora, "
                             "dora, hydralora)")
+
+
+def test_the_letter_form_rate_control_trains_each_method_at_the_others_rates(env, monkeypatch, tmp_path):
+    """arc_c_mc_rates.py: with the grid's choices split between 1e-3 (the single adapters) and 1e-4 (the mixtures),
+    each method runs at the rate it was not given, 3 seeds, ReMix still one sample at a time, the runs otherwise
+    arc_c_mc_table.py's; without the variable it is an error naming it."""
+    from remix_jax.cli import UserError
+
+    variables, _ = _table_data(env, "arc_c_mc_table.py")
+    for k, v in variables.items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(UserError, match=r"^\$REMIX_ARC_C_MC_SELECTED_LR is not set"):
+        load_sweep(EXPERIMENTS / "arc_c_mc_rates.py", workdir_root="/nonexistent")
+    rates = {"remix": 1e-4, "lora": 1e-3, "rslora": 1e-3, "dora": 1e-3, "mixlora": 1e-4, "hydralora": 1e-4}
+    selected = tmp_path / "selected_lr.json"
+    selected.write_text(json.dumps({m: {"adapter_lr": lr} for m, lr in rates.items()}))
+    monkeypatch.setenv("REMIX_ARC_C_MC_SELECTED_LR", str(selected))
+    table = {r.name: r for r in load_sweep(EXPERIMENTS / "arc_c_mc_table.py", workdir_root="/nonexistent").runs}
+    sweep = load_sweep(EXPERIMENTS / "arc_c_mc_rates.py", workdir_root="/nonexistent")
+    assert sweep.out_dir == str(EXPERIMENTS / "results" / "arc_c_mc_rates")
+    other = {1e-3: "0.0001", 1e-4: "0.001"}
+    assert [r.name for r in sweep.runs] == [f"{m}_at_{other[rates[m]]}__seed={s}" for m in METHODS for s in SEEDS]
+    for run in sweep.runs:
+        method, rate = run.params["variant"].split("_at_")
+        twin = table[f"{method}__seed={run.params['seed']}"]
+        assert run.config == twin.config == f"configs/arc_c_mc.py:{method}_small"
+        assert run.overrides == {**twin.overrides, KEYS.adapter_lr: float(rate)}, run.name
+    remix = resolve(sweep.runs[1])
+    assert (remix.optimizer.adapter_lr, remix.train.sample_chunk, remix.seed) == (1e-3, 1, 1)
+    assert problems(sweep.runs[3]) == [] and resolve(sweep.runs[3]).optimizer.adapter_lr == 1e-4  # lora, seed 0
+    selected.write_text(json.dumps({m: {"adapter_lr": 3e-4} for m in rates}))  # one rate for all: nothing to swap
+    with pytest.raises(UserError, match=r"^\$REMIX_ARC_C_MC_SELECTED_LR: every method was given the rate 0.0003"):
+        load_sweep(EXPERIMENTS / "arc_c_mc_rates.py", workdir_root="/nonexistent")
