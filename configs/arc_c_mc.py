@@ -35,11 +35,19 @@ the variant, or set the two paths yourself:
     --config=configs/arc_c_mc.py:remix --config.data.sources.arc_c.path=DATA/llm_adapters/ARC-Challenge/train.json \\
     --config.eval.heldout.source.path=.../test.json
 
+A second task, ``arc_c_mc_heldout``, scores the rows of ``eval.heldout.source.path`` the same way (their letters
+ranked by log-likelihood, ``accuracy``): on the test split it builds the very questions of ``arc_c_mc_0shot``
+(tests/data/test_arc_mc.py); experiments/lr_grid_arc_c_mc_acc.py points the held-out rows at a carve's validation
+split and chooses each method's rate on that accuracy. Add it with
+``--config.eval.tasks=arc_c_mc_0shot,arc_c_mc_heldout``.
+
 Variants: those of configs/arc_c.py (remix, remix_norloo, lora, rslora, dora, mixlora, hydralora; ``_small`` for
 SmolLM2-135M-Instruct). Schedule: configs/arc_c.py's (rows of 256 tokens, no packing: a question with its answer
 is at most 195 tokens of SmolLM2's tokenizer in this form, train and test; 210 steps of 16 rows, 20
 warm-up steps then cosine, adapter LR 2e-4 or 5e-4 for ``_small``, router LR 1e-3).
 """
+
+import ml_collections
 
 from remix_jax.data import source_config
 from remix_jax.presets import (
@@ -55,6 +63,7 @@ from remix_jax.run_config import default_config, eval_config
 METHODS = METHOD_VARIANTS
 SOURCE = "arc_c"  # the training source (data.sources.arc_c), as in configs/arc_c.py
 TASK = "arc_c_mc_0shot"  # the evaluation task (eval/arc_c_mc_0shot.json), a built-in task
+HELDOUT_TASK = "arc_c_mc_heldout"  # the held-out rows' letters scored the same way (eval/arc_c_mc_heldout.json)
 FORMAT = "arc_mc"
 MC_FORMAT = "{prompt}"  # no template around "Question: ...\n A. ...\nAnswer:"
 
@@ -75,5 +84,11 @@ def get_config(arg: str = "remix"):
     e.mc_mode = "loglik"
     e.plain_format = MC_FORMAT
     e.heldout.source = source_config("file", path=llm_adapters_file(data_dir, SOURCE, "test"), fmt=FORMAT)
+    # The held-out rows scored as arc_c_mc_0shot scores its questions (the same contexts and letters: on the test
+    # split the two are the same 1,172 questions), wherever eval.heldout.source.path points: a carve's
+    # validation rows in experiments/lr_grid_arc_c_mc.py, which chooses each rate on this accuracy.
+    e.task_defs = ml_collections.ConfigDict({HELDOUT_TASK: dict(
+        data=e.heldout.source.get_ref("path"), format=FORMAT, doc_to_text="prompt", doc_to_choice="options",
+        doc_to_target="response", target_delimiter="", metrics=["acc"])})
     apply_arc_c_schedule(c, small)  # configs/arc_c.py's
     return c

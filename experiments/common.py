@@ -43,6 +43,7 @@ ARC_C_CONFIG = "configs/arc_c.py"
 ARC_C_TASK = "arc_c"  # the evaluation task and configs/arc_c.py's training source (data.sources.arc_c)
 ARC_C_MC_CONFIG = "configs/arc_c_mc.py"  # the same source (data.sources.arc_c) in OLMES's letter form
 ARC_C_MC_TASK = "arc_c_mc_0shot"  # its evaluation task, a built-in one
+ARC_C_MC_HELDOUT_TASK = "arc_c_mc_heldout"  # the config's task scoring eval.heldout's rows the same way
 SEEDS = [0, 1, 2]
 LEARNING_RATES = [1e-4, 3e-4, 1e-3]  # the adapter learning rates of the grids (lr_grid*.py)
 

@@ -16,12 +16,16 @@ Rules:
   not finish (status other than "complete"), that has no loss, or whose loss is NaN or infinite is excluded, and
   the exclusion is printed; a method with no learning rate left is an error naming it;
 - equal losses (exactly equal, as read) go to the smaller learning rate, and the tie is printed;
+- ``--metric`` names another results.csv column to minimise, and ``--maximize`` maximises it instead (an
+  accuracy: lr_grid_arc_c_mc_acc.py's ``arc_c_mc_heldout/accuracy`` on the validation rows); "losses" below are
+  then that column's values, written under "scores" with the column's name in "metric";
 - ``edge``: the chosen rate has no evaluated rate below or above it: it is the lowest or highest of the grid
   (the grid should be extended on that side), or the runs on that side did not finish. A diverged run (NaN or
   infinite loss) counts as evaluated: it bounds the choice from its side.
 
 Output: a table on stdout (method, the loss at each rate, the chosen rate), warnings on stderr, and ``--out``:
     {method: {"adapter_lr": float, "losses": {"<rate>": loss, ...}, "edge": bool, "excluded": {"<rate>": why}}}
+(with another --metric or --maximize: "metric": name, "maximize": bool, and "scores" in place of "losses")
 in the sweep's order of methods, rates written as Python writes floats ("0.0003"). An existing --out with
 different content is kept unless --force. ``load_selection`` reads the file back (experiments/common.py, for
 main_table.py under $REMIX_SELECTED_LR, and the other tables under theirs).
@@ -63,7 +67,7 @@ class Choice:
     excluded: dict[float, str]  # rate -> reason
     diverged: set[float]  # excluded rates with a NaN / infinite loss (evaluated: they bound the choice)
     adapter_lr: float = math.nan
-    tied: list[float] = dataclasses.field(default_factory=list)  # rates sharing the lowest loss (> 1: a tie)
+    tied: list[float] = dataclasses.field(default_factory=list)  # rates sharing the best value (> 1: a tie)
     unbounded: list[str] = dataclasses.field(default_factory=list)  # "below" / "above": no evaluated rate there
 
     @property
@@ -106,8 +110,10 @@ def _run_problem(row: dict, metric: str) -> tuple[str, bool] | None:
     return None
 
 
-def select(rows: Sequence[dict], metric: str = METRIC, where: str = RESULTS_FILE) -> dict[str, Choice]:
-    """{method: Choice} over ``rows`` (read_results), methods in order of first appearance."""
+def select(rows: Sequence[dict], metric: str = METRIC, where: str = RESULTS_FILE,
+           maximize: bool = False) -> dict[str, Choice]:
+    """{method: Choice} over ``rows`` (read_results), methods in order of first appearance; the rate with the
+    lowest mean ``metric`` (the highest with ``maximize``)."""
     runs: dict[str, dict[float, list[dict]]] = {}
     for row in rows:
         try:
@@ -134,7 +140,7 @@ def select(rows: Sequence[dict], metric: str = METRIC, where: str = RESULTS_FILE
         if not c.losses:
             empty.append(f"{method} ({'; '.join(c.excluded.values())})")
             continue
-        best = min(c.losses.values())
+        best = max(c.losses.values()) if maximize else min(c.losses.values())
         c.tied = [lr for lr in c.grid if c.losses.get(lr) == best]
         c.adapter_lr = c.tied[0]  # equal losses: the smaller rate
         evaluated = sorted(set(c.losses) | c.diverged)
@@ -185,8 +191,12 @@ def table(choices: dict[str, Choice], metric: str = METRIC) -> str:
     return "\n".join(lines)
 
 
-def to_json(choices: dict[str, Choice]) -> str:
-    out = {m: {"adapter_lr": c.adapter_lr, "losses": {repr(lr): loss for lr, loss in c.losses.items()},
+def to_json(choices: dict[str, Choice], metric: str = METRIC, maximize: bool = False) -> str:
+    """The selection file; minimising the default metric, each method's values are its "losses", else its
+    "scores" of "metric" ("maximize" says which way)."""
+    values = "scores" if maximize or metric != METRIC else "losses"
+    extra = {"metric": metric, "maximize": maximize} if values == "scores" else {}
+    out = {m: {"adapter_lr": c.adapter_lr, **extra, values: {repr(lr): v for lr, v in c.losses.items()},
                "edge": c.edge, "excluded": {repr(lr): why for lr, why in c.excluded.items()}}
            for m, c in choices.items()}
     return json.dumps(out, indent=2) + "\n"
@@ -241,15 +251,16 @@ def main(argv: Sequence[str]) -> int:
     p.add_argument("--results", required=True, help="the lr_grid sweep's --out_dir (or its results.csv)")
     p.add_argument("--out", required=True, help="the selection's JSON file (e.g. OUT_DIR/selected_lr.json)")
     p.add_argument("--metric", default=METRIC, help="the results.csv column to minimise")
+    p.add_argument("--maximize", action="store_true", help="maximise --metric instead (an accuracy)")
     p.add_argument("--force", action="store_true", help="overwrite an --out holding a different selection")
     p.add_argument("--debug", action="store_true", help="show the traceback of expected failures")
     args = p.parse_args(argv)
     path, rows = read_results(args.results, args.metric)
-    choices = select(rows, args.metric, where=str(path))
+    choices = select(rows, args.metric, where=str(path), maximize=args.maximize)
     print(table(choices, args.metric))
     for line in warnings(choices):
         print(f"warning: {line}", file=sys.stderr)
-    verb = write_selection(args.out, to_json(choices), force=args.force)
+    verb = write_selection(args.out, to_json(choices, args.metric, args.maximize), force=args.force)
     print(f"{verb} {args.out}" if verb != "unchanged" else f"{args.out} holds this selection already (unchanged)")
     return 0
 

