@@ -20,7 +20,9 @@ UPPER = {
     "training": LOWER | {"data", "evaluation", "run_config", "rundir"},
     "rundir": {"training", "run_config"},  # a continued run's schedule (training.optimizer); schema defaults
     "export": LOWER | {"training", "presets"},
-    "sweep": set(),  # the library modules (its command line, sweep.__main__, is an entry point)
+    # the library modules (its command line, sweep.__main__, is an entry point); run_config: checking the runs'
+    # configs before a sweep starts them (sweep/preflight.py)
+    "sweep": {"run_config"},
 }
 
 

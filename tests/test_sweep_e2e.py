@@ -130,6 +130,47 @@ def test_second_invocation_skips_finished_runs(finished_sweep):
     assert {p: (wd / p).read_bytes() for p in before} == before
 
 
+def test_a_sweep_whose_runs_would_stop_at_their_first_line_starts_none(tmp_path, capsys):
+    """The runs' configs are checked before any starts (sweep/preflight.py): a missing model file and an unknown
+    task, in two of three runs, are one message naming each run and key, exit status 2, no run started; the third,
+    valid, run has no problem; --no_check starts them (each failing on its own) instead."""
+    from remix_jax.sweep import preflight
+
+    path = tmp_path / "bad.py"
+    path.write_text(f"CONFIG = {str(REPO / 'configs' / 'smoke.py')!r}\n" + SWEEP.replace(
+        '"grid": [[{"name": "remix"}, {"name": "mixlora", "config": ":mixlora"}]],',
+        '"grid": [[{"name": "remix"}, {"name": "gone", "overrides": {"model.path": "/nonexistent/model.gguf"}},'
+        ' {"name": "task", "overrides": {"eval.tasks": "nope"}}]],'))
+    args = [f"--sweep={path}", "--quiet", f"--out_dir={tmp_path / 'out'}", f"--workdir_root={tmp_path / 'runs'}"]
+    calls = []
+    orig = sweep_runner.run_one
+    sweep_runner.run_one = lambda *a, **k: calls.append(a) or (False, "not run in this test")
+    try:
+        assert sweep_main(args) == 2
+        err = capsys.readouterr().err
+        assert calls == [] and not (tmp_path / "runs").exists()
+        assert "2 of 3 run(s) would stop before training:" in err
+        assert "  gone__seed=0:\n    model.path: '/nonexistent/model.gguf' does not exist" in err
+        assert "  task__seed=0:\n    eval.tasks: unknown task(s) ['nope']" in err
+        assert "remix__seed=0" not in err and "--no_check" in err
+        sweep = sweep_lib.load_sweep(path, workdir_root=str(tmp_path / "runs"))
+        assert preflight.run_problems(sweep.runs[0]) == []
+        assert sweep_main(args + ["--no_check"]) == 1 and len(calls) == 3
+    finally:
+        sweep_runner.run_one = orig
+
+
+def test_the_check_takes_no_device(tmp_path):
+    """Checking a run's config initialises no jax backend (on a GPU host it would take the device's memory)."""
+    code = ("import sys; from remix_jax.sweep import load_sweep, preflight; "
+            f"runs = load_sweep({str(REPO / 'experiments' / 'smoke.py')!r}, workdir_root={str(tmp_path)!r}).runs; "
+            "print([preflight.run_problems(r) for r in runs]); "
+            "from jax._src import xla_bridge; print('backends', bool(xla_bridge._backends))")
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.splitlines()[-2:] == ["[[], []]", "backends False"]
+
+
 def _parse_run(run):
     """The run's config exactly as the CLI parses it (--config=... --config.key=value ...)."""
     from absl import flags

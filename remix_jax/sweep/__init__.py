@@ -3,7 +3,7 @@
     python -m remix_jax.sweep --sweep=experiments/NAME.py [--sweep=experiments/OTHER.py ...]
                               [--out_dir=DIR | --results_root=DIR]
                               [--mode=local|commands] [--parallel=N --devices=0,1,2,3] [--dry_run]
-                              [--only=REGEX] [--report_only] [--params_only [--model_path=PATH]]
+                              [--only=REGEX] [--report_only] [--params_only [--model_path=PATH]] [--no_check]
 
 A sweep definition is a Python file exposing ``get_sweep()``, which returns a dict:
 
@@ -33,7 +33,10 @@ Each run gets a deterministic name from its grid point ("lora__rank=16__seed=0")
 
     <runner> --config=<config> --workdir=<workdir> --config.<key>=<value> ...
 
-Mode "local" runs the runs as subprocesses, one after another or ``--parallel=N`` at a time, streams each
+Mode "local" first checks every run still to train as the trainer checks its config before loading a model
+(sweep/preflight.py: unknown keys, bad values, missing files and packages), and starts none when any would stop
+there (``--no_check`` starts them anyway). It runs the runs as subprocesses, one after another or
+``--parallel=N`` at a time, streams each
 run's output to WORKDIR/log.txt (and to this terminal unless --quiet), keeps going past a failed run and lists
 the failures at the end. With ``--devices=0,1,2,3`` (GPU ids) the N concurrent runs are spread over those GPUs
 round-robin: each run sees only its GPU (CUDA_VISIBLE_DEVICES) and takes 0.9/(runs per GPU) of its memory

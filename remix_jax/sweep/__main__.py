@@ -3,7 +3,7 @@
     python -m remix_jax.sweep --sweep=experiments/NAME.py [--sweep=experiments/OTHER.py ...]
                               [--out_dir=DIR | --results_root=DIR]
                               [--mode=local|commands] [--parallel=N --devices=0,1,2,3] [--dry_run]
-                              [--only=REGEX] [--report_only] [--params_only [--model_path=PATH]]
+                              [--only=REGEX] [--report_only] [--params_only [--model_path=PATH]] [--no_check]
 """
 
 from __future__ import annotations
@@ -53,6 +53,8 @@ def _main(argv: Sequence[str]) -> int:
     p.add_argument("--devices", default="",
                    help="comma-separated GPU ids the concurrent runs are spread over (CUDA_VISIBLE_DEVICES)")
     p.add_argument("--no_dedup", action="store_true", help="train identical runs of several sweeps separately")
+    p.add_argument("--no_check", action="store_true",
+                   help="start the runs without first checking their configs here (sweep/preflight.py)")
     p.add_argument("--quiet", action="store_true", help="do not echo the runs' output here")
     p.add_argument("--debug", action="store_true", help="show the traceback of expected failures (also REMIX_DEBUG=1)")
 
@@ -109,6 +111,10 @@ def _main(argv: Sequence[str]) -> int:
                 mine = [r for r in queue_runs if r in selected[sw.path]]
                 print(f"wrote {write_commands(sw, mine)}")
         else:
+            if not args.no_check:
+                from remix_jax.sweep.preflight import check_runs
+
+                check_runs([r for r in queue_runs if not is_complete(r.workdir)], runners)
             failed = run_local(None, queue_runs, echo=not args.quiet, parallel=len(envs),
                                devices=[d for d in args.devices.split(",") if d], runners=runners)
     from remix_jax.sweep import report  # matplotlib only when aggregating
