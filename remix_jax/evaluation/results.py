@@ -12,6 +12,7 @@ import math
 import numbers
 import os
 import pathlib
+import re
 import subprocess
 from collections.abc import Iterable, Mapping, Sequence
 
@@ -26,20 +27,32 @@ class TaskResult:
     routing_stats: dict | None = None
 
 
+SOURCE_COMMIT_ENV = "REMIX_SOURCE_COMMIT"
+
+
 def git_commit(repo_dir: str | os.PathLike | None = None) -> dict | None:
-    """{"commit": sha, "dirty": bool} of the git checkout holding ``repo_dir`` (default: this package);
-    None when git or the checkout is unavailable."""
+    """{"commit": sha, "dirty": bool} of the git checkout holding ``repo_dir`` (default: this package). A copy of
+    the source without git metadata (a tree shipped to a cluster) records the commit named by
+    $REMIX_SOURCE_COMMIT, as {"commit": sha, "dirty": None, "from": "REMIX_SOURCE_COMMIT"} (the copier's word: it
+    is not checked against the files; a value that is not a hash is kept as "error", never stopping the write);
+    None when neither is available."""
     cwd = str(repo_dir or pathlib.Path(__file__).resolve().parent)
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
                              timeout=10)
-        if sha.returncode != 0:
-            return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
-                               capture_output=True, text=True, timeout=30)
+        if sha.returncode == 0:
+            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                                   capture_output=True, text=True, timeout=30)
+            return {"commit": sha.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
     except (OSError, subprocess.TimeoutExpired):
+        pass
+    named = os.environ.get(SOURCE_COMMIT_ENV, "").strip()
+    if not named:
         return None
-    return {"commit": sha.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
+    if re.fullmatch(r"[0-9a-f]{7,40}", named):
+        return {"commit": named, "dirty": None, "from": SOURCE_COMMIT_ENV}
+    return {"commit": None, "dirty": None, "from": SOURCE_COMMIT_ENV,
+            "error": f"not a commit hash (7 to 40 lower-case hex digits): {named[:80]!r}"}
 
 
 def _jsonable(config) -> object:

@@ -3,6 +3,7 @@ against brute-force enumeration, log-likelihood ranking on hand examples, prompt
 
 import itertools
 import json
+import subprocess
 
 import numpy as np
 import pytest
@@ -183,6 +184,36 @@ def test_humaneval_load_errors(tmp_path):
 
 
 # ---- outputs -----------------------------------------------------------------------------------------------
+
+def test_the_commit_of_a_source_copy_without_git(tmp_path, monkeypatch):
+    """A checkout records its own commit; a folder outside any checkout records the commit named by
+    $REMIX_SOURCE_COMMIT (flagged as such, dirtiness unknown), a value that is not a hash as an error entry, and
+    nothing without it."""
+    from remix_jax.evaluation.results import git_commit
+
+    monkeypatch.delenv("REMIX_SOURCE_COMMIT", raising=False)
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))  # no checkout above the copy either
+    assert git_commit(copy) is None
+    monkeypatch.setenv("REMIX_SOURCE_COMMIT", "35c69971513abaa0d4cc8f62c57d95ffe499b1c9")
+    assert git_commit(copy) == {"commit": "35c69971513abaa0d4cc8f62c57d95ffe499b1c9", "dirty": None,
+                                "from": "REMIX_SOURCE_COMMIT"}
+    monkeypatch.setenv("REMIX_SOURCE_COMMIT", "main; rm -rf")
+    assert git_commit(copy) == {"commit": None, "dirty": None, "from": "REMIX_SOURCE_COMMIT",
+                                "error": "not a commit hash (7 to 40 lower-case hex digits): 'main; rm -rf'"}
+    monkeypatch.delenv("GIT_CEILING_DIRECTORIES")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(repo)]
+    if subprocess.run(["git", "init", "-q", str(repo)], capture_output=True).returncode != 0:
+        pytest.skip("no git")
+    (repo / "f").write_text("x")
+    subprocess.run([*git, "add", "f"], check=True, capture_output=True)
+    subprocess.run([*git, "commit", "-qm", "c"], check=True, capture_output=True)
+    sha = subprocess.run([*git, "rev-parse", "HEAD"], check=True, capture_output=True, text=True).stdout.strip()
+    assert git_commit(repo) == {"commit": sha, "dirty": False}  # a checkout's own commit wins over the variable
+
 
 def test_write_and_table(tmp_path):
     preds = [{"id": 0, "prediction": "5", "gold": "5", "correct": True},
