@@ -1,8 +1,8 @@
-"""The study sweeps (k_sweep.py, m_sweep.py, ablations.py, rank_comparison.py) with $REMIX_SELECTED_LR, as the 0.5B
-study runs them: every ReMix run at ReMix's chosen adapter rate and one routing sample at a time, so that k = 2,
-M = 4 and the full-ReMix ablation resolve to exactly the main table's ReMix run; LoRA of the rank comparison at
-LoRA's chosen rate. Without the variable nothing changes (the 135M results). Every command resolves to a config
-that validates."""
+"""The study sweeps (k_sweep.py, m_sweep.py, ablations.py, rank_comparison.py, causal_credit.py) with
+$REMIX_SELECTED_LR, as the 0.5B study runs them: every ReMix run at ReMix's chosen adapter rate and one routing
+sample at a time, so that k = 2, M = 4, the full-ReMix ablation and causal credit's RLOO cell resolve to exactly the
+main table's ReMix run; LoRA of the rank comparison at LoRA's chosen rate. Without the variable nothing changes
+(the 135M results). Every command resolves to a config that validates."""
 
 import pathlib
 import sys
@@ -37,7 +37,7 @@ def test_study_cells_are_the_main_table_remix(env, monkeypatch):
     main = resolve(_runs("main_table", env["root"])["remix__seed=0"])
     assert main.optimizer.adapter_lr == RATES["remix"] and main.train.sample_chunk == 1
     cells = {"k_sweep": "top_k=2__seed=0", "m_sweep": "M4__seed=0", "ablations": "remix__seed=0",
-             "rank_comparison": "remix_k2__seed=0"}
+             "rank_comparison": "remix_k2__seed=0", "causal_credit": "remix__seed=0"}
     for sweep, name in cells.items():
         runs = _runs(sweep, env["root"])
         assert name in runs, (sweep, sorted(runs))
@@ -49,6 +49,11 @@ def test_study_cells_are_the_main_table_remix(env, monkeypatch):
                 assert c.optimizer.adapter_lr == RATES["remix"] and c.train.sample_chunk == 1, run.name
             else:
                 assert c.adapter.method == "lora" and c.optimizer.adapter_lr == RATES["lora"], run.name
+    causal = resolve(_runs("causal_credit", env["root"])["causal__seed=1"]).to_dict()
+    assert causal["train"].pop("credit") == "causal" and main.train.credit == "sequence"
+    twin = resolve(_runs("main_table", env["root"])["remix__seed=1"]).to_dict()
+    twin["train"].pop("credit")
+    assert causal == twin  # the main table's ReMix of the same seed, credit aside
     m32 = resolve(_runs("m_sweep", env["root"])["M32__seed=0"])
     assert m32.train.num_samples == 32 and m32.train.sample_chunk == 1
 
