@@ -86,7 +86,7 @@ def get_config(arg: str = "remix"):
     e.heldout.source = source_config("file", path=llm_adapters_file(data_dir, SOURCE, "test"), fmt=FORMAT)
     # The held-out rows scored as arc_c_mc_0shot scores its questions (the same contexts and letters: on the test
     # split the two are the same 1,172 questions), wherever eval.heldout.source.path points: a carve's
-    # validation rows in experiments/lr_grid_arc_c_mc.py, which chooses each rate on this accuracy.
+    # validation rows in experiments/lr_grid_arc_c_mc_acc.py, which chooses each rate on this accuracy.
     e.task_defs = ml_collections.ConfigDict({HELDOUT_TASK: dict(
         data=e.heldout.source.get_ref("path"), format=FORMAT, doc_to_text="prompt", doc_to_choice="options",
         doc_to_target="response", target_delimiter="", metrics=["acc"])})
