@@ -7,24 +7,14 @@ With $REMIX_SELECTED_LR (the 0.5B study) every variant trains at ReMix's chosen 
 sample at a time, as in the main table: "remix" is then the main table's ReMix.
 """
 
-from common import GSM8K_CONFIG, GSM8K_TASK, ROUTED, SEEDS, as_in_main_table, small_scale, variant
+from common import remix_variants_sweep
 
 from remix_jax.sweep import KEYS
 
 
 def get_sweep():
-    return {
-        "config": GSM8K_CONFIG + variant("remix"),
-        "base_overrides": {**small_scale(), **ROUTED, **as_in_main_table("remix")},
-        "grid": [[
-            {"name": "remix"},
-            {"name": "no_rloo", "overrides": {KEYS.baseline: "none"}},
-            {"name": "no_topk", "overrides": {KEYS.sample_at_inference: True}},
-        ]],
-        "seeds": SEEDS,
-        "report": {
-            "tables": [{"title": "ReMix ablations on GSM8K", "rows": ["variant"]}],
-            "plots": [{"kind": "bar", "x": "variant", "y": f"{GSM8K_TASK}/accuracy", "file": "ablations.png",
-                       "title": "ReMix ablations (paper Figure 4)"}],
-        },
-    }
+    return remix_variants_sweep([
+        {"name": "remix"},
+        {"name": "no_rloo", "overrides": {KEYS.baseline: "none"}},
+        {"name": "no_topk", "overrides": {KEYS.sample_at_inference: True}},
+    ], "ReMix ablations on GSM8K", "ablations.png", "ReMix ablations (paper Figure 4)")

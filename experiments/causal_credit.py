@@ -11,21 +11,10 @@ With $REMIX_SELECTED_LR (the 0.5B study) both train at ReMix's chosen adapter le
 time, as in the main table: "remix" is then the main table's ReMix (run once in a queue with main_table.py).
 """
 
-from common import GSM8K_CONFIG, GSM8K_TASK, ROUTED, SEEDS, as_in_main_table, small_scale, variant
+from common import remix_variants_sweep
 
 
 def get_sweep():
-    return {
-        "config": GSM8K_CONFIG + variant("remix"),
-        "base_overrides": {**small_scale(), **ROUTED, **as_in_main_table("remix")},
-        "grid": [[
-            {"name": "remix"},
-            {"name": "causal", "overrides": {"train.credit": "causal"}},
-        ]],
-        "seeds": SEEDS,
-        "report": {
-            "tables": [{"title": "ReMix on GSM8K: RLOO (paper) against RLOO with causal credit", "rows": ["variant"]}],
-            "plots": [{"kind": "bar", "x": "variant", "y": f"{GSM8K_TASK}/accuracy", "file": "accuracy.png",
-                       "title": "ReMix: RLOO against causal credit"}],
-        },
-    }
+    return remix_variants_sweep([{"name": "remix"}, {"name": "causal", "overrides": {"train.credit": "causal"}}],
+                                "ReMix on GSM8K: RLOO (paper) against RLOO with causal credit", "accuracy.png",
+                                "ReMix: RLOO against causal credit")

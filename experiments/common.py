@@ -236,3 +236,20 @@ def as_in_main_table(method: str) -> dict:
     base = next(m for m in METHODS if m["name"] == method)
     chosen = remix_one_sample_at_a_time(selected_methods([dict(base, overrides={})]))[0]
     return dict(chosen["overrides"])
+
+
+def remix_variants_sweep(variants: list[dict], title: str, plot_file: str, plot_title: str) -> dict:
+    """A GSM8K sweep of ReMix variants (``{"name", "overrides"}``; the first is usually plain ReMix) at n, k, r of
+    ROUTED, x SEEDS, each trained as the main table's ReMix (as_in_main_table), reported as one table and one bar
+    chart of accuracy (ablations.py, causal_credit.py)."""
+    return {
+        "config": GSM8K_CONFIG + variant("remix"),
+        "base_overrides": {**small_scale(), **ROUTED, **as_in_main_table("remix")},
+        "grid": [variants],
+        "seeds": SEEDS,
+        "report": {
+            "tables": [{"title": title, "rows": ["variant"]}],
+            "plots": [{"kind": "bar", "x": "variant", "y": f"{GSM8K_TASK}/accuracy", "file": plot_file,
+                       "title": plot_title}],
+        },
+    }
