@@ -17,6 +17,7 @@ import pytest
 from remix_jax import sweep as sweep_lib
 from remix_jax.sweep import runner as sweep_runner
 from remix_jax.sweep.__main__ import main as sweep_main
+from remix_jax.sweep.preflight import resolved_config
 from tests.tiny_run import CHILD_XLA_FLAGS
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -171,18 +172,6 @@ def test_the_check_takes_no_device(tmp_path):
     assert r.stdout.splitlines()[-2:] == ["[[], []]", "backends False"]
 
 
-def _parse_run(run):
-    """The run's config exactly as the CLI parses it (--config=... --config.key=value ...)."""
-    from absl import flags
-    from ml_collections import config_flags
-
-    argv = [a for a in run.command(["prog"]) if not a.startswith("--workdir=")]
-    fv = flags.FlagValues()
-    config_flags.DEFINE_config_file("config", None, "", flag_values=fv, lock_config=True, sys_argv=argv)
-    fv(argv, known_only=True)  # the --config.KEY overrides are read from sys_argv by the config flag
-    return fv.config
-
-
 # experiments/ modules that define no sweep
 NOT_SWEEPS = ("common", "paired", "select_lr", "specialisation", "table1", "trend")
 # sweeps that need a variable to define their runs: set to a committed file, as the study sets it
@@ -202,7 +191,7 @@ def test_experiment_sweeps_match_the_config_schema(name, monkeypatch):
     sweep = sweep_lib.load_sweep(REPO / "experiments" / f"{name}.py", workdir_root="/nonexistent")
     assert sweep.runs
     for run in sweep.runs:
-        config = _parse_run(run)  # an unknown key or a wrongly typed value fails here
+        config = resolved_config(run)  # an unknown key or a wrongly typed value fails here
         for key, value in run.overrides.items():
             node = config
             for part in key.split("."):

@@ -16,6 +16,7 @@ from remix_jax.data import carve as carve_lib
 from remix_jax.evaluation.results import write_task_results
 from remix_jax.run_config import ConfigError, check_config, split_config
 from remix_jax.sweep import KEYS, load_sweep
+from remix_jax.sweep.preflight import resolved_config as resolve  # the run's config as its command line gives it
 from remix_jax.sweep.report import write_report
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -71,18 +72,6 @@ def env(tmp_path, monkeypatch, data_dir):
     carve_lib.carve(arc_train, tmp_path / "arc_c_val", 20)
     return {"model": str(model), "codealpaca": str(code), "codealpaca_val": tmp_path / "codealpaca_val",
             "llm_adapters": data_dir / "llm_adapters", "arc_c_val": tmp_path / "arc_c_val"}
-
-
-def resolve(run):
-    """The run's config as ``python -m remix_jax.main`` builds it from the run's command line."""
-    from absl import flags
-    from ml_collections import config_flags
-
-    argv = [a for a in run.command(["prog"]) if not a.startswith("--workdir=")]
-    fv = flags.FlagValues()
-    config_flags.DEFINE_config_file("config", None, "", flag_values=fv, lock_config=True, sys_argv=argv)
-    fv(argv, known_only=True)
-    return fv.config
 
 
 def problems(run) -> list[str]:
