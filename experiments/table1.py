@@ -126,11 +126,12 @@ def lr_grid_sweep(col: Column, score_validation: bool = False) -> dict:
     }
 
 
-def table_sweep(col: Column) -> dict:
+def table_sweep(col: Column, title: str = "(test), mean ± std over seeds") -> dict:
     """The six methods x SEEDS on the column's full training data, scored on its test set: each method at the
-    adapter learning rate in the selected_lr.json named by $``col.selected_lr_env``, else its config's rate."""
+    adapter learning rate in the selected_lr.json named by $``col.selected_lr_env``, else its config's rate.
+    ``title`` follows the column's name in the report's table title."""
     return _test_sweep(col, _remix_first(selected_methods(METHODS, env=col.selected_lr_env)),
-                       f"{col.eval_title} (test), mean ± std over seeds")
+                       f"{col.eval_title} {title}")
 
 
 def rate_control_sweep(col: Column) -> dict:

@@ -271,6 +271,46 @@ def test_the_letter_form_rate_control_trains_each_method_at_the_others_rates(env
         load_sweep(EXPERIMENTS / "arc_c_mc_rates.py", workdir_root="/nonexistent")
 
 
+def test_the_letter_form_table_at_accuracy_chosen_rates_reuses_the_table_and_rate_control_runs(env, monkeypatch,
+                                                                                              tmp_path):
+    """arc_c_mc_table_acc.py: the table at the rates of $REMIX_ARC_C_MC_ACC_SELECTED_LR (never the loss-chosen
+    $REMIX_ARC_C_MC_SELECTED_LR); queued with arc_c_mc_table.py and arc_c_mc_rates.py, where every method's
+    accuracy-chosen rate is one of the rates they trained it at, each of its runs is the same run as one of theirs
+    (the queue trains it once), and a method at a rate neither trained stays a run of its own."""
+    from remix_jax.sweep.runner import link_duplicates
+
+    variables, _ = _table_data(env, "arc_c_mc_table.py")
+    for k, v in variables.items():
+        monkeypatch.setenv(k, v)
+    by_loss = {"remix": 1e-4, "lora": 1e-3, "rslora": 1e-3, "dora": 1e-3, "mixlora": 1e-4, "hydralora": 1e-4}
+    loss_json, acc_json = tmp_path / "loss.json", tmp_path / "acc.json"
+    loss_json.write_text(json.dumps({m: {"adapter_lr": lr} for m, lr in by_loss.items()}))
+    acc_json.write_text(json.dumps({m: {"adapter_lr": 1e-4} for m in METHODS}))
+    monkeypatch.setenv("REMIX_ARC_C_MC_SELECTED_LR", str(loss_json))
+    monkeypatch.setenv("REMIX_ARC_C_MC_ACC_SELECTED_LR", str(acc_json))
+    table = load_sweep(EXPERIMENTS / "arc_c_mc_table.py", workdir_root=str(tmp_path / "table"))
+    rates = load_sweep(EXPERIMENTS / "arc_c_mc_rates.py", workdir_root=str(tmp_path / "rates"))
+    acc = load_sweep(EXPERIMENTS / "arc_c_mc_table_acc.py", workdir_root=str(tmp_path / "acc"))
+    assert acc.out_dir == str(EXPERIMENTS / "results" / "arc_c_mc_table_acc")
+    assert [r.name for r in acc.runs] == [r.name for r in table.runs]
+    assert all(r.overrides[KEYS.adapter_lr] == 1e-4 for r in acc.runs)
+    assert acc.report["tables"][0]["title"] == ("ARC-Challenge (letter form) (test), each method at the rate "
+                                               "chosen by validation accuracy")
+    primaries, aliases = link_duplicates([*table.runs, *rates.runs, *acc.runs], create=False)
+    assert len(primaries) == 36
+    twin = {r.workdir: pathlib.Path(p.workdir).relative_to(tmp_path).as_posix() for r, p in
+            ((r, aliases[r.workdir]) for r in acc.runs)}
+    for run in acc.runs:
+        m, seed = run.params["variant"], run.params["seed"]
+        want = f"table/{m}__seed={seed}" if by_loss[m] == 1e-4 else f"rates/{m}_at_0.0001__seed={seed}"
+        assert twin[run.workdir] == want
+    acc_json.write_text(json.dumps({m: {"adapter_lr": 3e-5 if m == "remix" else 1e-4} for m in METHODS}))
+    acc = load_sweep(EXPERIMENTS / "arc_c_mc_table_acc.py", workdir_root=str(tmp_path / "acc"))
+    primaries, aliases = link_duplicates([*table.runs, *rates.runs, *acc.runs], create=False)
+    assert sorted(r.name for r in primaries[36:]) == [f"remix__seed={s}" for s in SEEDS]
+    assert resolve(acc.runs[0]).optimizer.adapter_lr == 3e-5
+
+
 def test_the_letter_form_grid_by_accuracy_scores_the_validation_rows_and_selects_the_highest(env, monkeypatch,
                                                                                             tmp_path):
     """lr_grid_arc_c_mc_acc.py: lr_grid_arc_c_mc.py's runs plus eval.tasks=arc_c_mc_heldout, whose data is the
