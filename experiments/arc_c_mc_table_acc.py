@@ -15,11 +15,7 @@ sweep trains identical runs once), so this table costs no training and reports t
         --results_root=experiments/results/qwen0.5b
 """
 
-import dataclasses
-
-from table1 import ARC_C_MC, table_sweep
-
-ARC_C_MC_ACC = dataclasses.replace(ARC_C_MC, selected_lr_env="REMIX_ARC_C_MC_ACC_SELECTED_LR")
+from table1 import ARC_C_MC_ACC, table_sweep
 
 
 def get_sweep():

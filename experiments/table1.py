@@ -92,6 +92,11 @@ ARC_C_MC = Column(ARC_C_MC_CONFIG, ARC_C_MC_TASK, "accuracy", "ARC-Challenge (le
                   64, validation_task=ARC_C_MC_HELDOUT_TASK)
 
 
+# The letter-form column at the rates chosen by validation accuracy (select_lr.py --maximize on
+# lr_grid_arc_c_mc_acc.py): arc_c_mc_table_acc.py, arc_c_mc_remix_probe.py.
+ARC_C_MC_ACC = dataclasses.replace(ARC_C_MC, selected_lr_env="REMIX_ARC_C_MC_ACC_SELECTED_LR")
+
+
 def _remix_first(methods: list[dict]) -> list[dict]:
     # ReMix first: the longest runs start first, so a parallel sweep ends sooner.
     return remix_one_sample_at_a_time(sorted(methods, key=lambda m: m["name"] != "remix"))
@@ -150,6 +155,18 @@ def rate_control_sweep(col: Column) -> dict:
         raise UserError(f"${col.selected_lr_env}: every method was given the rate {rates[0]:g}: there is no other "
                         "rate to train them at")
     return _test_sweep(col, swapped, f"{col.eval_title} (test), each method at the other methods' rates")
+
+
+def method_variants_sweep(col: Column, method: str, variants: list[dict], title: str) -> dict:
+    """``method`` as the column's table trains it (its rate from $``col.selected_lr_env``, which must be set) and
+    its ``variants`` ({"name", "overrides"} on top of it), SEEDS seeds, scored on the column's test set. The
+    unchanged method keeps the table's name, so queued with the table it is the table's run."""
+    if not os.environ.get(col.selected_lr_env, ""):
+        raise UserError(f"${col.selected_lr_env} is not set: the variants train at the rate chosen for {method}",
+                        "point it at the select_lr.py output of the column's grid")
+    base = next(m for m in _remix_first(selected_methods(METHODS, env=col.selected_lr_env)) if m["name"] == method)
+    changed = [dict(base, name=v["name"], overrides={**base["overrides"], **v["overrides"]}) for v in variants]
+    return _test_sweep(col, [base, *changed], title)
 
 
 def _test_sweep(col: Column, methods: list[dict], title: str) -> dict:

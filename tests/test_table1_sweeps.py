@@ -311,6 +311,44 @@ def test_the_letter_form_table_at_accuracy_chosen_rates_reuses_the_table_and_rat
     assert resolve(acc.runs[0]).optimizer.adapter_lr == 3e-5
 
 
+def test_the_letter_form_remix_probe_changes_one_thing_of_the_tables_remix(env, monkeypatch, tmp_path):
+    """arc_c_mc_remix_probe.py: ReMix at the rate of $REMIX_ARC_C_MC_ACC_SELECTED_LR, as the accuracy-chosen table
+    trains it (queued with it, the same run), and two variants that differ from it in one setting each: alpha 32
+    (each selected expert at LoRA's scale 2) and the router removed (uniform_random, one routing sample a step); every
+    run a valid config; without the variable, an error naming it."""
+    from remix_jax.cli import UserError
+    from remix_jax.sweep.runner import link_duplicates
+
+    variables, _ = _table_data(env, "arc_c_mc_table.py")
+    for k, v in variables.items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(UserError, match=r"^\$REMIX_ARC_C_MC_ACC_SELECTED_LR is not set"):
+        load_sweep(EXPERIMENTS / "arc_c_mc_remix_probe.py", workdir_root="/nonexistent")
+    acc_json = tmp_path / "acc.json"
+    acc_json.write_text(json.dumps({m: {"adapter_lr": 1e-4 if m == "remix" else 3e-4} for m in METHODS}))
+    monkeypatch.setenv("REMIX_ARC_C_MC_ACC_SELECTED_LR", str(acc_json))
+    table = load_sweep(EXPERIMENTS / "arc_c_mc_table_acc.py", workdir_root=str(tmp_path / "table"))
+    probe = load_sweep(EXPERIMENTS / "arc_c_mc_remix_probe.py", workdir_root=str(tmp_path / "probe"))
+    assert [r.name for r in probe.runs] == [f"{v}__seed={s}" for v in ("remix", "remix_alpha32", "uniform")
+                                            for s in SEEDS]
+    _, aliases = link_duplicates([*table.runs, *probe.runs], create=False)
+    assert {pathlib.Path(w).relative_to(tmp_path).as_posix(): pathlib.Path(p.workdir).relative_to(tmp_path).as_posix()
+            for w, p in aliases.items()} == {f"probe/remix__seed={s}": f"table/remix__seed={s}" for s in SEEDS}
+    base = next(r for r in table.runs if r.name == "remix__seed=1")
+    for run in probe.runs:
+        assert problems(run) == [], run.name
+        extra = {k: v for k, v in run.overrides.items() if base.overrides.get(k) != v and k != KEYS.seed}
+        want = {"remix": {}, "remix_alpha32": {KEYS.alpha: 32.0},
+                "uniform": {KEYS.method: "uniform_random", KEYS.num_samples: 1, KEYS.sample_chunk: 0}}[
+            run.params["variant"]]
+        assert extra == want, run.name
+    c = resolve(probe.runs[3])  # remix_alpha32, seed 0
+    assert (c.adapter.alpha, c.adapter.rank, c.adapter.top_k, c.optimizer.adapter_lr) == (32.0, 8, 2, 1e-4)
+    c = resolve(probe.runs[6])  # uniform, seed 0
+    assert (c.adapter.method, c.adapter.alpha, c.train.num_samples, c.optimizer.adapter_lr) == (
+        "uniform_random", 16.0, 1, 1e-4)
+
+
 def test_the_letter_form_grid_by_accuracy_scores_the_validation_rows_and_selects_the_highest(env, monkeypatch,
                                                                                             tmp_path):
     """lr_grid_arc_c_mc_acc.py: lr_grid_arc_c_mc.py's runs plus eval.tasks=arc_c_mc_heldout, whose data is the
