@@ -32,21 +32,25 @@ FAKE_TRAINER = textwrap.dedent('''
         time.sleep(0.5)
         with open(os.environ["FAKE_EVENTS"], "a") as f:
             f.write(json.dumps(["end", os.path.basename(wd)]) + "\\n")
-    if os.environ.get("FAKE_OOM_DIR"):  # out of device memory when another run is running at the same time
+    if os.environ.get("FAKE_OOM_DIR"):  # out of device memory when more than FAKE_OOM_FITS (1) run at once
         import time
+        fits = int(os.environ.get("FAKE_OOM_FITS", "1"))
         me = os.path.join(os.environ["FAKE_OOM_DIR"], os.path.basename(wd))
         open(me, "w").close()
-        # a run given a share of the device waits for the run started beside it; one with the device to itself
-        # (no memory fraction set) looks once
-        deadline = time.time() + (5.0 if os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION") else 0.0)
+        # a run given a share of the device waits for the runs started beside it (until more than fit, or
+        # FAKE_OOM_WAIT seconds); one with the device to itself (no memory fraction set) looks once
+        wait = float(os.environ.get("FAKE_OOM_WAIT", "5"))
+        deadline = time.time() + (wait if os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION") else 0.0)
         while True:
             others = len(os.listdir(os.environ["FAKE_OOM_DIR"])) - 1
-            if others or time.time() >= deadline:
+            if others >= fits or time.time() >= deadline:
                 break
             time.sleep(0.05)
-        time.sleep(0.3)  # stays visible to the run beside it
+        time.sleep(0.3)  # stays visible to the runs beside it
         os.remove(me)
-        if others or os.environ.get("FAKE_OOM_ALWAYS"):
+        with open(os.path.join(os.path.dirname(os.environ["FAKE_OOM_DIR"]), "sharing.txt"), "a") as f:
+            f.write(f"{os.path.basename(wd)} {os.environ.get('XLA_PYTHON_CLIENT_MEM_FRACTION', '-')} {others}\\n")
+        if others >= fits or os.environ.get("FAKE_OOM_ALWAYS"):
             print("jax.errors.JaxRuntimeError: RESOURCE_EXHAUSTED: Out of memory while trying to allocate 14.97GiB")
             sys.exit(1)
     print("training", variant, k, seed)
@@ -325,6 +329,31 @@ def test_out_of_memory_when_sharing_runs_again_alone(sweep_file, tmp_path, monke
         assert "RESOURCE_EXHAUSTED" in log and log.count("$ ") == 2  # both attempts in the run's log
     with open(results_of(sweep_file) / "results.csv") as f:
         assert [r["status"] for r in csv.DictReader(f) if r["name"].startswith("remix")] == ["complete"] * 4
+
+
+def test_out_of_memory_when_sharing_runs_again_with_half_as_many_beside_it(sweep_file, tmp_path, monkeypatch,
+                                                                            capsys):
+    """Four runs on one GPU where two fit: all four run out of memory; the next round runs them two at a time, each
+    with half the device's memory, and they finish there without waiting to run alone."""
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    monkeypatch.setenv("FAKE_OOM_DIR", str(busy))
+    monkeypatch.setenv("FAKE_OOM_FITS", "2")
+    monkeypatch.setenv("FAKE_OOM_WAIT", "3")
+    assert sweep_main([f"--sweep={sweep_file}", "--quiet", "--parallel=4", "--devices=0", "--only=^remix"]) == 0
+    out = capsys.readouterr().out
+    remix = [n for n in EXPECTED_NAMES if n.startswith("remix")]
+    assert sorted(_calls(tmp_path)) == sorted(remix * 2)
+    for name in remix:
+        assert f"{name}: ran out of device memory: exit status 1 (see" in out
+        assert "it runs again with fewer runs beside it when the queue is done" in out
+        assert f"{name}: running again, 2 at a time on each device" in out
+        assert f"{name}: running again, alone" not in out
+    tries = [line.split() for line in (tmp_path / "sharing.txt").read_text().splitlines()]
+    assert sorted((name, frac) for name, frac, _ in tries) == sorted(
+        [(n, "0.225") for n in remix] + [(n, "0.450") for n in remix])
+    assert all(int(others) >= 2 for _, frac, others in tries if frac == "0.225")
+    assert all(int(others) == 1 for _, frac, others in tries if frac == "0.450")
 
 
 def test_out_of_memory_alone_is_a_failure(sweep_file, tmp_path, monkeypatch, capsys):

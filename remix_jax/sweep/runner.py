@@ -3,7 +3,8 @@ once over GPUs (``run_local``, ``device_envs``), a run trained once for several 
 commands.sh for a scheduler (``write_commands``). A run is finished when WORKDIR/run_complete.json exists; a
 finished run whose recorded config (WORKDIR/config.json) disagrees with one of the sweep's settings for it is
 reported as a conflict, never taken as this sweep's result (``recorded_conflicts``). A run that ran out of device
-memory while sharing a device with other runs is run again alone once the others are done (``run_local``).
+memory while sharing a device with other runs is run again once the others are done, with fewer runs beside it
+round by round until it runs alone (``run_local``).
 """
 
 from __future__ import annotations
@@ -129,9 +130,10 @@ def run_local(sweep: Sweep | None, runs: Sequence[Run], echo: bool = True, paral
               ) -> dict[str, str]:
     """Run every unfinished run, ``parallel`` at a time (in order when 1); returns {name: reason} of the
     runs that failed. ``runners`` maps a run's workdir to its argv prefix (several sweeps in one queue);
-    otherwise ``sweep.runner`` is used for all. With ``parallel`` > 1, a run that fails with an
-    out-of-device-memory error (other runs held the memory it needed) is run again after the queue is done,
-    one such run at a time with the device to itself; it resumes from its workdir as any rerun does."""
+    otherwise ``sweep.runner`` is used for all. When runs share a device, a run that fails with an
+    out-of-device-memory error (other runs held the memory it needed) is run again after the queue is done, in
+    rounds with half as many runs on each device as the round before (6, 3, then alone), each with that share of
+    the device's memory; alone, running out of memory is final. A rerun resumes from its workdir as any does."""
     todo = []
     failed: dict[str, str] = {}
     for i, run in enumerate(runs):
@@ -146,45 +148,71 @@ def run_local(sweep: Sweep | None, runs: Sequence[Run], echo: bool = True, paral
                 print(f"[{i + 1}/{len(runs)}] {run.name}: finished already, skipped", flush=True)
         else:
             todo.append((i, run))
-    work: queue.Queue = queue.Queue()
-    for item in todo:
-        work.put(item)
     lock = threading.Lock()
+    devices = list(devices or [])
+    per_slot_device = len(devices) or 1
 
-    def attempt(i: int, run: Run, env: dict[str, str], shared: bool) -> None:
-        """One try of a run; a shared-device try that ran out of memory is queued to run again alone."""
+    def per_device(slots: int) -> int:
+        return -(-slots // per_slot_device)
+
+    def next_slots(slots: int) -> int:
+        """The slots of the next retry round: half as many runs per device, at least one."""
+        return max(1, per_device(slots) // 2) * per_slot_device
+
+    def attempt(i: int, run: Run, env: dict[str, str], shared: bool, retry_alone: bool) -> None:
+        """One try of a run; a shared-device try that ran out of memory is queued for the next round."""
         t0 = time.time()
         ok, reason = run_one(run, (runners or {}).get(run.workdir) or sweep.runner, echo=echo, env=env)
         with lock:
             if not ok and shared and reason.startswith(OUT_OF_MEMORY):
-                print(f"[{i + 1}/{len(runs)}] {run.name}: {reason}; it runs again alone when the queue is done",
+                then = "alone" if retry_alone else "with fewer runs beside it"
+                print(f"[{i + 1}/{len(runs)}] {run.name}: {reason}; it runs again {then} when the queue is done",
                       flush=True)
-                alone.append((i, run, env))
+                retry.append((i, run))
                 return
             print(f"[{i + 1}/{len(runs)}] {run.name}: " + (f"done in {time.time() - t0:.1f} s" if ok
                                                             else f"FAILED: {reason}"), flush=True)
             if not ok:
                 failed[run.name] = reason
 
-    def worker(env: dict[str, str]) -> None:
-        while True:
-            try:
-                i, run = work.get_nowait()
-            except queue.Empty:
-                return
-            where = f" on GPU {env['CUDA_VISIBLE_DEVICES']}" if "CUDA_VISIBLE_DEVICES" in env else ""
-            print(f"[{i + 1}/{len(runs)}] {run.name}: running{where}", flush=True)
-            attempt(i, run, env, shared=parallel > 1)
+    def round_of(items: list, slots: int, again: bool) -> None:
+        """Run ``items`` over ``slots`` slots (device_envs); a retry round says how many share each device."""
+        work: queue.Queue = queue.Queue()
+        for item in items:
+            work.put(item)
+        shared = per_device(slots) > 1
+        retry_alone = per_device(next_slots(slots)) == 1
+        if again:
+            how = f"{per_device(slots)} at a time on each device" if shared else "alone"
 
-    alone: list = []
-    threads = [threading.Thread(target=worker, args=(env,), daemon=True) for env in device_envs(parallel, devices)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    for i, run, env in sorted(alone, key=lambda item: item[0]):
-        print(f"[{i + 1}/{len(runs)}] {run.name}: running again, alone", flush=True)
-        attempt(i, run, {k: v for k, v in env.items() if k != "XLA_PYTHON_CLIENT_MEM_FRACTION"}, shared=False)
+        def worker(env: dict[str, str]) -> None:
+            while True:
+                try:
+                    i, run = work.get_nowait()
+                except queue.Empty:
+                    return
+                if again:
+                    print(f"[{i + 1}/{len(runs)}] {run.name}: running again, {how}", flush=True)
+                else:
+                    where = f" on GPU {env['CUDA_VISIBLE_DEVICES']}" if "CUDA_VISIBLE_DEVICES" in env else ""
+                    print(f"[{i + 1}/{len(runs)}] {run.name}: running{where}", flush=True)
+                attempt(i, run, env, shared, retry_alone)
+
+        threads = [threading.Thread(target=worker, args=(env,), daemon=True) for env in device_envs(slots, devices)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+    # A run that ran out of memory beside others runs again once the queue is done, with half as many runs on
+    # each device (6 -> 3 -> 1), until it runs alone, where running out of memory is final.
+    retry: list = []
+    round_of(todo, parallel, again=False)
+    slots = parallel
+    while retry:
+        items, retry = sorted(retry, key=lambda item: item[0]), []
+        slots = min(next_slots(slots), len(items))  # no slot left empty: fewer runs share each device
+        round_of(items, slots, again=True)
     return failed
 
 
