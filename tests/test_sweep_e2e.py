@@ -177,7 +177,11 @@ NOT_SWEEPS = ("common", "paired", "select_lr", "specialisation", "table1", "tren
 # sweeps that need a variable to define their runs: set to a committed file, as the study sets it
 SWEEP_ENV = {"multitask_rates": {
     "REMIX_MULTITASK_SELECTED_LR": "experiments/results/qwen0.5b/lr_grid/selected_lr.json"},
-    "arc_c_mc_rates": {"REMIX_ARC_C_MC_SELECTED_LR": "experiments/results/qwen0.5b/lr_grid_arc_c_mc/selected_lr.json"}}
+    "arc_c_mc_rates": {"REMIX_ARC_C_MC_SELECTED_LR": "experiments/results/qwen0.5b/lr_grid_arc_c_mc/selected_lr.json"},
+    "arc_c_mc_table_acc": {
+        "REMIX_ARC_C_MC_ACC_SELECTED_LR": "experiments/results/qwen0.5b/lr_grid_arc_c_mc_acc/selected_lr.json"},
+    "arc_c_mc_remix_probe": {
+        "REMIX_ARC_C_MC_ACC_SELECTED_LR": "experiments/results/qwen0.5b/lr_grid_arc_c_mc_acc/selected_lr.json"}}
 
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in (REPO / "experiments").glob("*.py")
