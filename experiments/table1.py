@@ -144,9 +144,7 @@ def rate_control_sweep(col: Column) -> dict:
     itself (variants ``<method>_at_<rate>``), SEEDS seeds, the runs otherwise ``table_sweep``'s: together with the
     table, every method is trained at every rate any of them was given, so that a gap the rate explains is not
     read as the method's. Needs $``col.selected_lr_env`` (without chosen rates there is nothing to swap)."""
-    if not os.environ.get(col.selected_lr_env, ""):
-        raise UserError(f"${col.selected_lr_env} is not set: this sweep trains each method at the rates chosen for "
-                        "the others", "point it at the select_lr.py output of the column's grid")
+    _require_selection(col, "this sweep trains each method at the rates chosen for the others")
     chosen = _remix_first(selected_methods(METHODS, env=col.selected_lr_env))
     rates = sorted({m["overrides"][KEYS.adapter_lr] for m in chosen})
     swapped = [dict(m, name=f"{m['name']}_at_{rate:g}", overrides={**m["overrides"], KEYS.adapter_lr: rate})
@@ -159,14 +157,20 @@ def rate_control_sweep(col: Column) -> dict:
 
 def method_variants_sweep(col: Column, method: str, variants: list[dict], title: str) -> dict:
     """``method`` as the column's table trains it (its rate from $``col.selected_lr_env``, which must be set) and
-    its ``variants`` ({"name", "overrides"} on top of it), SEEDS seeds, scored on the column's test set. The
-    unchanged method keeps the table's name, so queued with the table it is the table's run."""
-    if not os.environ.get(col.selected_lr_env, ""):
-        raise UserError(f"${col.selected_lr_env} is not set: the variants train at the rate chosen for {method}",
-                        "point it at the select_lr.py output of the column's grid")
+    its ``variants`` ({"name", "overrides"} on top of it), SEEDS seeds, scored on the column's test set; ``title``
+    follows the column's name in the report. The unchanged method keeps the table's name, so queued with the
+    table it is the table's run."""
+    _require_selection(col, f"the variants train at the rate chosen for {method}")
     base = next(m for m in _remix_first(selected_methods(METHODS, env=col.selected_lr_env)) if m["name"] == method)
     changed = [dict(base, name=v["name"], overrides={**base["overrides"], **v["overrides"]}) for v in variants]
-    return _test_sweep(col, [base, *changed], title)
+    return _test_sweep(col, [base, *changed], f"{col.eval_title} {title}")
+
+
+def _require_selection(col: Column, why: str) -> None:
+    """A UserError unless $``col.selected_lr_env`` names the rates a sweep needs (``why``)."""
+    if not os.environ.get(col.selected_lr_env, ""):
+        raise UserError(f"${col.selected_lr_env} is not set: {why}",
+                        "point it at the select_lr.py output of the column's grid")
 
 
 def _test_sweep(col: Column, methods: list[dict], title: str) -> dict:

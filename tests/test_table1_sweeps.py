@@ -331,6 +331,8 @@ def test_the_letter_form_remix_probe_changes_one_thing_of_the_tables_remix(env, 
     probe = load_sweep(EXPERIMENTS / "arc_c_mc_remix_probe.py", workdir_root=str(tmp_path / "probe"))
     assert [r.name for r in probe.runs] == [f"{v}__seed={s}" for v in ("remix", "remix_alpha32", "uniform")
                                             for s in SEEDS]
+    assert probe.report["tables"][0]["title"] == ("ARC-Challenge (letter form) (test), ReMix at its accuracy-chosen "
+                                                 "rate against two changes of it")
     _, aliases = link_duplicates([*table.runs, *probe.runs], create=False)
     assert {pathlib.Path(w).relative_to(tmp_path).as_posix(): pathlib.Path(p.workdir).relative_to(tmp_path).as_posix()
             for w, p in aliases.items()} == {f"probe/remix__seed={s}": f"table/remix__seed={s}" for s in SEEDS}

@@ -150,14 +150,14 @@ def run_local(sweep: Sweep | None, runs: Sequence[Run], echo: bool = True, paral
             todo.append((i, run))
     lock = threading.Lock()
     devices = list(devices or [])
-    per_slot_device = len(devices) or 1
+    n_devices = len(devices) or 1  # without devices, the runs share the one host
 
     def per_device(slots: int) -> int:
-        return -(-slots // per_slot_device)
+        return -(-slots // n_devices)
 
     def next_slots(slots: int) -> int:
         """The slots of the next retry round: half as many runs per device, at least one."""
-        return max(1, per_device(slots) // 2) * per_slot_device
+        return max(1, per_device(slots) // 2) * n_devices
 
     def attempt(i: int, run: Run, env: dict[str, str], shared: bool, retry_alone: bool) -> None:
         """One try of a run; a shared-device try that ran out of memory is queued for the next round."""
@@ -182,8 +182,7 @@ def run_local(sweep: Sweep | None, runs: Sequence[Run], echo: bool = True, paral
             work.put(item)
         shared = per_device(slots) > 1
         retry_alone = per_device(next_slots(slots)) == 1
-        if again:
-            how = f"{per_device(slots)} at a time on each device" if shared else "alone"
+        how = f"{per_device(slots)} at a time on each device" if shared else "alone"
 
         def worker(env: dict[str, str]) -> None:
             while True:
