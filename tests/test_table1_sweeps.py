@@ -14,9 +14,9 @@ import pytest
 
 from remix_jax.data import carve as carve_lib
 from remix_jax.evaluation.results import write_task_results
-from remix_jax.run_config import ConfigError, check_config, split_config
 from remix_jax.sweep import KEYS, load_sweep
 from remix_jax.sweep.preflight import resolved_config as resolve  # the run's config as its command line gives it
+from remix_jax.sweep.preflight import run_problems
 from remix_jax.sweep.report import write_report
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -75,11 +75,8 @@ def env(tmp_path, monkeypatch, data_dir):
 
 
 def problems(run) -> list[str]:
-    try:
-        check_config(*split_config(resolve(run)), num_devices=1)
-    except ConfigError as e:
-        return [line.strip() for line in str(e).splitlines()[1:]]
-    return []
+    """What the trainer would refuse in the run's config: the sweep's own pre-flight check."""
+    return run_problems(run)
 
 
 # (sweep file, config, training source, carve variable, the rows' format); the letter form reads arc_c's carve
