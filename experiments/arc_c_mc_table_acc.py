@@ -10,7 +10,7 @@ sweep trains identical runs once), so this table costs no training and reports t
     REMIX_ARC_C_MC_SELECTED_LR=experiments/results/qwen0.5b/lr_grid_arc_c_mc/selected_lr.json \\
     REMIX_ARC_C_MC_ACC_SELECTED_LR=experiments/results/qwen0.5b/lr_grid_arc_c_mc_acc/selected_lr.json \\
     REMIX_TEMPLATE=plain REMIX_MODEL_PATH=qwen2.5-coder-0.5b-instruct-q4_k_m.gguf \\
-    REMIX_LLM_ADAPTERS_DIR=DATA/llm-adapters python -m remix_jax.sweep \\
+    REMIX_LLM_ADAPTERS_DIR=DATA/llm_adapters python -m remix_jax.sweep \\
         --sweep=experiments/arc_c_mc_table.py,experiments/arc_c_mc_rates.py,experiments/arc_c_mc_table_acc.py \\
         --results_root=experiments/results/qwen0.5b
 """

@@ -8,7 +8,7 @@ routed methods 1e-3), so a gap between LoRA and the routed methods on the mixtur
 method's. This sweep separates the two: LoRA at 1e-3, MixLoRA / HydraLoRA / ReMix at 3e-4 (with that file).
 
     REMIX_MULTITASK_SELECTED_LR=experiments/results/qwen0.5b/lr_grid/selected_lr.json REMIX_TEMPLATE=plain \\
-        REMIX_MODEL_PATH=qwen2.5-coder-0.5b-instruct-q4_k_m.gguf REMIX_LLM_ADAPTERS_DIR=DATA/llm-adapters \\
+        REMIX_MODEL_PATH=qwen2.5-coder-0.5b-instruct-q4_k_m.gguf REMIX_LLM_ADAPTERS_DIR=DATA/llm_adapters \\
         python -m remix_jax.sweep --sweep=experiments/multitask_rates.py --results_root=experiments/results/qwen0.5b \\
         --parallel=6 --devices=0
 
