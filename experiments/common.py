@@ -204,6 +204,16 @@ METHODS = [
 ]
 
 
+# Two changes of ReMix that ask why it learns less than the other methods where it does (arc_c_mc_remix_probe.py,
+# remix_probe.py): alpha 32, so each selected expert enters with omega = alpha / (k r) = 2, the scale of LoRA's
+# rank-16 product at alpha 32; and no router (uniform_random: k experts drawn uniformly for every token, in training
+# and at inference), one routing sample a step (the library draws several only for ReMix's estimator).
+REMIX_PROBE_VARIANTS = [
+    {"name": "remix_alpha32", "overrides": {KEYS.alpha: 32.0}},
+    {"name": "uniform", "overrides": {KEYS.method: "uniform_random", KEYS.num_samples: 1, KEYS.sample_chunk: 0}},
+]
+
+
 def remix_one_sample_at_a_time(methods: list[dict]) -> list[dict]:
     """``methods`` with ReMix processing its M routing samples one at a time (``train.sample_chunk`` = 1: the same
     gradients as all M at once, a quarter of the activation memory at M = 4), so several runs of a model with a
