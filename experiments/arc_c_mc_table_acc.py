@@ -3,9 +3,10 @@
 ``lr_grid_arc_c_mc_acc.py``, named by $REMIX_ARC_C_MC_ACC_SELECTED_LR, 3 seeds, the runs otherwise the table's.
 
 Why a sweep of its own: the table proper keeps the rates chosen by validation loss (the protocol of every other
-column), and at 0.5B every method's accuracy-chosen rate is one that ``arc_c_mc_table.py`` or ``arc_c_mc_rates.py``
-already trained. Queued with them, each run here is the same run as one of theirs and becomes a link to it (the
-sweep trains identical runs once), so this table costs no training and reports the six methods side by side:
+column). At 0.5B ReMix's, DoRA's, MixLoRA's and HydraLoRA's accuracy-chosen rate (1e-4) is one that
+``arc_c_mc_table.py`` or ``arc_c_mc_rates.py`` already trained: queued with them, each of those runs here is the same
+run as one of theirs and becomes a link to it (the sweep trains identical runs once), and only LoRA and rsLoRA,
+whose choice on the widened grid is 1e-5, train here:
 
     REMIX_ARC_C_MC_SELECTED_LR=experiments/results/qwen0.5b/lr_grid_arc_c_mc/selected_lr.json \\
     REMIX_ARC_C_MC_ACC_SELECTED_LR=experiments/results/qwen0.5b/lr_grid_arc_c_mc_acc/selected_lr.json \\
