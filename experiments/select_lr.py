@@ -19,13 +19,20 @@ Rules:
 - ``--metric`` names another results.csv column to minimise, and ``--maximize`` maximises it instead (an
   accuracy: lr_grid_arc_c_mc_acc.py's ``arc_c_mc_heldout/accuracy`` on the validation rows); "losses" below are
   then that column's values, written under "scores" with the column's name in "metric";
+- ``--outcomes=TASK`` measures how far the validation data separate the rates, on the per-example verdicts of
+  the task (``outcomes`` in each run's ``eval/<TASK>.json``, e.g. ``arc_c_mc_heldout``): for each rate not chosen,
+  the accuracy of the chosen rate minus its own, paired on the same examples (each example's verdict averaged
+  over a rate's runs), with the standard error of that mean difference; a rate within two standard errors is
+  listed, and warned about, as not separated from the choice;
 - ``edge``: the chosen rate has no evaluated rate below or above it: it is the lowest or highest of the grid
   (the grid should be extended on that side), or the runs on that side did not finish. A diverged run (NaN or
   infinite loss) counts as evaluated: it bounds the choice from its side.
 
 Output: a table on stdout (method, the loss at each rate, the chosen rate), warnings on stderr, and ``--out``:
     {method: {"adapter_lr": float, "losses": {"<rate>": loss, ...}, "edge": bool, "excluded": {"<rate>": why}}}
-(with another --metric or --maximize: "metric": name, "maximize": bool, and "scores" in place of "losses")
+(with another --metric or --maximize: "metric": name, "maximize": bool, and "scores" in place of "losses"; with
+--outcomes also "outcomes_task": TASK, "paired": {"<rate>": {"difference": d, "stderr": e}}, "not_separated":
+["<rate>", ...])
 in the sweep's order of methods, rates written as Python writes floats ("0.0003"). An existing --out with
 different content is kept unless --force. ``load_selection`` reads the file back (experiments/common.py, for
 main_table.py under $REMIX_SELECTED_LR, and the other tables under theirs).
@@ -55,6 +62,7 @@ METRIC = "heldout/heldout_loss"
 METHOD_COLUMN = "variant"
 LR_COLUMN = KEYS.adapter_lr
 RESULTS_FILE = "results.csv"
+SEPARATION = 2.0  # standard errors of a paired difference between two rates that separate them
 
 
 @dataclasses.dataclass
@@ -69,6 +77,8 @@ class Choice:
     adapter_lr: float = math.nan
     tied: list[float] = dataclasses.field(default_factory=list)  # rates sharing the best value (> 1: a tie)
     unbounded: list[str] = dataclasses.field(default_factory=list)  # "below" / "above": no evaluated rate there
+    paired: dict[float, tuple[float, float]] = dataclasses.field(default_factory=dict)  # rate -> (chosen - it, error)
+    not_separated: list[float] = dataclasses.field(default_factory=list)  # within SEPARATION errors of the chosen
 
     @property
     def edge(self) -> bool:
@@ -153,6 +163,57 @@ def select(rows: Sequence[dict], metric: str = METRIC, where: str = RESULTS_FILE
     return choices
 
 
+def _outcomes(row: dict, task: str, results: pathlib.Path) -> tuple[str, str, pathlib.Path]:
+    """(verdicts as a "0"/"1" string, the digest of the examples' ids, the json) of one run's ``task``: from
+    RESULTS_DIR/runs/<name>, else the row's workdir."""
+    candidates = [results.parent / "runs" / row["name"]]
+    if row.get("workdir"):
+        candidates.append(pathlib.Path(row["workdir"]))
+    path = next((d / "eval" / f"{task}.json" for d in candidates if (d / "eval" / f"{task}.json").is_file()), None)
+    if path is None:
+        raise UserError(f"{results}:{row['line']}: {row['name']}: no {task} evaluation "
+                        f"({candidates[0] / 'eval' / f'{task}.json'} is missing)",
+                        "--outcomes names a task the grid's runs evaluated, e.g. arc_c_mc_heldout")
+    try:
+        out = json.loads(path.read_text(encoding="utf-8")).get("outcomes")
+        values, digest = out["values"], out["ids_sha256"]
+    except (json.JSONDecodeError, AttributeError, KeyError, TypeError):
+        raise UserError(f"{path}: no per-example outcomes",
+                        "python experiments/paired.py --backfill writes them from the predictions file") from None
+    if not values or set(values) - {"0", "1"}:
+        raise UserError(f"{path}: outcomes must be a non-empty string of 0 and 1")
+    return values, digest, path
+
+
+def separate(choices: dict[str, Choice], rows: Sequence[dict], task: str, results: pathlib.Path) -> None:
+    """Fill each choice's ``paired`` and ``not_separated`` from the per-example outcomes of ``task``."""
+    for method, c in choices.items():
+        per_rate: dict[float, list[float]] = {}
+        first = None
+        for lr in c.losses:
+            runs = [r for r in rows if r[METHOD_COLUMN] == method and float(r[LR_COLUMN]) == lr]
+            verdicts = []
+            for row in runs:
+                values, digest, path = _outcomes(row, task, results)
+                if first is None:
+                    first = (digest, path)
+                elif digest != first[0]:
+                    raise UserError(f"{path} and {first[1]} scored different examples (or in a different order)")
+                verdicts.append(values)
+            per_rate[lr] = [sum(v[i] == "1" for v in verdicts) / len(verdicts) for i in range(len(verdicts[0]))]
+        chosen = per_rate[c.adapter_lr]
+        n = len(chosen)
+        for lr, other in per_rate.items():
+            if lr == c.adapter_lr:
+                continue
+            d = [a - b for a, b in zip(chosen, other, strict=True)]
+            mean = sum(d) / n
+            se = math.sqrt(sum((x - mean) ** 2 for x in d) / (n - 1) / n) if n > 1 else math.inf
+            c.paired[lr] = (mean, se)
+            if abs(mean) < SEPARATION * se or mean == 0:
+                c.not_separated.append(lr)
+
+
 def warnings(choices: dict[str, Choice]) -> list[str]:
     """One line per excluded rate, tie and unbounded side."""
     out = []
@@ -162,6 +223,10 @@ def warnings(choices: dict[str, Choice]) -> list[str]:
         if len(c.tied) > 1:
             out.append(f"{m}: adapter LRs {', '.join(f'{lr:g}' for lr in c.tied)} tie at {c.losses[c.adapter_lr]!r}; "
                        f"the smaller, {c.adapter_lr:g}, is chosen")
+        if c.not_separated:
+            out.append(f"{m}: adapter LR(s) {', '.join(f'{lr:g}' for lr in c.not_separated)} within {SEPARATION:g} "
+                       f"paired standard errors of the chosen {c.adapter_lr:g}: the validation data do not separate "
+                       "them")
         for side in c.unbounded:
             end = c.grid[0] if side == "below" else c.grid[-1]
             if c.adapter_lr == end:
@@ -175,10 +240,13 @@ def warnings(choices: dict[str, Choice]) -> list[str]:
 
 
 def table(choices: dict[str, Choice], metric: str = METRIC) -> str:
-    """Markdown: one row per method, the mean loss at each rate of any grid ("-": not in its grid), the choice."""
+    """Markdown: one row per method, the mean loss at each rate of any grid ("-": not in its grid), the choice
+    (and, when the choices were separated on outcomes, the rates not separated from it)."""
     lrs = sorted({lr for c in choices.values() for lr in c.grid})
-    lines = [f"| method | {' | '.join(f'{metric} @ {lr:g}' for lr in lrs)} | chosen adapter LR |",
-             "|" + "---|" * (len(lrs) + 2)]
+    paired = any(c.paired for c in choices.values())
+    sep = f" not separated from it ({SEPARATION:g} paired SE) |" if paired else ""
+    lines = [f"| method | {' | '.join(f'{metric} @ {lr:g}' for lr in lrs)} | chosen adapter LR |{sep}",
+             "|" + "---|" * (len(lrs) + 2 + paired)]
     for m, c in choices.items():
         cells = []
         for lr in lrs:
@@ -187,18 +255,24 @@ def table(choices: dict[str, Choice], metric: str = METRIC) -> str:
             else:
                 cells.append("diverged" if lr in c.diverged else "excluded" if lr in c.excluded else "-")
         edge = " (edge)" if c.edge else ""
-        lines.append(f"| {m} | {' | '.join(cells)} | {c.adapter_lr:g}{edge} |")
+        close = f" {', '.join(f'{lr:g}' for lr in c.not_separated) or 'none'} |" if paired else ""
+        lines.append(f"| {m} | {' | '.join(cells)} | {c.adapter_lr:g}{edge} |{close}")
     return "\n".join(lines)
 
 
-def to_json(choices: dict[str, Choice], metric: str = METRIC, maximize: bool = False) -> str:
+def to_json(choices: dict[str, Choice], metric: str = METRIC, maximize: bool = False,
+            outcomes: str | None = None) -> str:
     """The selection file; minimising the default metric, each method's values are its "losses", else its
-    "scores" of "metric" ("maximize" says which way)."""
+    "scores" of "metric" ("maximize" says which way); with ``outcomes`` (the task) the paired differences."""
     values = "scores" if maximize or metric != METRIC else "losses"
     extra = {"metric": metric, "maximize": maximize} if values == "scores" else {}
-    out = {m: {"adapter_lr": c.adapter_lr, **extra, values: {repr(lr): v for lr, v in c.losses.items()},
-               "edge": c.edge, "excluded": {repr(lr): why for lr, why in c.excluded.items()}}
-           for m, c in choices.items()}
+    out = {}
+    for m, c in choices.items():
+        sep = {"outcomes_task": outcomes,
+               "paired": {repr(lr): {"difference": d, "stderr": e} for lr, (d, e) in c.paired.items()},
+               "not_separated": [repr(lr) for lr in c.not_separated]} if outcomes else {}
+        out[m] = {"adapter_lr": c.adapter_lr, **extra, values: {repr(lr): v for lr, v in c.losses.items()},
+                  **sep, "edge": c.edge, "excluded": {repr(lr): why for lr, why in c.excluded.items()}}
     return json.dumps(out, indent=2) + "\n"
 
 
@@ -252,15 +326,20 @@ def main(argv: Sequence[str]) -> int:
     p.add_argument("--out", required=True, help="the selection's JSON file (e.g. OUT_DIR/selected_lr.json)")
     p.add_argument("--metric", default=METRIC, help="the results.csv column to minimise")
     p.add_argument("--maximize", action="store_true", help="maximise --metric instead (an accuracy)")
+    p.add_argument("--outcomes", default=None, metavar="TASK",
+                   help="a task the runs evaluated (e.g. arc_c_mc_heldout): report, on its per-example verdicts, "
+                        "the rates the validation data do not separate from the chosen one")
     p.add_argument("--force", action="store_true", help="overwrite an --out holding a different selection")
     p.add_argument("--debug", action="store_true", help="show the traceback of expected failures")
     args = p.parse_args(argv)
     path, rows = read_results(args.results, args.metric)
     choices = select(rows, args.metric, where=str(path), maximize=args.maximize)
+    if args.outcomes:
+        separate(choices, rows, args.outcomes, path)
     print(table(choices, args.metric))
     for line in warnings(choices):
         print(f"warning: {line}", file=sys.stderr)
-    verb = write_selection(args.out, to_json(choices, args.metric, args.maximize), force=args.force)
+    verb = write_selection(args.out, to_json(choices, args.metric, args.maximize, args.outcomes), force=args.force)
     print(f"{verb} {args.out}" if verb != "unchanged" else f"{args.out} holds this selection already (unchanged)")
     return 0
 

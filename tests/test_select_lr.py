@@ -201,6 +201,68 @@ def test_results_that_are_not_an_lr_grid_are_refused(tmp_path):
         select_lr.read_results(tmp_path / "nothing.csv")
 
 
+def _accuracy_grid(root: pathlib.Path, runs: dict, digest: dict | None = None) -> pathlib.Path:
+    """A grid's results.csv (accuracy column "acc") and each run's eval/val.json holding its per-example verdicts,
+    as the sweep and the evaluation lay them out; ``runs``: {(rate, seed): "0"/"1" verdicts}. Returns results.csv."""
+    rows = []
+    for (lr, seed), values in runs.items():
+        name = f"lora__adapter_lr={lr!r}__seed={seed}"
+        (root / "runs" / name / "eval").mkdir(parents=True)
+        outcomes = {"key": "correct", "values": values, "ids_sha256": (digest or {}).get((lr, seed), "ids-1")}
+        (root / "runs" / name / "eval" / "val.json").write_text(json.dumps({"task": "val", "outcomes": outcomes}))
+        rows.append([name, "complete", "lora", repr(lr), str(seed), values.count("1") / len(values)])
+    with open(root / "results.csv", "w", newline="") as f:
+        csv.writer(f).writerows([["name", "status", "variant", KEYS.adapter_lr, "seed", "acc"], *rows])
+    return root / "results.csv"
+
+
+# 3e-4 is chosen (0.8). Against 1e-4 the paired differences are four 1s of ten: mean 0.4, standard error
+# sqrt((4 * 0.6^2 + 6 * 0.4^2) / 9 / 10) = 0.1633, separated (0.4 > 2 x 0.1633). 1e-3 has two seeds, averaged per
+# example (0.5 on the eighth): the differences are one 0.5 of ten, mean 0.05, error
+# sqrt((0.45^2 + 9 x 0.05^2) / 9 / 10) = 0.05, not separated.
+SEPARATION_RUNS = {(1e-4, 0): "1111000000", (3e-4, 0): "1111111100", (1e-3, 0): "1111111000", (1e-3, 1): "1111111100"}
+
+
+def test_outcomes_report_the_rates_the_validation_data_do_not_separate(tmp_path, capsys):
+    results = _accuracy_grid(tmp_path, SEPARATION_RUNS)
+    out = tmp_path / "selected_lr.json"
+    assert select_lr.main([f"--results={results}", f"--out={out}", "--metric=acc", "--maximize",
+                           "--outcomes=val"]) == 0
+    data = json.loads(out.read_text())["lora"]
+    assert data["adapter_lr"] == 3e-4 and data["outcomes_task"] == "val"
+    assert data["paired"] == {"0.0001": {"difference": pytest.approx(0.4), "stderr": pytest.approx(0.163299, abs=1e-6)},
+                              "0.001": {"difference": pytest.approx(0.05), "stderr": pytest.approx(0.05)}}
+    assert data["not_separated"] == ["0.001"]
+    captured = capsys.readouterr()
+    table = captured.out.splitlines()
+    assert table[0].endswith("| chosen adapter LR | not separated from it (2 paired SE) |")
+    assert table[2] == "| lora | 0.4000 | **0.8000** | 0.7500 | 0.0003 | 0.001 |"
+    assert ("warning: lora: adapter LR(s) 0.001 within 2 paired standard errors of the chosen 0.0003: the validation "
+            "data do not separate them") in captured.err.splitlines()
+    # without --outcomes the file is as before
+    plain = tmp_path / "plain.json"
+    assert select_lr.main([f"--results={results}", f"--out={plain}", "--metric=acc", "--maximize"]) == 0
+    assert set(json.loads(plain.read_text())["lora"]) == {"adapter_lr", "metric", "maximize", "scores", "edge",
+                                                          "excluded"}
+
+
+def test_outcomes_of_other_examples_or_missing_are_errors_naming_the_file(tmp_path):
+    results = _accuracy_grid(tmp_path / "a", SEPARATION_RUNS, digest={(1e-3, 1): "ids-2"})
+    path, rows = select_lr.read_results(results, "acc")
+    choices = select_lr.select(rows, "acc", where=str(path), maximize=True)
+    with pytest.raises(UserError, match=r"lora__adapter_lr=0.001__seed=1/eval/val.json and .*seed=0/eval/val.json "
+                                        r"scored different examples \(or in a different order\)$"):
+        select_lr.separate(choices, rows, "val", path)
+    with pytest.raises(UserError, match=r"results.csv:2: lora__adapter_lr=0.0001__seed=0: no other evaluation "
+                                        r"\(.*lora__adapter_lr=0.0001__seed=0/eval/other.json is missing\)$"):
+        select_lr.separate(choices, rows, "other", path)
+    results = _accuracy_grid(tmp_path / "b", SEPARATION_RUNS)
+    (tmp_path / "b" / "runs" / "lora__adapter_lr=0.0003__seed=0" / "eval" / "val.json").write_text('{"task": "val"}')
+    path, rows = select_lr.read_results(results, "acc")
+    with pytest.raises(UserError, match=r"seed=0/eval/val.json: no per-example outcomes$"):
+        select_lr.separate(select_lr.select(rows, "acc", where=str(path), maximize=True), rows, "val", path)
+
+
 def _resolved_adapter_lr(run) -> float:
     """The run's optimizer.adapter_lr as the entry point's --config flags give it."""
     from absl import flags
