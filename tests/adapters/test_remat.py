@@ -11,9 +11,9 @@ from remix_jax.models.model_config import named_config
 from remix_jax.training.objective import ObjectiveConfig, adapter_objective
 
 
-def _config(remat: str, keep: float = 0.0):
+def _config(remat: str, keep: float = 0.0, unroll: int = 1):
     return named_config("tiny", hidden_size=128, intermediate_size=512, num_layers=2, num_heads=4, num_kv_heads=2,
-                        head_dim=32, vocab_size=256, remat=remat, offload_keep_fraction=keep)
+                        head_dim=32, vocab_size=256, remat=remat, offload_keep_fraction=keep, scan_unroll=unroll)
 
 
 ACFG = AdapterConfig(method="remix", num_experts=8, top_k=2, rank=8)
@@ -66,6 +66,25 @@ def test_policies_agree_and_save_proj_out_saves_memory():
     (v, g), _ = _objective_grad("offload_layer_input", *inputs, keep=0.375)
     np.testing.assert_allclose(v, v_ref, rtol=1e-4)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-3, atol=1e-5), g, g_ref)
+
+
+def test_a_fully_unrolled_layer_loop_keeps_the_recompute_apart():
+    """Unrolled, forward and backward pass are one straight-line program, where XLA's CSE would merge each block's
+    recompute with its forward (undoing the policy): the recompute is then wrapped in optimisation barriers
+    (prevent_cse); the rolled loop needs none. Same objective and gradients either way."""
+    base, trainable, batch = _inputs()
+    obj = ObjectiveConfig(num_samples=2, sampling_router=True)
+    texts, results = {}, {}
+    for unroll in (1, 2):
+        model = build_model(_config("save_proj_out", unroll=unroll), ACFG)
+        fn = jax.jit(jax.value_and_grad(
+            lambda tr, model=model: adapter_objective(model.apply, tr, base, batch, jax.random.key(2), obj)[0]))
+        texts[unroll] = fn.lower(trainable).as_text()
+        results[unroll] = fn(trainable)
+    assert texts[1].count("optimization_barrier") == 0
+    assert texts[2].count("optimization_barrier") >= 1  # (the blocks may share one lowered function)
+    np.testing.assert_allclose(results[2][0], results[1][0], rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-3, atol=1e-5), results[2][1], results[1][1])
 
 
 def test_kept_positions():
