@@ -51,9 +51,11 @@ class ModelConfig:
     # remat.REMAT_POLICIES).
     remat: str = "none"
     # Layers per iteration of the scanned layer loop (lax.scan's unroll): 1 = a rolled loop (fastest compile),
-    # num_layers = fully unrolled: training steps 10-15% faster on an H200 for 1B/8B LoRA (most likely no stacked
-    # buffers of saved activations to fill and copy out per layer) and faster decoding at batch 1 (loop control),
-    # at 5-10x the compile time and more peak memory (docs/notes/benchmarks-log.md, training and generation runs G).
+    # num_layers = fully unrolled: no per-layer weight slices copied out of the stacked parameters and no stacked
+    # buffers of saved activations to fill, so training steps about 8% faster on an H100 for 1B LoRA (the remat
+    # policy kept; 10-15% when it was not, before the decoder protected the recompute) and faster decoding at batch
+    # 1 (loop control), at 3-10x the compile time and more peak memory (docs/performance.md, "Against Unsloth";
+    # docs/notes/benchmarks-log.md, training and generation runs G).
     scan_unroll: int = 1
     # Under remat "offload_layer_input": the fraction of each block input's positions (the first ones of every row)
     # kept in device memory for the backward pass; the rest goes to host memory. 0 offloads all of it; larger
