@@ -51,6 +51,7 @@ import sys
 from collections.abc import Sequence
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+EXPERIMENTS = REPO / "experiments"
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
@@ -174,12 +175,17 @@ def _outcomes(row: dict, task: str, results: pathlib.Path) -> tuple[str, str, pa
         raise UserError(f"{results}:{row['line']}: {row['name']}: no {task} evaluation "
                         f"({candidates[0] / 'eval' / f'{task}.json'} is missing)",
                         "--outcomes names a task the grid's runs evaluated, e.g. arc_c_mc_heldout")
+    if str(EXPERIMENTS) not in sys.path:
+        sys.path.insert(0, str(EXPERIMENTS))
+    from paired import run_outcomes  # the same reader as the paired comparisons (here only when asked for)
+
     try:
-        out = json.loads(path.read_text(encoding="utf-8")).get("outcomes")
+        out = run_outcomes(path)
         values, digest = out["values"], out["ids_sha256"]
-    except (json.JSONDecodeError, AttributeError, KeyError, TypeError):
-        raise UserError(f"{path}: no per-example outcomes",
-                        "python experiments/paired.py --backfill writes them from the predictions file") from None
+    except FileNotFoundError as e:  # no outcomes in the json and no predictions file beside it
+        raise UserError(str(e), "an evaluation writes them into its json") from None
+    except (ValueError, KeyError, TypeError) as e:  # unreadable json, verdict-less predictions, malformed outcomes
+        raise UserError(f"{path}: unreadable per-example outcomes ({e})") from None
     if not values or set(values) - {"0", "1"}:
         raise UserError(f"{path}: outcomes must be a non-empty string of 0 and 1")
     return values, digest, path

@@ -259,7 +259,8 @@ def test_outcomes_of_other_examples_or_missing_are_errors_naming_the_file(tmp_pa
     results = _accuracy_grid(tmp_path / "b", SEPARATION_RUNS)
     (tmp_path / "b" / "runs" / "lora__adapter_lr=0.0003__seed=0" / "eval" / "val.json").write_text('{"task": "val"}')
     path, rows = select_lr.read_results(results, "acc")
-    with pytest.raises(UserError, match=r"seed=0/eval/val.json: no per-example outcomes$"):
+    with pytest.raises(UserError, match=r"seed=0/eval/val.json: no per-example outcomes and no predictions file "
+                                        r"val.predictions.jsonl$"):
         select_lr.separate(select_lr.select(rows, "acc", where=str(path), maximize=True), rows, "val", path)
 
 
