@@ -78,6 +78,7 @@ class Choice:
     adapter_lr: float = math.nan
     tied: list[float] = dataclasses.field(default_factory=list)  # rates sharing the best value (> 1: a tie)
     unbounded: list[str] = dataclasses.field(default_factory=list)  # "below" / "above": no evaluated rate there
+    rows: dict[float, list[dict]] = dataclasses.field(default_factory=dict)  # results.csv rows of each valid rate
     paired: dict[float, tuple[float, float]] = dataclasses.field(default_factory=dict)  # rate -> (chosen - it, error)
     not_separated: list[float] = dataclasses.field(default_factory=list)  # within SEPARATION errors of the chosen
 
@@ -148,6 +149,7 @@ def select(rows: Sequence[dict], metric: str = METRIC, where: str = RESULTS_FILE
                     c.diverged.add(lr)
             else:
                 c.losses[lr] = sum(float(r[metric]) for r in by_lr[lr]) / len(by_lr[lr])
+                c.rows[lr] = by_lr[lr]
         if not c.losses:
             empty.append(f"{method} ({'; '.join(c.excluded.values())})")
             continue
@@ -191,13 +193,12 @@ def _outcomes(row: dict, task: str, results: pathlib.Path) -> tuple[str, str, pa
     return values, digest, path
 
 
-def separate(choices: dict[str, Choice], rows: Sequence[dict], task: str, results: pathlib.Path) -> None:
+def separate(choices: dict[str, Choice], task: str, results: pathlib.Path) -> None:
     """Fill each choice's ``paired`` and ``not_separated`` from the per-example outcomes of ``task``."""
-    for method, c in choices.items():
+    for c in choices.values():
         per_rate: dict[float, list[float]] = {}
         first = None
-        for lr in c.losses:
-            runs = [r for r in rows if r[METHOD_COLUMN] == method and float(r[LR_COLUMN]) == lr]
+        for lr, runs in c.rows.items():
             verdicts = []
             for row in runs:
                 values, digest, path = _outcomes(row, task, results)
@@ -341,7 +342,7 @@ def main(argv: Sequence[str]) -> int:
     path, rows = read_results(args.results, args.metric)
     choices = select(rows, args.metric, where=str(path), maximize=args.maximize)
     if args.outcomes:
-        separate(choices, rows, args.outcomes, path)
+        separate(choices, args.outcomes, path)
     print(table(choices, args.metric))
     for line in warnings(choices):
         print(f"warning: {line}", file=sys.stderr)

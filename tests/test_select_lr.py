@@ -252,16 +252,16 @@ def test_outcomes_of_other_examples_or_missing_are_errors_naming_the_file(tmp_pa
     choices = select_lr.select(rows, "acc", where=str(path), maximize=True)
     with pytest.raises(UserError, match=r"lora__adapter_lr=0.001__seed=1/eval/val.json and .*seed=0/eval/val.json "
                                         r"scored different examples \(or in a different order\)$"):
-        select_lr.separate(choices, rows, "val", path)
+        select_lr.separate(choices, "val", path)
     with pytest.raises(UserError, match=r"results.csv:2: lora__adapter_lr=0.0001__seed=0: no other evaluation "
                                         r"\(.*lora__adapter_lr=0.0001__seed=0/eval/other.json is missing\)$"):
-        select_lr.separate(choices, rows, "other", path)
+        select_lr.separate(choices, "other", path)
     results = _accuracy_grid(tmp_path / "b", SEPARATION_RUNS)
     (tmp_path / "b" / "runs" / "lora__adapter_lr=0.0003__seed=0" / "eval" / "val.json").write_text('{"task": "val"}')
     path, rows = select_lr.read_results(results, "acc")
     with pytest.raises(UserError, match=r"seed=0/eval/val.json: no per-example outcomes and no predictions file "
                                         r"val.predictions.jsonl$"):
-        select_lr.separate(select_lr.select(rows, "acc", where=str(path), maximize=True), rows, "val", path)
+        select_lr.separate(select_lr.select(rows, "acc", where=str(path), maximize=True), "val", path)
 
 
 def _resolved_adapter_lr(run) -> float:
