@@ -37,6 +37,7 @@ from remix_jax.models.attention import Attention, attention_mask, resolve_attent
 from remix_jax.models.fused import FUSED, STACKED, fused_product, fused_products
 from remix_jax.models.model_config import ModelConfig
 from remix_jax.models.remat import LAYER_INPUT, LAYER_INPUT_KEPT, PROJ_OUT, REMAT_POLICIES
+from remix_jax.models.unrolled import unrolled_remat_scan
 from remix_jax.parallel.logical import constrain
 
 Array = jax.Array
@@ -275,7 +276,13 @@ class Decoder(nn.Module):
             # cannot merge a block's recompute with its forward: prevent_cse=False, as JAX advises under scan. A
             # fully unrolled loop is straight-line code, where XLA's CSE merges them and silently undoes the
             # policy (1B LoRA, save_proj_out, one H100: 14.1 GiB against 10.8 with the recompute protected), so
-            # there the recompute is kept apart.
+            # there the recompute is kept apart. There, too, each checkpoint takes the stacked variables whole and
+            # slices its layer inside (models.unrolled; under nn.scan every layer's slices would be kept from the
+            # forward to the backward pass), except while initialising (nn.scan creates the variables) and with
+            # the STACKED collection broadcast (inference).
+            if unroll == cfg.num_layers and not self.broadcast_stacked and not self.is_initializing():
+                return unrolled_remat_scan(Block, cfg.num_layers, policy, {nn.PARTITION_NAME: "layers"})(
+                    cfg, self.proj_cls, self.mlp_cls, deterministic, self.fold_norms, name="layers")
             block = nn.remat(Block, policy=policy, prevent_cse=unroll == cfg.num_layers)
         return nn.scan(
             block,

@@ -51,12 +51,14 @@ class ModelConfig:
     # remat.REMAT_POLICIES).
     remat: str = "none"
     # Layers per iteration of the scanned layer loop (lax.scan's unroll): 1 = a rolled loop (fastest compile),
-    # num_layers = fully unrolled: each layer's weight slices copied once instead of in every pass, and no stacked
-    # buffers of saved activations to fill, so training steps about 8% faster on an H100 for 1B LoRA (the remat
-    # policy kept; 10-15% when it was not, before the decoder protected the recompute) and faster decoding at batch
-    # 1 (loop control), at 3-10x the compile time and more peak memory, most of it those slices, kept from the
-    # forward to the backward pass (docs/performance.md, "Against Unsloth"; docs/notes/benchmarks-log.md, training
-    # and generation runs G and "The unrolled step's extra memory is the layer weights' slices").
+    # num_layers = fully unrolled: straight-line code with no stacked buffers of saved activations to fill, so
+    # training steps about 8% faster on an H100 for 1B LoRA (measured before the change below) and faster decoding
+    # at batch 1 (loop control), at 3-10x the compile time. Under remat each layer's checkpoint then slices the
+    # stacked weights inside (models.unrolled) instead of keeping every layer's slices from the forward to the
+    # backward pass: 1B LoRA's step on a TPU v5e, compiled ahead of time, holds 6.55 GiB of temporaries against
+    # 7.02 rolled and 12.52 with the slices kept (docs/performance.md, "Against Unsloth"; docs/notes/
+    # benchmarks-log.md, training and generation runs G and "The unrolled step's extra memory is the layer
+    # weights' slices").
     scan_unroll: int = 1
     # Under remat "offload_layer_input": the fraction of each block input's positions (the first ones of every row)
     # kept in device memory for the backward pass; the rest goes to host memory. 0 offloads all of it; larger

@@ -72,11 +72,16 @@ def test_a_fully_unrolled_layer_loop_keeps_the_recompute_apart():
     """Unrolled, forward and backward pass are one straight-line program, where XLA's CSE would merge each block's
     recompute with its forward (undoing the policy): the recompute is then wrapped in optimisation barriers
     (prevent_cse); the rolled loop needs none. Same objective and gradients either way."""
-    base, trainable, batch = _inputs()
-    obj = ObjectiveConfig(num_samples=2, sampling_router=True)
+    # MixLoRA: routed, and deterministic (the unrolled loop draws ReMix's samples from other keys than the rolled)
+    acfg = AdapterConfig(method="mixlora", num_experts=8, top_k=2, rank=8)
+    base = init_params(Decoder(_config("none")), jax.random.key(0))["params"]
+    trainable = jax.tree.map(lambda x: x + 0.01, init_adapter_variables(build_model(_config("none"), acfg),
+                                                                        jax.random.key(1)))
+    batch = _batch(jax.random.randint(jax.random.key(3), (2, 128), 0, 256))
+    obj = ObjectiveConfig()
     texts, results = {}, {}
     for unroll in (1, 2):
-        model = build_model(_config("save_proj_out", unroll=unroll), ACFG)
+        model = build_model(_config("save_proj_out", unroll=unroll), acfg)
         fn = jax.jit(jax.value_and_grad(
             lambda tr, model=model: adapter_objective(model.apply, tr, base, batch, jax.random.key(2), obj)[0]))
         texts[unroll] = fn.lower(trainable).as_text()
