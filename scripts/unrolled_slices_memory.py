@@ -11,11 +11,12 @@ This probe compiles the gradient of a stack of L remat'd two-matmul blocks on st
 outputs named and saved, as ``save_proj_out`` does) five ways and prints the compiler's temporary memory of each:
 
 - ``rolled``: ``lax.scan`` over the layers (the shipped default);
-- ``unrolled``: a Python loop, layer l's weights sliced outside the checkpoint (what ``nn.scan`` unrolled does),
-  the recompute protected (``prevent_cse=True``, as the decoder has it when fully unrolled);
+- ``unrolled``: a Python loop, layer l's weights sliced outside the checkpoint (what ``nn.scan`` unrolled does,
+  and the decoder did until it took the ``inside`` way, ``models.unrolled``), the recompute protected
+  (``prevent_cse=True``);
 - ``merged``: the same without protection (XLA may merge each recompute with its forward);
 - ``inside``: the slice taken inside the checkpoint, so the residual is the stacked array (alive anyway) and the
-  backward pass slices again;
+  backward pass slices again (the decoder's fully unrolled loop under remat now);
 - ``none_saved``: ``unrolled`` with nothing saved, for scale.
 
     python scripts/unrolled_slices_memory.py                        # this host's default backend
