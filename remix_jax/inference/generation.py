@@ -221,7 +221,9 @@ def generate(model: Decoder, variables: dict, prompts: Sequence[Sequence[int]], 
             raise ValueError(f"prompt {i} is empty")
     greedy = config.temperature == 0.0
     if config.scan_unroll and config.scan_unroll != model.config.scan_unroll:
-        model = model.clone(config=dataclasses.replace(model.config, scan_unroll=config.scan_unroll))
+        # No backward pass here: no remat (whose offloading policy also refuses a fully unrolled loop)
+        model = model.clone(config=dataclasses.replace(model.config, scan_unroll=config.scan_unroll, remat="none",
+                                                       offload_keep_fraction=0.0))
     fold = (config.fold_norms and config.fuse_projections and projection_class_fuses(model.proj_cls)
             and foldable_norms(adapter_config_of(model)))
     if fold != model.fold_norms:

@@ -52,13 +52,13 @@ class ModelConfig:
     remat: str = "none"
     # Layers per iteration of the scanned layer loop (lax.scan's unroll): 1 = a rolled loop (fastest compile),
     # num_layers = fully unrolled: straight-line code with no stacked buffers of saved activations to fill, so
-    # training steps about 8% faster on an H100 for 1B LoRA (measured before the change below) and faster decoding
-    # at batch 1 (loop control), at 3-10x the compile time. Under remat each layer's checkpoint then slices the
-    # stacked weights inside (models.unrolled) instead of keeping every layer's slices from the forward to the
-    # backward pass: 1B LoRA's step on a TPU v5e, compiled ahead of time, holds 6.55 GiB of temporaries against
-    # 7.02 rolled and 12.52 with the slices kept (docs/performance.md, "Against Unsloth"; docs/notes/
-    # benchmarks-log.md, training and generation runs G and "The unrolled step's extra memory is the layer
-    # weights' slices").
+    # training steps 5-7% faster on an H100 (1B and 8B LoRA) and faster decoding at batch 1 (loop control), at 3-8x
+    # the compile time. Under remat each layer's checkpoint then slices the stacked weights inside
+    # (models.unrolled) instead of keeping every layer's slices from the forward to the backward pass, so the step
+    # holds no more than the rolled one (1B LoRA on an H100: 9.03 GiB against 9.07 rolled and 10.79 with the slices
+    # kept; docs/performance.md, "Against Unsloth"; docs/notes/benchmarks-log.md, training and generation runs G
+    # and the entries from "The unrolled step's extra memory is the layer weights' slices" on). Not with remat
+    # "offload_layer_input" (refused below).
     scan_unroll: int = 1
     # Under remat "offload_layer_input": the fraction of each block input's positions (the first ones of every row)
     # kept in device memory for the backward pass; the rest goes to host memory. 0 offloads all of it; larger
@@ -89,6 +89,12 @@ class ModelConfig:
         if self.offload_keep_fraction and self.remat != "offload_layer_input":
             raise ModelLoadError(f"offload_keep_fraction={self.offload_keep_fraction!r} applies only to "
                                  f"remat='offload_layer_input' (not {self.remat!r})")
+        if self.remat == "offload_layer_input" and self.scan_unroll >= self.num_layers:
+            # Each checkpoint of the unrolled loop takes its layer's input as an argument, which stays on the
+            # device (1B LoRA on an H100: 8.27 GiB against 3.34 rolled; docs/notes/benchmarks-log.md).
+            raise ModelLoadError(f"remat='offload_layer_input' offloads nothing with the layer loop fully unrolled "
+                                 f"(scan_unroll={self.scan_unroll}, {self.num_layers} layers): use scan_unroll="
+                                 f"1 (or fewer than {self.num_layers}), or remat='full'")
 
     @property
     def rope_scaling_dict(self) -> dict[str, Any]:

@@ -43,7 +43,8 @@ REMAT_POLICIES = {
     # holds 0.5 GiB less than under "full" and is 12% slower; with the step compiled before the weights are
     # placed (loop.train) the process peak is the step's own (docs/performance.md). With
     # ModelConfig.offload_keep_fraction > 0 the first positions of each input stay on device (LAYER_INPUT_KEPT)
-    # and only the rest travels: a dial between this policy's memory and "full"'s speed.
+    # and only the rest travels: a dial between this policy's memory and "full"'s speed. Rolled loops only
+    # (ModelConfig refuses a fully unrolled one, whose checkpoints keep their inputs on the device).
     "offload_layer_input": jax.checkpoint_policies.save_and_offload_only_these_names(
         names_which_can_be_saved=[LAYER_INPUT_KEPT], names_which_can_be_offloaded=[LAYER_INPUT],
         offload_src="device", offload_dst="pinned_host"),

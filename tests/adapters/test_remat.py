@@ -109,6 +109,10 @@ def test_offload_keep_fraction_is_checked():
         _config("offload_layer_input", 1.0)
     with pytest.raises(ModelLoadError, match="applies only to remat='offload_layer_input' \\(not 'full'\\)"):
         _config("full", 0.5)
+    # a fully unrolled loop keeps every layer's input on the device (its checkpoints take it as an argument)
+    with pytest.raises(ModelLoadError, match="offloads nothing with the layer loop fully unrolled"):
+        _config("offload_layer_input", unroll=2)
+    _config("offload_layer_input", unroll=1)
 
 
 def _attention_forward_trace(monkeypatch, remat: str):
