@@ -168,3 +168,25 @@ def test_remix_router_moves_to_the_best_subset(remix_bundle, lora_bundle, make_c
     assert before < 0.6 and after > 0.65, (before, after)
     losses = [float(m["loss"]) for m in metrics]
     assert np.mean(losses[-50:]) < np.mean(losses[:10]) - 0.5
+
+
+def test_unrolled_remat_step_sharded_equals_rolled_single_device(batches, make_config, perturb):
+    """The fully unrolled layer loop under remat (models.unrolled: each layer's checkpoint slices the stacked,
+    sharded weights inside) on a data x fsdp mesh: the same LoRA losses and adapters as the rolled loop on one
+    device."""
+    if len(jax.devices()) < 8:
+        pytest.skip("needs 8 (fake) devices")
+    runs = {}
+    for unroll, axes in ((1, {"data": 1}), (1000, {"data": 2, "fsdp": 4, "tensor": 1})):
+        config = make_config("lora", num_samples=1)
+        config.optimizer.warmup_steps = 0
+        config.model.remat = "save_proj_out"
+        config.model.scan_unroll = unroll
+        bundle = loop.build_model_bundle(config)
+        bundle = dataclasses.replace(bundle, trainable=perturb(bundle.trainable))
+        devices = jax.devices()[:1] if axes == {"data": 1} else None
+        runs[unroll] = _run(bundle, config, batches, mesh_lib.make_mesh(axes, devices=devices))
+    (ref_state, ref_metrics), (state, metrics) = runs[1], runs[1000]
+    np.testing.assert_allclose([m["loss"] for m in metrics], [m["loss"] for m in ref_metrics], rtol=2e-5)
+    for a, b in zip(jax.tree.leaves(state.trainable), jax.tree.leaves(ref_state.trainable), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=2e-6)
