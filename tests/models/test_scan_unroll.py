@@ -1,5 +1,7 @@
 """model.scan_unroll (layers per iteration of the scanned layer loop) changes the compiled loop, never the
-numbers: logits, KV-cache decoding and gradients equal the rolled loop; parameters keep their layout."""
+numbers: logits, KV-cache decoding and gradients equal the rolled loop; parameters keep their layout. (Fully
+unrolled under remat the loop is models.unrolled, whose sampled routing draws other keys: tests/models/
+test_unrolled_remat.py.)"""
 
 import jax
 import jax.numpy as jnp
