@@ -141,8 +141,10 @@ def run_ours(a, run: dict, peak_tflops: float) -> dict:
     from remix_jax.training.train_step import compile_train_step, compiled_memory, make_train_step
 
     config = build_config(a, run)
+    t_init = time.perf_counter()  # the random base weights and the adapters' initialisation (compile included)
     with jax.default_device(jax.devices("cpu")[0]) if a.init == "host" else contextlib.nullcontext():
         bundle = loop.build_model_bundle(config)
+    init_s = time.perf_counter() - t_init
     tx, schedules = opt_lib.make_optimizer(loop.optimizer_config(config))
     mesh = mesh_lib.make_mesh(dict(config.mesh))
     layout, state_sh = state_layout(bundle, tx, mesh)
@@ -201,6 +203,7 @@ def run_ours(a, run: dict, peak_tflops: float) -> dict:
         "init_peak_gib": round(init_peak / 2**30, 2), "compile_peak_gib": round(compile_peak / 2**30, 2),
         "init": a.init,
         "trainable_params": int(adapter_params), "compile_s": round(compile_s, 1),
+        "init_s": round(init_s, 1),
         "loss": float(m["loss"]),
         # per device: the step's FLOPs over (devices x the one-device ceiling)
         "mfu_6n": round(f6 * sample_tokens / dt / 1e12 / peak_tflops / jax.device_count(), 4),

@@ -270,7 +270,9 @@ class Decoder(nn.Module):
         cfg = self.config
         block = Block
         policy = REMAT_POLICIES[cfg.remat] if cfg.remat != "none" else None
-        unroll = min(cfg.scan_unroll, cfg.num_layers)
+        # Initialisation runs a rolled loop: the same variables (the random streams are split per layer before
+        # the loop, whatever its unroll), in a program that compiles in a fraction of the time.
+        unroll = 1 if self.is_initializing() else min(cfg.scan_unroll, cfg.num_layers)
         if cfg.remat != "none":
             # In a rolled (or partly unrolled) loop the forward and the backward pass are two loops, and XLA
             # cannot merge a block's recompute with its forward: prevent_cse=False, as JAX advises under scan. A

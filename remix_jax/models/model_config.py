@@ -58,7 +58,7 @@ class ModelConfig:
     # holds no more than the rolled one (1B LoRA on an H100: 9.03 GiB against 9.07 rolled and 10.79 with the slices
     # kept; docs/performance.md, "Against Unsloth"; docs/notes/benchmarks-log.md, training and generation runs G
     # and the entries from "The unrolled step's extra memory is the layer weights' slices" on). Not with remat
-    # "offload_layer_input" (refused below).
+    # "offload_layer_input" (refused below). Initialisation always runs the rolled loop (the same variables).
     scan_unroll: int = 1
     # Under remat "offload_layer_input": the fraction of each block input's positions (the first ones of every row)
     # kept in device memory for the backward pass; the rest goes to host memory. 0 offloads all of it; larger

@@ -55,6 +55,30 @@ def test_initialisation_is_the_rolled_loops():
     jax.tree.map(np.testing.assert_array_equal, a, b)
 
 
+def _scan_unrolls(jaxpr) -> list:
+    """The unroll of every lax.scan in a closed jaxpr, nested ones included."""
+    found = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "scan":
+            found.append(eqn.params["unroll"])
+        for sub in jax.core.jaxprs_in_params(eqn.params):
+            found += _scan_unrolls(sub)
+    return found
+
+
+@pytest.mark.parametrize("remat", ["none", "save_proj_out"])
+def test_initialisation_runs_a_rolled_loop_whatever_the_unroll(remat):
+    """A fully unrolled config initialises through a rolled loop (same variables, a program that compiles in a
+    fraction of the time); its forward pass keeps the unroll it asks for."""
+    model, tokens = Decoder(_config(L, remat)), jnp.zeros((1, 8), jnp.int32)
+    init = jax.make_jaxpr(lambda k: model.init(k, tokens))(jax.random.key(0))
+    assert _scan_unrolls(init.jaxpr) == [1]
+    if remat == "none":  # under remat the unrolled forward pass is straight-line code (models.unrolled)
+        params = jax.eval_shape(lambda: model.init(jax.random.key(0), tokens))
+        fwd = jax.make_jaxpr(lambda v: model.apply(v, tokens))(params)
+        assert _scan_unrolls(fwd.jaxpr) == [L]
+
+
 def test_gradients_equal_the_rolled_loop():
     acfg = AdapterConfig(method="mixlora", num_experts=4, top_k=2, rank=4)
     base = init_params(Decoder(_config(1)), jax.random.key(0))["params"]
