@@ -17,6 +17,9 @@ samples processed at once, 0 = all M), alpha, targets (ffn|all).
 Compiler flags come from the environment (XLA_FLAGS=...); each row records them as "xla_flags".
 --profile=N traces N more steps of each configuration and prints where the device time goes (a "profile"
 JSON line and a table on stderr; scripts/profile_ops.py).
+--startup measures only what comes before the first step, on any backend (the CPU included): "init_s" (the random
+base weights and the adapters), "trace_s" and "lower_s" of the train step, and "compile_s" (XLA's part; left out
+with --startup_compile=false), one JSON line per configuration and no device memory figures.
 --peer=peft|mixlora|peft,mixlora runs scripts/bench_peers.py on the same shape in the same invocation, first (a
 subprocess per peer, before this process takes the device, so each gets the whole device).
 
@@ -131,6 +134,47 @@ def flops_per_token(model_cfg, adapter_params: int, seq: int) -> tuple[float, fl
     # The LM head (d x vocab) is frozen too and runs forward + input-gradient.
     frozen += 4 * model_cfg.hidden_size * model_cfg.vocab_size
     return 6 * n, frozen
+
+
+def run_startup(a, run: dict) -> dict:
+    """Seconds before the first step: initialisation, then the train step's tracing, lowering and compilation."""
+    from remix_jax.parallel import mesh as mesh_lib
+    from remix_jax.parallel.logical import activation_sharding
+    from remix_jax.training import loop
+    from remix_jax.training import optimizer as opt_lib
+    from remix_jax.training.train_state import abstract_batch, state_layout
+    from remix_jax.training.train_step import make_train_step
+
+    config = build_config(a, run)
+    t0 = time.perf_counter()
+    with jax.default_device(jax.devices("cpu")[0]) if a.init == "host" else contextlib.nullcontext():
+        bundle = loop.build_model_bundle(config)
+    t1 = time.perf_counter()
+    tx, schedules = opt_lib.make_optimizer(loop.optimizer_config(config))
+    mesh = mesh_lib.make_mesh(dict(config.mesh))
+    layout, state_sh = state_layout(bundle, tx, mesh)
+    bsh = mesh_lib.batch_sharding(mesh)
+    abstract = abstract_batch(bsh, a.batch, a.seq)
+    step = make_train_step(bundle.model.apply, tx, loop.objective_config(config), schedules)
+    rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())  # as train_step.compile_train_step
+    jitted = jax.jit(step, in_shardings=(state_sh, jax.tree.map(lambda _: bsh, abstract), rep),
+                     out_shardings=(state_sh, rep), donate_argnums=(0,))
+    state = jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh), layout, state_sh)
+    t2 = time.perf_counter()
+    with activation_sharding(mesh):
+        traced = jitted.trace(state, abstract, jax.random.key(0))
+    t3 = time.perf_counter()
+    lowered = traced.lower()
+    t4 = time.perf_counter()
+    row = {"impl": "remix_jax", "startup": True, "method": run["method"], "rank": run["r"],
+           "num_samples": run["M"], "shape": a.shape, "batch": a.batch,
+           "seq": a.seq, "remat": a.remat, "set": a.set, "backend": jax.default_backend(),
+           "init_s": round(t1 - t0, 2), "trace_s": round(t3 - t2, 2), "lower_s": round(t4 - t3, 2),
+           "jaxpr_eqns": len(traced.jaxpr.eqns), "jax": jax.__version__}
+    if a.startup_compile:
+        lowered.compile()
+        row["compile_s"] = round(time.perf_counter() - t4, 2)
+    return row
 
 
 def run_ours(a, run: dict, peak_tflops: float) -> dict:
@@ -249,6 +293,9 @@ def main():
     ap.add_argument("--init", choices=("host", "device"), default="host",
                     help="where the random weights are drawn before being placed on the device (module docstring)")
     ap.add_argument("--profile", type=int, default=0, help="trace this many extra steps per configuration")
+    ap.add_argument("--startup", action="store_true", help="time only what comes before the first step")
+    ap.add_argument("--startup_compile", default="true", choices=("true", "false"),
+                    help="with --startup: also compile the step")
     ap.add_argument("--isolate", action="store_true",
                     help="run each of our configurations in its own subprocess (clean peak memory)")
     a = ap.parse_args()
@@ -261,6 +308,11 @@ def main():
         for spec in a.runs.split():
             argv = [x for x in sys.argv[1:] if not x.startswith(("--runs", "--peer", "--isolate"))]
             subprocess.run([sys.executable, __file__, *argv, f"--runs={spec}", "--isolate"])
+        return
+    a.startup_compile = a.startup_compile == "true"
+    if a.startup:
+        for spec in a.runs.split():
+            print(json.dumps(run_startup(a, parse_run(spec))), flush=True)
         return
     peak = a.peak_tflops or (measure_matmul_tflops() if jax.default_backend() == "gpu" else 1.0)
     for spec in a.runs.split():

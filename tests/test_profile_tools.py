@@ -75,6 +75,24 @@ def test_bench_train_overrides():
         bt.apply_override(c, "nosection.x", "1")
 
 
+def test_bench_train_startup_rows():
+    """--startup: one row of seconds before the first step per configuration; the unrolled step's trace is the
+    longer program (the tiny shape has 2 layers)."""
+    import types
+
+    a = types.SimpleNamespace(shape="tiny", dtype="float32", remat="save_proj_out", attention="xla", batch=8,
+                              seq=16, init="host", startup_compile=False)
+    rows = [bt.run_startup(types.SimpleNamespace(**vars(a), set=s), bt.parse_run("lora:r=4"))
+            for s in ("", "model.scan_unroll=2")]
+    for row in rows:
+        assert row["startup"] and row["method"] == "lora" and "compile_s" not in row
+        assert all(row[k] >= 0 for k in ("init_s", "trace_s", "lower_s"))
+    assert rows[1]["jaxpr_eqns"] > rows[0]["jaxpr_eqns"]
+    compiled = bt.run_startup(types.SimpleNamespace(**{**vars(a), "startup_compile": True}, set=""),
+                              bt.parse_run("lora:r=4"))
+    assert compiled["compile_s"] > 0
+
+
 def test_bench_remix_ffn_forms():
     """scripts/bench_remix_ffn.py: its frozen FFN stack against a direct float64 reference, ReMix's FFN with zero
     B equal to it, with nonzero B different, and one CPU run of main."""
