@@ -46,6 +46,7 @@ import os
 import subprocess
 import sys
 import time
+import types
 
 import jax
 import jax.numpy as jnp
@@ -136,65 +137,58 @@ def flops_per_token(model_cfg, adapter_params: int, seq: int) -> tuple[float, fl
     return 6 * n, frozen
 
 
-def run_startup(a, run: dict) -> dict:
-    """Seconds before the first step: initialisation, then the train step's tracing, lowering and compilation."""
+def prepare(a, run: dict):
+    """The model bundle (timed: "init_s"), the optimizer, mesh, state layout and shardings, the
+    abstract batch and the train step function of one configuration."""
     from remix_jax.parallel import mesh as mesh_lib
-    from remix_jax.parallel.logical import activation_sharding
     from remix_jax.training import loop
     from remix_jax.training import optimizer as opt_lib
     from remix_jax.training.train_state import abstract_batch, state_layout
     from remix_jax.training.train_step import make_train_step
 
     config = build_config(a, run)
-    t0 = time.perf_counter()
+    t0 = time.perf_counter()  # the random base weights and the adapters' initialisation (compile included)
     with jax.default_device(jax.devices("cpu")[0]) if a.init == "host" else contextlib.nullcontext():
         bundle = loop.build_model_bundle(config)
-    t1 = time.perf_counter()
+    init_s = time.perf_counter() - t0
     tx, schedules = opt_lib.make_optimizer(loop.optimizer_config(config))
     mesh = mesh_lib.make_mesh(dict(config.mesh))
     layout, state_sh = state_layout(bundle, tx, mesh)
     bsh = mesh_lib.batch_sharding(mesh)
     abstract = abstract_batch(bsh, a.batch, a.seq)
     step = make_train_step(bundle.model.apply, tx, loop.objective_config(config), schedules)
-    rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())  # as train_step.compile_train_step
-    jitted = jax.jit(step, in_shardings=(state_sh, jax.tree.map(lambda _: bsh, abstract), rep),
-                     out_shardings=(state_sh, rep), donate_argnums=(0,))
-    state = jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh), layout, state_sh)
-    t2 = time.perf_counter()
-    with activation_sharding(mesh):
-        traced = jitted.trace(state, abstract, jax.random.key(0))
-    t3 = time.perf_counter()
+    return types.SimpleNamespace(bundle=bundle, init_s=init_s, tx=tx, mesh=mesh, layout=layout,
+                                 state_sh=state_sh, bsh=bsh, abstract=abstract, step=step)
+
+
+def run_startup(a, run: dict) -> dict:
+    """Seconds before the first step: initialisation, then the train step's tracing, lowering and compilation."""
+    from remix_jax.training.train_step import trace_train_step
+
+    p = prepare(a, run)
+    t0 = time.perf_counter()
+    traced = trace_train_step(p.step, p.layout, p.state_sh, p.bsh, p.abstract, jax.random.key(0))
+    t1 = time.perf_counter()
     lowered = traced.lower()
-    t4 = time.perf_counter()
+    t2 = time.perf_counter()
     row = {"impl": "remix_jax", "startup": True, "method": run["method"], "rank": run["r"],
-           "num_samples": run["M"], "shape": a.shape, "batch": a.batch,
-           "seq": a.seq, "remat": a.remat, "set": a.set, "backend": jax.default_backend(),
-           "init_s": round(t1 - t0, 2), "trace_s": round(t3 - t2, 2), "lower_s": round(t4 - t3, 2),
-           "jaxpr_eqns": len(traced.jaxpr.eqns), "jax": jax.__version__}
+           "num_samples": run["M"], "shape": a.shape, "batch": a.batch, "seq": a.seq, "remat": a.remat,
+           "set": a.set, "backend": jax.default_backend(), "init_s": round(p.init_s, 2),
+           "trace_s": round(t1 - t0, 2), "lower_s": round(t2 - t1, 2), "jaxpr_eqns": len(traced.jaxpr.eqns),
+           "jax": jax.__version__}
     if a.startup_compile:
         lowered.compile()
-        row["compile_s"] = round(time.perf_counter() - t4, 2)
+        row["compile_s"] = round(time.perf_counter() - t2, 2)
     return row
 
 
 def run_ours(a, run: dict, peak_tflops: float) -> dict:
-    from remix_jax.parallel import mesh as mesh_lib
-    from remix_jax.training import loop
-    from remix_jax.training import optimizer as opt_lib
-    from remix_jax.training.train_state import abstract_batch, shard_state, state_layout
-    from remix_jax.training.train_step import compile_train_step, compiled_memory, make_train_step
+    from remix_jax.training.train_state import shard_state
+    from remix_jax.training.train_step import compile_train_step, compiled_memory
 
-    config = build_config(a, run)
-    t_init = time.perf_counter()  # the random base weights and the adapters' initialisation (compile included)
-    with jax.default_device(jax.devices("cpu")[0]) if a.init == "host" else contextlib.nullcontext():
-        bundle = loop.build_model_bundle(config)
-    init_s = time.perf_counter() - t_init
-    tx, schedules = opt_lib.make_optimizer(loop.optimizer_config(config))
-    mesh = mesh_lib.make_mesh(dict(config.mesh))
-    layout, state_sh = state_layout(bundle, tx, mesh)
-    bsh = mesh_lib.batch_sharding(mesh)
-    abstract = abstract_batch(bsh, a.batch, a.seq)
-    step = make_train_step(bundle.model.apply, tx, loop.objective_config(config), schedules)
+    p = prepare(a, run)
+    bundle, tx, mesh, layout, state_sh, bsh, abstract, step = (
+        p.bundle, p.tx, p.mesh, p.layout, p.state_sh, p.bsh, p.abstract, p.step)
     key = jax.random.key(0)
     t0 = time.perf_counter()  # compiled from the layout before the state is placed, as the trainer does
     compiled = compile_train_step(step, layout, state_sh, bsh, abstract, key, log=None)
@@ -247,7 +241,7 @@ def run_ours(a, run: dict, peak_tflops: float) -> dict:
         "init_peak_gib": round(init_peak / 2**30, 2), "compile_peak_gib": round(compile_peak / 2**30, 2),
         "init": a.init,
         "trainable_params": int(adapter_params), "compile_s": round(compile_s, 1),
-        "init_s": round(init_s, 1),
+        "init_s": round(p.init_s, 1),
         "loss": float(m["loss"]),
         # per device: the step's FLOPs over (devices x the one-device ceiling)
         "mfu_6n": round(f6 * sample_tokens / dt / 1e12 / peak_tflops / jax.device_count(), 4),

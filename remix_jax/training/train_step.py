@@ -90,12 +90,11 @@ def make_train_step(apply_fn: Callable, tx: optax.GradientTransformation, obj_cf
     return step
 
 
-def compile_train_step(step: Callable, state: TrainState, state_shardings, batch_shardings,
-                       abstract_batch: dict, rng: Array, log: Callable[[str], None] | None = print):
-    """jit with explicit shardings and a donated state, lower and compile ahead of time.
+def trace_train_step(step: Callable, state: TrainState, state_shardings, batch_shardings, abstract_batch: dict,
+                     rng: Array):
+    """jit with explicit shardings and a donated state, and trace (``jax.stages.Traced``; ``.lower()`` next).
 
     state: a concrete or abstract TrainState; abstract_batch: {name: ShapeDtypeStruct [B, T]} (global shapes).
-    Returns the compiled executable, called as ``compiled(state, batch, rng)``. Prints the memory analysis.
     """
     rep = jax.sharding.NamedSharding(batch_shardings.mesh, jax.sharding.PartitionSpec())
     bsh = jax.tree.map(lambda _: batch_shardings, abstract_batch)
@@ -104,8 +103,16 @@ def compile_train_step(step: Callable, state: TrainState, state_shardings, batch
     abstract_state = jax.tree.map(
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, state_shardings)
     with activation_sharding(batch_shardings.mesh):  # activations on the mesh by the logical rules
-        lowered = jitted.lower(abstract_state, abstract_batch, rng)
-    compiled = lowered.compile()
+        return jitted.trace(abstract_state, abstract_batch, rng)
+
+
+def compile_train_step(step: Callable, state: TrainState, state_shardings, batch_shardings,
+                       abstract_batch: dict, rng: Array, log: Callable[[str], None] | None = print):
+    """``trace_train_step``, then lower and compile ahead of time.
+
+    Returns the compiled executable, called as ``compiled(state, batch, rng)``. Prints the memory analysis.
+    """
+    compiled = trace_train_step(step, state, state_shardings, batch_shardings, abstract_batch, rng).lower().compile()
     if log is not None:
         log(memory_report(compiled))
     return compiled
