@@ -212,6 +212,10 @@ REMIX_PROBE_VARIANTS = [
     {"name": "remix_alpha32", "overrides": {KEYS.alpha: 32.0}},
     {"name": "uniform", "overrides": {KEYS.method: "uniform_random", KEYS.num_samples: 1, KEYS.sample_chunk: 0}},
 ]
+# No router, with ReMix's M routing samples a step: the task loss averaged over M uniform draws per sequence (M and
+# train.sample_chunk as the ReMix run it is set beside), so it differs from that ReMix run in the routing rule
+# only, where "uniform" also takes one sample a step instead of M.
+UNIFORM_M_SAMPLES = {"name": "uniform_m4", "overrides": {KEYS.method: "uniform_random"}}
 
 
 def remix_one_sample_at_a_time(methods: list[dict]) -> list[dict]:

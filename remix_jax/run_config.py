@@ -25,6 +25,10 @@ from typing import Any
 import ml_collections
 
 SAMPLING_METHODS = ("remix",)  # routers trained by the RLOO / REINFORCE estimator
+# Methods whose routing is drawn at random in training, so that the loss may average M routing samples per sequence:
+# remix, and uniform_random (no router: M > 1 only averages the task loss over M uniform draws, the same samples a
+# step as ReMix's M without its estimator).
+MULTI_SAMPLE_METHODS = ("remix", "uniform_random")
 
 
 class ConfigError(ValueError):
@@ -59,7 +63,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.train = ml_collections.ConfigDict(dict(
         num_steps=1000,
         grad_accum_steps=1,
-        num_samples=4,  # M routing samples per sequence (remix); 1 for every other method
+        num_samples=4,  # M routing samples per sequence (remix; uniform_random may too); 1 for every other method
         baseline="rloo",  # rloo | none (plain REINFORCE ablation)
         # remix: what each routing decision's advantage is computed from. sequence = the sequence's loss (the
         # paper's estimator); causal = the loss from that token to the end of its sequence, the only part its
@@ -224,9 +228,9 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
         if t.num_samples < need:
             errors.append(f"train.num_samples={t.num_samples}: method remix with baseline "
                           f"{t.baseline!r} needs at least {need} routing samples per sequence")
-    elif t.num_samples != 1:
-        errors.append(f"train.num_samples={t.num_samples}: only remix draws several routing samples; "
-                      f"method {a.method!r} needs train.num_samples=1")
+    elif a.method not in MULTI_SAMPLE_METHODS and t.num_samples != 1:
+        errors.append(f"train.num_samples={t.num_samples}: only remix and uniform_random draw several routing "
+                      f"samples; method {a.method!r} needs train.num_samples=1")
     if t.get("loss_skip_chunks", 0) < 0:
         errors.append(f"train.loss_skip_chunks={t.loss_skip_chunks}: must be >= 0 (0: no skipping)")
     if t.loss_chunk_tokens < 0:
@@ -236,9 +240,9 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
         errors.append(f"train.sample_chunk={t.sample_chunk}: must be >= 0 (0 processes all routing samples "
                       "at once)")
     elif t.sample_chunk:
-        if a.method not in SAMPLING_METHODS:
-            errors.append(f"train.sample_chunk={t.sample_chunk}: only remix draws several routing samples; "
-                          f"method {a.method!r} needs train.sample_chunk=0")
+        if a.method not in MULTI_SAMPLE_METHODS:
+            errors.append(f"train.sample_chunk={t.sample_chunk}: only remix and uniform_random draw several "
+                          f"routing samples; method {a.method!r} needs train.sample_chunk=0")
         elif t.num_samples >= 1 and t.num_samples % t.sample_chunk:
             errors.append(f"train.sample_chunk={t.sample_chunk} does not divide "
                           f"train.num_samples={t.num_samples}")

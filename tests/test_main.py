@@ -48,7 +48,19 @@ def test_impossible_combinations():
     c = _ok_config()
     c.adapter.method = "mixlora"
     c.train.num_samples = 4
-    with pytest.raises(ConfigError, match="only remix draws several routing samples"):
+    with pytest.raises(ConfigError, match="only remix and uniform_random draw several routing samples"):
+        validate_config(c)
+    c.train.num_samples = 1
+    c.train.sample_chunk = 2
+    with pytest.raises(ConfigError, match="method 'mixlora' needs train.sample_chunk=0"):
+        validate_config(c)
+    c = _ok_config()
+    c.adapter.method = "uniform_random"  # no router: M > 1 averages the loss over M uniform draws
+    c.train.num_samples = 4
+    c.train.sample_chunk = 2
+    validate_config(c)
+    c.train.sample_chunk = 3
+    with pytest.raises(ConfigError, match="train.sample_chunk=3 does not divide train.num_samples=4"):
         validate_config(c)
     c = _ok_config()
     c.train.baseline = "none"

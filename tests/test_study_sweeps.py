@@ -79,13 +79,15 @@ def test_rank_comparison_has_a_rank_64_lora_control(env, monkeypatch):
 
 def test_remix_probe_changes_one_thing_of_the_main_table_remix(env, monkeypatch):
     """remix_probe.py: "remix" is the main table's ReMix run (queued with main_table.py, the same run); alpha 32
-    differs from it in alpha only, the router-free reference in the routing rule and one routing sample a step."""
+    differs from it in alpha only, the router-free reference in the routing rule and one routing sample a step, and
+    the router-free reference with four samples in the routing rule only."""
     from remix_jax.sweep.runner import link_duplicates
 
     monkeypatch.setenv("REMIX_SELECTED_LR", env["selected"])
     main = _runs("main_table", env["root"])
     probe = _runs("remix_probe", env["root"])
-    assert sorted(probe) == sorted(f"{v}__seed={s}" for v in ("remix", "remix_alpha32", "uniform") for s in (0, 1, 2))
+    assert sorted(probe) == sorted(f"{v}__seed={s}" for v in ("remix", "remix_alpha32", "uniform", "uniform_m4")
+                                 for s in (0, 1, 2))
     _, aliases = link_duplicates([*main.values(), *probe.values()], create=False)
     assert {pathlib.Path(w).name: pathlib.Path(p.workdir).parent.name for w, p in aliases.items()} == {
         f"remix__seed={s}": "main_table" for s in (0, 1, 2)}
@@ -93,7 +95,8 @@ def test_remix_probe_changes_one_thing_of_the_main_table_remix(env, monkeypatch)
         twin = resolve(main[f"remix__seed={seed}"]).to_dict()
         for name, want in {"remix": {}, "remix_alpha32": {("adapter", "alpha"): 32.0},
                            "uniform": {("adapter", "method"): "uniform_random", ("train", "num_samples"): 1,
-                                       ("train", "sample_chunk"): 0}}.items():
+                                       ("train", "sample_chunk"): 0},
+                           "uniform_m4": {("adapter", "method"): "uniform_random"}}.items():
             run = probe[f"{name}__seed={seed}"]
             assert problems(run) == [], run.name
             got = resolve(run).to_dict()

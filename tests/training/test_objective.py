@@ -124,3 +124,43 @@ def test_no_rloo_switch_changes_router_gradient_only(remix_setup):
     diff = max(float(jnp.max(jnp.abs(a - b))) for a, b in
                zip(jax.tree.leaves(g_rloo["router"]), jax.tree.leaves(g_none["router"]), strict=True))
     assert diff > 1e-6
+
+
+def test_uniform_random_with_m_samples_averages_m_independent_draws(make_config, batch, perturb):
+    """uniform_random (no router) with train.num_samples M: the loss and the adapters' gradient are the mean over
+    M uniform routings drawn with the keys split(key, M), each computed alone here; the draws differ; processing
+    them c at a time (sample_chunk) gives the same; there is no router and no surrogate."""
+    from remix_jax.training import loop
+    from remix_jax.training.objective import objective_value_and_grad
+
+    bundle = loop.build_model_bundle(make_config("uniform_random", num_samples=1))
+    tr = perturb(bundle.trainable, seed=4)
+    assert not jax.tree.leaves(tr.get("router", {}))
+
+    @jax.jit
+    def single(adapter, key):
+        (logits, _), _ = bundle.model.apply(
+            {"params": bundle.base, **tr, "adapter": adapter}, batch["tokens"], segment_ids=batch["segment_ids"],
+            positions=batch["positions"], deterministic=False, rngs={"routing": key}, mutable=["routing_stats"])
+        loss, valid = sequence_losses(logits, batch["tokens"], batch["loss_mask"], batch["segment_ids"])
+        w = valid.astype(jnp.float32)
+        return jnp.sum(loss * w) / jnp.sum(w)
+
+    m, key = 4, jax.random.key(21)
+    keys = jax.random.split(key, m)
+    losses = [float(single(tr["adapter"], k)) for k in keys]
+    assert np.std(losses) > 1e-4  # the M draws route differently
+    grads = [jax.grad(single)(tr["adapter"], k) for k in keys]
+    expected = jax.tree.map(lambda *g: sum(g) / m, *grads)
+    for chunk in (0, 2):
+        cfg = ObjectiveConfig(num_samples=m, sampling_router=False, sample_chunk=chunk)
+        (total, metrics), g = jax.jit(lambda t, k, c=cfg: objective_value_and_grad(
+            bundle.model.apply, t, bundle.base, batch, k, c))(tr, key)
+        assert "surrogate" not in metrics
+        np.testing.assert_allclose(float(metrics["loss"]), np.mean(losses), rtol=1e-5)
+        np.testing.assert_allclose(float(total), np.mean(losses), rtol=1e-5)
+        for a, e in zip(jax.tree.leaves(g["adapter"]), jax.tree.leaves(expected), strict=True):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(e), rtol=2e-4, atol=1e-6)
+        # not the gradient of one draw alone
+        assert not all(np.allclose(np.asarray(a), np.asarray(e), rtol=2e-4, atol=1e-6) for a, e in
+                       zip(jax.tree.leaves(g["adapter"]), jax.tree.leaves(grads[0]), strict=True))
