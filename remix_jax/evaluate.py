@@ -53,7 +53,10 @@ def main(argv):
     progress = bool(config.train.progress) if "train" in config else True
     if not progress:
         os.environ["REMIX_PROGRESS"] = "0"  # model loading too (remix_jax/progress.py)
+    from remix_jax import compile_cache
     from remix_jax.training.evaluate_run import run  # jax is imported once the flags are parsed
+
+    compile_cache.enable()  # programs compiled by an earlier process are read back (remix_jax/compile_cache.py)
 
     run(config, workdir, name=_FLAGS["eval_name"].value, progress=progress)
 

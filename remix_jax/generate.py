@@ -46,7 +46,10 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     if (FLAGS.model is None) == (FLAGS.run is None):
         raise app.UsageError("give one of --model=PATH (a model) or --run=WORKDIR (a training run)")
+    from remix_jax import compile_cache
     from remix_jax.training.completion import run, run_finetuned  # jax is imported once the flags are parsed
+
+    compile_cache.enable()  # programs compiled by an earlier process are read back (remix_jax/compile_cache.py)
 
     if FLAGS.run is not None:
         text = run_finetuned(FLAGS.run, FLAGS.prompt, FLAGS.max_new_tokens, FLAGS.chat, FLAGS.temperature,

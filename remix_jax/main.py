@@ -52,7 +52,10 @@ def main(argv):
         raise app.UsageError("--workdir=DIR is required")
     if not config.train.progress:
         os.environ["REMIX_PROGRESS"] = "0"  # model loading and evaluation bars too (remix_jax/progress.py)
+    from remix_jax import compile_cache
     from remix_jax.training.run import run  # jax is imported once the flags are parsed
+
+    compile_cache.enable()  # programs compiled by an earlier process are read back (remix_jax/compile_cache.py)
 
     summary = run(config, workdir, continue_with_changes=_FLAGS["continue_with_changes"].value)
     print(format_summary(summary), flush=True)

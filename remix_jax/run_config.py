@@ -25,10 +25,7 @@ from typing import Any
 import ml_collections
 
 SAMPLING_METHODS = ("remix",)  # routers trained by the RLOO / REINFORCE estimator
-# Methods whose routing is drawn at random in training, so that the loss may average M routing samples per sequence:
-# remix, and uniform_random (no router: M > 1 only averages the task loss over M uniform draws, the same samples a
-# step as ReMix's M without its estimator).
-MULTI_SAMPLE_METHODS = ("remix", "uniform_random")
+MULTI_SAMPLE_METHODS = ("remix", "uniform_random")  # may average the loss over M routings (docs/routing.md)
 
 
 class ConfigError(ValueError):
@@ -237,15 +234,13 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
         errors.append(f"train.loss_chunk_tokens={t.loss_chunk_tokens}: must be >= 0 (logits rows per "
                       "cross-entropy chunk; 0 = the full logits at once)")
     if t.sample_chunk < 0:
-        errors.append(f"train.sample_chunk={t.sample_chunk}: must be >= 0 (0 processes all routing samples "
-                      "at once)")
+        errors.append(f"train.sample_chunk={t.sample_chunk}: must be >= 0 (0 processes all routing samples at once)")
     elif t.sample_chunk:
         if a.method not in MULTI_SAMPLE_METHODS:
             errors.append(f"train.sample_chunk={t.sample_chunk}: only remix and uniform_random draw several "
                           f"routing samples; method {a.method!r} needs train.sample_chunk=0")
         elif t.num_samples >= 1 and t.num_samples % t.sample_chunk:
-            errors.append(f"train.sample_chunk={t.sample_chunk} does not divide "
-                          f"train.num_samples={t.num_samples}")
+            errors.append(f"train.sample_chunk={t.sample_chunk} does not divide train.num_samples={t.num_samples}")
     for k in ("num_steps", "grad_accum_steps", "log_every", "max_checkpoints"):
         if t[k] < 1:
             errors.append(f"train.{k}={t[k]}: must be >= 1")

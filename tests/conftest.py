@@ -40,6 +40,8 @@ if os.environ.get("REMIX_TEST_COMPILATION_CACHE", "1") != "0" and "JAX_COMPILATI
     os.environ["JAX_COMPILATION_CACHE_DIR"] = _SESSION_CACHE
 if "JAX_COMPILATION_CACHE_DIR" in os.environ:
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")  # the small programs too
+else:  # off: the entry points the tests start do not fall back to the user's cache folder (compile_cache.py)
+    os.environ["REMIX_COMPILATION_CACHE"] = "0"
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import pytest  # noqa: E402
