@@ -21,7 +21,10 @@ The construction (every part seeded; ``build_task``):
   ``oracle`` (the teacher's router) and ``uniform_random``.
 
 **Experts trained too** (``--adapter_lrs`` > 0): the students get fresh experts (the adapters' initialisation,
-B = 0) trained with their router, as in finetuning, instead of the teacher's frozen experts. Expert labels are then
+B = 0) trained with their router, as in finetuning, instead of the teacher's frozen experts. Two students have no
+router and exist only there: ``uniform`` (k experts drawn uniformly per token in training and at inference, one
+draw a step) and ``uniform_m`` (the loss averaged over ``--num_samples`` draws a step, as ReMix's): what a learned
+routing is worth when the experts can adapt to any routing. Their held-out loss is the mean over 8 draws. Expert labels are then
 arbitrary, so the routing is read by measures that do not depend on them (below): whether it separates the tasks,
 and how many experts each token's output mixes.
 
@@ -80,7 +83,13 @@ METHODS = {
     "mixlora": ("mixlora", {}, {}),
     "mixlora_nolb": ("mixlora", {"load_balance_coef": 0.0}, {}),
     "softmax_dense": ("softmax_dense", {}, {}),
+    # No router (only with trained experts, --adapter_lrs > 0): k experts drawn uniformly per token in training and
+    # at inference; "uniform" one draw a step, "uniform_m" the loss averaged over --num_samples draws, as ReMix's.
+    "uniform": ("uniform_random", {}, {}),
+    "uniform_m": ("uniform_random", {}, {}),
 }
+M_SAMPLES = ("remix", "remix_reinforce", "remix_causal", "uniform_m")  # students with --num_samples draws a step
+NUM_EVAL_DRAWS = 8  # a uniform student's held-out loss: the mean over this many draws (as the reference's)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,9 +115,11 @@ def adapter_config(s: Setup, method: str, **kw) -> AdapterConfig:
                          alpha=s.alpha, **kw)
 
 
-def trace(model, variables: dict, tokens: jax.Array) -> tuple[jax.Array, dict]:
-    """(logits [B, T, V], the block routers' trace {input, experts, logits} each [L, B, T, ...])."""
-    (logits, _), mut = model.apply(variables, tokens, deterministic=True, mutable=[TRACE])
+def trace(model, variables: dict, tokens: jax.Array, key: jax.Array | None = None) -> tuple[jax.Array, dict]:
+    """(logits [B, T, V], the block routers' trace {input, experts, logits} each [L, B, T, ...]); ``key``: the
+    routing draw of a model that samples at inference (uniform_random)."""
+    rngs = {} if key is None else {"rngs": {"routing": key}}
+    (logits, _), mut = model.apply(variables, tokens, deterministic=True, mutable=[TRACE], **rngs)
     return logits, mut[TRACE]["layers"]["mlp"]
 
 
@@ -226,13 +237,20 @@ def evaluate(s: Setup, task: dict, model, trainable: dict, trace_fn=None, method
     """Held-out response loss, routing accuracy (response / prompt decisions), q_pair, and the label-free measures
     ess, ess_applied (``method``'s routing rule) and task_mi (per block and their mean).
 
-    trace_fn: jax.jit of ``trace`` for this model (made here when not given)."""
+    trace_fn: jax.jit of ``trace`` for this model (made here when not given). uniform_random draws its routing at
+    inference too: its loss is the mean over NUM_EVAL_DRAWS draws (the routing measures are the first draw's)."""
     tokens = task["heldout"]
     trace_fn = trace_fn or jax.jit(functools.partial(trace, model))
-    logits, tr = trace_fn({"params": task["base"], **trainable}, tokens)
-    ce = np.asarray(token_cross_entropy(logits, tokens))
     mask = response_mask(s, tokens.shape)
-    out = {"loss": float(np.sum(ce * mask) / np.sum(mask))}
+    draws = [jax.random.key(1000 + i) for i in range(NUM_EVAL_DRAWS)] if method == "uniform_random" else [None]
+    losses, traces = [], []
+    for key in draws:
+        logits, draw_trace = trace_fn({"params": task["base"], **trainable}, tokens, key)
+        ce = np.asarray(token_cross_entropy(logits, tokens))
+        losses.append(float(np.sum(ce * mask) / np.sum(mask)))
+        traces.append(draw_trace)
+    tr = traces[0]
+    out = {"loss": float(np.mean(losses))}
     pair = task["pair"]  # [L, B, T, 2]
     if "logits" in tr:
         z = np.asarray(tr["logits"], np.float64)  # [L, B, T, n]
@@ -257,6 +275,8 @@ def evaluate(s: Setup, task: dict, model, trainable: dict, trace_fn=None, method
         out["logit_std"] = float(np.asarray(tr["logits"]).std(-1).mean())
         for name, w in (("ess", q), ("ess_applied", applied_weights(z, method))):
             out[name] = float(np.asarray(effective_support_size(jnp.asarray(w)))[resp].mean())
+    else:  # uniform_random: k equal weights, no router softmax
+        out["ess_applied"] = float(chosen.shape[-1])
     return out
 
 
@@ -322,6 +342,9 @@ def train_run(s: Setup, task: dict, refs: dict, method: str, router_lr: float, s
     (B = 0) trained at adapter_lr alongside it. omega: a ReMix student's constant weight ("paper": 2/(k r),
     8 times smaller than the teacher's alpha/(k r) here; only with trained experts, which can grow to match)."""
     adapter_method, adapter_kw, obj_kw = METHODS[method]
+    if adapter_method == "uniform_random" and not adapter_lr > 0:
+        raise ValueError(f"{method} has no router: it is a student only with trained experts (--adapter_lrs > 0); "
+                         "with the teacher's frozen experts it is the uniform_random reference")
     if not omega_applies(omega, method, adapter_lr):
         raise ValueError(f"omega={omega!r} is for ReMix students with trained experts (--adapter_lrs > 0); "
                          f"{method} at adapter rate {adapter_lr:g} keeps the teacher's weight")
@@ -330,7 +353,7 @@ def train_run(s: Setup, task: dict, refs: dict, method: str, router_lr: float, s
     model = build_model(task["model_cfg"], acfg)
     fresh = init_adapter_variables(model, jax.random.fold_in(jax.random.key(seed), 7))
     trainable = {"adapter": fresh["adapter"] if adapter_lr > 0 else task["adapter"], "router": fresh["router"]}
-    m = num_samples if adapter_method == "remix" else 1
+    m = num_samples if method in M_SAMPLES else 1
     obj = ObjectiveConfig(num_samples=m, sampling_router=adapter_method == "remix", aux_loss_weight=1.0,
                           loss_chunk_tokens=0, **obj_kw)
     tx, schedules = opt_lib.make_optimizer(opt_lib.OptimizerConfig(
@@ -398,6 +421,11 @@ def summarize(rows: list[dict], threshold: float = 0.9) -> str:
     return "\n\n".join(tables)
 
 
+def _stat_of(rows: list[dict], name: str) -> str:
+    """_stat of rows' ``name``, or "-" where the method has none (a student without a router has no softmax)."""
+    return _stat([r[name] for r in rows]) if all(name in r for r in rows) else "-"
+
+
 def _last(seeds: dict[int, list[dict]]) -> list[dict]:
     return [sorted(runs, key=lambda r: r["step"])[-1] for runs in seeds.values()]
 
@@ -410,7 +438,7 @@ def _trained_table(groups: dict) -> str:
         lines.append(f"| {method} | {lr:g} | {a_lr:g} | {m} | {'default' if init is None else f'{init:g}'} | "
                      f"{'-' if omega is None else f'{omega:g}'} | "
                      f"{len(last)} | {last[0]['step']} | {_stat([r['gap_base'] for r in last])} | "
-                     f"{_stat([r['ess'] for r in last])} | {_stat([r['ess_applied'] for r in last])} | "
+                     f"{_stat_of(last, 'ess')} | {_stat_of(last, 'ess_applied')} | "
                      f"{_stat([r['task_mi'] for r in last])} |")
     return "\n".join(lines)
 
@@ -487,6 +515,10 @@ def main(argv=None) -> None:
         raise SystemExit(f"--methods: unknown {unknown}; known: {', '.join(METHODS)}")
     if not all(omega_applies(a.omega, m, x) for m, _ in runs for x in adapter_lrs):
         raise SystemExit(f"--omega={a.omega}: only for ReMix students with trained experts (--adapter_lrs > 0)")
+    no_router = sorted({m for m, _ in runs if METHODS[m][0] == "uniform_random"})
+    if no_router and not all(x > 0 for x in adapter_lrs):
+        raise SystemExit(f"{', '.join(no_router)}: no router, so a student only with trained experts "
+                         "(--adapter_lrs > 0); with the teacher's frozen experts it is the uniform_random reference")
     setup = Setup(**{f.name: getattr(a, f.name) for f in dataclasses.fields(Setup)})
     if os.path.exists(a.out):
         raise SystemExit(f"{a.out} exists; choose another --out (results are never overwritten)")
@@ -501,7 +533,8 @@ def main(argv=None) -> None:
                 print(f"{row['method']:>16} lr {row['router_lr']:g}/{row['adapter_lr']:g} seed {row['seed']} "
                       f"step {row['step']:>4}: loss {row['loss']:.4f} gap {row['gap']:.3f} "
                       f"gap_base {row['gap_base']:.3f} acc {row['accuracy']:.3f} q_pair {row['q_pair']:.3f} "
-                      f"ess {row['ess']:.2f}/{row['ess_applied']:.2f} task_mi {row['task_mi']:.3f}",
+                      f"ess {row.get('ess', float('nan')):.2f}/{row['ess_applied']:.2f} "
+                      f"task_mi {row['task_mi']:.3f}",
                       file=sys.stderr, flush=True)
 
         emit({"kind": "setup", **dataclasses.asdict(setup), **{f"ref_{k}": v for k, v in refs.items()},

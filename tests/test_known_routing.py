@@ -183,3 +183,31 @@ def test_paper_omega_is_the_students_weight_and_only_with_trained_experts(tmp_pa
     for bad in (["--methods=remix", "--adapter_lrs=0"], ["--methods=mixlora", "--adapter_lrs=0.01"]):
         with pytest.raises(SystemExit, match="omega=paper"):
             kr.main(common + bad + [f"--out={tmp_path / 'other.jsonl'}"])
+
+
+def test_students_without_a_router_draw_uniformly_and_average_their_draws(built, tmp_path):
+    s, task = built
+    # The held-out loss of a uniform student is the mean over the same 8 draws as the uniform_random reference,
+    # which reference_losses computes by its own path (model.apply, no trace).
+    uni = kr.build_model(task["model_cfg"], kr.adapter_config(s, "uniform_random"))
+    ev = kr.evaluate(s, task, uni, {"adapter": task["adapter"]}, method="uniform_random")
+    assert ev["loss"] == pytest.approx(kr.reference_losses(s, task)["uniform_random"], rel=1e-6)
+    assert "ess" not in ev and ev["ess_applied"] == 2.0 and ev["q_pair"] == pytest.approx(2 / (2 * s.tasks))
+    out = tmp_path / "kr.jsonl"
+    common = [f"--{k}={v}" for k, v in SMALL.items()] + ["--runs=uniform:0,uniform_m:0", "--steps=4",
+                                                       "--eval_every=4", "--batch=8", "--num_samples=2"]
+    kr.main(common + ["--adapter_lrs=0.01", f"--out={out}"])
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    evals = [r for r in rows if r["kind"] == "eval"]
+    assert [(r["method"], r["num_samples"], r["step"]) for r in evals] == [
+        ("uniform", 1, 0), ("uniform", 1, 4), ("uniform_m", 2, 0), ("uniform_m", 2, 4)]
+    for r in evals:
+        if r["step"] == 0:  # B = 0: the base model, whatever the draw
+            assert r["loss"] == pytest.approx(rows[0]["ref_base_only"], rel=1e-5)
+        else:
+            assert r["gap_base"] < 1.0
+    table = kr.summarize(rows).splitlines()
+    assert table[2].startswith("| uniform | 0 | 0.01 | 1 | default | - | 1 | 4 | ") and "| - | 2.000 |" in table[2]
+    assert table[3].startswith("| uniform_m | 0 | 0.01 | 2 | default | - | 1 | 4 | ")
+    with pytest.raises(SystemExit, match="uniform, uniform_m: no router, so a student only with trained experts"):
+        kr.main(common + ["--adapter_lrs=0", f"--out={tmp_path / 'other.jsonl'}"])
