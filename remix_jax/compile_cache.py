@@ -49,8 +49,8 @@ def max_bytes(environ=os.environ) -> int:
 def enable(environ=os.environ) -> str | None:
     """Point JAX's persistent compilation cache at ``cache_dir()`` (before the first compilation; later calls
     change nothing once a folder is set). Returns the folder, or None when JAX's own setting or the off switch
-    applies. A folder that cannot be created leaves the cache off with a one-line warning: compiling is never
-    blocked by the cache."""
+    applies. A folder that cannot be created, or a size cap that is not a number, leaves the cache off with a
+    one-line warning: compiling is never blocked by the cache."""
     import jax
 
     path = cache_dir(environ)
@@ -58,9 +58,12 @@ def enable(environ=os.environ) -> str | None:
         return None
     if jax.config.jax_compilation_cache_dir:
         return jax.config.jax_compilation_cache_dir
-    cap = max_bytes(environ)
     try:
+        cap = max_bytes(environ)
         os.makedirs(path, exist_ok=True)
+    except ValueError as e:
+        print(f"warning: compilation cache off: {e}", flush=True)
+        return None
     except OSError as e:
         print(f"warning: compilation cache off: cannot create {path} ({e.strerror or e}); "
               "set REMIX_COMPILATION_CACHE to another folder, or to 0", flush=True)

@@ -77,7 +77,7 @@ def test_off_switch_and_jax_setting_write_nothing_there(tmp_path):
     assert not (tmp_path / "ours").exists() and _entries(tmp_path / "theirs")
 
 
-def test_an_unusable_folder_leaves_the_cache_off(tmp_path):
+def test_an_unusable_folder_or_cap_leaves_the_cache_off(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
     code = ("from remix_jax import compile_cache; import jax; print(compile_cache.enable()); "
@@ -87,3 +87,9 @@ def test_an_unusable_folder_leaves_the_cache_off(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.splitlines()[-2:] == ["None", "None"]
     assert f"compilation cache off: cannot create {blocker / 'cache'}" in r.stdout
+    env = _child_env(tmp_path / "capped")
+    env["REMIX_COMPILATION_CACHE_MAX_GB"] = "lots"
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.splitlines()[-2:] == ["None", "None"], r.stderr[-2000:]
+    assert "compilation cache off: $REMIX_COMPILATION_CACHE_MAX_GB='lots': expected a number" in r.stdout
+    assert not (tmp_path / "capped").exists()
