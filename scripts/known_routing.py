@@ -24,9 +24,9 @@ The construction (every part seeded; ``build_task``):
 B = 0) trained with their router, as in finetuning, instead of the teacher's frozen experts. Two students have no
 router and exist only there: ``uniform`` (k experts drawn uniformly per token in training and at inference, one
 draw a step) and ``uniform_m`` (the loss averaged over ``--num_samples`` draws a step, as ReMix's): what a learned
-routing is worth when the experts can adapt to any routing. Their held-out loss is the mean over 8 draws. Expert labels are then
-arbitrary, so the routing is read by measures that do not depend on them (below): whether it separates the tasks,
-and how many experts each token's output mixes.
+routing is worth when the experts can adapt to any routing. Their held-out loss is the mean over 8 draws. Expert
+labels are then arbitrary, so the routing is read by measures that do not depend on them (below): whether it
+separates the tasks, and how many experts each token's output mixes.
 
 Measured every ``--eval_every`` steps on the held-out sequences, deterministic routing: the response loss (the
 oracle's is the floor: the data is the teacher's), the routing accuracy (the fraction of (response token,
@@ -243,13 +243,12 @@ def evaluate(s: Setup, task: dict, model, trainable: dict, trace_fn=None, method
     trace_fn = trace_fn or jax.jit(functools.partial(trace, model))
     mask = response_mask(s, tokens.shape)
     draws = [jax.random.key(1000 + i) for i in range(NUM_EVAL_DRAWS)] if method == "uniform_random" else [None]
-    losses, traces = [], []
+    losses, tr = [], None
     for key in draws:
         logits, draw_trace = trace_fn({"params": task["base"], **trainable}, tokens, key)
         ce = np.asarray(token_cross_entropy(logits, tokens))
         losses.append(float(np.sum(ce * mask) / np.sum(mask)))
-        traces.append(draw_trace)
-    tr = traces[0]
+        tr = draw_trace if tr is None else tr  # the first draw's routing
     out = {"loss": float(np.mean(losses))}
     pair = task["pair"]  # [L, B, T, 2]
     if "logits" in tr:
