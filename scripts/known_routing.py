@@ -293,8 +293,8 @@ def reference_losses(s: Setup, task: dict) -> dict:
     uni_model = build_model(task["model_cfg"], adapter_config(s, "uniform_random"))
     uniform = jax.jit(lambda v, t, k: uni_model.apply(v, t, deterministic=True, rngs={"routing": k})[0])
     variables = {"params": task["base"], "adapter": task["adapter"]}
-    # uniform_random draws at inference too: average 8 draws
-    losses = [response_loss(uniform(variables, tokens, jax.random.key(1000 + i))) for i in range(8)]
+    # uniform_random draws at inference too: average NUM_EVAL_DRAWS draws (the keys evaluate uses)
+    losses = [response_loss(uniform(variables, tokens, jax.random.key(1000 + i))) for i in range(NUM_EVAL_DRAWS)]
     # What one right block is worth on its own: block b routed as the teacher routes, every other block by ReMix's
     # sampler at a zero router (uniform draws), the loss averaged over 4 draws. With additive effects each block
     # recovers about 1/L of uniform routing's excess loss; much less means a router that samples learns from
